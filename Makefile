@@ -1,0 +1,30 @@
+# cloudkd: two commands on a fresh machine with Python 3.11 — `make demo` and `make test`.
+# Both create the virtual environment and install the pinned requirements when missing.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cloudkd-installed
+# pip prints one harmless warning per package about this machine's local mirrors; keep the log readable
+PIPQUIET := { grep -v "^WARNING: Location 'file:" || true; }
+
+.PHONY: demo test install clean-runs
+
+demo: $(STAMP)
+	$(BIN)/cloudkd demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.txt 2>&1 | $(PIPQUIET)
+	$(BIN)/python -m pip install -q --no-deps -e . 2>&1 | $(PIPQUIET)
+	$(BIN)/python -c "import cloudkd, torch, pytorch_lightning, segmentation_models_pytorch, nnunetv2"
+	touch $(STAMP)
+
+clean-runs:
+	rm -rf runs data/generated
