@@ -1,0 +1,50 @@
+"""Torch dataset of chips, returning dicts like torchgeo: ``{"image", "mask", "chip_id"}``.
+
+* ``image``: float32 tensor (4, H, W), read with :func:`read_chip` and normalised with :func:`normalise`;
+* ``mask``: float32 tensor (1, H, W) in {0, 1} (present when the table has labels), the shape of smp's
+  binary logits;
+* ``chip_id``: str.
+
+An optional ``transform`` receives and returns the sample as numpy arrays (``image`` (4, H, W) float32, ``mask``
+(1, H, W) float32) before conversion to tensors, so augmentation sees image and mask together.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from .chips import read_chip, read_label
+from .normalise import normalise
+
+
+class ChipDataset(Dataset):
+    """Chips of a table made by :func:`cloudkd.data.chips.load_index` (or a subset of it, e.g. one fold)."""
+
+    def __init__(self, index: pd.DataFrame, transform: Optional[Callable[[Dict], Dict]] = None,
+                 with_labels: Optional[bool] = None):
+        self.index = index.reset_index(drop=True)
+        has = "label" in self.index.columns and bool(len(self.index)) and all(self.index["label"].astype(bool))
+        if with_labels and not has:
+            raise ValueError("with_labels=True but the chip table has no label paths")
+        self.with_labels = has if with_labels is None else with_labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Dict[str, object]:
+        row = self.index.iloc[i]
+        refl = read_chip(row["features"])
+        sample: Dict[str, object] = {"image": normalise(refl)}
+        if self.with_labels:
+            sample["mask"] = read_label(row["label"], refl.shape[1:]).astype(np.float32)[None]
+        if self.transform is not None:
+            sample = self.transform(sample)
+        out: Dict[str, object] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.items()}
+        out["chip_id"] = str(row["chip_id"])
+        return out

@@ -1,0 +1,91 @@
+"""Location-grouped K folds: no location is ever in two folds, so validation always means unseen places.
+
+Folds are written to / read from a CSV (``chip_id,location,fold``) so that every experiment (threshold, teacher,
+student) uses the same split.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Tuple
+
+import numpy as np
+import pandas as pd
+
+from .chips import DataError, atomic_write
+
+
+def make_folds(index: pd.DataFrame, k: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Assign every location to one of ``k`` folds, balancing the number of chips per fold.
+
+    Greedy: locations in decreasing chip count (ties broken by a seeded shuffle) go to the fold with the fewest
+    chips so far. Returns ``chip_id, location, fold`` sorted by chip_id.
+    """
+    if k < 2:
+        raise ValueError(f"need k >= 2 folds, got {k}")
+    for col in ("chip_id", "location"):
+        if col not in index.columns:
+            raise DataError(f"cannot make folds: the chip table has no '{col}' column")
+    counts = index.groupby("location").size()
+    if len(counts) < k:
+        raise DataError(f"cannot make {k} location-grouped folds from {len(counts)} location(s): "
+                        f"{sorted(counts.index)}; use fewer folds")
+    rng = np.random.default_rng(seed)
+    locs = list(counts.index)
+    order = rng.permutation(len(locs))
+    locs = [locs[i] for i in order]
+    locs.sort(key=lambda name: -counts[name])  # stable: shuffled order breaks ties
+    load = np.zeros(k, int)
+    n_locs = np.zeros(k, int)
+    fold_of = {}
+    for name in locs:
+        f = int(np.lexsort((n_locs, load))[0])  # fewest chips, then fewest locations
+        fold_of[name] = f
+        load[f] += counts[name]
+        n_locs[f] += 1
+    out = index[["chip_id", "location"]].copy()
+    out["fold"] = out["location"].map(fold_of).astype(int)
+    return out.sort_values("chip_id").reset_index(drop=True)
+
+
+def check_folds(folds: pd.DataFrame, source: str = "folds") -> None:
+    """Raise :class:`DataError` if a location appears in more than one fold or a chip is listed twice."""
+    for col in ("chip_id", "location", "fold"):
+        if col not in folds.columns:
+            raise DataError(f"{source}: missing column '{col}' (expected chip_id, location, fold)")
+    dup = folds["chip_id"][folds["chip_id"].duplicated()].unique().tolist()
+    if dup:
+        raise DataError(f"{source}: chip(s) listed twice: {dup[:10]}")
+    per_loc = folds.groupby("location")["fold"].nunique()
+    leaks = per_loc[per_loc > 1]
+    if len(leaks):
+        detail = {loc: sorted(folds.loc[folds.location == loc, "fold"].unique().tolist()) for loc in leaks.index}
+        raise DataError(f"{source}: location(s) in more than one fold (a leak): {detail}")
+
+
+def write_folds(folds: pd.DataFrame, path: os.PathLike | str) -> Path:
+    check_folds(folds, str(path))
+    return atomic_write(path, lambda tmp: folds[["chip_id", "location", "fold"]].to_csv(tmp, index=False))
+
+
+def read_folds(path: os.PathLike | str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: folds CSV does not exist")
+    df = pd.read_csv(path, dtype={"chip_id": str, "location": str}, keep_default_na=False)
+    check_folds(df, str(path))
+    df["fold"] = df["fold"].astype(int)
+    return df
+
+
+def split_by_fold(index: pd.DataFrame, folds: pd.DataFrame, val_fold: int) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation) parts of a chip table: validation = chips of ``val_fold``. Every chip must be in folds."""
+    fold_of = folds.set_index("chip_id")["fold"]
+    missing = sorted(set(index["chip_id"]) - set(fold_of.index))
+    if missing:
+        raise DataError(f"{len(missing)} chip(s) have no fold assigned: {missing[:10]}")
+    if val_fold not in set(fold_of.values):
+        raise DataError(f"fold {val_fold} does not exist (folds: {sorted(set(fold_of.values))})")
+    f = index["chip_id"].map(fold_of)
+    return index[f != val_fold].reset_index(drop=True), index[f == val_fold].reset_index(drop=True)

@@ -1,0 +1,58 @@
+"""Shared fixtures: a small generated dataset (built once per session) and the five real chips (if present)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from cloudkd.data.synthetic import SynthConfig, synthesize
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CHIPS = Path(os.environ.get("CLOUDKD_REAL_CHIPS", REPO.parent / "shared" / "data" / "real_chips"))
+
+#: small but complete: several locations in train and test, every regime likely to appear
+SMALL = SynthConfig(n_train=30, n_test=10, size=96, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "oncloudn"
+    synthesize(root, SMALL, workers=2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_chips():
+    if not (REAL_CHIPS / "test_features").is_dir():
+        pytest.skip(f"real chips not found at {REAL_CHIPS}")
+    return REAL_CHIPS
+
+
+def write_chip(features_dir: Path, chip_id: str, bands: np.ndarray) -> Path:
+    """Write a (4, H, W) uint16 array as the four band files of a chip (for hand-made test cases)."""
+    d = Path(features_dir) / chip_id
+    d.mkdir(parents=True, exist_ok=True)
+    for name, band in zip(("B02", "B03", "B04", "B08"), bands):
+        tifffile.imwrite(d / f"{name}.tif", band)
+    return d
+
+
+def make_dataset(root: Path, chips: dict, split: str = "train", labels: dict = None, locations: dict = None):
+    """A hand-made dataset in the On Cloud N layout: ``chips`` maps chip_id -> (4, H, W) uint16."""
+    import pandas as pd
+
+    root = Path(root)
+    for cid, arr in chips.items():
+        write_chip(root / f"{split}_features", cid, arr)
+    if labels is not None:
+        (root / f"{split}_labels").mkdir(parents=True, exist_ok=True)
+        for cid, lab in labels.items():
+            tifffile.imwrite(root / f"{split}_labels" / f"{cid}.tif", lab)
+    ids = sorted(chips)
+    pd.DataFrame({"chip_id": ids,
+                  "location": [(locations or {}).get(c, "somewhere") for c in ids],
+                  "datetime": ["2020-04-29T08:20:47Z"] * len(ids)}).to_csv(root / f"{split}_metadata.csv",
+                                                                          index=False)
+    return root
