@@ -1,0 +1,188 @@
+"""The generator: exact On Cloud N layout, determinism, physically sensible spectra, labels that follow opacity."""
+
+import hashlib
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from cloudkd.data import DataError, load_index, read_chip, read_label, resolve_split, validate_split
+from cloudkd.data.synthetic import (COVERS, LOCATIONS, SynthConfig, _Spectral, plan_dataset, render_chip,
+                                    render_cover, render_ground, split_locations, synthesize)
+
+from conftest import SMALL
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "synth.json":
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_layout_matches_on_cloud_n(small_data):
+    for name in ("train", "test"):
+        split = resolve_split(small_data, name)
+        rep = validate_split(split, shape=(SMALL.size, SMALL.size))
+        assert rep.ok, rep.errors
+        meta = pd.read_csv(split.metadata_csv, dtype=str)
+        assert list(meta.columns) == ["chip_id", "location", "datetime", "cloudpath"]
+        assert meta.chip_id.str.fullmatch(r"[a-z]{4}").all()
+        assert meta.datetime.str.fullmatch(r"20(18|19|20)-\d\d-\d\dT\d\d:\d\d:\d\dZ").all()
+        assert (meta.cloudpath == "az://./" + name + "_features/" + meta.chip_id).all()
+        assert len(meta) == (SMALL.n_train if name == "train" else SMALL.n_test)
+    train = load_index(resolve_split(small_data, "train"))
+    test = load_index(resolve_split(small_data, "test"))
+    assert train.location.nunique() >= 5
+    assert not set(train.location) & set(test.location), "test locations must be unseen in training"
+    assert not set(train.chip_id) & set(test.chip_id)
+
+
+def test_files_are_geotiffs_readable_by_tifffile_and_pil(small_data):
+    split = resolve_split(small_data, "train")
+    cid = split.chip_ids()[0]
+    band = split.chip_dir(cid) / "B02.tif"
+    with tifffile.TiffFile(band) as t:
+        page = t.pages[0]
+        assert page.dtype == np.uint16 and page.shape == (SMALL.size, SMALL.size) and page.compression == 1
+        geo = t.geotiff_metadata
+        assert geo["ModelPixelScale"][:2] == [10.0, 10.0]
+        assert 32601 <= int(geo["ProjectedCSTypeGeoKey"]) <= 32760
+        assert page.tags["GDAL_NODATA"].value == "0"
+    with Image.open(band) as im:
+        assert im.size == (SMALL.size, SMALL.size)
+    with Image.open(split.label_path(cid)) as im:
+        assert set(np.unique(np.asarray(im)).tolist()) <= {0, 1}
+
+
+def test_deterministic_by_seed(tmp_path):
+    cfg = SynthConfig(n_train=4, n_test=2, size=64, seed=7)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    synthesize(a, cfg, workers=2, progress=False)
+    synthesize(b, cfg, workers=1, progress=False)  # serial and parallel give the same bytes
+    synthesize(c, SynthConfig(n_train=4, n_test=2, size=64, seed=8), workers=1, progress=False)
+    assert _digest(a) == _digest(b)
+    assert _digest(a) != _digest(c)
+
+
+def test_rerun_reuses_and_refuses_other_config(tmp_path):
+    cfg = SynthConfig(n_train=2, n_test=1, size=48)
+    first = synthesize(tmp_path / "d", cfg, workers=1, progress=False)
+    assert not first.reused
+    again = synthesize(tmp_path / "d", cfg, workers=1, progress=False)
+    assert again.reused
+    with pytest.raises(DataError, match="different config"):
+        synthesize(tmp_path / "d", SynthConfig(n_train=3, n_test=1, size=48), workers=1, progress=False)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "something.txt").write_text("x")
+    with pytest.raises(DataError, match="not empty"):
+        synthesize(tmp_path / "busy", cfg, workers=1, progress=False)
+    assert synthesize(tmp_path / "busy", cfg, workers=1, overwrite=True, progress=False).reused is False
+    assert not (tmp_path / "busy" / "something.txt").exists()
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="difficulty"):
+        SynthConfig(difficulty=1.5)
+    with pytest.raises(ValueError, match="size"):
+        SynthConfig(size=8)
+    with pytest.raises(ValueError, match="label_threshold"):
+        SynthConfig(label_threshold=1.0)
+
+
+def test_train_and_test_locations_disjoint_for_every_seed():
+    for seed in range(3):
+        train, test = split_locations(SynthConfig(seed=seed))
+        assert len(test) == 8 and len(train) == 16
+        assert not {l.name for l in train} & {l.name for l in test}
+    plans = plan_dataset(SynthConfig(n_train=50, n_test=20))
+    assert len({p.chip_id for p in plans}) == 70
+
+
+def _cover_means(cover, seed=0, n=128):
+    rng = np.random.default_rng(seed)
+    sp = _Spectral(n)
+    refl = render_cover(cover, rng, sp, sp.noise(rng, 3.2))
+    return np.median(refl.reshape(4, -1), axis=1)  # B02, B03, B04, B08
+
+
+def test_land_cover_spectra_behave_like_sentinel2():
+    water, forest, crop = _cover_means("water"), _cover_means("forest"), _cover_means("cropland")
+    desert, snow, urban = _cover_means("desert"), _cover_means("snow"), _cover_means("urban")
+    ndvi = lambda m: (m[3] - m[2]) / (m[3] + m[2])  # noqa: E731
+    assert ndvi(forest) > 0.6 and forest[3] > 0.25              # vegetation bright in NIR
+    assert water[3] < water[2] and water[3] < 0.05              # water dark in NIR
+    assert desert[2] > desert[1] > desert[0] and desert[2] > 0.2  # bright, reddish bare desert
+    assert snow[:3].min() > 0.4 and snow[0] >= snow[3]          # snow bright in the visible
+    assert 0.05 < urban[:3].mean() < 0.25 and abs(ndvi(urban)) < 0.3
+    assert ndvi(forest) > ndvi(crop) > ndvi(urban)
+
+
+def test_clouds_are_bright_white_shadows_dark_and_labels_follow_opacity():
+    cfg = SynthConfig(size=256)
+    seen = set()
+    agree = np.zeros((2, 2))  # [opaque, clear] x [labelled as expected, pixels]
+    for seed in range(40):
+        loc = LOCATIONS[seed % len(LOCATIONS)]
+        out = render_chip(seed, loc, cfg)
+        seen.add(out["regime"].split("-")[-1])
+        refl = out["dn"].astype(np.float32) / 1e4
+        alpha, label = out["alpha"], out["label"]
+        valid = out["dn"].max(axis=0) > 0
+        # labels mark cloud where (smoothed) opacity passes the threshold; the raw opacity agrees away from edges
+        opaque, clear = valid & (alpha > cfg.label_threshold + 0.25), valid & (alpha < cfg.label_threshold - 0.2)
+        agree += [[(label[opaque] == 1).sum(), opaque.sum()], [(label[clear] == 0).sum(), clear.sum()]]
+        thick = (alpha > 0.95) & valid
+        if thick.sum() > 500:
+            m = np.median(refl[:, thick], axis=1)
+            assert m[0] > 0.2 and m[0] >= m[3]                   # bright, not red / NIR-dominated
+        shade = (out["shadow"] > 0.4) & (alpha < 0.02) & valid
+        lit = (out["shadow"] < 0.02) & (alpha < 0.02) & valid
+        if shade.sum() > 500 and lit.sum() > 500:
+            for c in np.unique(out["cover"][shade]):
+                a, b = shade & (out["cover"] == c), lit & (out["cover"] == c)
+                if a.sum() > 200 and b.sum() > 200:
+                    assert np.median(refl[3, a]) < np.median(refl[3, b])  # shadows darken the ground
+    assert {"clear", "overcast", "thick", "thin", "mixed"} <= seen
+    assert agree[0, 0] / agree[0, 1] > 0.98 and agree[1, 0] / agree[1, 1] > 0.98
+
+
+def test_difficulty_adds_bright_ground_and_thin_cloud():
+    def stats(d):
+        bright, thin = 0, 0
+        for seed in range(24):
+            out = render_chip(seed, LOCATIONS[seed % len(LOCATIONS)], SynthConfig(size=128, difficulty=d))
+            bright += np.isin(out["cover"], [COVERS.index(c) for c in ("snow", "desert", "urban")]).mean()
+            thin += ((out["alpha"] > 0.05) & (out["alpha"] < 0.6)).mean()
+        return bright, thin
+
+    easy, hard = stats(0.0), stats(1.0)
+    assert hard[0] > 1.5 * easy[0]
+    assert hard[1] > easy[1]
+
+
+def test_cloud_fraction_varies_like_the_challenge(small_data):
+    info = pd.read_csv(small_data / "train_synth_info.csv")
+    frac = info.cloud_fraction
+    assert (frac < 0.02).any() and (frac > 0.9).any()
+    assert 0.2 < frac.mean() < 0.8
+    assert math.isclose(frac.iloc[0], read_label(resolve_split(small_data).label_path(info.chip_id[0])).mean(),
+                        abs_tol=1e-4)
+
+
+def test_reflectance_ranges_comparable_to_real_chips(small_data, real_chips):
+    """Generated clear and cloudy pixels span the same ranges as the real chips (see data/README.md)."""
+    real = np.stack([read_chip(d) for d in sorted((real_chips / "test_features").iterdir())])
+    split = resolve_split(small_data)
+    gen = np.stack([read_chip(split.chip_dir(c)) for c in split.chip_ids()])
+    for b in range(4):
+        r5, r50, r95 = np.percentile(real[:, b], [5, 50, 95])
+        g5, g50, g95 = np.percentile(gen[:, b], [5, 50, 95])
+        assert 0.25 < g50 / r50 < 4.0, (b, g50, r50)
+        assert g95 > 0.5 * r95 and g5 < 3 * r5 + 0.02
+    assert np.percentile(real, 99.9) < 1.6 and np.percentile(gen, 99.9) < 1.6
