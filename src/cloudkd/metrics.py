@@ -1,0 +1,133 @@
+"""The one implementation of the leaderboard metric, used by training, scoring and benchmarks.
+
+On Cloud N is scored with a single *global* Jaccard index: the sum of intersections over the sum of unions of
+all pixels of all chips (not a mean of per-chip IoUs). It raises when the union is empty, like the official
+``metric.py``. Inputs are binary masks (1 = cloud) as numpy arrays or torch tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+class EmptyUnionError(ZeroDivisionError):
+    """The Jaccard index is undefined: neither the prediction nor the label has a single cloud pixel."""
+
+
+def _count(x) -> int:
+    if hasattr(x, "detach"):  # torch tensor
+        return int(x.count_nonzero().item())
+    import numpy as np
+
+    return int(np.count_nonzero(x))
+
+
+def _as_bool(x):
+    if hasattr(x, "detach"):
+        return x.bool()
+    import numpy as np
+
+    x = np.asarray(x)
+    return x if x.dtype == bool else x.astype(bool)
+
+
+@dataclass
+class Confusion:
+    """Pixel counts of a binary segmentation; sums over chips give the global metric."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+
+    def __add__(self, other: "Confusion") -> "Confusion":
+        return Confusion(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
+
+    def __iadd__(self, other: "Confusion") -> "Confusion":
+        self.tp += other.tp
+        self.fp += other.fp
+        self.fn += other.fn
+        self.tn += other.tn
+        return self
+
+    @property
+    def intersection(self) -> int:
+        return self.tp
+
+    @property
+    def union(self) -> int:
+        return self.tp + self.fp + self.fn
+
+    @property
+    def n_pixels(self) -> int:
+        return self.tp + self.fp + self.fn + self.tn
+
+    def jaccard(self) -> float:
+        """Intersection over union; raises :class:`EmptyUnionError` when the union is empty."""
+        if self.union == 0:
+            raise EmptyUnionError("Jaccard index undefined: the union of prediction and label is empty")
+        return self.tp / self.union
+
+    def iou_or_nan(self) -> float:
+        return self.tp / self.union if self.union else math.nan
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else math.nan
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else math.nan
+
+    @property
+    def specificity(self) -> float:
+        return self.tn / (self.tn + self.fp) if self.tn + self.fp else math.nan
+
+    @property
+    def accuracy(self) -> float:
+        return (self.tp + self.tn) / self.n_pixels if self.n_pixels else math.nan
+
+    def as_dict(self) -> dict:
+        return {"tp": self.tp, "fp": self.fp, "fn": self.fn, "tn": self.tn, "intersection": self.intersection,
+                "union": self.union}
+
+
+def confusion(pred, target) -> Confusion:
+    """Confusion counts of two binary masks of the same shape (any number of dimensions; >0 = cloud)."""
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(target.shape)}")
+    p, t = _as_bool(pred), _as_bool(target)
+    tp = _count(p & t)
+    ps, ts = _count(p), _count(t)
+    n = 1
+    for s in pred.shape:
+        n *= int(s)
+    fp, fn = ps - tp, ts - tp
+    return Confusion(tp, fp, fn, n - tp - fp - fn)
+
+
+def global_jaccard(pairs) -> float:
+    """The leaderboard metric over an iterable of (prediction, label) mask pairs."""
+    total = Confusion()
+    for pred, target in pairs:
+        total += confusion(pred, target)
+    return total.jaccard()
+
+
+class JaccardMeter:
+    """Streaming global Jaccard for training/validation loops: ``update(pred, target)`` then ``compute()``."""
+
+    def __init__(self):
+        self.total = Confusion()
+
+    def reset(self) -> None:
+        self.total = Confusion()
+
+    def update(self, pred, target) -> Confusion:
+        c = confusion(pred, target)
+        self.total += c
+        return c
+
+    def compute(self) -> float:
+        return self.total.jaccard()
