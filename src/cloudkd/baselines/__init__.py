@@ -1,0 +1,1 @@
+"""Baselines: classic thresholding (and, later, smp models)."""
