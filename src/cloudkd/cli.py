@@ -1,0 +1,236 @@
+"""The ``cloudkd`` command line: one typer app, thin, no logic of its own (it calls the library)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .data.chips import DataError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Cloud detection for Sentinel-2 chips: data, baselines, teacher, student, submission.")
+baseline_app = typer.Typer(no_args_is_help=True, help="Baselines (first rows of every results table).")
+threshold_app = typer.Typer(no_args_is_help=True, help="Classic brightness/whiteness thresholding.")
+app.add_typer(baseline_app, name="baseline")
+baseline_app.add_typer(threshold_app, name="threshold")
+
+
+def _fail(msg: str, code: int = 1):
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console entry point: bad input ends with a one-line message naming the file, not a traceback."""
+    try:
+        app()
+    except DataError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write the dataset to (On Cloud N layout)."),
+    n_train: int = typer.Option(200, help="Chips in the train split (with labels)."),
+    n_test: int = typer.Option(60, help="Chips in the test split (held-out locations; labels in test_labels/)."),
+    size: int = typer.Option(512, help="Chip size in pixels."),
+    seed: int = typer.Option(0, help="Random seed: equal settings give identical files."),
+    difficulty: float = typer.Option(0.7, min=0.0, max=1.0, help="0 easy .. 1 hard (0.7 = calibrated default)."),
+    label_threshold: float = typer.Option(0.3, help="Cloud opacity (smoothed) from which a pixel is labelled cloud."),
+    workers: int = typer.Option(0, help="Processes (0 = one per core)."),
+    overwrite: bool = typer.Option(False, help="Replace whatever is in OUT."),
+    preview: bool = typer.Option(True, help="Write OUT/preview.png with sample chips."),
+):
+    """Generate a realistic cloud benchmark in the exact On Cloud N layout."""
+    from .data.chips import resolve_split
+    from .data.synthetic import SynthConfig, synthesize
+    from .viz import plot_chips
+
+    try:
+        cfg = SynthConfig(n_train=n_train, n_test=n_test, size=size, seed=seed, difficulty=difficulty,
+                          label_threshold=label_threshold)
+    except ValueError as exc:
+        _fail(str(exc))
+    res = synthesize(out, cfg, workers=workers, overwrite=overwrite)
+    if res.reused:
+        typer.echo(f"{out}: already holds this dataset (same config); nothing to do")
+    else:
+        n = n_train + n_test
+        typer.echo(f"wrote {n} chips to {out} in {res.seconds:.1f} s ({1000 * res.seconds / n:.0f} ms/chip)")
+    if preview:
+        split = resolve_split(out, "train" if n_train else "test")
+        ids = split.chip_ids()
+        pick = ids[:: max(1, len(ids) // 6)][:6]
+        typer.echo(f"preview: {plot_chips(split, pick, Path(out) / 'preview.png', title=f'{out} ({split.name})')}")
+
+
+@app.command()
+def preview(
+    data: Path = typer.Argument(..., help="Dataset root or *_features folder."),
+    out: Path = typer.Option(..., "--out", help="PNG to write."),
+    split: Optional[str] = typer.Option(None, help="train or test (default: train if present)."),
+    n: int = typer.Option(6, help="Number of chips."),
+    pred: List[Path] = typer.Option([], help="Prediction folder(s) to show beside the label."),
+):
+    """Draw chips (RGB, NIR, label, predictions) to a PNG."""
+    from .data.chips import resolve_split
+    from .viz import plot_chips
+
+    s = resolve_split(data, split)
+    ids = s.chip_ids()
+    pick = ids[:: max(1, len(ids) // n)][:n]
+    typer.echo(str(plot_chips(s, pick, out, {p.name: p for p in pred})))
+
+
+@app.command()
+def validate(
+    data: Path = typer.Argument(..., help="Dataset root or *_features folder."),
+    split: Optional[str] = typer.Option(None, help="train or test (default: train if present)."),
+    size: Optional[int] = typer.Option(None, help="Required chip size (default: the first chip's)."),
+):
+    """Read every chip and label of a split and list every problem (exit 1 if any)."""
+    from .data.chips import resolve_split, validate_split
+
+    rep = validate_split(resolve_split(data, split), (size, size) if size else None, progress=True)
+    if rep.ok:
+        typer.echo(f"{rep.split.root} [{rep.split.name}]: {rep.n_chips} chips OK, shape {rep.shape}")
+        return
+    for e in rep.errors:
+        typer.echo(e)
+    _fail(f"{len(rep.errors)} problem(s) in {rep.n_chips} chips")
+
+
+@app.command()
+def folds(
+    data: Path = typer.Argument(..., help="Dataset root or train_features folder."),
+    out: Path = typer.Option(..., "--out", help="CSV to write (chip_id, location, fold)."),
+    k: int = typer.Option(5, help="Number of folds."),
+    seed: int = typer.Option(0, help="Seed for tie-breaking."),
+):
+    """Location-grouped K folds (no location in two folds), written to a CSV."""
+    from .data.chips import load_index, resolve_split
+    from .data.folds import make_folds, write_folds
+
+    f = make_folds(load_index(resolve_split(data, "train"), require_labels=False), k=k, seed=seed)
+    write_folds(f, out)
+    counts = f.groupby("fold").agg(chips=("chip_id", "size"), locations=("location", "nunique"))
+    typer.echo(counts.to_string())
+    typer.echo(f"-> {out}")
+
+
+@app.command()
+def score(
+    pred: Path = typer.Option(..., help="Folder of predicted masks {chip_id}.tif."),
+    labels: Path = typer.Option(..., help="Folder of label masks {chip_id}.tif."),
+    metadata: Optional[Path] = typer.Option(None, help="Metadata CSV for per-location results "
+                                                       "(default: the labels folder's sibling *_metadata.csv)."),
+    folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV: score one fold only."),
+    fold: Optional[int] = typer.Option(None, help="The fold to score (with --folds)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the summary as JSON here."),
+    report_dir: Optional[Path] = typer.Option(None, help="Where per_chip.csv / per_location.csv go "
+                                                         "(default: PRED's sibling PRED_score/)."),
+    workers: int = typer.Option(2, help="Reader threads."),
+):
+    """Leaderboard metric: one global Jaccard over all pixels of all chips, plus per-chip / per-location CSVs."""
+    from .data.folds import read_folds
+    from .metrics import EmptyUnionError
+    from .scoring import score_folder
+
+    chips = None
+    if folds_csv is not None:
+        if fold is None:
+            _fail("--folds needs --fold")
+        f = read_folds(folds_csv)
+        chips = f.loc[f.fold == fold, "chip_id"].tolist()
+        if not chips:
+            _fail(f"{folds_csv}: fold {fold} has no chips")
+    try:
+        rep = score_folder(pred, labels, chips=chips, metadata=metadata, workers=workers, progress=True)
+    except EmptyUnionError as exc:
+        _fail(f"{exc} (no cloud pixel in any label or prediction)")
+    report_dir = report_dir or pred.parent / f"{pred.name}_score"
+    rep.write(report_dir, json_path)
+    s = rep.summary()
+    if rep.extra:
+        typer.echo(f"warning: {len(rep.extra)} extra file(s) not among the expected chips: {rep.extra[:10]}")
+    if rep.missing:
+        typer.echo(f"refused: {len(rep.missing)} chip(s) have no prediction: {rep.missing[:50]}")
+    for msg in rep.invalid[:50]:
+        typer.echo(f"invalid: {msg}")
+    if not rep.ok:
+        _fail(f"incomplete or invalid submission ({len(rep.missing)} missing, {len(rep.invalid)} invalid)")
+    typer.echo(f"global Jaccard {s['jaccard']:.5f}  (intersection {s['intersection']}, union {s['union']}, "
+               f"precision {s['precision']:.4f}, recall {s['recall']:.4f})")
+    typer.echo(f"{s['n_chips']} chips in {s['seconds']:.2f} s ({s['chips_per_s']} chips/s); "
+               f"per-chip / per-location CSV in {report_dir}")
+    if rep.per_location is not None:
+        typer.echo(rep.per_location[["location", "n_chips", "jaccard", "precision", "recall"]]
+                   .to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+@threshold_app.command("fit")
+def threshold_fit(
+    data: Path = typer.Argument(..., help="Dataset root or train_features folder (with labels)."),
+    out: Path = typer.Option(..., "--out", help="JSON to write the fitted thresholds to."),
+    folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV: fit without the validation fold."),
+    val_fold: Optional[int] = typer.Option(None, help="Fold to leave out of the fit (with --folds)."),
+    stride: int = typer.Option(4, help="Pixel subsampling stride for the fit."),
+):
+    """Fit brightness/whiteness thresholds on training chips to maximise the global Jaccard."""
+    from .baselines.threshold import fit_threshold
+    from .data.chips import load_index, resolve_split
+    from .data.folds import read_folds, split_by_fold
+
+    idx = load_index(resolve_split(data, "train"), require_labels=True)
+    if folds_csv is not None:
+        if val_fold is None:
+            _fail("--folds needs --val-fold")
+        idx, _ = split_by_fold(idx, read_folds(folds_csv), val_fold)
+    model = fit_threshold(idx["features"], idx["label"], stride=stride, progress=True)
+    model.save(out)
+    typer.echo(f"brightness > {model.brightness_min:.4f} and whiteness < {model.whiteness_max:.4f}: "
+               f"train global Jaccard {model.fit_jaccard:.4f} on {model.n_train_chips} chips -> {out}")
+
+
+@threshold_app.command("predict")
+def threshold_predict(
+    model: Path = typer.Option(..., help="Thresholds JSON written by 'baseline threshold fit'."),
+    features: Path = typer.Option(..., help="A *_features folder (or dataset root)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the masks {chip_id}.tif (submission format)."),
+):
+    """Apply fitted thresholds to a folder of chips, writing one mask per chip."""
+    from .baselines.threshold import ThresholdModel, predict_folder
+    from .data.chips import resolve_split
+
+    m = ThresholdModel.load(model)
+    s = resolve_split(features)
+    n = predict_folder(m, s.features_dir, out, progress=True)
+    typer.echo(f"wrote {n} masks to {out}")
+
+
+@app.command()
+def demo(
+    quick: bool = typer.Option(False, help="Seconds-long variant on a few small chips (used by the tests)."),
+    workdir: Optional[Path] = typer.Option(None, help="Where results go (default runs/demo)."),
+    data: Optional[Path] = typer.Option(None, help="Where the generated data goes (default data/generated/demo)."),
+    force: bool = typer.Option(False, help="Rebuild everything instead of reusing what exists."),
+):
+    """The main job end to end on generated data: generate, fit, predict, score, print the results table."""
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick() if quick else DemoConfig()
+    if workdir is not None:
+        cfg.workdir = str(workdir)
+    if data is not None:
+        cfg.data = str(data)
+    cfg.force = force
+    run_demo(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The command line, end to end on small generated data (each command as a user would call it)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cloudkd.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    res = runner.invoke(app, [str(a) for a in args])
+    return res
+
+
+def test_synth_validate_preview(tmp_path):
+    out = tmp_path / "gen"
+    r = invoke("synth", out, "--n-train", 6, "--n-test", 2, "--size", 64, "--workers", 1)
+    assert r.exit_code == 0, r.output
+    assert "wrote 8 chips" in r.output and (out / "preview.png").stat().st_size > 1000
+    assert len(list((out / "train_features").iterdir())) == 6
+    r = invoke("synth", out, "--n-train", 6, "--n-test", 2, "--size", 64)
+    assert r.exit_code == 0 and "already holds this dataset" in r.output
+    r = invoke("validate", out)
+    assert r.exit_code == 0 and "6 chips OK, shape (64, 64)" in r.output
+    r = invoke("validate", out, "--split", "test", "--size", 512)
+    assert r.exit_code == 1 and "wrong shape (64, 64), expected (512, 512)" in r.output
+    r = invoke("preview", out, "--out", tmp_path / "p.png", "--n", 2)
+    assert r.exit_code == 0 and (tmp_path / "p.png").is_file()
+
+
+def test_synth_rejects_bad_settings(tmp_path):
+    r = invoke("synth", tmp_path / "x", "--size", 8)
+    assert r.exit_code != 0 and "size must be >= 32" in r.output
+    r = invoke("synth", tmp_path / "x", "--difficulty", 2)
+    assert r.exit_code != 0
+
+
+def test_folds_threshold_score(small_data, tmp_path):
+    r = invoke("folds", small_data, "--out", tmp_path / "folds.csv", "--k", 3)
+    assert r.exit_code == 0, r.output
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    assert (folds.groupby("location").fold.nunique() == 1).all()
+
+    r = invoke("baseline", "threshold", "fit", small_data, "--out", tmp_path / "t.json",
+               "--folds", tmp_path / "folds.csv", "--val-fold", 0)
+    assert r.exit_code == 0, r.output
+    model = json.loads((tmp_path / "t.json").read_text())
+    assert model["n_train_chips"] == int((folds.fold != 0).sum())
+
+    r = invoke("baseline", "threshold", "predict", "--model", tmp_path / "t.json",
+               "--features", small_data / "train_features", "--out", tmp_path / "pred")
+    assert r.exit_code == 0 and "wrote 30 masks" in r.output
+
+    r = invoke("score", "--pred", tmp_path / "pred", "--labels", small_data / "train_labels",
+               "--folds", tmp_path / "folds.csv", "--fold", 0, "--json", tmp_path / "s.json")
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["n_chips"] == int((folds.fold == 0).sum()) and s["missing"] == [] and 0 < s["jaccard"] < 1
+    assert "global Jaccard" in r.output
+    per_loc = pd.read_csv(tmp_path / "pred_score" / "per_location.csv")
+    assert set(per_loc.location) == set(folds.location[folds.fold == 0])
+
+
+def test_score_refuses_missing_chips(small_data, tmp_path):
+    pred = tmp_path / "pred"
+    shutil.copytree(small_data / "test_labels", pred)  # a perfect submission ...
+    r = invoke("score", "--pred", pred, "--labels", small_data / "test_labels", "--json", tmp_path / "ok.json")
+    assert r.exit_code == 0 and json.loads((tmp_path / "ok.json").read_text())["jaccard"] == 1.0
+    gone = sorted(pred.iterdir())[0]
+    gone.unlink()                                      # ... minus one chip
+    r = invoke("score", "--pred", pred, "--labels", small_data / "test_labels", "--json", tmp_path / "s.json")
+    assert r.exit_code == 1
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["missing"] == [gone.stem] and s["jaccard"] is None
+    assert gone.stem in r.output
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    """Through the console script, a DataError is a message naming the problem, not a traceback."""
+    exe = shutil.which("cloudkd") or str(__import__("pathlib").Path(sys.executable).with_name("cloudkd"))
+    p = subprocess.run([exe, "validate", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "nowhere: dataset folder does not exist" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_demo_quick(tmp_path):
+    r = invoke("demo", "--quick", "--workdir", tmp_path / "run", "--data", tmp_path / "data")
+    assert r.exit_code == 0, r.output
+    assert "thresholding" in r.output and "Global Jaccard" in r.output
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    row = res["rows"][0]
+    assert row["method"] == "thresholding" and 0.3 < row["jaccard"] < 1.0
+    assert (tmp_path / "run" / "summary.png").is_file()
+    # a second run reuses the data and the fitted thresholds
+    r = invoke("demo", "--quick", "--workdir", tmp_path / "run", "--data", tmp_path / "data")
+    assert r.exit_code == 0 and "reused the existing dataset" in r.output and "threshold: reused" in r.output
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["rows"][0]["jaccard"] == pytest.approx(
+        row["jaccard"])
