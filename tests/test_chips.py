@@ -1,5 +1,7 @@
 """The data layer: reading chips in a fixed band order, normalisation, and every validation error."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,6 +102,9 @@ def test_write_mask_submission_format(tmp_path):
     with tifffile.TiffFile(p) as t:
         assert t.pages[0].compression == 1 and t.pages[0].dtype == np.uint8
     assert [f.name for f in tmp_path.iterdir()] == ["abcd.tif"]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual permissions, not mkstemp's 0600
     with pytest.raises(ValueError, match="values must be 0 or 1"):
         write_mask(tmp_path / "bad.tif", np.full((4, 4), 2, np.uint8))
     assert not (tmp_path / "bad.tif").exists()

@@ -34,6 +34,11 @@ SCALE = 10000.0
 METADATA_COLUMNS = ("chip_id", "location", "datetime")
 
 
+# the process umask, read once: files written through a temporary name get the usual permissions
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class DataError(ValueError):
     """Bad input data. The message names the chip and/or file and says what is wrong."""
 
@@ -191,6 +196,7 @@ def atomic_write(path: os.PathLike | str, write, suffix: str = "") -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
