@@ -1,6 +1,5 @@
 """Thresholding baseline: exact fit, planted rule recovery, submission-format output, calibration guard."""
 
-import itertools
 import math
 
 import numpy as np
