@@ -1,0 +1,150 @@
+"""The trained nnU-Net teacher, in process: cloud probabilities for chips and for batches of tensors.
+
+Two paths, which must agree (a test checks it):
+
+* :meth:`NnUNetTeacher.predict_chip` is nnU-Net's own single-image path
+  (``nnUNetPredictor.predict_single_npy_array``: nnU-Net's preprocessing per the plans, sliding-window
+  inference with Gaussian tile weighting, optional mirroring TTA, fold ensembling, softmax, export to the
+  original shape). ``cloudkd teacher predict`` uses it.
+* :meth:`NnUNetTeacher.logits` takes a batch of normalised float32 tensors ``(N, 4, H, W)`` (what the student
+  sees during distillation), applies the plans' normalisation per channel with nnU-Net's own preprocessor code,
+  and runs nnU-Net's sliding-window prediction per image. It returns one cloud logit per pixel,
+  ``z_cloud - z_background``, so ``sigmoid(logit)`` is nnU-Net's softmax probability of cloud.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..data.chips import DataError
+from ..data.normalise import normalise
+from .nnunet import Workspace
+
+#: nnU-Net's 2d configurations treat an image as a 3-D volume with one slice; this is its "spacing"
+SPACING_2D = [999.0, 1.0, 1.0]
+
+
+class NnUNetTeacher:
+    """Load a trained nnU-Net (one results folder, one or more folds) for inference in this process."""
+
+    def __init__(self, model_folder: os.PathLike | str, folds: Sequence[int] = (0,),
+                 checkpoint: str = "checkpoint_final.pth", tta: bool = False, device: str = "cpu",
+                 tile_step: float = 0.5, workspace: Optional[Workspace] = None):
+        import torch
+
+        self.model_folder = Path(model_folder)
+        for f in folds:
+            ck = self.model_folder / f"fold_{f}" / checkpoint
+            if not ck.is_file():
+                raise DataError(f"{ck}: no trained teacher checkpoint (train fold {f} first)")
+        self.folds = tuple(int(f) for f in folds)
+        self.tta = tta
+        self.device = torch.device(device)
+        self._env = workspace.active() if workspace is not None else None
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        if self._env is not None:
+            self._env.__enter__()  # the trainer class is found through nnUNet_extTrainer
+        try:
+            self.predictor = nnUNetPredictor(tile_step_size=tile_step, use_gaussian=True, use_mirroring=tta,
+                                             perform_everything_on_device=self.device.type == "cuda",
+                                             device=self.device, verbose=False, verbose_preprocessing=False,
+                                             allow_tqdm=False)
+            self.predictor.initialize_from_trained_model_folder(str(self.model_folder), use_folds=self.folds,
+                                                                checkpoint_name=checkpoint)
+        finally:
+            if self._env is not None:
+                self._env.__exit__(None, None, None)
+        self.network.eval()
+
+    @classmethod
+    def from_workspace(cls, workspace: Workspace, folds: Optional[Sequence[int]] = None, **kwargs) -> "NnUNetTeacher":
+        """The model recorded in ``WORKDIR/teacher.json`` by ``teacher train`` (all its trained folds by default)."""
+        if not workspace.teacher_json.is_file():
+            raise DataError(f"{workspace.teacher_json}: no trained teacher; run 'cloudkd teacher train' first")
+        info = json.loads(workspace.teacher_json.read_text())
+        return cls(info["model_folder"], folds=folds if folds is not None else info["folds"], workspace=workspace,
+                   **kwargs)
+
+    @property
+    def network(self):
+        return self.predictor.network
+
+    @property
+    def patch_size(self) -> Tuple[int, ...]:
+        return tuple(self.predictor.configuration_manager.patch_size)
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(p.numel() for p in self.network.parameters()))
+
+    # ------------------------------------------------------------------------------------------------------------
+    def predict_chip(self, refl: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """nnU-Net's own path for one (4, H, W) reflectance chip: (cloud probability float32 (H, W), mask uint8)."""
+        x = normalise(refl)[:, None]  # (4, 1, H, W): one slice
+        seg, probs = self.predictor.predict_single_npy_array(x, {"spacing": list(SPACING_2D)}, None, None, True)
+        return np.asarray(probs[1, 0], np.float32), np.asarray(seg[0], np.uint8)
+
+    def logits(self, x):
+        """Cloud logits (N, 1, H, W) for a batch of normalised inputs (N, 4, H, W) (torch tensor or numpy)."""
+        import torch
+        from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+        batch = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        if batch.ndim != 4 or batch.shape[1] != 4:
+            raise ValueError(f"expected a (N, 4, H, W) batch, got shape {batch.shape}")
+        pm, cm = self.predictor.plans_manager, self.predictor.configuration_manager
+        pre = DefaultPreprocessor(verbose=False)
+        out = []
+        with torch.no_grad():
+            for img in batch:
+                data = img.astype(np.float32)[:, None].copy()  # (4, 1, H, W) like nnU-Net's 2d data
+                seg = np.zeros((1,) + data.shape[1:], np.int8)
+                data = pre._normalize(data, seg, cm, pm.foreground_intensity_properties_per_channel)
+                z = self.predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))  # (2, 1, H, W)
+                out.append((z[1] - z[0]).float())
+        res = torch.stack(out)  # (N, 1, H, W)
+        return res.to(x.device) if hasattr(x, "device") else res
+
+    def probabilities(self, x):
+        """Cloud probabilities (N, 1, H, W) for a batch of normalised inputs."""
+        import torch
+
+        return torch.sigmoid(self.logits(x))
+
+
+def predict_folder(teacher: NnUNetTeacher, features_dir: os.PathLike | str, masks_out: Optional[os.PathLike | str],
+                   soft_out: Optional[os.PathLike | str], chip_ids: Optional[Sequence[str]] = None,
+                   progress: bool = True) -> dict:
+    """Teacher masks (submission format) and/or soft labels for every chip of a features folder.
+
+    Returns timing: ``n_chips``, ``seconds``, ``ms_per_chip`` (inference only, reading and writing excluded).
+    """
+    import time
+
+    from ..data.chips import list_chip_ids, read_chip, write_mask
+    from .soft import write_soft
+
+    features_dir = Path(features_dir)
+    ids = list(chip_ids) if chip_ids is not None else list_chip_ids(features_dir)
+    it = ids
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(ids, desc="teacher predict", unit="chip")
+    infer = 0.0
+    for chip_id in it:
+        refl = read_chip(features_dir / chip_id)
+        t = time.perf_counter()
+        prob, mask = teacher.predict_chip(refl)
+        infer += time.perf_counter() - t
+        if masks_out is not None:
+            write_mask(Path(masks_out) / f"{chip_id}.tif", mask)
+        if soft_out is not None:
+            write_soft(Path(soft_out) / f"{chip_id}.tif", prob)
+    return {"n_chips": len(ids), "seconds": infer, "ms_per_chip": 1000 * infer / max(1, len(ids))}
