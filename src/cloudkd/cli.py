@@ -14,8 +14,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Cloud detection for Sentinel-2 chips: data, baselines, teacher, student, submission.")
 baseline_app = typer.Typer(no_args_is_help=True, help="Baselines (first rows of every results table).")
 threshold_app = typer.Typer(no_args_is_help=True, help="Classic brightness/whiteness thresholding.")
+teacher_app = typer.Typer(no_args_is_help=True, help="The nnU-Net v2 teacher: prepare, train, predict, info.")
 app.add_typer(baseline_app, name="baseline")
 baseline_app.add_typer(threshold_app, name="threshold")
+app.add_typer(teacher_app, name="teacher")
 
 
 def _fail(msg: str, code: int = 1):
@@ -211,6 +213,133 @@ def threshold_predict(
     s = resolve_split(features)
     n = predict_folder(m, s.features_dir, out, progress=True)
     typer.echo(f"wrote {n} masks to {out}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+WORKDIR_HELP = "Teacher workspace (nnU-Net raw / preprocessed / results live inside)."
+
+
+@teacher_app.command("prepare")
+def teacher_prepare(
+    data: Path = typer.Argument(..., help="Dataset root (On Cloud N layout, with train_labels)."),
+    workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
+    dataset_id: int = typer.Option(501, help="nnU-Net dataset id (3 digits)."),
+    name: str = typer.Option("OnCloudN", help="nnU-Net dataset name."),
+    folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV (default: make --k location folds)."),
+    k: int = typer.Option(5, help="Number of location-grouped folds when no --folds is given."),
+    seed: int = typer.Option(0, help="Seed for the folds."),
+):
+    """Convert a labelled dataset into an nnU-Net raw dataset and write splits_final.json from the folds."""
+    from .data.folds import read_folds
+    from .teacher.nnunet import Workspace, prepare
+
+    folds = read_folds(folds_csv) if folds_csv is not None else None
+    r = prepare(data, Workspace(workdir), dataset_id, name, folds=folds, k=k, seed=seed)
+    verb = "already prepared (same data and folds)" if r.reused else f"prepared in {r.seconds:.1f} s"
+    typer.echo(f"{r.dataset_name}: {r.n_chips} chips of {r.shape[0]}x{r.shape[1]} {verb} -> {r.raw_dir}")
+    typer.echo(f"splits: {r.splits_file}")
+
+
+def _budget(device: str, use_defaults: bool, **values):
+    from .teacher.nnunet import Budget
+
+    given = {k: v for k, v in values.items() if v is not None}
+    if use_defaults:
+        if given:
+            _fail("--nnunet-defaults cannot be combined with budget options")
+        return None
+    if device.startswith("cuda") and not given:
+        return None  # a GPU gets nnU-Net's own defaults unless a budget is asked for
+    return Budget(**given)
+
+
+@teacher_app.command("train")
+def teacher_train(
+    workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
+    dataset_id: int = typer.Option(501, help="nnU-Net dataset id."),
+    fold: List[int] = typer.Option([0], help="Fold(s) to train (repeat the option for several)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    nnunet_defaults: bool = typer.Option(False, help="Use nnU-Net's full defaults (1000 epochs x 250 iterations; "
+                                                     "the default on a GPU when no budget option is given)."),
+    epochs: Optional[int] = typer.Option(None, help="Budget: epochs (CPU default 5)."),
+    iters: Optional[int] = typer.Option(None, help="Budget: training iterations per epoch (CPU default 50)."),
+    val_iters: Optional[int] = typer.Option(None, help="Budget: validation iterations per epoch (default 5)."),
+    patch: Optional[int] = typer.Option(None, help="Budget: square patch size (default 256)."),
+    batch: Optional[int] = typer.Option(None, help="Budget: batch size (default 2)."),
+    base_features: Optional[int] = typer.Option(None, help="Budget: features of the first stage (nnU-Net: 32)."),
+    max_features: Optional[int] = typer.Option(None, help="Budget: feature cap (nnU-Net: 512)."),
+    seed: Optional[int] = typer.Option(None, help="Budget: random seed (default 0; makes CPU runs reproducible)."),
+    resume: bool = typer.Option(False, "--continue", help="Resume from nnU-Net's latest checkpoint (or extend a "
+                                                          "finished run to a larger epoch budget)."),
+    force: bool = typer.Option(False, help="Retrain a fold that is already trained."),
+    validate: bool = typer.Option(False, help="Run nnU-Net's full validation of the fold at the end."),
+):
+    """Plan + preprocess (2d) if needed, then train the teacher within a budget (CPU) or nnU-Net's defaults."""
+    from .teacher.nnunet import Workspace, default_device, train
+
+    dev = default_device() if device == "auto" else device
+    budget = _budget(dev, nnunet_defaults, epochs=epochs, iters_per_epoch=iters, val_iters=val_iters, patch=patch,
+                     batch=batch, base_features=base_features, max_features=max_features, seed=seed)
+    typer.echo(f"device {dev}; " + (f"budget {budget}" if budget else "nnU-Net defaults (2d, nnUNetTrainer)"))
+    ws = Workspace(workdir)
+    for f in fold:
+        r = train(ws, dataset_id, f, budget, device=dev, continue_training=resume, force=force, validate=validate)
+        what = "already trained (reused; --force retrains, --continue extends)" if r.reused else \
+            f"trained in {r.seconds:.0f} s"
+        per_it = f", {r.seconds_per_iteration:.2f} s/iteration" if r.seconds_per_iteration else ""
+        typer.echo(f"fold {f}: {what}; {r.epochs_done} epochs{per_it} -> {r.model_folder / f'fold_{f}'}")
+
+
+@teacher_app.command("predict")
+def teacher_predict(
+    features: Path = typer.Option(..., help="A *_features folder (or dataset root) of chips."),
+    masks_out: Optional[Path] = typer.Option(None, help="Write masks {chip_id}.tif (submission format) here."),
+    soft_out: Optional[Path] = typer.Option(None, help="Write soft labels (uint8-quantised probabilities) here."),
+    workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
+    fold: List[int] = typer.Option([], help="Fold(s) to ensemble (default: every trained fold)."),
+    tta: bool = typer.Option(False, help="Mirroring test-time augmentation, as nnU-Net does (4x slower)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+):
+    """Teacher masks and/or soft labels for a folder of chips (nnU-Net's own inference path)."""
+    from .data.chips import resolve_split
+    from .teacher.model import NnUNetTeacher, predict_folder
+    from .teacher.nnunet import Workspace, default_device
+
+    if masks_out is None and soft_out is None:
+        _fail("nothing to write: give --masks-out and/or --soft-out")
+    dev = default_device() if device == "auto" else device
+    teacher = NnUNetTeacher.from_workspace(Workspace(workdir), folds=fold or None, tta=tta, device=dev)
+    split = resolve_split(features)
+    r = predict_folder(teacher, split.features_dir, masks_out, soft_out)
+    typer.echo(f"{r['n_chips']} chips, {r['ms_per_chip']:.0f} ms/chip inference (folds {list(teacher.folds)}, "
+               f"tta {tta}, {dev})" + (f"; masks -> {masks_out}" if masks_out else "")
+               + (f"; soft labels -> {soft_out}" if soft_out else ""))
+
+
+@teacher_app.command("info")
+def teacher_info(
+    workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
+    dataset_id: int = typer.Option(501, help="nnU-Net dataset id."),
+    configuration: List[str] = typer.Option([], help="Configuration(s) to describe (default: 2d and budgets)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (params, n_stages, features_per_stage, "
+                                                       "patch_size, batch_size, ...)."),
+):
+    """The teacher's plan(s) and parameter counts."""
+    import json as _json
+
+    from .teacher.nnunet import Workspace, info
+
+    d = info(Workspace(workdir), dataset_id, configuration or None)
+    if as_json:
+        typer.echo(_json.dumps(d, indent=2))
+        return
+    typer.echo(f"{d['dataset']} ({d['plans_file']})")
+    for name, c in d["configurations"].items():
+        typer.echo(f"  {name}: {c['network']} {c['params']:,} params, {c['n_stages']} stages, features "
+                   f"{c['features_per_stage']}, patch {c['patch_size']}, batch {c['batch_size']}")
+    if "teacher" in d:
+        t = d["teacher"]
+        typer.echo(f"trained teacher: {t['configuration']} ({t['trainer']}), folds {t['folds']}")
 
 
 @app.command()

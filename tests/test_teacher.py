@@ -1,0 +1,220 @@
+"""The nnU-Net teacher end to end on tiny generated data: prepare, plan, train (CPU budget), predict, resume."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from typer.testing import CliRunner
+
+from cloudkd.cli import app
+from cloudkd.data import DataError, normalise, read_chip, read_label, resolve_split
+from cloudkd.data.synthetic import SynthConfig, synthesize
+from cloudkd.scoring import score_folder
+from cloudkd.teacher.model import NnUNetTeacher
+from cloudkd.teacher.nnunet import Budget, Workspace, describe_plan, prepare, plan_and_preprocess
+from cloudkd.teacher.soft import read_soft
+
+from conftest import make_dataset
+
+runner = CliRunner()
+#: small enough for CI (about a minute of training on 2 cores), large enough to learn clouds
+BUDGET = ["--epochs", "8", "--iters", "50", "--val-iters", "2", "--patch", "96", "--batch", "4",
+          "--base-features", "16", "--max-features", "128"]
+
+
+def cli(*args):
+    r = runner.invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    return r
+
+
+@pytest.fixture(scope="module")
+def trained(small_data, tmp_path_factory):
+    """A teacher prepared, planned, trained (fold 0) and run on the held-out test split through the CLI."""
+    work = tmp_path_factory.mktemp("teacher")
+    ws = work / "ws"
+    cli("folds", small_data, "--out", work / "folds.csv", "--k", 3)
+    r = cli("teacher", "prepare", small_data, "--workdir", ws, "--folds", work / "folds.csv")
+    assert "30 chips of 96x96 prepared" in r.output
+    r = cli("teacher", "train", "--workdir", ws, "--fold", 0, "--device", "cpu", *BUDGET)
+    assert "fold 0: trained" in r.output and "8 epochs" in r.output
+    r = cli("teacher", "predict", "--workdir", ws, "--features", small_data / "test_features",
+            "--masks-out", work / "masks", "--soft-out", work / "soft", "--device", "cpu")
+    assert "10 chips" in r.output
+    return {"work": work, "ws": Workspace(ws), "data": small_data}
+
+
+def test_prepare_writes_nnunet_layout_and_location_splits(trained):
+    ws, data = trained["ws"], trained["data"]
+    raw = ws.raw / "Dataset501_OnCloudN"
+    dj = json.loads((raw / "dataset.json").read_text())
+    assert dj["channel_names"] == {"0": "B02", "1": "B03", "2": "B04", "3": "B08"}
+    assert dj["labels"] == {"background": 0, "cloud": 1} and dj["file_ending"] == ".tif"
+    assert dj["numTraining"] == 30
+    cid = resolve_split(data).chip_ids()[0]
+    for c in range(4):  # the project's normalised inputs, exactly
+        img = tifffile.imread(raw / "imagesTr" / f"{cid}_{c:04d}.tif")
+        np.testing.assert_allclose(img, normalise(read_chip(data / "train_features" / cid))[c], rtol=1e-6)
+    np.testing.assert_array_equal(tifffile.imread(raw / "labelsTr" / f"{cid}.tif"),
+                                  read_label(data / "train_labels" / f"{cid}.tif"))
+    splits = json.loads((ws.preprocessed / "Dataset501_OnCloudN" / "splits_final.json").read_text())
+    import pandas as pd
+
+    folds = pd.read_csv(trained["work"] / "folds.csv").set_index("chip_id")
+    assert len(splits) == 3
+    for k, s in enumerate(splits):
+        assert set(folds.loc[s["val"], "fold"]) == {k}
+        assert not set(folds.loc[s["train"], "location"]) & set(folds.loc[s["val"], "location"])
+        assert len(s["train"]) + len(s["val"]) == 30
+    plans = json.loads((ws.preprocessed / "Dataset501_OnCloudN" / "nnUNetPlans.json").read_text())
+    assert plans["configurations"]["2d"]["normalization_schemes"] == ["NoNormalization"] * 4
+
+
+def test_prepare_is_idempotent_and_refuses_a_different_dataset(trained, tmp_path):
+    ws, data = trained["ws"], trained["data"]
+    import pandas as pd
+
+    folds = pd.read_csv(trained["work"] / "folds.csv", dtype={"chip_id": str})
+    assert prepare(data, ws, folds=folds, progress=False).reused
+    other = make_dataset(tmp_path / "other", {f"c{i}": np.full((4, 32, 32), 900 * (i + 1), np.uint16)
+                                              for i in range(4)},
+                         labels={f"c{i}": np.eye(32, dtype=np.uint8) for i in range(4)},
+                         locations={"c0": "A", "c1": "B", "c2": "C", "c3": "D"})
+    with pytest.raises(DataError, match="already holds a different dataset"):
+        prepare(other, ws, k=2, progress=False)
+    with pytest.raises(DataError, match="already used by .*Dataset501_OnCloudN"):
+        prepare(other, ws, name="Other", k=2, progress=False)
+
+
+def test_teacher_probabilities_are_valid_and_beat_chance(trained):
+    work, data = trained["work"], trained["data"]
+    test = resolve_split(data, "test")
+    ids = test.chip_ids()
+    rep = score_folder(work / "masks", test.labels_dir)
+    assert rep.ok and rep.n_chips == len(ids)
+    fracs, agree = [], []
+    for cid in ids:
+        p = read_soft(work / "soft" / f"{cid}.tif")
+        m = read_label(work / "masks" / f"{cid}.tif")
+        assert p.shape == (96, 96) and p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
+        clear = np.abs(p - 0.5) > 1 / 255  # masks are nnU-Net's argmax = probability > 0.5
+        agree.append((m[clear] == (p[clear] > 0.5)).mean())
+        fracs.append(read_label(test.label_path(cid)).mean())
+        assert (work / "soft" / f"{cid}.tif").stat().st_size <= 96 * 96 + 1024
+    assert min(agree) == 1.0
+    all_cloud = float(np.mean(fracs))  # Jaccard of calling every pixel cloud
+    assert rep.jaccard > all_cloud + 0.05, (rep.jaccard, all_cloud)
+
+
+def test_in_process_teacher_agrees_with_teacher_predict(trained):
+    work, data, ws = trained["work"], trained["data"], trained["ws"]
+    teacher = NnUNetTeacher.from_workspace(ws)
+    assert teacher.folds == (0,)
+    test = resolve_split(data, "test")
+    ids = test.chip_ids()[:4]
+    x = torch.from_numpy(np.stack([normalise(read_chip(test.chip_dir(c))) for c in ids]))
+    logits = teacher.logits(x)
+    assert logits.shape == (4, 1, 96, 96) and logits.dtype == torch.float32
+    prob = torch.sigmoid(logits)[:, 0].numpy()
+    soft = np.stack([read_soft(work / "soft" / f"{c}.tif") for c in ids])
+    assert np.abs(prob - soft).max() <= 0.5 / 255 + 1e-3  # equal up to the uint8 quantisation of soft labels
+    direct = np.stack([teacher.predict_chip(read_chip(test.chip_dir(c)))[0] for c in ids])
+    assert np.abs(prob - direct).max() < 1e-3
+    with pytest.raises(ValueError, match="N, 4, H, W"):
+        teacher.logits(torch.zeros(1, 3, 96, 96))
+
+
+def test_info_json(trained):
+    r = cli("teacher", "info", "--workdir", trained["ws"].root, "--json")
+    d = json.loads(r.output)
+    budget = d["configurations"]["2d_p96_b4_f16-128"]
+    for key in ("params", "n_stages", "features_per_stage", "patch_size", "batch_size"):
+        assert key in budget
+    assert budget["patch_size"] == [96, 96] and budget["batch_size"] == 4
+    assert budget["features_per_stage"][0] == 16 and max(budget["features_per_stage"]) <= 128
+    teacher = NnUNetTeacher.from_workspace(trained["ws"])
+    assert budget["params"] == teacher.n_params
+    assert d["teacher"]["folds"] == [0]
+
+
+def test_training_resumes_after_an_interruption(trained):
+    """Kill a training run after its first checkpoint, then --continue: it resumes, not restarts."""
+    ws = trained["ws"]
+    exe = str(Path(sys.executable).with_name("cloudkd"))
+    budget = list(BUDGET)
+    budget[1] = "4"  # epochs
+    args = [exe, "teacher", "train", "--workdir", str(ws.root), "--fold", "1", "--device", "cpu", *budget]
+    fold_dir = ws.results / "Dataset501_OnCloudN" / "nnUNetTrainerCloudKD__nnUNetPlans__2d_p96_b4_f16-128" / "fold_1"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not (fold_dir / "checkpoint_latest.pth").is_file():
+            assert proc.poll() is None, "training ended before it could be interrupted"
+            assert time.time() < deadline
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (fold_dir / "checkpoint_final.pth").exists()
+    saved = torch.load(fold_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"]
+    assert 1 <= saved < 4
+    r = runner.invoke(app, [a for a in args[1:]] + ["--continue"])
+    assert r.exit_code == 0, r.output
+    final = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 4
+    logs = sorted(fold_dir.glob("training_log_*.txt"), key=lambda p: p.stat().st_mtime)
+    resumed = logs[-1].read_text()
+    assert re.search(rf": Epoch {saved}\s*$", resumed, re.M) and not re.search(r": Epoch 0\s*$", resumed, re.M)
+    info = json.loads(ws.teacher_json.read_text())
+    assert info["folds"] == [0, 1]
+
+
+@pytest.mark.parametrize("problem", ["missing_labels", "mixed_sizes", "band_count"])
+def test_prepare_rejects_bad_input_before_nnunet(tmp_path, problem):
+    chips = {f"c{i}": np.full((4, 32, 32), 1000 + i, np.uint16) for i in range(4)}
+    labels = {c: np.zeros((32, 32), np.uint8) for c in chips}
+    if problem == "missing_labels":
+        labels.pop("c2")
+    if problem == "mixed_sizes":
+        chips["c3"] = np.full((4, 64, 64), 1000, np.uint16)
+        labels["c3"] = np.zeros((64, 64), np.uint8)
+    root = make_dataset(tmp_path / "d", chips, labels=labels)
+    if problem == "band_count":
+        tifffile.imwrite(root / "train_features" / "c1" / "B08.tif", np.zeros((3, 32, 32), np.uint16))
+        (root / "train_features" / "c0" / "B03.tif").unlink()
+    ws = Workspace(tmp_path / "ws")
+    expect = {"missing_labels": r"c2: .*missing label file",
+              "mixed_sizes": r"c3: .*wrong shape \(64, 64\), expected \(32, 32\)",
+              "band_count": r"c0: .*B03\.tif: missing band file(.|\n)*c1: .*B08\.tif: expected a single-band"}
+    with pytest.raises(DataError, match=expect[problem]) as e:
+        prepare(root, ws, k=2, progress=False)
+    assert "nothing was written" in str(e.value)
+    assert not ws.raw.exists() or not any(ws.raw.iterdir())
+    (root / "train_labels").rename(root / "elsewhere")
+    with pytest.raises(DataError, match="labels folder does not exist"):
+        prepare(root, ws, k=2, progress=False)
+
+
+def test_default_plan_for_512_chips_is_the_46m_nnunet(tmp_path):
+    """nnU-Net's own plan for 4-band 512x512 chips: 8 stages, 32..512 features, about 46 M parameters."""
+    data = tmp_path / "d"
+    synthesize(data, SynthConfig(n_train=6, n_test=0, size=512, seed=3), workers=2, progress=False)
+    ws = Workspace(tmp_path / "ws")
+    prepare(data, ws, k=2, progress=False)
+    plan_and_preprocess(ws, 501)
+    plans = json.loads((ws.preprocessed / "Dataset501_OnCloudN" / "nnUNetPlans.json").read_text())
+    d = describe_plan(plans, "2d")
+    assert d["n_stages"] == 8 and d["patch_size"] == [512, 512]
+    assert d["features_per_stage"] == [32, 64, 128, 256, 512, 512, 512, 512]
+    assert 45e6 < d["params"] < 47.5e6
+    assert Budget(patch=256).configuration == "2d_p256_b2"
