@@ -93,13 +93,18 @@ def test_bad_input_is_one_clear_line(tmp_path):
 def test_demo_quick(tmp_path):
     r = invoke("demo", "--quick", "--workdir", tmp_path / "run", "--data", tmp_path / "data")
     assert r.exit_code == 0, r.output
-    assert "thresholding" in r.output and "Global Jaccard" in r.output
+    assert "Global Jaccard" in r.output and "thresholding" in r.output and "nnU-Net teacher" in r.output
     res = json.loads((tmp_path / "run" / "results.json").read_text())
-    row = res["rows"][0]
-    assert row["method"] == "thresholding" and 0.3 < row["jaccard"] < 1.0
+    rows = {row["method"]: row for row in res["rows"]}
+    assert 0.3 < rows["thresholding"]["jaccard"] < 1.0
+    assert 0.0 < rows["nnU-Net teacher"]["jaccard"] <= 1.0 and rows["nnU-Net teacher"]["params"] > 10_000
+    assert len(list((tmp_path / "run" / "soft" / "test").glob("*.tif"))) == 12
     assert (tmp_path / "run" / "summary.png").is_file()
-    # a second run reuses the data and the fitted thresholds
+    # a second run reuses the data, the fitted thresholds and the trained teacher
     r = invoke("demo", "--quick", "--workdir", tmp_path / "run", "--data", tmp_path / "data")
-    assert r.exit_code == 0 and "reused the existing dataset" in r.output and "threshold: reused" in r.output
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["rows"][0]["jaccard"] == pytest.approx(
-        row["jaccard"])
+    assert r.exit_code == 0, r.output
+    assert "reused the existing dataset" in r.output and "threshold: reused" in r.output
+    assert "reused the trained fold 0" in r.output
+    again = {row["method"]: row for row in json.loads((tmp_path / "run" / "results.json").read_text())["rows"]}
+    assert again["thresholding"]["jaccard"] == pytest.approx(rows["thresholding"]["jaccard"])
+    assert again["nnU-Net teacher"]["jaccard"] == pytest.approx(rows["nnU-Net teacher"]["jaccard"])

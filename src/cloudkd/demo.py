@@ -1,15 +1,16 @@
 """``make demo``: the whole story on generated data, one step after the other, reusing what is already built.
 
-Steps so far: generate the benchmark -> location-grouped folds -> fit the thresholding baseline on the train split
--> predict the held-out test split (locations never seen in training) -> score with the leaderboard metric ->
-print one results table and write it (CSV + JSON) with a PNG of sample chips and masks.
+Steps so far: generate the benchmark -> location-grouped folds -> thresholding baseline (fitted on the train split)
+-> nnU-Net teacher (prepared, planned, trained on fold 0 within a CPU budget) -> each predicts the held-out test
+split (locations never seen in training) -> score with the leaderboard metric -> one results table (CSV + JSON)
+and a PNG of sample chips and masks.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List
 
@@ -20,6 +21,7 @@ from .data.chips import atomic_write, load_index, resolve_split
 from .data.folds import make_folds, write_folds
 from .data.synthetic import SynthConfig, synthesize
 from .scoring import score_folder
+from .teacher.nnunet import Budget
 from .viz import plot_chips
 
 
@@ -34,11 +36,17 @@ class DemoConfig:
     difficulty: float = SynthConfig.difficulty
     folds: int = 5
     force: bool = False
+    device: str = "auto"
+    #: the teacher's CPU budget: a narrow nnU-Net (2.1 M parameters), ~5 minutes on 2 cores
+    teacher_budget: Budget = field(default_factory=lambda: Budget(
+        epochs=12, iters_per_epoch=50, val_iters=2, patch=256, batch=4, base_features=8, max_features=128))
 
     @classmethod
     def quick(cls, workdir: str = "runs/demo-quick", data: str = "data/generated/demo-quick") -> "DemoConfig":
-        """A seconds-long variant for tests: few small chips."""
-        return cls(workdir=workdir, data=data, n_train=24, n_test=12, size=128, folds=3)
+        """A short variant for tests: few small chips, a tiny teacher budget."""
+        return cls(workdir=workdir, data=data, n_train=24, n_test=12, size=128, folds=3,
+                   teacher_budget=Budget(epochs=2, iters_per_epoch=10, val_iters=1, patch=128, batch=4,
+                                         base_features=8, max_features=64))
 
 
 def _log(msg: str) -> None:
@@ -59,53 +67,83 @@ def format_table(rows: List[dict], columns: List[str]) -> str:
     return "\n".join([line(columns), sep] + [line(b) for b in body])
 
 
+def _score_row(method: str, params: int, ms_chip: float, pred_dir: Path, split, work: Path):
+    """(results-table row, score report) of one method's predictions on a labelled split."""
+    report = score_folder(pred_dir, split.labels_dir)
+    report.write(work / "scores" / method, work / "scores" / f"{method}.json")
+    return {"method": method, "params": params, "ms_per_chip": round(ms_chip, 1), "jaccard": report.jaccard,
+            "precision": report.total.precision, "recall": report.total.recall}, report
+
+
 def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
+    from .teacher.model import NnUNetTeacher
+    from .teacher.model import predict_folder as teacher_predict
+    from .teacher.nnunet import DEFAULT_DATASET_ID, Workspace, default_device, plan_and_preprocess
+    from .teacher.nnunet import prepare as teacher_prepare
+    from .teacher.nnunet import train as teacher_train
+
     work = Path(cfg.workdir)
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
+    rows = []
 
     # 1. data
     scfg = SynthConfig(n_train=cfg.n_train, n_test=cfg.n_test, size=cfg.size, seed=cfg.seed,
                        difficulty=cfg.difficulty)
-    _log(f"1/5 generate {cfg.n_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
+    _log(f"1/4 generate {cfg.n_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
     res = synthesize(cfg.data, scfg, overwrite=cfg.force, progress=progress)
     _log("    reused the existing dataset" if res.reused else f"    generated in {res.seconds:.1f} s")
     train = load_index(resolve_split(cfg.data, "train"))
     test_split = resolve_split(cfg.data, "test")
 
-    # 2. folds (used by the teacher and student stages; written now so every stage shares them)
-    folds_csv = work / "folds.csv"
-    write_folds(make_folds(train, k=cfg.folds, seed=cfg.seed), folds_csv)
-    _log(f"2/5 {cfg.folds} location-grouped folds -> {folds_csv}")
+    # 2. folds, shared by every stage
+    folds = make_folds(train, k=cfg.folds, seed=cfg.seed)
+    folds_csv = write_folds(folds, work / "folds.csv")
+    _log(f"2/4 {cfg.folds} location-grouped folds -> {folds_csv}")
 
-    # 3. thresholding baseline, fitted on the whole train split
+    # 3. thresholding baseline, fitted on the whole train split, applied to the held-out test split
     model_path = work / "threshold.json"
     if res.reused and model_path.is_file() and not cfg.force:
         model = ThresholdModel.load(model_path)
-        _log(f"3/5 threshold: reused {model_path}")
+        _log(f"3/4 threshold: reused {model_path}")
     else:
         t0 = time.perf_counter()
         model = fit_threshold(train["features"], train["label"], progress=progress)
         model.save(model_path)
-        _log(f"3/5 threshold fitted in {time.perf_counter() - t0:.1f} s: brightness > {model.brightness_min:.3f}, "
+        _log(f"3/4 threshold fitted in {time.perf_counter() - t0:.1f} s: brightness > {model.brightness_min:.3f}, "
              f"whiteness < {model.whiteness_max:.3f} (train Jaccard {model.fit_jaccard:.4f}) -> {model_path}")
-
-    # 4. predict the held-out test split
-    pred_dir = work / "predictions" / "threshold"
+    pred_thr = work / "predictions" / "threshold"
     t0 = time.perf_counter()
-    n = predict_folder(model, test_split.features_dir, pred_dir, progress=progress)
-    ms_chip = 1000 * (time.perf_counter() - t0) / max(n, 1)
-    _log(f"4/5 predicted {n} test chips -> {pred_dir} ({ms_chip:.1f} ms/chip incl. I/O)")
+    n = predict_folder(model, test_split.features_dir, pred_thr, progress=progress)
+    row, _ = _score_row("thresholding", 2, 1000 * (time.perf_counter() - t0) / max(n, 1), pred_thr, test_split,
+                        work)
+    rows.append(row)
+    _log(f"    thresholding: global Jaccard {rows[-1]['jaccard']:.4f} on {n} test chips")
 
-    # 5. score
-    report = score_folder(pred_dir, test_split.labels_dir)
-    report.write(work / "scores" / "threshold", work / "scores" / "threshold.json")
-    rows = [{"method": "thresholding", "params": 2, "ms_per_chip": round(ms_chip, 2),
-             "jaccard": report.jaccard, "precision": report.total.precision, "recall": report.total.recall}]
-    _log(f"5/5 scored {report.n_chips} chips in {report.seconds:.2f} s")
+    # 4. nnU-Net teacher: prepare, plan + preprocess, train fold 0 within the CPU budget, predict the test split
+    device = default_device() if cfg.device == "auto" else cfg.device
+    ws = Workspace(work / "nnunet")
+    _log(f"4/4 nnU-Net teacher in {ws.root} (budget {cfg.teacher_budget})")
+    prep = teacher_prepare(cfg.data, ws, folds=folds, progress=progress)
+    _log(f"    prepare: {prep.dataset_name} " + ("reused" if prep.reused else f"written in {prep.seconds:.0f} s"))
+    timings = plan_and_preprocess(ws, DEFAULT_DATASET_ID)
+    if timings:
+        _log("    nnU-Net " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()))
+    tr = teacher_train(ws, DEFAULT_DATASET_ID, fold=0, budget=cfg.teacher_budget, device=device, force=cfg.force)
+    per_it = f", {tr.seconds_per_iteration:.2f} s/iteration" if tr.seconds_per_iteration else ""
+    _log("    train: " + ("reused the trained fold 0" if tr.reused else
+                             f"{tr.epochs_done} epochs in {tr.seconds:.0f} s (incl. planning){per_it}"))
+    teacher = NnUNetTeacher.from_workspace(ws, folds=[0], device=device)
+    pred_t = work / "predictions" / "teacher"
+    t0 = time.perf_counter()
+    out = teacher_predict(teacher, test_split.features_dir, pred_t, work / "soft" / "test", progress=progress)
+    row, report = _score_row("nnU-Net teacher", teacher.n_params,
+                             1000 * (time.perf_counter() - t0) / out["n_chips"], pred_t, test_split, work)
+    rows.append(row)
+    _log(f"    teacher: global Jaccard {rows[-1]['jaccard']:.4f}; {out['ms_per_chip']:.0f} ms/chip inference")
 
     sample = list(report.per_chip.sort_values("chip_id")["chip_id"][:: max(1, len(report.per_chip) // 6)][:6])
-    fig = plot_chips(test_split, sample, work / "summary.png", {"threshold": pred_dir},
+    fig = plot_chips(test_split, sample, work / "summary.png", {"threshold": pred_thr, "teacher": pred_t},
                      title="held-out test chips (unseen locations)")
     table = pd.DataFrame(rows)
     atomic_write(work / "results.csv", lambda t: table.to_csv(t, index=False))
@@ -117,4 +155,3 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     print(format_table(rows, ["method", "params", "ms_per_chip", "jaccard", "precision", "recall"]))
     print(f"\nresults: {work / 'results.csv'}   figure: {fig}   total {time.perf_counter() - t_all:.0f} s")
     return rows
-
