@@ -132,7 +132,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     tr = teacher_train(ws, DEFAULT_DATASET_ID, fold=0, budget=cfg.teacher_budget, device=device, force=cfg.force)
     per_it = f", {tr.seconds_per_iteration:.2f} s/iteration" if tr.seconds_per_iteration else ""
     _log("    train: " + ("reused the trained fold 0" if tr.reused else
-                             f"{tr.epochs_done} epochs in {tr.seconds:.0f} s (incl. planning){per_it}"))
+                             f"{tr.epochs_done} epochs in {tr.seconds:.0f} s{per_it}"))
     teacher = NnUNetTeacher.from_workspace(ws, folds=[0], device=device)
     pred_t = work / "predictions" / "teacher"
     t0 = time.perf_counter()
