@@ -21,7 +21,7 @@ from cloudkd.data.synthetic import SynthConfig, synthesize
 from cloudkd.scoring import score_folder
 from cloudkd.teacher.model import NnUNetTeacher
 from cloudkd.teacher.nnunet import Budget, Workspace, describe_plan, prepare, plan_and_preprocess
-from cloudkd.teacher.soft import read_soft
+from cloudkd.data.soft import read_soft
 
 from conftest import make_dataset
 
@@ -125,10 +125,14 @@ def test_in_process_teacher_agrees_with_teacher_predict(trained):
     logits = teacher.logits(x)
     assert logits.shape == (4, 1, 96, 96) and logits.dtype == torch.float32
     prob = torch.sigmoid(logits)[:, 0].numpy()
-    soft = np.stack([read_soft(work / "soft" / f"{c}.tif") for c in ids])
-    assert np.abs(prob - soft).max() <= 0.5 / 255 + 1e-3  # equal up to the uint8 quantisation of soft labels
+    # nnU-Net's sliding-window path (teacher predict, predict_chip) accumulates logits in float16; the batched
+    # in-process path keeps float32. They agree up to that rounding, and the masks agree.
     direct = np.stack([teacher.predict_chip(read_chip(test.chip_dir(c)))[0] for c in ids])
-    assert np.abs(prob - direct).max() < 1e-3
+    assert np.abs(prob - direct).max() < 0.02 and np.abs(prob - direct).mean() < 2e-3
+    assert ((prob > 0.5) == (direct > 0.5)).mean() > 0.999
+    soft = np.stack([read_soft(work / "soft" / f"{c}.tif") for c in ids])
+    assert np.abs(direct - soft).max() <= 0.5 / 255 + 1e-3  # teacher predict: equal up to uint8 quantisation
+    assert np.abs(teacher.logits(x[:1]) - logits[:1]).max() < 1e-4  # batch-independent (instance norm)
     with pytest.raises(ValueError, match="N, 4, H, W"):
         teacher.logits(torch.zeros(1, 3, 96, 96))
 

@@ -3,6 +3,8 @@
 * ``image``: float32 tensor (4, H, W), read with :func:`read_chip` and normalised with :func:`normalise`;
 * ``mask``: float32 tensor (1, H, W) in {0, 1} (present when the table has labels), the shape of smp's
   binary logits;
+* ``soft``: float32 tensor (1, H, W) in [0, 1], the teacher's cloud probability (when ``soft_dir`` is given:
+  ``soft_dir/{chip_id}.tif`` written by ``cloudkd teacher predict --soft-out``);
 * ``chip_id``: str.
 
 An optional ``transform`` receives and returns the sample as numpy arrays (``image`` (4, H, W) float32, ``mask``
@@ -11,6 +13,8 @@ An optional ``transform`` receives and returns the sample as numpy arrays (``ima
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -18,21 +22,28 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from .chips import read_chip, read_label
+from .chips import DataError, read_chip, read_label
 from .normalise import normalise
+from .soft import read_soft
 
 
 class ChipDataset(Dataset):
     """Chips of a table made by :func:`cloudkd.data.chips.load_index` (or a subset of it, e.g. one fold)."""
 
     def __init__(self, index: pd.DataFrame, transform: Optional[Callable[[Dict], Dict]] = None,
-                 with_labels: Optional[bool] = None):
+                 with_labels: Optional[bool] = None, soft_dir: Optional[os.PathLike | str] = None):
         self.index = index.reset_index(drop=True)
         has = "label" in self.index.columns and bool(len(self.index)) and all(self.index["label"].astype(bool))
         if with_labels and not has:
             raise ValueError("with_labels=True but the chip table has no label paths")
         self.with_labels = has if with_labels is None else with_labels
         self.transform = transform
+        self.soft_dir = Path(soft_dir) if soft_dir is not None else None
+        if self.soft_dir is not None:
+            missing = [c for c in self.index["chip_id"] if not (self.soft_dir / f"{c}.tif").is_file()]
+            if missing:
+                raise DataError(f"{self.soft_dir}: no soft label for {len(missing)} chip(s): {missing[:10]} "
+                                f"(run 'cloudkd teacher predict --soft-out {self.soft_dir}' on these chips)")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -43,6 +54,8 @@ class ChipDataset(Dataset):
         sample: Dict[str, object] = {"image": normalise(refl)}
         if self.with_labels:
             sample["mask"] = read_label(row["label"], refl.shape[1:]).astype(np.float32)[None]
+        if self.soft_dir is not None:
+            sample["soft"] = read_soft(self.soft_dir / f"{row['chip_id']}.tif", refl.shape[1:])[None]
         if self.transform is not None:
             sample = self.transform(sample)
         out: Dict[str, object] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.items()}

@@ -100,15 +100,31 @@ class NnUNetTeacher:
             raise ValueError(f"expected a (N, 4, H, W) batch, got shape {batch.shape}")
         pm, cm = self.predictor.plans_manager, self.predictor.configuration_manager
         pre = DefaultPreprocessor(verbose=False)
-        out = []
+        data = np.empty((batch.shape[0], batch.shape[1], 1) + batch.shape[2:], np.float32)
+        for i, img in enumerate(batch):  # nnU-Net's normalisation per the plans, on (4, 1, H, W) like its 2d data
+            seg = np.zeros((1, 1) + img.shape[1:], np.int8)
+            data[i] = pre._normalize(img.astype(np.float32)[:, None].copy(), seg, cm,
+                                     pm.foreground_intensity_properties_per_channel)
         with torch.no_grad():
-            for img in batch:
-                data = img.astype(np.float32)[:, None].copy()  # (4, 1, H, W) like nnU-Net's 2d data
-                seg = np.zeros((1,) + data.shape[1:], np.int8)
-                data = pre._normalize(data, seg, cm, pm.foreground_intensity_properties_per_channel)
-                z = self.predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))  # (2, 1, H, W)
-                out.append((z[1] - z[0]).float())
-        res = torch.stack(out)  # (N, 1, H, W)
+            if tuple(batch.shape[2:]) == self.patch_size:
+                # one sliding-window tile covers the image: nnU-Net's Gaussian weighting cancels out, so the
+                # whole batch goes through the network (and nnU-Net's mirroring) at once
+                x4 = torch.from_numpy(data[:, :, 0]).to(self.device)
+                params = self.predictor.list_of_parameters
+                z = None
+                for p in params:
+                    if len(params) > 1:
+                        self.network.load_state_dict(p)
+                    zi = self.predictor._internal_maybe_mirror_and_predict(x4).float().cpu()
+                    z = zi if z is None else z + zi
+                z = z / len(params)
+                res = (z[:, 1] - z[:, 0])[:, None]
+            else:
+                out = []
+                for d in data:
+                    z = self.predictor.predict_logits_from_preprocessed_data(torch.from_numpy(d))  # (2, 1, H, W)
+                    out.append((z[1] - z[0]).float())
+                res = torch.stack(out)  # (N, 1, H, W)
         return res.to(x.device) if hasattr(x, "device") else res
 
     def probabilities(self, x):
@@ -128,7 +144,7 @@ def predict_folder(teacher: NnUNetTeacher, features_dir: os.PathLike | str, mask
     import time
 
     from ..data.chips import list_chip_ids, read_chip, write_mask
-    from .soft import write_soft
+    from ..data.soft import write_soft
 
     features_dir = Path(features_dir)
     ids = list(chip_ids) if chip_ids is not None else list_chip_ids(features_dir)

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tifffile
 
-from ..data.chips import DataError, atomic_write
+from .chips import DataError, atomic_write
 
 LEVELS = 255
 
