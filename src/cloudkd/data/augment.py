@@ -1,0 +1,54 @@
+"""Training augmentation with albumentations, applied identically to image, label and soft label.
+
+Geometric only (random crop, flips, 90-degree rotations, a light affine): brightness is the main cloud cue
+and the inputs are fixed-normalised reflectance, so no colour or intensity changes. The image is float32
+(albumentations mishandles some transforms on uint16 4-band arrays). Label and soft label travel together as
+one two-channel float32 mask, so every geometric transform moves them with the image; the affine interpolates
+them linearly and the label is re-binarised at 0.5 afterwards.
+
+Samples are dicts of numpy arrays in the dataset's layout: ``image`` (4, H, W), ``mask`` (1, H, W) and
+optionally ``soft`` (1, H, W).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+
+
+class Augment:
+    def __init__(self, crop: Optional[int] = 256, flips: bool = True, rot90: bool = True, affine_p: float = 0.3,
+                 seed: Optional[int] = None):
+        import albumentations as A
+        import cv2
+
+        ops = []
+        if crop:
+            ops.append(A.RandomCrop(crop, crop, pad_if_needed=True, border_mode=cv2.BORDER_REFLECT_101))
+        if flips:
+            ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+        if rot90:
+            ops.append(A.RandomRotate90(p=0.5))
+        if affine_p > 0:
+            ops.append(A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15),
+                                interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR,
+                                border_mode=cv2.BORDER_REFLECT_101, p=affine_p))
+        self.crop = crop
+        self.compose = A.Compose(ops, seed=seed)
+
+    def __call__(self, sample: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        image = np.ascontiguousarray(sample["image"].transpose(1, 2, 0), dtype=np.float32)
+        keys = [k for k in ("mask", "soft") if k in sample]
+        out = dict(sample)
+        if keys:
+            targets = np.stack([sample[k][0].astype(np.float32) for k in keys], axis=-1)
+            res = self.compose(image=image, mask=targets)
+            t = res["mask"]
+            for i, k in enumerate(keys):
+                ch = t[..., i]
+                out[k] = ((ch > 0.5).astype(np.float32) if k == "mask" else np.clip(ch, 0, 1))[None]
+        else:
+            res = self.compose(image=image)
+        out["image"] = np.ascontiguousarray(res["image"].transpose(2, 0, 1))
+        return out

@@ -1,0 +1,62 @@
+"""Lightning data module: location-grouped folds, augmented training chips, whole validation chips.
+
+Training uses the chips outside ``val_fold`` (plus, optionally, a folder of unlabelled chips for pure
+distillation), with :class:`cloudkd.data.augment.Augment` (random crop, flips, rot90, light affine) applied to
+image, label and soft label together. Validation uses the whole chips of ``val_fold`` (locations never seen
+in training) without augmentation.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import pandas as pd
+import pytorch_lightning as pl
+from torch.utils.data import ConcatDataset, DataLoader
+
+from .augment import Augment
+from .chips import DataError, load_index, resolve_split
+from .dataset import ChipDataset
+from .folds import make_folds, read_folds, split_by_fold
+
+
+class CloudDataModule(pl.LightningDataModule):
+    def __init__(self, data: os.PathLike | str, folds: Optional[os.PathLike | str] = None, val_fold: int = 0,
+                 k: int = 5, batch_size: int = 8, val_batch_size: int = 4, crop: Optional[int] = 256,
+                 soft_dir: Optional[os.PathLike | str] = None, unlabelled: Optional[os.PathLike | str] = None,
+                 unlabelled_soft_dir: Optional[os.PathLike | str] = None, with_labels: bool = True,
+                 num_workers: int = 0, augment: bool = True, seed: int = 0):
+        super().__init__()
+        self.data, self.folds_path, self.val_fold, self.k = data, folds, val_fold, k
+        self.batch_size, self.val_batch_size, self.crop = batch_size, val_batch_size, crop
+        self.soft_dir, self.unlabelled, self.unlabelled_soft_dir = soft_dir, unlabelled, unlabelled_soft_dir
+        self.with_labels, self.num_workers, self.augment, self.seed = with_labels, num_workers, augment, seed
+        if unlabelled is not None and with_labels:
+            raise DataError("unlabelled training chips need a loss without labels (label weight 0)")
+        self.train_index: Optional[pd.DataFrame] = None
+        self.val_index: Optional[pd.DataFrame] = None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_index is not None:
+            return
+        index = load_index(resolve_split(self.data, "train"), require_labels=True)
+        folds = read_folds(self.folds_path) if self.folds_path else make_folds(index, k=self.k, seed=self.seed)
+        self.train_index, self.val_index = split_by_fold(index, folds, self.val_fold)
+        tf = Augment(self.crop) if self.augment else None
+        sets = [ChipDataset(self.train_index, transform=tf, with_labels=self.with_labels, soft_dir=self.soft_dir)]
+        if self.unlabelled is not None:
+            extra = load_index(resolve_split(self.unlabelled), require_labels=False)
+            sets.append(ChipDataset(extra, transform=tf, with_labels=False, soft_dir=self.unlabelled_soft_dir))
+        self.train_set = sets[0] if len(sets) == 1 else ConcatDataset(sets)
+        self.val_set = ChipDataset(self.val_index, with_labels=True)
+
+    def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) >= batch_size,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch_size, False)
