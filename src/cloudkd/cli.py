@@ -18,6 +18,8 @@ teacher_app = typer.Typer(no_args_is_help=True, help="The nnU-Net v2 teacher: pr
 app.add_typer(baseline_app, name="baseline")
 baseline_app.add_typer(threshold_app, name="threshold")
 app.add_typer(teacher_app, name="teacher")
+student_app = typer.Typer(no_args_is_help=True, help="The compact student U-Net family.")
+app.add_typer(student_app, name="student")
 
 
 def _fail(msg: str, code: int = 1):
@@ -340,6 +342,137 @@ def teacher_info(
     if "teacher" in d:
         t = d["teacher"]
         typer.echo(f"trained teacher: {t['configuration']} ({t['trainer']}), folds {t['folds']}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+@student_app.command("list")
+def student_list(as_json: bool = typer.Option(False, "--json", help="Print {preset: params} as JSON.")):
+    """Student presets and their parameter counts (4 bands in, 1 cloud logit out)."""
+    import json as _json
+
+    from .student.models import list_presets
+    from .student.unet import PRESETS
+
+    presets = list_presets()
+    if as_json:
+        typer.echo(_json.dumps(presets))
+        return
+    for name, n in presets.items():
+        typer.echo(f"{name:8s} {n:>9,d} params  widths {PRESETS[name]['widths']}  ({46_325_422 / n:.0f}x smaller "
+                   f"than nnU-Net's 46.3 M 2d plan)")
+
+
+def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold: int, epochs: int, batch: int,
+         crop: int, lr: float, label_weight: float, kd_weight: float, kd: str, temperature: float,
+         soft: Optional[Path], teacher_nnunet: Optional[Path], teacher_onnx: Optional[Path], onnx_output: str,
+         unlabelled: Optional[Path], steps: Optional[int], accelerator: str, devices: int, num_nodes: int,
+         strategy: str, workers: int, seed: int, resume: bool):
+    from .student.train import TrainConfig, fit
+
+    cfg = TrainConfig(data=str(data), out=str(out), model=model, folds=str(folds_csv) if folds_csv else None,
+                      val_fold=val_fold, epochs=epochs, batch_size=batch, crop=crop, lr=lr,
+                      label_weight=label_weight, kd_weight=kd_weight, kd=kd, temperature=temperature,
+                      soft_dir=str(soft) if soft else None, teacher_nnunet=str(teacher_nnunet) if teacher_nnunet
+                      else None, teacher_onnx=str(teacher_onnx) if teacher_onnx else None,
+                      teacher_onnx_output=onnx_output, unlabelled=str(unlabelled) if unlabelled else None,
+                      limit_train_batches=steps, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                      strategy=strategy, num_workers=workers, seed=seed, resume=resume)
+    try:
+        r = fit(cfg)
+    except ValueError as exc:
+        _fail(str(exc))
+    if r.val_jaccard is not None:
+        typer.echo(f"{model}: {r.params:,} params; best val global Jaccard {r.val_jaccard:.4f} (fold {val_fold}); "
+                   f"{r.seconds:.0f} s; -> {out / 'student.pt'}")
+
+
+_DATA = typer.Argument(..., help="Labelled dataset root (train split, On Cloud N layout).")
+_OUT = typer.Option(..., "--out", help="Run folder (checkpoints, logs, student.pt, student.json).")
+_FOLDS = typer.Option(None, "--folds", help="Folds CSV (default: location folds made from the data).")
+
+
+def _train_options(distill: bool):
+    """The shared options of 'train' and 'distill' (they differ in the defaults of the loss weights)."""
+    return dict(
+        model=typer.Option("unet-s", help="Preset (cloudkd student list), unet:W1-W2-..., or smp:Arch:encoder."),
+        val_fold=typer.Option(0, help="Validation fold (whole locations)."),
+        epochs=typer.Option(10, help="Epochs."),
+        batch=typer.Option(8, help="Batch size per device."),
+        crop=typer.Option(256, help="Random crop size for training."),
+        lr=typer.Option(3e-3, help="AdamW learning rate (cosine schedule)."),
+        label_weight=typer.Option(1.0, help="Weight of BCE + Dice on labels (0: distil without labels)."),
+        kd_weight=typer.Option(1.0 if distill else 0.0, help="Weight of the distillation loss."),
+        kd=typer.Option("pixel", help="Distillation loss: pixel (temperature KL per pixel) or cwd "
+                                      "(channel-wise spatial distribution)."),
+        temperature=typer.Option(2.0, help="Distillation temperature."),
+        soft=typer.Option(None, help="Offline teacher: folder of soft labels for the training chips."),
+        teacher_nnunet=typer.Option(None, help="Online teacher: a trained nnU-Net workdir (cloudkd teacher)."),
+        teacher_onnx=typer.Option(None, help="Online teacher: any ONNX segmentation model (normalised input)."),
+        onnx_output=typer.Option("logits", help="What the ONNX teacher outputs: logits or probabilities."),
+        unlabelled=typer.Option(None, help="Extra unlabelled chips to distil on (needs --label-weight 0)."),
+        steps=typer.Option(None, help="Training steps per epoch (default: one pass over the chips)."),
+        accelerator=typer.Option("auto", help="auto, cpu, gpu."),
+        devices=typer.Option(1, help="Devices (processes) per node."),
+        num_nodes=typer.Option(1, help="Nodes."),
+        strategy=typer.Option("auto", help="Lightning strategy, e.g. ddp."),
+        workers=typer.Option(0, help="Data loader workers."),
+        seed=typer.Option(0, help="Random seed."),
+        resume=typer.Option(False, help="Resume from OUT/checkpoints/last.ckpt."),
+    )
+
+
+_T = _train_options(False)
+_D = _train_options(True)
+
+
+@app.command()
+def train(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _FOLDS,
+          model: str = _T["model"], val_fold: int = _T["val_fold"], epochs: int = _T["epochs"],
+          batch: int = _T["batch"], crop: int = _T["crop"], lr: float = _T["lr"],
+          label_weight: float = _T["label_weight"], kd_weight: float = _T["kd_weight"], kd: str = _T["kd"],
+          temperature: float = _T["temperature"], soft: Optional[Path] = _T["soft"],
+          teacher_nnunet: Optional[Path] = _T["teacher_nnunet"], teacher_onnx: Optional[Path] = _T["teacher_onnx"],
+          onnx_output: str = _T["onnx_output"], unlabelled: Optional[Path] = _T["unlabelled"],
+          steps: Optional[int] = _T["steps"], accelerator: str = _T["accelerator"], devices: int = _T["devices"],
+          num_nodes: int = _T["num_nodes"], strategy: str = _T["strategy"], workers: int = _T["workers"],
+          seed: int = _T["seed"], resume: bool = _T["resume"]):
+    """Train a student or any smp model on labels (add a teacher to distil; see 'distill')."""
+    _fit(**locals())
+
+
+@app.command()
+def distill(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _FOLDS,
+            model: str = _D["model"], val_fold: int = _D["val_fold"], epochs: int = _D["epochs"],
+            batch: int = _D["batch"], crop: int = _D["crop"], lr: float = _D["lr"],
+            label_weight: float = _D["label_weight"], kd_weight: float = _D["kd_weight"], kd: str = _D["kd"],
+            temperature: float = _D["temperature"], soft: Optional[Path] = _D["soft"],
+            teacher_nnunet: Optional[Path] = _D["teacher_nnunet"], teacher_onnx: Optional[Path] = _D["teacher_onnx"],
+            onnx_output: str = _D["onnx_output"], unlabelled: Optional[Path] = _D["unlabelled"],
+            steps: Optional[int] = _D["steps"], accelerator: str = _D["accelerator"], devices: int = _D["devices"],
+            num_nodes: int = _D["num_nodes"], strategy: str = _D["strategy"], workers: int = _D["workers"],
+            seed: int = _D["seed"], resume: bool = _D["resume"]):
+    """Distil a teacher into a student: offline (--soft) or online (--teacher-nnunet / --teacher-onnx)."""
+    if not (soft or teacher_nnunet or teacher_onnx):
+        _fail("distill needs a teacher: --soft DIR (offline) or --teacher-nnunet WORKDIR / --teacher-onnx FILE")
+    _fit(**locals())
+
+
+@app.command()
+def predict(
+    model: Path = typer.Option(..., help="A student run folder (student.json + student.pt)."),
+    features: Path = typer.Option(..., help="A *_features folder (or dataset root)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the masks {chip_id}.tif (submission format)."),
+    batch: int = typer.Option(8, help="Chips per batch."),
+    tta: bool = typer.Option(False, help="Average logits over flips."),
+):
+    """Masks for a folder of chips from a trained student."""
+    from .data.chips import resolve_split
+    from .predict import predict_folder
+    from .student.train import load_student
+
+    r = predict_folder(load_student(model), resolve_split(features).features_dir, out, batch_size=batch, tta=tta)
+    typer.echo(f"{r['n_chips']} masks -> {out}; {r['ms_per_chip']:.1f} ms/chip model, "
+               f"{r['wall_ms_per_chip']:.1f} ms/chip with I/O")
 
 
 @app.command()

@@ -1,0 +1,104 @@
+"""Losses: the hard-label loss and knowledge-distillation losses on the teacher's cloud logits.
+
+All maps are binary-segmentation logits of shape (N, 1, H, W); the teacher side is a logit map too (online
+teachers give logits; offline soft labels are probabilities p, turned into logits with
+:func:`prob_to_logit`, clipped at the uint8 quantisation step so 0 and 1 stay finite).
+
+* **Hard loss** ``bce_dice``: binary cross-entropy + (1 - soft Dice over the batch) on the labels.
+* **Pixel KD** ``pixel_kd`` (Hinton et al. 2015, per pixel): with temperature T,
+  ``T^2 * mean_pixels KL(Bern(sigmoid(z_t/T)) || Bern(sigmoid(z_s/T)))``. Zero when the student equals the
+  teacher; its gradient w.r.t. the student logit is ``T * (sigmoid(z_s/T) - sigmoid(z_t/T)) / n_pixels``, i.e.
+  it pulls the student's probability towards the teacher's. T > 1 weights the teacher's uncertain pixels (thin
+  cloud, edges) more.
+* **Channel-wise distribution KD** ``cwd`` (Shu et al., ICCV 2021, "Channel-wise Knowledge Distillation for
+  Dense Prediction"): each channel's logit map is turned into a spatial distribution with a softmax over all
+  H x W positions (temperature T) and the student's distribution is matched to the teacher's with KL, times
+  T^2. For a binary map the two class channels are represented as ``(z/2, -z/2)``, so cloud and background
+  spatial distributions are both matched. It transfers *where* the teacher puts cloud mass rather than
+  per-pixel values.
+
+:class:`LossConfig` combines them: ``label_weight * bce_dice + kd_weight * kd_loss``. ``label_weight = 0``
+distils from a teacher alone (unlabelled chips).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+#: soft labels are stored with 255 levels; probabilities are clipped half a level away from 0 and 1
+PROB_EPS = 1.0 / 510.0
+KD_LOSSES = ("pixel", "cwd")
+
+
+def prob_to_logit(p: torch.Tensor, eps: float = PROB_EPS) -> torch.Tensor:
+    p = p.clamp(eps, 1.0 - eps)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def bce_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    dice = (2 * (p * target).sum() + smooth) / (p.sum() + target.sum() + smooth)
+    return bce + (1.0 - dice)
+
+
+def pixel_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Binary KL(teacher || student) per pixel with temperature, mean over pixels, times T^2."""
+    t = temperature
+    zs, zt = student / t, teacher / t
+    pt = torch.sigmoid(zt)
+    # KL = pt*(log pt - log ps) + (1-pt)*(log(1-pt) - log(1-ps)), written with logsigmoid for stability
+    kl = pt * (F.logsigmoid(zt) - F.logsigmoid(zs)) + (1 - pt) * (F.logsigmoid(-zt) - F.logsigmoid(-zs))
+    return kl.mean() * t * t
+
+
+def cwd(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """Channel-wise distribution KD: spatial softmax per channel, KL(teacher || student), times T^2."""
+    t = temperature
+    if student.shape[1] == 1:  # binary: the two class channels (z/2, -z/2)
+        student = torch.cat([student / 2, -student / 2], dim=1)
+        teacher = torch.cat([teacher / 2, -teacher / 2], dim=1)
+    n, c = student.shape[:2]
+    s = F.log_softmax(student.reshape(n, c, -1) / t, dim=-1)
+    q = F.log_softmax(teacher.reshape(n, c, -1) / t, dim=-1)
+    kl = (q.exp() * (q - s)).sum(-1)  # (N, C)
+    return kl.mean() * t * t
+
+
+@dataclass
+class LossConfig:
+    label_weight: float = 1.0
+    kd_weight: float = 0.0
+    kd: str = "pixel"
+    temperature: float = 2.0
+
+    def __post_init__(self):
+        if self.kd not in KD_LOSSES:
+            raise ValueError(f"unknown KD loss {self.kd!r}; choose one of {KD_LOSSES}")
+        if self.label_weight < 0 or self.kd_weight < 0 or self.label_weight + self.kd_weight == 0:
+            raise ValueError("loss weights must be >= 0 and not both 0")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+
+    def __call__(self, logits: torch.Tensor, target: Optional[torch.Tensor] = None,
+                 teacher_logits: Optional[torch.Tensor] = None) -> dict:
+        """Total loss and its parts (dict of tensors: ``loss``, ``hard``, ``kd``)."""
+        parts = {}
+        total = logits.new_zeros(())
+        if self.label_weight > 0:
+            if target is None:
+                raise ValueError("label_weight > 0 needs labels")
+            parts["hard"] = bce_dice(logits, target)
+            total = total + self.label_weight * parts["hard"]
+        if self.kd_weight > 0:
+            if teacher_logits is None:
+                raise ValueError("kd_weight > 0 needs teacher logits")
+            fn = pixel_kd if self.kd == "pixel" else cwd
+            parts["kd"] = fn(logits, teacher_logits.detach(), self.temperature)
+            total = total + self.kd_weight * parts["kd"]
+        parts["loss"] = total
+        return parts

@@ -1,0 +1,89 @@
+"""LightningModule training a student (or any smp model) from labels and/or a teacher.
+
+Teacher modes:
+
+* ``none``: labels only;
+* ``offline``: the batch carries ``soft`` (teacher probabilities written by ``teacher predict``), augmented with
+  the image, turned into teacher logits;
+* ``online``: a teacher object (``logits(x)``) runs on exactly the augmented batch the student sees.
+
+Validation computes the leaderboard metric (global Jaccard over all pixels of the validation fold, with
+:mod:`cloudkd.metrics`), summed over devices before the ratio, and logs it as ``val_jaccard``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+
+from ..metrics import Confusion, confusion
+from .distill import LossConfig, bce_dice, prob_to_logit
+from .models import build_model
+
+
+class StudentModule(pl.LightningModule):
+    def __init__(self, model: str = "unet-s", model_kwargs: Optional[dict] = None, label_weight: float = 1.0,
+                 kd_weight: float = 0.0, kd: str = "pixel", temperature: float = 2.0, teacher_mode: str = "none",
+                 lr: float = 3e-3, weight_decay: float = 1e-4, max_epochs: int = 10):
+        super().__init__()
+        if teacher_mode not in ("none", "offline", "online"):
+            raise ValueError(f"teacher_mode must be none, offline or online, got {teacher_mode!r}")
+        if teacher_mode == "none" and kd_weight > 0:
+            raise ValueError("kd_weight > 0 needs a teacher (offline soft labels or an online teacher)")
+        self.save_hyperparameters()
+        self.model = build_model(model, model_kwargs=model_kwargs)
+        self.loss = LossConfig(label_weight, kd_weight, kd, temperature)
+        self.teacher = None  # set with attach_teacher(); not a submodule, never saved in checkpoints
+        self._val = Confusion()
+
+    def attach_teacher(self, teacher) -> None:
+        object.__setattr__(self, "teacher", teacher)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _teacher_logits(self, batch) -> Optional[torch.Tensor]:
+        mode = self.hparams.teacher_mode
+        if mode == "offline":
+            return prob_to_logit(batch["soft"])
+        if mode == "online":
+            if self.teacher is None:
+                raise RuntimeError("online distillation needs attach_teacher(teacher) before fitting")
+            with torch.no_grad():
+                return self.teacher.logits(batch["image"]).to(batch["image"].device)
+        return None
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch["image"])
+        parts = self.loss(logits, batch.get("mask"), self._teacher_logits(batch) if self.loss.kd_weight else None)
+        for k, v in parts.items():
+            self.log(f"train_{k}", v, prog_bar=k == "loss", on_step=False, on_epoch=True,
+                     batch_size=logits.shape[0])
+        return parts["loss"]
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = Confusion()
+
+    def validation_step(self, batch, batch_idx):
+        logits = self(batch["image"])
+        self._val += confusion(logits > 0, batch["mask"] > 0.5)
+        # the hard-label loss on whole validation chips (comparable across runs whatever their KD settings)
+        self.log("val_loss", bce_dice(logits, batch["mask"]), on_epoch=True, batch_size=logits.shape[0],
+                 sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        c = self._val
+        t = torch.tensor([c.tp, c.fp, c.fn, c.tn], dtype=torch.float64, device=self.device)
+        t = self.trainer.strategy.reduce(t, reduce_op="sum")  # global counts over all devices
+        total = Confusion(*[int(v) for v in t.tolist()])
+        jac = total.tp / total.union if total.union else 0.0
+        self.log("val_jaccard", jac, prog_bar=True, sync_dist=False)
+        self.log("val_precision", total.precision if total.tp + total.fp else 0.0, sync_dist=False)
+        self.log("val_recall", total.recall if total.tp + total.fn else 0.0, sync_dist=False)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.hparams.max_epochs))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,165 @@
+"""``cloudkd train`` / ``cloudkd distill``: fit a student with Lightning from one config.
+
+Everything of a run lands in ``out``::
+
+    out/checkpoints/best.ckpt, last.ckpt     Lightning checkpoints (best by val_jaccard; last for --resume)
+    out/logs/...                             CSV logs (and TensorBoard when tensorboard/tensorboardX is installed)
+    out/student.pt                           the best model's plain state dict (``torch.load`` + load_state_dict)
+    out/student.json                         model spec, parameter count, val Jaccard, training config
+
+Multi-GPU / multi-node runs use Lightning strategies (``devices``, ``num_nodes``, ``strategy="ddp"``); on CPUs
+DDP uses the gloo backend. Each rank writes ``out/rank{r}.json`` (its final val Jaccard and a checksum of its
+weights) so agreement between ranks can be checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+
+from ..data.chips import DataError, atomic_write
+from ..data.datamodule import CloudDataModule
+from .module import StudentModule
+from .teachers import load_online_teacher
+from .unet import count_params
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    model: str = "unet-s"
+    folds: Optional[str] = None
+    val_fold: int = 0
+    epochs: int = 10
+    batch_size: int = 8
+    crop: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    label_weight: float = 1.0
+    kd_weight: float = 0.0
+    kd: str = "pixel"
+    temperature: float = 2.0
+    soft_dir: Optional[str] = None  # offline teacher: soft labels of the training chips
+    teacher_nnunet: Optional[str] = None  # online teacher: an nnU-Net workdir
+    teacher_onnx: Optional[str] = None  # online teacher: an ONNX model
+    teacher_onnx_output: str = "logits"
+    unlabelled: Optional[str] = None  # extra unlabelled chips (label_weight must be 0)
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    num_workers: int = 0
+    limit_train_batches: Optional[int] = None  # fixed steps per epoch (equal budgets across runs)
+    resume: bool = False
+    progress: bool = True
+
+    @property
+    def teacher_mode(self) -> str:
+        online = bool(self.teacher_nnunet or self.teacher_onnx)
+        if online and self.soft_dir:
+            raise ValueError("give either offline soft labels or an online teacher, not both")
+        return "online" if online else "offline" if self.soft_dir else "none"
+
+
+@dataclass
+class FitResult:
+    out: Path
+    best_checkpoint: Optional[Path]
+    val_jaccard: Optional[float]
+    params: int
+    seconds: float
+    epochs: int
+
+
+def _weights_checksum(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fit(cfg: TrainConfig) -> FitResult:
+    mode = cfg.teacher_mode
+    if cfg.kd_weight > 0 and mode == "none":
+        raise DataError("distillation (kd_weight > 0) needs --soft (offline) or --teacher-nnunet / --teacher-onnx")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dm = CloudDataModule(cfg.data, cfg.folds, cfg.val_fold, batch_size=cfg.batch_size, crop=cfg.crop,
+                         soft_dir=cfg.soft_dir if mode == "offline" else None, unlabelled=cfg.unlabelled,
+                         with_labels=cfg.label_weight > 0, num_workers=cfg.num_workers, seed=cfg.seed)
+    module = StudentModule(cfg.model, None, cfg.label_weight, cfg.kd_weight, cfg.kd, cfg.temperature, mode,
+                           cfg.lr, cfg.weight_decay, cfg.epochs)
+    if mode == "online":
+        device = "cuda" if cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto"
+                                                                     and torch.cuda.is_available()) else "cpu"
+        module.attach_teacher(load_online_teacher(cfg.teacher_nnunet, cfg.teacher_onnx, cfg.teacher_onnx_output,
+                                                  device=device))
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_jaccard",
+                                        mode="max", save_last=True)
+    loggers = [pl.loggers.CSVLogger(str(out), name="logs")]
+    try:
+        loggers.append(pl.loggers.TensorBoardLogger(str(out), name="tensorboard"))
+    except ModuleNotFoundError:
+        pass
+    trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
+                         num_nodes=cfg.num_nodes, strategy=cfg.strategy, callbacks=[ckpt], logger=loggers,
+                         enable_progress_bar=cfg.progress, enable_model_summary=False, log_every_n_steps=1,
+                         limit_train_batches=cfg.limit_train_batches, deterministic=False)
+    last = out / "checkpoints" / "last.ckpt"
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
+    seconds = time.perf_counter() - t0
+
+    best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
+    score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
+    if trainer.world_size > 1:
+        final = trainer.callback_metrics.get("val_jaccard")
+        atomic_write(out / f"rank{trainer.global_rank}.json", lambda t: Path(t).write_text(json.dumps({
+            "rank": trainer.global_rank, "world_size": trainer.world_size,
+            "val_jaccard": None if final is None else float(final),
+            "weights_sha256": _weights_checksum(module.model)})))
+    if trainer.is_global_zero:
+        export_best(module, best, out, cfg, score, seconds)
+    return FitResult(out, best, score, count_params(module.model), seconds, trainer.current_epoch)
+
+
+def export_best(module: StudentModule, best: Optional[Path], out: Path, cfg: TrainConfig,
+                score: Optional[float], seconds: float) -> None:
+    """Write the best weights as a plain state dict + a JSON describing how to rebuild the model."""
+    state = module.model.state_dict()
+    if best is not None and best.is_file():
+        ck = torch.load(best, map_location="cpu", weights_only=False)
+        state = {k[len("model."):]: v for k, v in ck["state_dict"].items() if k.startswith("model.")}
+    atomic_write(out / "student.pt", lambda t: torch.save(state, t))
+    info = {"model": cfg.model, "model_kwargs": {}, "params": count_params(module.model),
+            "val_jaccard": score, "val_fold": cfg.val_fold, "train_seconds": round(seconds, 1),
+            "teacher_mode": cfg.teacher_mode, "config": asdict(cfg)}
+    atomic_write(out / "student.json", lambda t: Path(t).write_text(json.dumps(info, indent=2)))
+
+
+def load_student(run: os.PathLike | str) -> torch.nn.Module:
+    """Rebuild a trained student from ``student.json`` + ``student.pt`` (a run folder or either file)."""
+    from .models import build_model
+
+    run = Path(run)
+    folder = run if run.is_dir() else run.parent
+    info_path, weights = folder / "student.json", folder / "student.pt"
+    for p in (info_path, weights):
+        if not p.is_file():
+            raise DataError(f"{p}: missing; not a student run folder (train one with 'cloudkd train')")
+    info = json.loads(info_path.read_text())
+    model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
+    model.load_state_dict(torch.load(weights, map_location="cpu"))
+    return model.eval()

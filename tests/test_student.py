@@ -1,0 +1,266 @@
+"""Students, distillation losses, augmentation alignment and Lightning training (incl. DDP on two CPU processes)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+from typer.testing import CliRunner
+
+from cloudkd.cli import app
+from cloudkd.data import load_index, normalise, read_chip, resolve_split
+from cloudkd.data.augment import Augment
+from cloudkd.data.soft import write_soft, read_soft
+from cloudkd.student.distill import LossConfig, bce_dice, cwd, pixel_kd, prob_to_logit
+from cloudkd.student.models import build_model, list_presets
+from cloudkd.student.train import TrainConfig, fit, load_student
+from cloudkd.student.unet import PRESETS, CompactUNet, count_params
+
+runner = CliRunner()
+NNUNET_2D_PARAMS = 46_325_422  # nnU-Net's 2d plan for 4x512x512 chips (test_teacher checks it)
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def test_presets_sizes_and_shapes():
+    sizes = list_presets()
+    assert list(sizes) == list(PRESETS)
+    assert sizes["unet-s"] <= 165_000 and NNUNET_2D_PARAMS / sizes["unet-s"] >= 280
+    assert sizes["unet-xs"] < sizes["unet-s"] < sizes["unet-m"] < sizes["unet-l"]
+    for name, n in sizes.items():
+        m = build_model(name)
+        assert count_params(m) == n
+        for hw in ((96, 96), (512, 512), (100, 72)):  # any size, odd ones too
+            assert m(torch.zeros(2, 4, *hw)).shape == (2, 1, *hw)
+
+
+def test_smp_call_shape_and_variants():
+    m = CompactUNet(in_channels=4, classes=1)
+    assert m(torch.randn(1, 4, 64, 64)).shape == (1, 1, 64, 64)
+    sep = CompactUNet(widths=(8, 16, 24, 32, 72), conv="separable")
+    assert count_params(sep) < count_params(m) / 3
+    for kw in ({"norm": "group"}, {"norm": "none"}, {"up": "transpose"}, {"widths": (8, 16)}):
+        assert CompactUNet(**kw)(torch.randn(1, 4, 33, 47)).shape == (1, 1, 33, 47)
+    assert build_model("unet:8-16-32")(torch.zeros(1, 4, 32, 32)).shape == (1, 1, 32, 32)
+    smp_model = build_model("smp:Unet:resnet18")
+    assert smp_model(torch.zeros(1, 4, 64, 64)).shape == (1, 1, 64, 64)
+    for bad in ("unet-zz", "unet:8-x", "smp:Nope:resnet18", "smp:Unet"):
+        with pytest.raises(ValueError):
+            build_model(bad)
+    with pytest.raises(ValueError, match="norm"):
+        CompactUNet(norm="layer")
+
+
+def test_cli_student_list_json():
+    r = runner.invoke(app, ["student", "list", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output) == list_presets()
+
+
+# ---------------------------------------------------------------------------------------------------- losses
+def test_kd_losses_zero_when_student_equals_teacher():
+    z = torch.randn(2, 1, 16, 16) * 3
+    for fn in (pixel_kd, cwd):
+        for t in (1.0, 2.0, 4.0):
+            assert fn(z, z.clone(), t).item() == pytest.approx(0.0, abs=1e-6)
+            assert fn(z + torch.randn_like(z), z, t).item() > 1e-4
+
+
+def test_pixel_kd_hand_computed_and_gradient_direction():
+    zs, zt, t = torch.tensor([[[[0.5]]]], requires_grad=True), torch.tensor([[[[2.0]]]]), 2.0
+    ps, pt = 1 / (1 + math.exp(-0.25)), 1 / (1 + math.exp(-1.0))
+    expect = t * t * (pt * math.log(pt / ps) + (1 - pt) * math.log((1 - pt) / (1 - ps)))
+    loss = pixel_kd(zs, zt, t)
+    assert loss.item() == pytest.approx(expect, rel=1e-5)
+    loss.backward()
+    assert zs.grad.item() == pytest.approx(t * (ps - pt), rel=1e-5)  # d/dz_s: T (p_s - p_t) < 0 here
+    assert zs.grad.item() < 0  # gradient descent raises the student logit towards the teacher's
+
+
+def test_cwd_gradient_moves_mass_to_where_the_teacher_puts_it():
+    teacher = torch.full((1, 1, 4, 4), -4.0)
+    teacher[..., 0, 0] = 4.0  # the teacher's cloud is in the corner
+    student = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    cwd(student, teacher, 1.0).backward()
+    g = student.grad[0, 0]
+    assert g[0, 0] < 0 and (g.flatten()[1:] > 0).all()
+
+
+def test_loss_config_combines_and_checks():
+    logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    soft = torch.rand(2, 1, 8, 8)
+    both = LossConfig(1.0, 0.5, "pixel", 2.0)(logits, target, prob_to_logit(soft))
+    assert both["loss"].item() == pytest.approx(bce_dice(logits, target).item()
+                                                + 0.5 * pixel_kd(logits, prob_to_logit(soft), 2.0).item(), rel=1e-5)
+    only_kd = LossConfig(0.0, 1.0, "cwd", 4.0)(logits, None, prob_to_logit(soft))
+    assert set(only_kd) == {"kd", "loss"}
+    with pytest.raises(ValueError, match="needs labels"):
+        LossConfig()(logits)
+    with pytest.raises(ValueError, match="needs teacher"):
+        LossConfig(1.0, 1.0)(logits, target)
+    with pytest.raises(ValueError, match="unknown KD"):
+        LossConfig(kd="dist")
+    assert torch.isfinite(prob_to_logit(torch.tensor([0.0, 1.0]))).all()
+
+
+# ---------------------------------------------------------------------------------------------------- augmentation
+def test_augmentation_keeps_image_label_and_soft_aligned():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:128, 0:128].astype(np.float32)
+    field = np.sin(xx / 9.0) + np.cos(yy / 13.0) + 0.3 * np.sin((xx + 2 * yy) / 5.0)
+    image = np.stack([field, -field, field * 0.5, rng.normal(0, 1, field.shape).astype(np.float32)])
+    mask = (field > 0.2).astype(np.float32)[None]
+    soft = (1 / (1 + np.exp(-3 * field))).astype(np.float32)[None]
+    for seed in range(20):
+        aug = Augment(crop=64, affine_p=1.0 if seed % 2 else 0.0, seed=seed)
+        out = aug({"image": image.copy(), "mask": mask.copy(), "soft": soft.copy()})
+        f = out["image"][0]
+        assert out["image"].shape == (4, 64, 64) and out["mask"].shape == (1, 64, 64) and out["soft"].shape == (1, 64, 64)
+        assert set(np.unique(out["mask"])) <= {0.0, 1.0}
+        away = np.abs(f - 0.2) > 0.1  # away from the label's edge, where interpolation may differ
+        assert (out["mask"][0][away] == (f[away] > 0.2)).mean() > 0.99
+        np.testing.assert_allclose(out["soft"][0], 1 / (1 + np.exp(-3 * f)), atol=0.03)
+        np.testing.assert_allclose(out["image"][1], -f, atol=1e-5)  # bands move together
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), model="unet-xs", epochs=3, batch_size=4, crop=64, lr=5e-3,
+                accelerator="cpu", progress=False, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _val_jaccard(run_dir, data, val_fold=0):
+    """Global Jaccard of a saved student on the validation fold (whole chips), from scratch."""
+    from cloudkd.data.folds import make_folds, split_by_fold
+    from cloudkd.metrics import JaccardMeter
+    from cloudkd.data import read_label
+
+    model = load_student(run_dir)
+    idx = load_index(resolve_split(data))
+    _, val = split_by_fold(idx, make_folds(idx, 5, 0), val_fold)
+    m = JaccardMeter()
+    with torch.no_grad():
+        for f, lab in zip(val.features, val.label):
+            m.update(model(torch.from_numpy(normalise(read_chip(f))[None]))[0, 0] > 0, read_label(lab))
+    return m.compute()
+
+
+def test_short_fit_improves_validation_jaccard(small_data, tmp_path):
+    # unet-s on whole 96x96 chips: the 4-channel-wide unet-xs needs far more steps than a test can afford
+    before = fit(_cfg(small_data, tmp_path / "r0", model="unet-s", epochs=1, limit_train_batches=1, lr=1e-9))
+    after = fit(_cfg(small_data, tmp_path / "r1", model="unet-s", epochs=12, crop=96))
+    assert after.val_jaccard > before.val_jaccard + 0.05, (before.val_jaccard, after.val_jaccard)
+    assert _val_jaccard(tmp_path / "r1", small_data) == pytest.approx(after.val_jaccard, abs=1e-6)
+    info = json.loads((tmp_path / "r1" / "student.json").read_text())
+    assert info["model"] == "unet-s" and info["params"] == list_presets()["unet-s"]
+    metrics = pd.read_csv(next((tmp_path / "r1" / "logs").rglob("metrics.csv")))
+    assert metrics["val_jaccard"].dropna().max() == pytest.approx(after.val_jaccard, abs=1e-6)
+    assert (tmp_path / "r1" / "checkpoints" / "best.ckpt").is_file()
+    assert list((tmp_path / "r1" / "tensorboard").rglob("events.out.tfevents.*"))  # TensorBoard logs too
+
+
+def test_resume_continues_from_last_checkpoint(small_data, tmp_path):
+    fit(_cfg(small_data, tmp_path / "r", epochs=1, limit_train_batches=2))
+    r = fit(_cfg(small_data, tmp_path / "r", epochs=2, limit_train_batches=2, resume=True))
+    assert r.epochs == 2
+    ck = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 4  # 2 epochs x 2 steps in all
+    logs = sorted((tmp_path / "r" / "logs").glob("version_*/metrics.csv"))
+    assert len(logs) == 2
+    assert set(pd.read_csv(logs[-1])["epoch"]) == {1}  # the resumed run trained epoch 1 only, not 0 again
+
+
+@pytest.fixture(scope="module")
+def smoothed_soft(small_data, tmp_path_factory):
+    """Soft labels from a stand-in teacher: the labels, smoothed (what a good teacher's probabilities look like)."""
+    from scipy.ndimage import gaussian_filter
+    from cloudkd.data import read_label
+
+    soft = tmp_path_factory.mktemp("soft")
+    split = resolve_split(small_data)
+    for cid in split.chip_ids():
+        write_soft(soft / f"{cid}.tif",
+                   np.clip(gaussian_filter(read_label(split.label_path(cid)).astype(np.float32), 1.5), 0, 1))
+    return soft
+
+
+def test_offline_distillation_from_soft_labels(small_data, smoothed_soft, tmp_path):
+    r = fit(_cfg(small_data, tmp_path / "kd", model="unet-s", kd_weight=1.0, soft_dir=str(smoothed_soft),
+                 epochs=6, crop=96))
+    assert r.val_jaccard > 0.5
+    metrics = pd.read_csv(next((tmp_path / "kd" / "logs").rglob("metrics.csv")))
+    assert metrics["train_kd"].dropna().iloc[-1] < metrics["train_kd"].dropna().iloc[0]
+    assert json.loads((tmp_path / "kd" / "student.json").read_text())["teacher_mode"] == "offline"
+
+    from cloudkd.data.folds import make_folds, split_by_fold
+    import shutil
+
+    soft = shutil.copytree(smoothed_soft, tmp_path / "soft")
+    idx = load_index(resolve_split(small_data))
+    train_ids = split_by_fold(idx, make_folds(idx, 5, 0), 0)[0]["chip_id"]
+    (soft / f"{train_ids.iloc[0]}.tif").unlink()
+    with pytest.raises(Exception, match="no soft label for 1 chip"):
+        fit(_cfg(small_data, tmp_path / "kd2", kd_weight=1.0, soft_dir=str(soft)))
+
+
+def test_cli_distill_then_predict_writes_one_valid_mask_per_chip(small_data, smoothed_soft, tmp_path):
+    r = runner.invoke(app, ["distill", str(small_data), "--out", str(tmp_path / "run")])
+    assert r.exit_code != 0 and "needs a teacher" in r.output
+    r = runner.invoke(app, ["distill", str(small_data), "--out", str(tmp_path / "run"), "--soft", str(smoothed_soft),
+                            "--model", "unet-xs", "--epochs", "1", "--steps", "2", "--crop", "64",
+                            "--accelerator", "cpu", "--kd", "cwd", "--temperature", "4"])
+    assert r.exit_code == 0, r.output
+    assert "unet-xs: 75,893 params" in r.output
+    cfg = json.loads((tmp_path / "run" / "student.json").read_text())["config"]
+    assert cfg["kd"] == "cwd" and cfg["temperature"] == 4.0 and cfg["kd_weight"] == 1.0
+    r = runner.invoke(app, ["predict", "--model", str(tmp_path / "run"), "--features", str(small_data / "test_features"),
+                            "--out", str(tmp_path / "masks"), "--tta"])
+    assert r.exit_code == 0, r.output
+    test = resolve_split(small_data, "test")
+    masks = sorted(p.stem for p in (tmp_path / "masks").iterdir())
+    assert masks == sorted(test.chip_ids())
+    for cid in masks:
+        m = tifffile.imread(tmp_path / "masks" / f"{cid}.tif")
+        assert m.shape == (96, 96) and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1}
+
+
+def test_online_distillation_from_an_onnx_teacher_on_unlabelled_chips(small_data, tmp_path):
+    """A trained model exported to ONNX teaches a fresh student on unlabelled chips (label weight 0)."""
+    fit(_cfg(small_data, tmp_path / "t", model="unet-s", epochs=12, crop=96))
+    teacher = load_student(tmp_path / "t")
+    onnx_path = tmp_path / "teacher.onnx"
+    torch.onnx.export(teacher, torch.zeros(1, 4, 64, 64), str(onnx_path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
+    r = fit(_cfg(small_data, tmp_path / "s", model="unet-s", label_weight=0.0, kd_weight=1.0,
+                 teacher_onnx=str(onnx_path), unlabelled=str(small_data / "test_features"), epochs=10, crop=96))
+    student = load_student(tmp_path / "s")
+    split = resolve_split(small_data, "test")
+    x = torch.from_numpy(np.stack([normalise(read_chip(split.chip_dir(c))) for c in split.chip_ids()]))
+    with torch.no_grad():
+        agree = ((student(x) > 0) == (teacher(x) > 0)).float().mean().item()
+        fresh = build_model("unet-s").eval()
+        base = ((fresh(x) > 0) == (teacher(x) > 0)).float().mean().item()
+    assert agree > 0.8 and agree > base + 0.1, (agree, base)
+    assert r.val_jaccard is not None
+
+
+def test_ddp_on_two_cpu_processes_agrees(small_data, tmp_path):
+    exe = str(Path(sys.executable).with_name("cloudkd"))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PL_DISABLE_FORK": "1"}
+    p = subprocess.run([exe, "train", str(small_data), "--out", str(out), "--model", "unet-xs", "--epochs", "2",
+                        "--steps", "2", "--batch", "2", "--crop", "64", "--accelerator", "cpu", "--devices", "2",
+                        "--strategy", "ddp"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["val_jaccard"] == ranks[1]["val_jaccard"]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert (out / "student.pt").is_file()
