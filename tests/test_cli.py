@@ -99,12 +99,19 @@ def test_demo_quick(tmp_path):
     assert 0.3 < rows["thresholding"]["jaccard"] < 1.0
     assert 0.0 < rows["nnU-Net teacher"]["jaccard"] <= 1.0 and rows["nnU-Net teacher"]["params"] > 10_000
     assert len(list((tmp_path / "run" / "soft" / "test").glob("*.tif"))) == 12
+    student = rows["student unet-s (KD)"]
+    assert student["params"] == 152_841 and 0.0 <= student["jaccard"] <= 1.0
+    assert len(list((tmp_path / "run" / "predictions" / "student").glob("*.tif"))) == 12
+    folds = pd.read_csv(tmp_path / "run" / "folds.csv")
+    n_fold0_train = int((folds["fold"] != 0).sum())
+    assert len(list((tmp_path / "run" / "soft" / "train").glob("*.tif"))) == n_fold0_train  # soft labels to distil
     assert (tmp_path / "run" / "summary.png").is_file()
     # a second run reuses the data, the fitted thresholds and the trained teacher
     r = invoke("demo", "--quick", "--workdir", tmp_path / "run", "--data", tmp_path / "data")
     assert r.exit_code == 0, r.output
     assert "reused the existing dataset" in r.output and "threshold: reused" in r.output
-    assert "reused the trained fold 0" in r.output
+    assert "reused the trained fold 0" in r.output and "reused the trained student" in r.output
     again = {row["method"]: row for row in json.loads((tmp_path / "run" / "results.json").read_text())["rows"]}
     assert again["thresholding"]["jaccard"] == pytest.approx(rows["thresholding"]["jaccard"])
     assert again["nnU-Net teacher"]["jaccard"] == pytest.approx(rows["nnU-Net teacher"]["jaccard"])
+    assert again["student unet-s (KD)"]["jaccard"] == pytest.approx(student["jaccard"])

@@ -222,3 +222,18 @@ def test_default_plan_for_512_chips_is_the_46m_nnunet(tmp_path):
     assert d["features_per_stage"] == [32, 64, 128, 256, 512, 512, 512, 512]
     assert 45e6 < d["params"] < 47.5e6
     assert Budget(patch=256).configuration == "2d_p256_b2"
+
+
+def test_online_distillation_from_the_nnunet_teacher(trained, tmp_path):
+    """Patient and consistent: the in-process nnU-Net sees exactly the augmented crops the student sees."""
+    import pandas as pd
+    from cloudkd.student.train import TrainConfig, fit
+
+    folds = trained["work"] / "folds.csv"
+    r = fit(TrainConfig(data=str(trained["data"]), out=str(tmp_path / "s"), model="unet-s", folds=str(folds),
+                        epochs=4, batch_size=4, crop=96, lr=5e-3, kd_weight=1.0,
+                        teacher_nnunet=str(trained["ws"].root), accelerator="cpu", progress=False))
+    info = json.loads((tmp_path / "s" / "student.json").read_text())
+    assert info["teacher_mode"] == "online" and r.val_jaccard is not None
+    kd = pd.read_csv(next((tmp_path / "s" / "logs").rglob("metrics.csv")))["train_kd"].dropna()
+    assert len(kd) == 4 and np.isfinite(kd).all() and kd.iloc[-1] < kd.iloc[0]  # the student moves to the teacher

@@ -1,9 +1,10 @@
 """``make demo``: the whole story on generated data, one step after the other, reusing what is already built.
 
-Steps so far: generate the benchmark -> location-grouped folds -> thresholding baseline (fitted on the train split)
--> nnU-Net teacher (prepared, planned, trained on fold 0 within a CPU budget) -> each predicts the held-out test
-split (locations never seen in training) -> score with the leaderboard metric -> one results table (CSV + JSON)
-and a PNG of sample chips and masks.
+Steps: generate the benchmark -> location-grouped folds -> thresholding baseline (fitted on the train split)
+-> nnU-Net teacher (prepared, planned, trained on fold 0 within a CPU budget) -> teacher soft labels for the
+training chips -> the compact student (unet-s, <= 165 k parameters) distilled offline from them -> each method
+predicts the held-out test split (locations never seen in training) -> score with the leaderboard metric -> one
+results table (CSV + JSON) and a PNG of sample chips and masks.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import pandas as pd
 
@@ -23,6 +24,19 @@ from .data.synthetic import SynthConfig, synthesize
 from .scoring import score_folder
 from .teacher.nnunet import Budget
 from .viz import plot_chips
+
+
+@dataclass
+class StudentBudget:
+    model: str = "unet-s"
+    epochs: int = 15
+    steps: Optional[int] = None  # per epoch; None: one pass over the training chips
+    batch: int = 8
+    crop: int = 256
+    lr: float = 3e-3
+    kd: str = "pixel"
+    kd_weight: float = 1.0
+    temperature: float = 2.0
 
 
 @dataclass
@@ -40,13 +54,16 @@ class DemoConfig:
     #: the teacher's CPU budget: a narrow nnU-Net (2.1 M parameters), ~5 minutes on 2 cores
     teacher_budget: Budget = field(default_factory=lambda: Budget(
         epochs=12, iters_per_epoch=50, val_iters=2, patch=256, batch=4, base_features=8, max_features=128))
+    #: the student's budget (``cloudkd distill`` options): offline KD from the teacher's soft labels
+    student: StudentBudget = field(default_factory=lambda: StudentBudget())
 
     @classmethod
     def quick(cls, workdir: str = "runs/demo-quick", data: str = "data/generated/demo-quick") -> "DemoConfig":
         """A short variant for tests: few small chips, a tiny teacher budget."""
         return cls(workdir=workdir, data=data, n_train=24, n_test=12, size=128, folds=3,
                    teacher_budget=Budget(epochs=2, iters_per_epoch=10, val_iters=1, patch=128, batch=4,
-                                         base_features=8, max_features=64))
+                                         base_features=8, max_features=64),
+                   student=StudentBudget(epochs=2, steps=3, batch=4, crop=96))
 
 
 def _log(msg: str) -> None:
@@ -75,6 +92,47 @@ def _score_row(method: str, params: int, ms_chip: float, pred_dir: Path, split, 
             "precision": report.total.precision, "recall": report.total.recall}, report
 
 
+def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, device: str, folds_csv: Path, test_split,
+                   progress: bool) -> dict:
+    """Soft labels of the training chips, offline distillation of the student, its test-split row."""
+    from .data.folds import read_folds, split_by_fold
+    from .predict import predict_folder as student_predict
+    from .student.train import TrainConfig, fit, load_student
+    from .teacher.model import predict_folder as teacher_predict
+
+    sb = cfg.student
+    train_split = resolve_split(cfg.data, "train")
+    train_ids = list(split_by_fold(load_index(train_split), read_folds(folds_csv), 0)[0]["chip_id"])
+    soft_dir = work / "soft" / "train"
+    rebuild = cfg.force or teacher_new  # a new teacher invalidates its soft labels and the student taught by them
+    todo = [c for c in train_ids if rebuild or not (soft_dir / f"{c}.tif").is_file()]
+    _log(f"5/5 student {sb.model}: offline distillation from the teacher's soft labels ({len(train_ids)} training "
+         f"chips of fold 0)")
+    if todo:
+        out = teacher_predict(teacher, train_split.features_dir, None, soft_dir, chip_ids=todo, progress=progress)
+        _log(f"    soft labels: {out['n_chips']} chips, {out['ms_per_chip']:.0f} ms/chip -> {soft_dir}")
+    else:
+        _log(f"    soft labels: reused {soft_dir}")
+    run = work / "student"
+    if (run / "student.json").is_file() and not rebuild:
+        _log(f"    reused the trained student in {run}")
+    else:
+        tc = TrainConfig(data=cfg.data, out=str(run), model=sb.model, folds=str(folds_csv), epochs=sb.epochs,
+                         batch_size=sb.batch, crop=sb.crop, lr=sb.lr, kd=sb.kd, kd_weight=sb.kd_weight,
+                         temperature=sb.temperature, soft_dir=str(soft_dir), limit_train_batches=sb.steps,
+                         seed=cfg.seed, progress=progress,
+                         accelerator="gpu" if device.startswith("cuda") else "cpu")
+        r = fit(tc)
+        _log(f"    distilled in {r.seconds:.0f} s ({r.epochs} epochs); best val global Jaccard {r.val_jaccard:.4f}")
+    model = load_student(run)
+    pred = work / "predictions" / "student"
+    p = student_predict(model, test_split.features_dir, pred, progress=progress)
+    row, _ = _score_row(f"student {sb.model} (KD)", sum(x.numel() for x in model.parameters()), p["ms_per_chip"],
+                        pred, test_split, work)
+    _log(f"    student: global Jaccard {row['jaccard']:.4f}; {p['ms_per_chip']:.0f} ms/chip inference")
+    return row
+
+
 def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     from .teacher.model import NnUNetTeacher
     from .teacher.model import predict_folder as teacher_predict
@@ -90,7 +148,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     # 1. data
     scfg = SynthConfig(n_train=cfg.n_train, n_test=cfg.n_test, size=cfg.size, seed=cfg.seed,
                        difficulty=cfg.difficulty)
-    _log(f"1/4 generate {cfg.n_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
+    _log(f"1/5 generate {cfg.n_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
     res = synthesize(cfg.data, scfg, overwrite=cfg.force, progress=progress)
     _log("    reused the existing dataset" if res.reused else f"    generated in {res.seconds:.1f} s")
     train = load_index(resolve_split(cfg.data, "train"))
@@ -99,18 +157,18 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     # 2. folds, shared by every stage
     folds = make_folds(train, k=cfg.folds, seed=cfg.seed)
     folds_csv = write_folds(folds, work / "folds.csv")
-    _log(f"2/4 {cfg.folds} location-grouped folds -> {folds_csv}")
+    _log(f"2/5 {cfg.folds} location-grouped folds -> {folds_csv}")
 
     # 3. thresholding baseline, fitted on the whole train split, applied to the held-out test split
     model_path = work / "threshold.json"
     if res.reused and model_path.is_file() and not cfg.force:
         model = ThresholdModel.load(model_path)
-        _log(f"3/4 threshold: reused {model_path}")
+        _log(f"3/5 threshold: reused {model_path}")
     else:
         t0 = time.perf_counter()
         model = fit_threshold(train["features"], train["label"], progress=progress)
         model.save(model_path)
-        _log(f"3/4 threshold fitted in {time.perf_counter() - t0:.1f} s: brightness > {model.brightness_min:.3f}, "
+        _log(f"3/5 threshold fitted in {time.perf_counter() - t0:.1f} s: brightness > {model.brightness_min:.3f}, "
              f"whiteness < {model.whiteness_max:.3f} (train Jaccard {model.fit_jaccard:.4f}) -> {model_path}")
     pred_thr = work / "predictions" / "threshold"
     t0 = time.perf_counter()
@@ -123,7 +181,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     # 4. nnU-Net teacher: prepare, plan + preprocess, train fold 0 within the CPU budget, predict the test split
     device = default_device() if cfg.device == "auto" else cfg.device
     ws = Workspace(work / "nnunet")
-    _log(f"4/4 nnU-Net teacher in {ws.root} (budget {cfg.teacher_budget})")
+    _log(f"4/5 nnU-Net teacher in {ws.root} (budget {cfg.teacher_budget})")
     prep = teacher_prepare(cfg.data, ws, folds=folds, progress=progress)
     _log(f"    prepare: {prep.dataset_name} " + ("reused" if prep.reused else f"written in {prep.seconds:.0f} s"))
     timings = plan_and_preprocess(ws, DEFAULT_DATASET_ID)
@@ -142,8 +200,12 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     rows.append(row)
     _log(f"    teacher: global Jaccard {rows[-1]['jaccard']:.4f}; {out['ms_per_chip']:.0f} ms/chip inference")
 
+    # 5. the student, distilled offline from the teacher's soft labels of the training chips (fold 0 trains)
+    rows.append(_student_stage(cfg, work, teacher, not tr.reused, device, folds_csv, test_split, progress))
+
     sample = list(report.per_chip.sort_values("chip_id")["chip_id"][:: max(1, len(report.per_chip) // 6)][:6])
-    fig = plot_chips(test_split, sample, work / "summary.png", {"threshold": pred_thr, "teacher": pred_t},
+    fig = plot_chips(test_split, sample, work / "summary.png",
+                     {"threshold": pred_thr, "teacher": pred_t, "student": work / "predictions" / "student"},
                      title="held-out test chips (unseen locations)")
     table = pd.DataFrame(rows)
     atomic_write(work / "results.csv", lambda t: table.to_csv(t, index=False))
