@@ -12,15 +12,7 @@ import torch
 
 from .data.chips import list_chip_ids, read_chip, write_mask
 from .data.normalise import normalise
-
-
-def predict_logits(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Logits (N, 1, H, W) of a normalised batch; ``tta`` averages the logits over horizontal/vertical flips."""
-    with torch.no_grad():
-        if not tta:
-            return model(x)
-        out = model(x) + model(x.flip(-1)).flip(-1) + model(x.flip(-2)).flip(-2)
-        return out / 3
+from .infer import masks_from_logits, predict_logits
 
 
 def predict_folder(model: torch.nn.Module, features_dir: os.PathLike | str, out_dir: os.PathLike | str,
@@ -31,7 +23,6 @@ def predict_folder(model: torch.nn.Module, features_dir: os.PathLike | str, out_
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     ids = list(chip_ids) if chip_ids is not None else list_chip_ids(features_dir)
     model.eval()
-    logit_t = float(np.log(threshold / (1 - threshold)))
     batches = [ids[i:i + batch_size] for i in range(len(ids)) if i % batch_size == 0]
     it = batches
     if progress:
@@ -44,7 +35,7 @@ def predict_folder(model: torch.nn.Module, features_dir: os.PathLike | str, out_
         t = time.perf_counter()
         logits = predict_logits(model, x, tta)
         t_model += time.perf_counter() - t
-        masks = (logits[:, 0] > logit_t).numpy().astype(np.uint8)
+        masks = masks_from_logits(logits, threshold)
         for c, m in zip(group, masks):
             write_mask(out_dir / f"{c}.tif", m)
     n = max(1, len(ids))

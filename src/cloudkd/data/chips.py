@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-#: Band files of one chip, in the fixed order used by every model and array in the project: blue, green, red, NIR.
-BANDS: Tuple[str, ...] = ("B02", "B03", "B04", "B08")
-#: Digital numbers on disk are surface reflectance x SCALE.
-SCALE = 10000.0
+# BANDS (B02, B03, B04, B08: the channel order of every model and array in the project) and SCALE (digital numbers
+# on disk are surface reflectance x SCALE) live in normalise.py, which also travels inside the submission zip.
+from .normalise import BANDS, SCALE, dn_to_reflectance
+
 #: Columns the metadata CSV must have (the train file of the challenge also has ``cloudpath``).
 METADATA_COLUMNS = ("chip_id", "location", "datetime")
 
@@ -160,7 +160,7 @@ def read_chip(chip_dir: os.PathLike | str, shape: Optional[Tuple[int, int]] = No
 
     Nodata pixels (DN 0) read as 0.0. ``shape`` optionally enforces (H, W).
     """
-    return read_chip_dn(chip_dir, shape).astype(np.float32) / np.float32(SCALE)
+    return dn_to_reflectance(read_chip_dn(chip_dir, shape))
 
 
 def read_mask(path: os.PathLike | str, shape: Optional[Tuple[int, int]] = None, what: str = "mask") -> np.ndarray:

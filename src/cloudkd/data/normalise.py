@@ -8,16 +8,26 @@ whatever else is in the batch, on the ground or in orbit:
 
 Nodata pixels (reflectance 0) map to ``-MEAN/STD``. The constants are rounded statistics of the generated
 benchmark's training split (see ``data/README.md``); they sit close to the five real chips' statistics.
-This module needs only numpy (and accepts torch tensors too): it travels unchanged inside the submission zip.
+This module needs only numpy (and accepts torch tensors too) and parses as Python 3.9: it travels unchanged inside
+the submission zip, where ``submission/main.py`` reads chips with the same band order and scaling.
 """
 
 import numpy as np
 
+#: Band files of a chip, in the model's channel order.
+BANDS = ("B02", "B03", "B04", "B08")
+#: Digital numbers per unit of surface reflectance (On Cloud N / Sentinel-2 L2A: uint16 reflectance x 10000).
+SCALE = 10000.0
 #: Reflectance above this is clipped (bright cloud tops reach ~1.4 in L2A chips; DN up to 65535).
 REFL_MAX = 1.6
 #: Per-band (B02, B03, B04, B08) centre and scale in reflectance units.
 MEAN = (0.30, 0.30, 0.30, 0.33)
 STD = (0.30, 0.27, 0.25, 0.21)
+
+
+def dn_to_reflectance(dn):
+    """Digital numbers (any numeric array) -> float32 surface reflectance."""
+    return np.asarray(dn).astype(np.float32) / np.float32(SCALE)
 
 
 def normalise(refl):
