@@ -1,0 +1,119 @@
+"""``cloudkd pack``: a trained model + the frozen ``submission/main.py`` -> submission.zip.
+
+Zip layout (unzipped into /codeexecution by the runtime)::
+
+    main.py                          submission/main.py of this repository, unchanged
+    assets/config.json               model spec, threshold, flip TTA, batch size, chip size, provenance
+    assets/model.pt                  the weights: a plain state dict (legacy torch.save format, loads in torch 1.8)
+    assets/cloudkd_rt/__init__.py
+    assets/cloudkd_rt/unet.py        = src/cloudkd/student/unet.py      (byte for byte)
+    assets/cloudkd_rt/normalise.py   = src/cloudkd/data/normalise.py    (byte for byte)
+    assets/cloudkd_rt/infer.py       = src/cloudkd/infer.py             (byte for byte)
+
+Compact U-Nets need only torch in the runtime; smp models (``smp:Unet:resnet34``) are rebuilt with the
+runtime's segmentation-models-pytorch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..data.chips import DataError, atomic_write
+
+PKG = Path(__file__).resolve().parents[1]  # src/cloudkd
+MAIN_PY = PKG.parents[1] / "submission" / "main.py"
+#: library module -> name inside the zip's assets/cloudkd_rt package
+RUNTIME_MODULES = {
+    PKG / "student" / "unet.py": "unet.py",
+    PKG / "data" / "normalise.py": "normalise.py",
+    PKG / "infer.py": "infer.py",
+}
+
+
+@dataclass
+class PackResult:
+    zip_path: Path
+    bytes: int
+    params: int
+    config: dict
+
+
+def resolve_run(checkpoint: os.PathLike | str):
+    """(run folder, info dict, state dict) from a run folder, its student.pt / student.json, or a Lightning .ckpt."""
+    p = Path(checkpoint)
+    if not p.exists():
+        raise DataError(f"{p}: checkpoint not found")
+    if p.is_dir():
+        run = p
+    elif p.suffix == ".ckpt":
+        run = p.parent.parent
+    else:
+        run = p.parent
+    info_path = run / "student.json"
+    if not info_path.is_file():
+        raise DataError(f"{info_path}: missing; --checkpoint must be a run folder of 'cloudkd train/distill' "
+                        f"(or a file in it)")
+    info = json.loads(info_path.read_text())
+    if p.suffix == ".ckpt":
+        ck = torch.load(p, map_location="cpu", weights_only=False)
+        state = {k[len("model."):]: v for k, v in ck["state_dict"].items() if k.startswith("model.")}
+    else:
+        weights = run / "student.pt"
+        if not weights.is_file():
+            raise DataError(f"{weights}: missing weights")
+        state = torch.load(weights, map_location="cpu")
+    return run, info, state
+
+
+def model_spec(info: dict, model: torch.nn.Module) -> dict:
+    """How main.py rebuilds the network, from the run's model string."""
+    from ..student.unet import CompactUNet
+
+    if isinstance(model, CompactUNet):
+        return {"arch": "compact_unet", "name": info["model"], "kwargs": model.config}
+    if info["model"].startswith("smp:"):
+        _, arch, encoder = info["model"].split(":")
+        kw = {k: v for k, v in (info.get("model_kwargs") or {}).items() if k != "encoder_weights"}
+        return {"arch": "smp", "name": arch, "encoder": encoder, "kwargs": kw}
+    raise DataError(f"cannot pack model {info['model']!r}: main.py rebuilds compact U-Nets and smp models only")
+
+
+def pack(checkpoint: os.PathLike | str, out: os.PathLike | str, threshold: float = 0.5, tta: bool = False,
+         batch_size: int = 8, chip_size: int = 512, main_py: Optional[os.PathLike | str] = None) -> PackResult:
+    from ..infer import logit_threshold
+    from ..student.models import build_model
+
+    logit_threshold(threshold)  # validates the threshold
+    main_py = Path(main_py) if main_py else MAIN_PY
+    if not main_py.is_file():
+        raise DataError(f"{main_py}: submission main.py not found (pack runs from a cloudkd checkout)")
+    run, info, state = resolve_run(checkpoint)
+    model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
+    model.load_state_dict(state)  # fails loudly on a mismatch, before anything is written
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    params = int(sum(p.numel() for p in model.parameters()))
+    config = {"model": model_spec(info, model), "threshold": threshold, "tta": tta, "batch_size": batch_size,
+              "chip_size": chip_size, "params": params, "source_run": str(run),
+              "val_jaccard": info.get("val_jaccard"), "teacher_mode": info.get("teacher_mode")}
+    buf = io.BytesIO()
+    torch.save(state, buf, _use_new_zipfile_serialization=False)  # the format every torch >= 1.0 reads
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.write(main_py, "main.py")
+            z.writestr("assets/config.json", json.dumps(config, indent=2))
+            z.writestr("assets/model.pt", buf.getvalue())
+            z.writestr("assets/cloudkd_rt/__init__.py", '"""cloudkd runtime modules (copied by cloudkd pack)."""\n')
+            for src, name in RUNTIME_MODULES.items():
+                z.write(src, f"assets/cloudkd_rt/{name}")
+
+    out = atomic_write(out, write)
+    return PackResult(out, out.stat().st_size, params, config)

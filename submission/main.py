@@ -1,0 +1,231 @@
+"""cloudkd submission for the On Cloud N runtime: one cloud mask per chip, with the packed student.
+
+The runtime unzips submission.zip into /codeexecution and runs ``python main.py`` with no arguments. This script
+reads every chip folder of ``data/test_features`` (B02, B03, B04, B08 GeoTIFFs) and writes
+``predictions/{chip_id}.tif`` (single band, uint8 0/1, uncompressed, chip size) and nothing else.
+
+* Root: ``/codeexecution`` unless the environment variable ``CLOUDKD_ROOT`` says otherwise (local runs, the
+  emulator ``cloudkd runtime-test``). Assets are read from ``assets/`` next to this file.
+* Needs Python >= 3.9, torch >= 1.8, numpy, tifffile, pillow. The model code (``assets/cloudkd_rt/unet.py``),
+  the normalisation and band scaling (``normalise.py``) and the prediction rule (``infer.py``) are copies of
+  the cloudkd library's own modules, written by ``cloudkd pack``; ``assets/config.json`` holds the model
+  spec, threshold, flip TTA and batch size; ``assets/model.pt`` the weights (a plain state dict).
+* Never fails the run for one chip. Fallbacks (each logged with the chip id and the reason):
+    - a band that is missing, unreadable, empty, not 2-D or not chip-size x chip-size is replaced by the mean
+      reflectance of the chip's good bands;
+    - a chip with no good band gets an all-clear mask (0): nothing is thrown away on a guess;
+    - NaN / infinite values are treated as nodata (0);
+    - nodata pixels (all four bands 0) are clear (0); an all-nodata chip gets an all-clear mask without
+      running the model;
+    - if the model fails on a batch, its chips are retried one by one; a chip that still fails gets an
+      all-clear mask.
+  Each output is written to a temporary file outside ``predictions/`` and renamed into place, so an
+  interrupted run leaves no partial file. The exit code is non-zero only if some chip could not be written.
+"""
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = Path(os.environ.get("CLOUDKD_ROOT", "/codeexecution"))
+ASSETS = HERE / "assets"
+FEATURES = ROOT / "data" / "test_features"
+PREDICTIONS = ROOT / "predictions"
+
+sys.path.insert(0, str(ASSETS))
+
+import torch  # noqa: E402
+
+from cloudkd_rt import infer, normalise, unet  # noqa: E402
+
+log = logging.getLogger("cloudkd.main")
+
+
+def load_config():
+    with open(ASSETS / "config.json") as f:
+        return json.load(f)
+
+
+def build_model(spec):
+    """The network described by config['model'] ({'arch': 'compact_unet', 'kwargs': ...} or an smp model)."""
+    if spec["arch"] == "compact_unet":
+        return unet.CompactUNet(**spec["kwargs"])
+    if spec["arch"] == "smp":
+        import segmentation_models_pytorch as smp
+
+        kwargs = dict(spec.get("kwargs", {}))
+        kwargs["encoder_weights"] = None
+        return getattr(smp, spec["name"])(spec["encoder"], in_channels=4, classes=1, **kwargs)
+    raise ValueError("unknown model arch %r in config.json" % (spec["arch"],))
+
+
+def load_model(cfg, device):
+    model = build_model(cfg["model"])
+    state = torch.load(str(ASSETS / "model.pt"), map_location="cpu")
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def list_chips():
+    """Chip ids: every folder of test_features whose name does not start with '.', sorted."""
+    return sorted(p.name for p in FEATURES.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_band(path, size):
+    """(reflectance float32 (size, size), problem or None)."""
+    if not path.is_file():
+        return None, "missing"
+    try:
+        import tifffile
+
+        dn = tifffile.imread(str(path))
+    except Exception as exc:  # corrupt, empty, not a TIFF
+        return None, "unreadable (%s)" % (str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__)
+    dn = np.squeeze(np.asarray(dn))
+    if dn.dtype.kind not in "uif":
+        return None, "unsupported dtype %s" % dn.dtype
+    if dn.shape != (size, size):
+        return None, "wrong shape %s (expected %s)" % (dn.shape, (size, size))
+    refl = normalise.dn_to_reflectance(dn)
+    bad = ~np.isfinite(refl)
+    if bad.any():
+        refl[bad] = 0.0
+        return refl, "%d NaN/inf values set to nodata" % int(bad.sum())
+    return refl, None
+
+
+def read_chip(chip_id, size):
+    """(reflectance (4, size, size) or None, list of problems). Never raises."""
+    problems, bands = [], []
+    for name in normalise.BANDS:
+        refl, problem = read_band(FEATURES / chip_id / (name + ".tif"), size)
+        if problem:
+            problems.append("%s.tif: %s" % (name, problem))
+        bands.append(refl)
+    good = [b for b in bands if b is not None]
+    if not good:
+        return None, problems
+    if len(good) < len(bands):
+        fill = np.mean(good, axis=0).astype(np.float32)
+        bands = [fill if b is None else b for b in bands]
+        problems.append("missing bands filled with the mean of the %d good band(s)" % len(good))
+    return np.stack(bands), problems
+
+
+def write_mask(chip_id, mask, tmp_dir):
+    """Atomically write predictions/{chip_id}.tif (uint8 0/1, uncompressed TIFF)."""
+    from PIL import Image
+
+    fd, tmp = tempfile.mkstemp(prefix=chip_id + ".", suffix=".tif", dir=str(tmp_dir))
+    os.close(fd)
+    try:
+        Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8)).save(tmp, format="TIFF")
+        os.replace(tmp, str(PREDICTIONS / (chip_id + ".tif")))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def predict_batch(model, chips, cfg, device):
+    """Masks for a list of (4, H, W) reflectance arrays; the library's normalisation and prediction rule."""
+    x = torch.from_numpy(np.stack([normalise.normalise(c) for c in chips])).to(device)
+    logits = infer.predict_logits(model, x, tta=bool(cfg.get("tta", False))).float()
+    return infer.masks_from_logits(logits, float(cfg.get("threshold", 0.5)))
+
+
+def main():
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    t0 = time.time()
+    cfg = load_config()
+    size = int(cfg.get("chip_size", 512))
+    batch_size = max(1, int(cfg.get("batch_size", 8)))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_grad_enabled(False)
+    model = load_model(cfg, device)
+    chips = list_chips()
+    PREDICTIONS.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".cloudkd-tmp-", dir=str(ROOT)))
+    log.info("%d chips in %s; model %s on %s; threshold %s, tta %s, batch %d", len(chips), FEATURES,
+             cfg["model"].get("name", cfg["model"]["arch"]), device, cfg.get("threshold", 0.5),
+             cfg.get("tta", False), batch_size)
+    n_fallback, n_failed, done = 0, 0, 0
+
+    def emit(chip_id, mask):
+        nonlocal n_failed
+        try:
+            write_mask(chip_id, mask, tmp_dir)
+        except Exception as exc:
+            n_failed += 1
+            log.error("%s: could not write the mask: %s", chip_id, exc)
+
+    pending = []  # (chip_id, reflectance, nodata mask)
+
+    def flush():
+        nonlocal n_fallback, done
+        if not pending:
+            return
+        try:
+            masks = predict_batch(model, [p[1] for p in pending], cfg, device)
+        except Exception as exc:
+            log.warning("batch of %d chips failed (%s); retrying one by one", len(pending), exc)
+            masks = []
+            for chip_id, refl, _ in pending:
+                try:
+                    masks.append(predict_batch(model, [refl], cfg, device)[0])
+                except Exception as exc1:
+                    n_fallback += 1
+                    log.warning("%s: model failed (%s); all-clear mask", chip_id, exc1)
+                    masks.append(np.zeros(refl.shape[1:], np.uint8))
+        for (chip_id, _, nodata), mask in zip(pending, masks):
+            mask[nodata] = 0
+            emit(chip_id, mask)
+        done += len(pending)
+        del pending[:]
+
+    for i, chip_id in enumerate(chips):
+        try:
+            refl, problems = read_chip(chip_id, size)
+        except Exception as exc:  # belt and braces: read_chip is not meant to raise
+            refl, problems = None, ["unexpected error %s" % exc]
+        if problems:
+            log.warning("%s: %s", chip_id, "; ".join(problems))
+        if refl is None:
+            n_fallback += 1
+            log.warning("%s: no readable band; all-clear mask", chip_id)
+            emit(chip_id, np.zeros((size, size), np.uint8))
+            done += 1
+            continue
+        if problems:
+            n_fallback += 1
+        nodata = (refl == 0).all(axis=0)
+        if nodata.all():
+            n_fallback += 1
+            log.warning("%s: all pixels are nodata; all-clear mask", chip_id)
+            emit(chip_id, np.zeros((size, size), np.uint8))
+            done += 1
+            continue
+        pending.append((chip_id, refl, nodata))
+        if len(pending) >= batch_size:
+            flush()
+        if (i + 1) % 500 == 0:
+            log.info("%d / %d chips, %.1f s", i + 1, len(chips), time.time() - t0)
+    flush()
+    try:
+        os.rmdir(str(tmp_dir))
+    except OSError:
+        pass
+    log.info("done: %d masks for %d chips (%d with a fallback, %d failed) in %.1f s (%.1f ms/chip)",
+             done - n_failed, len(chips), n_fallback, n_failed, time.time() - t0,
+             1000 * (time.time() - t0) / max(1, len(chips)))
+    return 1 if n_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

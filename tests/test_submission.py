@@ -1,0 +1,281 @@
+"""The submission: frozen main.py, packing, the runtime emulator, the validator and the entrypoint script."""
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cloudkd.cli import app
+from cloudkd.data import read_mask, resolve_split
+from cloudkd.predict import predict_folder
+from cloudkd.scoring import score_folder
+from cloudkd.student.train import TrainConfig, fit, load_student
+from cloudkd.submission.emulate import runtime_test
+from cloudkd.submission.pack import MAIN_PY, RUNTIME_MODULES, pack
+from cloudkd.submission.validate import MAX_BYTES, validate
+
+from conftest import write_chip
+
+REPO = Path(__file__).resolve().parents[1]
+VALIDATOR = REPO / "src" / "cloudkd" / "submission" / "validate.py"
+ENTRYPOINT = REPO / "submission" / "entrypoint.sh"
+runner = CliRunner()
+SIZE = 96  # the small generated chips
+
+
+@pytest.fixture(scope="module")
+def student(small_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("student") / "run"
+    fit(TrainConfig(data=str(small_data), out=str(run), model="unet-s", epochs=4, batch_size=4, crop=96, lr=5e-3,
+                    accelerator="cpu", progress=False))
+    return run
+
+
+@pytest.fixture(scope="module")
+def packed(student, tmp_path_factory):
+    z = tmp_path_factory.mktemp("zip") / "submission.zip"
+    pack(student, z, threshold=0.5, tta=True, batch_size=3, chip_size=SIZE)
+    return z
+
+
+# ---------------------------------------------------------------------------------------------------- main.py
+ALLOWED_IMPORTS = {"json", "logging", "os", "sys", "tempfile", "time", "pathlib", "math", "typing", "numpy", "torch",
+                   "tifffile", "PIL", "cloudkd_rt", "segmentation_models_pytorch"}
+
+
+@pytest.mark.parametrize("path", [MAIN_PY, VALIDATOR, *RUNTIME_MODULES])
+def test_runtime_code_parses_as_python39_and_imports_only_the_runtime_image(path):
+    tree = ast.parse(Path(path).read_text(), filename=str(path), feature_version=(3, 9))
+    mods = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            mods |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            mods.add(node.module.split(".")[0])
+    assert mods <= ALLOWED_IMPORTS | {"argparse"}, mods - ALLOWED_IMPORTS
+    assert "onnxruntime" not in mods and "cloudkd" not in mods
+
+
+def test_pack_writes_main_py_library_modules_weights_and_config(student, packed, tmp_path):
+    with zipfile.ZipFile(packed) as z:
+        names = set(z.namelist())
+        assert {"main.py", "assets/config.json", "assets/model.pt", "assets/cloudkd_rt/__init__.py"} <= names
+        assert z.read("main.py") == MAIN_PY.read_bytes()
+        for src, name in RUNTIME_MODULES.items():  # the library's own code, byte for byte
+            assert z.read(f"assets/cloudkd_rt/{name}") == Path(src).read_bytes()
+        cfg = json.loads(z.read("assets/config.json"))
+        z.extract("assets/model.pt", tmp_path)
+    assert cfg["model"]["arch"] == "compact_unet" and cfg["model"]["kwargs"]["widths"] == [8, 16, 24, 32, 72]
+    assert cfg["tta"] is True and cfg["threshold"] == 0.5 and cfg["chip_size"] == SIZE and cfg["params"] == 152_841
+    state = torch.load(tmp_path / "assets" / "model.pt", map_location="cpu")  # a plain state dict
+    ref = load_student(student).state_dict()
+    assert state.keys() == ref.keys() and all(torch.equal(state[k], ref[k]) for k in ref)
+    r = runner.invoke(app, ["pack", "--checkpoint", str(student / "checkpoints" / "best.ckpt"), "--out",
+                            str(tmp_path / "s.zip")])
+    assert r.exit_code == 0, r.output
+    assert f"{(tmp_path / 's.zip').stat().st_size:,} bytes" in r.output and "152,841 params" in r.output
+    r = runner.invoke(app, ["pack", "--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.zip")])
+    assert r.exit_code != 0 and "nowhere: checkpoint not found" in r.output + str(r.exception)
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_main_py_output_equals_the_library_prediction(student, packed, small_data, tmp_path):
+    v = runtime_test(packed, small_data, labels=small_data, keep=tmp_path / "root", echo=False)
+    assert v["ok"], v["reasons"]
+    test = resolve_split(small_data, "test")
+    assert v["n_chips"] == len(test.chip_ids()) and v["returncode"] == 0
+    lib = predict_folder(load_student(student), test.features_dir, tmp_path / "lib", tta=True, progress=False)
+    assert lib["n_chips"] == v["n_chips"]
+    for cid in test.chip_ids():
+        ours = np.array(Image.open(tmp_path / "root" / "predictions" / f"{cid}.tif"))
+        assert np.array_equal(ours, read_mask(tmp_path / "lib" / f"{cid}.tif")), cid
+    assert v["jaccard"] == pytest.approx(score_folder(tmp_path / "lib", test.labels_dir).jaccard)
+    assert "done: 10 masks for 10 chips (0 with a fallback, 0 failed)" in v["log"]
+    assert os.listdir(tmp_path / "root" / "predictions") == [f"{c}.tif" for c in test.chip_ids()] or \
+        sorted(os.listdir(tmp_path / "root" / "predictions")) == sorted(f"{c}.tif" for c in test.chip_ids())
+    assert not [p for p in (tmp_path / "root").iterdir() if p.name.startswith(".cloudkd-tmp")]
+
+
+def test_runtime_test_cli_writes_the_verdict(packed, small_data, tmp_path):
+    r = runner.invoke(app, ["runtime-test", "--zip", str(packed), "--data", str(small_data / "test_features"),
+                            "--labels", str(small_data / "test_labels"), "--json", str(tmp_path / "v.json"),
+                            "--quiet"])
+    assert r.exit_code == 0, r.output
+    v = json.loads((tmp_path / "v.json").read_text())
+    for key in ("ok", "n_chips", "missing", "extra", "invalid", "seconds", "jaccard"):
+        assert key in v
+    assert v["ok"] and v["n_chips"] == 10 and v["missing"] == [] and v["extra"] == [] and v["invalid"] == {}
+    assert 0.0 < v["jaccard"] <= 1.0 and f"global Jaccard {v['jaccard']:.4f}" in r.output
+
+
+def test_real_chips(student, real_chips, tmp_path):
+    z = pack(student, tmp_path / "s.zip", chip_size=512).zip_path
+    v = runtime_test(z, real_chips, keep=tmp_path / "root", echo=False)
+    assert v["ok"], v["reasons"]
+    assert v["n_chips"] == 5
+    for f in (tmp_path / "root" / "predictions").iterdir():
+        assert f.stat().st_size <= MAX_BYTES
+        m = np.array(Image.open(f))
+        assert m.shape == (512, 512) and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1}
+
+
+# ---------------------------------------------------------------------------------------------------- broken chips
+def _good(rng):
+    return rng.integers(200, 6000, size=(4, SIZE, SIZE)).astype(np.uint16)
+
+
+def _broken_features(root: Path) -> dict:
+    """A test_features folder with good chips and one chip per kind of damage; returns {chip_id: kind}."""
+    rng = np.random.default_rng(0)
+    f = root / "test_features"
+    kinds = {}
+
+    def chip(cid, kind, arr=None):
+        kinds[cid] = kind
+        if arr is not None:
+            write_chip(f, cid, arr)
+        else:
+            (f / cid).mkdir(parents=True)
+        return f / cid
+
+    for i in range(3):
+        chip(f"good{i}", "good", _good(rng))
+    (chip("miss", "missing band", _good(rng)) / "B08.tif").unlink()
+    (chip("corr", "corrupt tiff", _good(rng)) / "B03.tif").write_bytes(b"II*\x00garbage" * 10)
+    (chip("empt", "empty file", _good(rng)) / "B02.tif").write_bytes(b"")
+    tifffile.imwrite(chip("shap", "wrong shape", _good(rng)) / "B04.tif", np.ones((48, 48), np.uint16))
+    nan = _good(rng).astype(np.float32)
+    nan[:, :10, :10] = np.nan
+    nan[0, 50:, 50:] = np.inf
+    chip("nans", "NaN and inf values", nan)
+    chip("zero", "all nodata", np.zeros((4, SIZE, SIZE), np.uint16))
+    chip("none", "empty folder")
+    tifffile.imwrite(chip("thrd", "3-D band", _good(rng)) / "B03.tif", np.ones((3, SIZE, SIZE), np.uint16))
+    tifffile.imwrite(chip("bool", "boolean band", _good(rng)) / "B02.tif", np.ones((SIZE, SIZE), bool))
+    junk = chip("junk", "only unrelated files")
+    (junk / "notes.txt").write_text("nothing here")
+    half = _good(rng)
+    half[:, :, : SIZE // 2] = 0
+    chip("half", "half nodata", half)
+    (f / ".ipynb_checkpoints").mkdir()  # hidden folders and stray files are not chips
+    (f / "stray.txt").write_text("not a chip")
+    return kinds
+
+
+def test_broken_chips_each_still_get_a_valid_mask_and_a_log_line(packed, tmp_path):
+    kinds = _broken_features(tmp_path / "data")
+    v = runtime_test(packed, tmp_path / "data" / "test_features", keep=tmp_path / "root", echo=False)
+    assert v["ok"], v["reasons"]
+    assert v["n_chips"] == len(kinds) and v["missing"] == [] and v["extra"] == []
+    log = v["log"]
+    pred = tmp_path / "root" / "predictions"
+    for cid, kind in kinds.items():
+        m = np.array(Image.open(pred / f"{cid}.tif"))
+        assert m.shape == (SIZE, SIZE) and set(np.unique(m)) <= {0, 1}, kind
+        if kind not in ("good", "half nodata"):  # partial nodata is normal data, not a fallback
+            assert any(line.split(" WARNING ")[-1].startswith(f"{cid}:") for line in log.splitlines()), kind
+    for cid in ("zero", "none", "junk"):  # nothing to look at: all clear, nothing discarded on a guess
+        assert np.array(Image.open(pred / f"{cid}.tif")).max() == 0
+    assert np.array(Image.open(pred / "half.tif"))[:, : SIZE // 2].max() == 0  # nodata pixels are clear
+    assert "B08.tif: missing" in log and "B04.tif: wrong shape (48, 48)" in log and "NaN/inf" in log
+    assert "(10 with a fallback, 0 failed)" in log
+
+
+def test_a_band_filled_from_the_others_is_the_mean_of_the_good_bands(packed, tmp_path):
+    """The documented fallback, checked against the model run by hand on the filled chip."""
+    rng = np.random.default_rng(3)
+    arr = _good(rng)
+    write_chip(tmp_path / "data" / "test_features", "fill", arr)
+    (tmp_path / "data" / "test_features" / "fill" / "B03.tif").unlink()
+    v = runtime_test(packed, tmp_path / "data" / "test_features", keep=tmp_path / "root", echo=False)
+    assert v["ok"]
+    from cloudkd.data import normalise
+    from cloudkd.infer import masks_from_logits, predict_logits
+    from cloudkd.submission.pack import resolve_run
+    from cloudkd.student.models import build_model
+
+    run, info, state = resolve_run(json.loads((tmp_path / "root" / "assets" / "config.json").read_text())
+                                   ["source_run"])
+    model = build_model(info["model"])
+    model.load_state_dict(state)
+    refl = arr.astype(np.float32) / 10000
+    refl[1] = refl[[0, 2, 3]].mean(axis=0)
+    want = masks_from_logits(predict_logits(model.eval(), torch.from_numpy(normalise(refl)[None]), tta=True))[0]
+    assert np.array_equal(np.array(Image.open(tmp_path / "root" / "predictions" / "fill.tif")), want)
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+def test_validator_catches_every_rule(tmp_path):
+    f = tmp_path / "test_features"
+    for cid in ("aaaa", "bbbb", "cccc", "dddd", "eeee", "ffff"):
+        (f / cid).mkdir(parents=True)
+    p = tmp_path / "predictions"
+    p.mkdir()
+    ok = np.zeros((512, 512), np.uint8)
+    Image.fromarray(ok).save(p / "aaaa.tif")
+    Image.fromarray(np.zeros((256, 256), np.uint8)).save(p / "bbbb.tif")  # wrong shape
+    Image.fromarray(np.full((512, 512), 2, np.uint8)).save(p / "cccc.tif")  # values
+    tifffile.imwrite(p / "dddd.tif", np.zeros((512, 512), np.uint16))  # too large (uint16)
+    (p / "eeee.tif").write_bytes(b"not an image")  # unreadable
+    Image.fromarray(ok).save(p / "zzzz.tif")  # extra; ffff missing
+    v = validate(f, p)
+    assert not v["ok"] and v["n_chips"] == 6
+    assert v["missing"] == ["ffff"] and v["extra"] == ["zzzz.tif"]
+    assert set(v["invalid"]) == {"bbbb.tif", "cccc.tif", "dddd.tif", "eeee.tif"}
+    assert "wrong shape" in v["invalid"]["bbbb.tif"] and "values" in v["invalid"]["cccc.tif"]
+    assert "too large" in v["invalid"]["dddd.tif"] and "PIL" in v["invalid"]["eeee.tif"]
+    p2 = tmp_path / "p2"
+    p2.mkdir()
+    for cid in ("aaaa", "bbbb", "cccc", "dddd", "eeee", "ffff"):
+        Image.fromarray(ok).save(p2 / f"{cid}.tif")
+    assert validate(f, p2)["ok"]
+
+
+def test_runtime_test_fails_with_reasons_when_main_py_misbehaves(packed, small_data, tmp_path):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(packed) as src, zipfile.ZipFile(bad, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "main.py":  # skips the first chip and exits with an error
+                data = data.replace(b"    chips = list_chips()\n", b"    chips = list_chips()[1:]\n")
+                data = data.replace(b"    return 1 if n_failed else 0", b"    return 3")
+            dst.writestr(name, data)
+    r = runner.invoke(app, ["runtime-test", "--zip", str(bad), "--data", str(small_data), "--json",
+                            str(tmp_path / "v.json"), "--quiet"])
+    assert r.exit_code == 1
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert not v["ok"] and len(v["missing"]) == 1 and v["returncode"] == 3
+    assert "main.py exited with code 3" in r.output and "1 missing prediction" in r.output
+    nomain = tmp_path / "nomain.zip"
+    with zipfile.ZipFile(nomain, "w") as z:
+        z.writestr("assets/config.json", "{}")
+    r = runner.invoke(app, ["runtime-test", "--zip", str(nomain), "--data", str(small_data), "--quiet"])
+    assert r.exit_code == 1 and "no main.py" in r.output
+
+
+# ---------------------------------------------------------------------------------------------------- entrypoint
+def test_entrypoint_script_unzips_runs_validates_and_tars(packed, small_data, tmp_path):
+    root = tmp_path / "codeexecution"
+    shutil.copytree(small_data / "test_features", root / "data" / "test_features")
+    (root / "submission").mkdir()
+    shutil.copy(packed, root / "submission" / "submission.zip")
+    env = {**os.environ, "CLOUDKD_ROOT": str(root), "CLOUDKD_VALIDATOR": str(VALIDATOR),
+           "CLOUDKD_CHIP_SIZE": str(SIZE), "PYTHON": sys.executable}
+    p = subprocess.run(["sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "validation passed: 10 chips" in p.stdout
+    assert (root / "submission" / "predictions.tar.gz").is_file()
+    env["CLOUDKD_CHIP_SIZE"] = "512"  # the challenge's size: these 96-px masks must fail validation
+    p = subprocess.run(["sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 1 and "wrong shape" in p.stdout
