@@ -102,6 +102,11 @@ def test_demo_quick(tmp_path):
     student = rows["student unet-s (KD)"]
     assert student["params"] == 152_841 and 0.0 <= student["jaccard"] <= 1.0
     assert len(list((tmp_path / "run" / "predictions" / "student").glob("*.tif"))) == 12
+    # the packed student, run by main.py in the emulated runtime, scores exactly what the library's predict does
+    sub = rows["submission.zip (main.py, emulated runtime)"]
+    assert sub["jaccard"] == pytest.approx(student["jaccard"], abs=1e-9)
+    verdict = json.loads((tmp_path / "run" / "runtime_test.json").read_text())
+    assert verdict["ok"] and verdict["n_chips"] == 12
     folds = pd.read_csv(tmp_path / "run" / "folds.csv")
     n_fold0_train = int((folds["fold"] != 0).sum())
     assert len(list((tmp_path / "run" / "soft" / "train").glob("*.tif"))) == n_fold0_train  # soft labels to distil

@@ -3,7 +3,8 @@
 Steps: generate the benchmark -> location-grouped folds -> thresholding baseline (fitted on the train split)
 -> nnU-Net teacher (prepared, planned, trained on fold 0 within a CPU budget) -> teacher soft labels for the
 training chips -> the compact student (unet-s, <= 165 k parameters) distilled offline from them -> each method
-predicts the held-out test split (locations never seen in training) -> score with the leaderboard metric -> one
+predicts the held-out test split (locations never seen in training) -> score with the leaderboard metric -> the
+student packed as submission.zip and run through the runtime emulator (main.py, validation, score) -> one
 results table (CSV + JSON) and a PNG of sample chips and masks.
 """
 
@@ -106,7 +107,7 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
     soft_dir = work / "soft" / "train"
     rebuild = cfg.force or teacher_new  # a new teacher invalidates its soft labels and the student taught by them
     todo = [c for c in train_ids if rebuild or not (soft_dir / f"{c}.tif").is_file()]
-    _log(f"5/5 student {sb.model}: offline distillation from the teacher's soft labels ({len(train_ids)} training "
+    _log(f"5/6 student {sb.model}: offline distillation from the teacher's soft labels ({len(train_ids)} training "
          f"chips of fold 0)")
     if todo:
         out = teacher_predict(teacher, train_split.features_dir, None, soft_dir, chip_ids=todo, progress=progress)
@@ -133,6 +134,25 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
     return row
 
 
+def _submission_stage(cfg: DemoConfig, work: Path, test_split) -> dict:
+    from .submission.emulate import runtime_test
+    from .submission.pack import pack
+
+    zip_path = work / "submission.zip"
+    r = pack(work / "student", zip_path, chip_size=cfg.size)
+    _log(f"6/6 submission: packed {r.config['model']['name']} ({r.params:,} params) -> {zip_path} "
+         f"({r.bytes / 1024:.0f} KiB); running main.py in the runtime emulator")
+    v = runtime_test(zip_path, test_split.features_dir, labels=test_split.labels_dir,
+                     json_out=work / "runtime_test.json", echo=False)
+    if not v["ok"]:
+        raise RuntimeError("runtime emulator: " + "; ".join(v["reasons"]))
+    _log(f"    runtime-test passed: {v['n_chips']} masks, all valid, main.py {v['seconds']:.1f} s; "
+         f"leaderboard score {v['jaccard']:.4f}")
+    return {"method": "submission.zip (main.py, emulated runtime)", "params": r.params,
+            "ms_per_chip": round(1000 * v["seconds"] / v["n_chips"], 1), "jaccard": v["jaccard"],
+            "precision": None, "recall": None}
+
+
 def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     from .teacher.model import NnUNetTeacher
     from .teacher.model import predict_folder as teacher_predict
@@ -148,7 +168,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     # 1. data
     scfg = SynthConfig(n_train=cfg.n_train, n_test=cfg.n_test, size=cfg.size, seed=cfg.seed,
                        difficulty=cfg.difficulty)
-    _log(f"1/5 generate {cfg.n_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
+    _log(f"1/6 generate {cfg.n_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
     res = synthesize(cfg.data, scfg, overwrite=cfg.force, progress=progress)
     _log("    reused the existing dataset" if res.reused else f"    generated in {res.seconds:.1f} s")
     train = load_index(resolve_split(cfg.data, "train"))
@@ -157,18 +177,18 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     # 2. folds, shared by every stage
     folds = make_folds(train, k=cfg.folds, seed=cfg.seed)
     folds_csv = write_folds(folds, work / "folds.csv")
-    _log(f"2/5 {cfg.folds} location-grouped folds -> {folds_csv}")
+    _log(f"2/6 {cfg.folds} location-grouped folds -> {folds_csv}")
 
     # 3. thresholding baseline, fitted on the whole train split, applied to the held-out test split
     model_path = work / "threshold.json"
     if res.reused and model_path.is_file() and not cfg.force:
         model = ThresholdModel.load(model_path)
-        _log(f"3/5 threshold: reused {model_path}")
+        _log(f"3/6 threshold: reused {model_path}")
     else:
         t0 = time.perf_counter()
         model = fit_threshold(train["features"], train["label"], progress=progress)
         model.save(model_path)
-        _log(f"3/5 threshold fitted in {time.perf_counter() - t0:.1f} s: brightness > {model.brightness_min:.3f}, "
+        _log(f"3/6 threshold fitted in {time.perf_counter() - t0:.1f} s: brightness > {model.brightness_min:.3f}, "
              f"whiteness < {model.whiteness_max:.3f} (train Jaccard {model.fit_jaccard:.4f}) -> {model_path}")
     pred_thr = work / "predictions" / "threshold"
     t0 = time.perf_counter()
@@ -181,7 +201,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     # 4. nnU-Net teacher: prepare, plan + preprocess, train fold 0 within the CPU budget, predict the test split
     device = default_device() if cfg.device == "auto" else cfg.device
     ws = Workspace(work / "nnunet")
-    _log(f"4/5 nnU-Net teacher in {ws.root} (budget {cfg.teacher_budget})")
+    _log(f"4/6 nnU-Net teacher in {ws.root} (budget {cfg.teacher_budget})")
     prep = teacher_prepare(cfg.data, ws, folds=folds, progress=progress)
     _log(f"    prepare: {prep.dataset_name} " + ("reused" if prep.reused else f"written in {prep.seconds:.0f} s"))
     timings = plan_and_preprocess(ws, DEFAULT_DATASET_ID)
@@ -202,6 +222,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
 
     # 5. the student, distilled offline from the teacher's soft labels of the training chips (fold 0 trains)
     rows.append(_student_stage(cfg, work, teacher, not tr.reused, device, folds_csv, test_split, progress))
+
+    # 6. the submission: pack the student with submission/main.py, run it in the runtime emulator, score it
+    rows.append(_submission_stage(cfg, work, test_split))
 
     sample = list(report.per_chip.sort_values("chip_id")["chip_id"][:: max(1, len(report.per_chip) // 6)][:6])
     fig = plot_chips(test_split, sample, work / "summary.png",
