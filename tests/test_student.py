@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from cloudkd.cli import app
 from cloudkd.data import load_index, normalise, read_chip, resolve_split
 from cloudkd.data.augment import Augment
-from cloudkd.data.soft import write_soft, read_soft
+from cloudkd.data.soft import write_soft
 from cloudkd.student.distill import LossConfig, bce_dice, cwd, pixel_kd, prob_to_logit
 from cloudkd.student.models import build_model, list_presets
 from cloudkd.student.train import TrainConfig, fit, load_student

@@ -1,9 +1,9 @@
 """Data layer: the On Cloud N layout (reading, validation, writing), normalisation, folds, datasets, generator."""
 
-from .chips import (BANDS, SCALE, DataError, Split, ValidationReport, list_chip_ids, load_index, read_band,
+from .chips import (DataError, Split, ValidationReport, list_chip_ids, load_index, read_band,
                     read_chip, read_chip_dn, read_label, read_mask, read_metadata, resolve_split, validate_split,
                     write_mask)
-from .normalise import normalise
+from .normalise import BANDS, SCALE, normalise
 
 __all__ = [
     "BANDS", "SCALE", "DataError", "Split", "ValidationReport", "list_chip_ids", "load_index", "read_band",

@@ -28,7 +28,7 @@ import tifffile
 
 # BANDS (B02, B03, B04, B08: the channel order of every model and array in the project) and SCALE (digital numbers
 # on disk are surface reflectance x SCALE) live in normalise.py, which also travels inside the submission zip.
-from .normalise import BANDS, SCALE, dn_to_reflectance
+from .normalise import BANDS, dn_to_reflectance
 
 #: Columns the metadata CSV must have (the train file of the challenge also has ``cloudpath``).
 METADATA_COLUMNS = ("chip_id", "location", "datetime")

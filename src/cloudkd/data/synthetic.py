@@ -41,7 +41,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pandas as pd
 
-from .chips import BANDS, SCALE, DataError, atomic_write, write_band, write_mask
+from .chips import DataError, atomic_write, write_band, write_mask
+from .normalise import BANDS, SCALE
 
 # ----------------------------------------------------------------------------------------------------------------
 # Spectra (surface reflectance in B02, B03, B04, B08), typical Sentinel-2 L2A values

@@ -12,10 +12,16 @@ A spec is a string, so it can be stored with a checkpoint and rebuilt anywhere:
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Dict, Optional
+
+import torch
 
 from torch import nn
 
+from ..data.chips import DataError
 from .unet import PRESETS, CompactUNet, count_params, from_preset
 
 
@@ -44,3 +50,17 @@ def build_model(spec: str, in_channels: int = 4, classes: int = 1, model_kwargs:
 def list_presets() -> Dict[str, int]:
     """Preset name -> parameter count (4 input bands, 1 output)."""
     return {name: count_params(from_preset(name)) for name in PRESETS}
+
+
+def load_student(run: os.PathLike | str) -> torch.nn.Module:
+    """Rebuild a trained student from ``student.json`` + ``student.pt`` (a run folder or either file)."""
+    run = Path(run)
+    folder = run if run.is_dir() else run.parent
+    info_path, weights = folder / "student.json", folder / "student.pt"
+    for p in (info_path, weights):
+        if not p.is_file():
+            raise DataError(f"{p}: missing; not a student run folder (train one with 'cloudkd train')")
+    info = json.loads(info_path.read_text())
+    model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
+    model.load_state_dict(torch.load(weights, map_location="cpu"))
+    return model.eval()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,10 @@ from ..data.chips import DataError, atomic_write
 from ..data.datamodule import CloudDataModule
 from .module import StudentModule
 from .teachers import load_online_teacher
+from .models import load_student
 from .unet import count_params
+
+__all__ = ["TrainConfig", "FitResult", "fit", "export_best", "load_student"]
 
 
 @dataclass
@@ -147,19 +149,3 @@ def export_best(module: StudentModule, best: Optional[Path], out: Path, cfg: Tra
             "val_jaccard": score, "val_fold": cfg.val_fold, "train_seconds": round(seconds, 1),
             "teacher_mode": cfg.teacher_mode, "config": asdict(cfg)}
     atomic_write(out / "student.json", lambda t: Path(t).write_text(json.dumps(info, indent=2)))
-
-
-def load_student(run: os.PathLike | str) -> torch.nn.Module:
-    """Rebuild a trained student from ``student.json`` + ``student.pt`` (a run folder or either file)."""
-    from .models import build_model
-
-    run = Path(run)
-    folder = run if run.is_dir() else run.parent
-    info_path, weights = folder / "student.json", folder / "student.pt"
-    for p in (info_path, weights):
-        if not p.is_file():
-            raise DataError(f"{p}: missing; not a student run folder (train one with 'cloudkd train')")
-    info = json.loads(info_path.read_text())
-    model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
-    model.load_state_dict(torch.load(weights, map_location="cpu"))
-    return model.eval()

@@ -1,0 +1,188 @@
+"""``cloudkd bench``: every method side by side on the same chips with the same threads.
+
+Rows: thresholding, the nnU-Net teacher, the smp U-Net/ResNet-34 baseline, the student in PyTorch, ONNX fp32 and
+ONNX int8. Each method runs in its own fresh process (so its peak resident memory is its own) on the same
+held-out chips, preloaded in memory (reading is not timed):
+
+* latency: ``n_latency`` chips one at a time after one warm-up chip -> median and p90 ms/chip;
+* throughput and quality: every chip in batches of ``batch`` -> chips/s and the global Jaccard of the masks
+  against the labels (the leaderboard metric).
+
+Columns: params, bytes (weights on disk), MACs per 512x512 chip, median and p90 ms/chip, chips/s, peak RSS
+(VmHWM of the worker process), global Jaccard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+METHODS = ("thresholding", "nnunet_teacher", "smp_resnet34", "student_torch", "student_onnx_fp32",
+           "student_onnx_int8")
+
+
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _load(method: str, path: str, threads: int):
+    """(predict(refl (N,4,H,W) float32) -> masks (N,H,W) bool, params, bytes, macs)."""
+    import torch
+
+    from .data.normalise import normalise
+    from .export import count_macs
+
+    torch.set_num_threads(threads)
+    if method == "thresholding":
+        from .baselines.threshold import ThresholdModel
+
+        m = ThresholdModel.load(path)
+        return (lambda refl: np.stack([m.predict(r) for r in refl]) > 0), 2, Path(path).stat().st_size, 0
+    if method == "nnunet_teacher":
+        from .teacher.model import NnUNetTeacher
+        from .teacher.nnunet import Workspace
+
+        import io
+        import math
+
+        t = NnUNetTeacher.from_workspace(Workspace(path), device="cpu")
+        buf = io.BytesIO()
+        torch.save(t.network.state_dict(), buf)  # the weights alone (nnU-Net's checkpoint adds optimiser state)
+        patch = t.patch_size
+        # nnU-Net's sliding window (step 0.5) runs this many patches over a 512x512 chip
+        tiles = math.prod(1 if p >= 512 else math.ceil((512 - p) / (p * 0.5)) + 1 for p in patch)
+        macs = count_macs(t.network, patch[0]) * tiles if patch[0] == patch[1] else 0
+        return (lambda refl: t.logits(torch.from_numpy(normalise(refl))).numpy()[:, 0] > 0), t.n_params, \
+            len(buf.getvalue()), macs
+    if method in ("smp_resnet34", "student_torch"):
+        from .infer import predict_logits
+        from .student.models import load_student
+
+        m = load_student(path)
+        return (lambda refl: predict_logits(m, torch.from_numpy(normalise(refl))).numpy()[:, 0] > 0), \
+            int(sum(p.numel() for p in m.parameters())), (Path(path) / "student.pt").stat().st_size, \
+            count_macs(m, 512)
+    if method in ("student_onnx_fp32", "student_onnx_int8"):
+        from .export import ort_logits, ort_session
+
+        sess = ort_session(path, threads)
+        info = json.loads((Path(path).parent / "export.json").read_text())
+        art = info["artefacts"]["onnx_int8" if method.endswith("int8") else "onnx_fp32"]
+        return (lambda refl: ort_logits(sess, normalise(refl))[:, 0] > 0), art["params"], \
+            Path(path).stat().st_size, art["macs"]
+    raise ValueError(f"unknown method {method!r}")
+
+
+def run_worker(method: str, path: str, features: str, labels: str, threads: int, batch: int, n_latency: int,
+               limit: Optional[int] = None) -> dict:
+    """One method, measured in this process."""
+    from .data.chips import list_chip_ids, read_chip, read_label
+    from .metrics import Confusion, confusion
+
+    ids = list_chip_ids(features)[:limit] if limit else list_chip_ids(features)
+    refl = np.stack([read_chip(Path(features) / c) for c in ids])
+    labs = np.stack([read_label(Path(labels) / f"{c}.tif") for c in ids])
+    predict, params, nbytes, macs = _load(method, path, threads)
+    predict(refl[:1])  # warm-up
+    lat = []
+    for i in range(min(n_latency, len(ids))):
+        t = time.perf_counter()
+        predict(refl[i:i + 1])
+        lat.append(1000 * (time.perf_counter() - t))
+    conf = Confusion()
+    t0 = time.perf_counter()
+    for i in range(0, len(ids), batch):
+        masks = predict(refl[i:i + batch])
+        conf += confusion(masks, labs[i:i + batch] > 0)
+    seconds = time.perf_counter() - t0
+    return {"name": method, "path": path, "params": params, "bytes": nbytes, "macs": macs,
+            "ms_per_chip_median": float(np.median(lat)), "ms_per_chip_p90": float(np.percentile(lat, 90)),
+            "chips_per_s": len(ids) / seconds, "peak_rss_mb": _hwm_mb(), "jaccard": conf.tp / conf.union,
+            "n_chips": len(ids), "threads": threads, "batch": batch}
+
+
+def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, batch: int = 8,
+          n_latency: int = 16, limit: Optional[int] = None, progress: bool = True) -> List[dict]:
+    """Run every method of ``models`` (method -> path) in its own process; rows in METHODS order."""
+    rows = []
+    for method in [m for m in METHODS if m in models]:
+        args = json.dumps({"method": method, "path": str(models[method]), "features": str(features),
+                           "labels": str(labels), "threads": threads, "batch": batch, "n_latency": n_latency,
+                           "limit": limit})
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        p = subprocess.run([sys.executable, "-m", "cloudkd.bench", args], capture_output=True, text=True, env=env)
+        if p.returncode != 0:
+            raise RuntimeError(f"bench worker for {method} failed:\n{p.stderr[-3000:]}")
+        row = json.loads(p.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        if progress:
+            print(f"  {method}: {row['ms_per_chip_median']:.1f} ms/chip median, {row['chips_per_s']:.2f} chips/s, "
+                  f"Jaccard {row['jaccard']:.4f}", flush=True)
+    return rows
+
+
+COLUMNS = ["name", "params", "bytes", "macs", "ms_per_chip_median", "ms_per_chip_p90", "chips_per_s",
+           "peak_rss_mb", "jaccard"]
+
+
+def to_markdown(rows: List[dict]) -> str:
+    def fmt(c, v):
+        if c == "macs":
+            return f"{v / 1e9:.2f} G" if v else "-"
+        if c in ("params", "bytes"):
+            return f"{v:,}"
+        if c == "jaccard":
+            return f"{v:.4f}"
+        if isinstance(v, float):
+            return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+        return str(v)
+
+    head = ["method", "params", "bytes", "MACs/chip", "median ms/chip", "p90 ms/chip", "chips/s", "peak RSS MB",
+            "Jaccard"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(c, r[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: List[dict], path: os.PathLike | str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in rows:
+        for ax, x in zip(axes, (max(r["params"], 1), r["ms_per_chip_median"])):
+            ax.scatter(x, r["jaccard"], s=40)
+            ax.annotate(r["name"], (x, r["jaccard"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("parameters (log)")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("median ms per 512x512 chip (log)")
+    for ax in axes:
+        ax.set_ylabel("global Jaccard (held-out chips)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    a = json.loads(sys.argv[1])
+    print(json.dumps(run_worker(a["method"], a["path"], a["features"], a["labels"], a["threads"], a["batch"],
+                                a["n_latency"], a.get("limit"))))

@@ -1,0 +1,261 @@
+"""``cloudkd export``: a trained student (or smp baseline) as deployable ONNX artefacts, checked and costed.
+
+Writes into ``out``:
+
+* ``model_fp32.onnx``: dynamic batch and size (``x``: (N, 4, H, W) normalised input -> ``logits``: (N, 1, H, W));
+* ``model_fp32_b1.onnx``: fixed batch 1 and chip size (what a flight computer would load);
+* ``model_int8.onnx``: post-training static quantisation with ONNX Runtime (QDQ, int8 per-channel weights,
+  uint8 activations, MinMax calibration on a folder of chips);
+* ``export.json``: the checks and the cost report.
+
+Checks on real inputs: the fp32 ONNX logits against PyTorch (max abs diff, mask agreement) and the int8 masks
+against the fp32 masks on held-out chips (mask IoU; it must stay >= 0.98 or the command says so).
+Costs per artefact: parameters, bytes on disk, multiply-accumulates per chip (convolutions and linear layers;
+normalisation, activations and resampling are not counted) and the peak memory of one inference (resident
+set growth of a fresh process running one chip).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .data.chips import DataError, atomic_write, list_chip_ids, read_chip
+from .data.normalise import normalise
+
+INT8_MIN_IOU = 0.98
+
+
+def count_macs(model: torch.nn.Module, size: int = 512, in_channels: int = 4) -> int:
+    """Multiply-accumulates of one (1, C, size, size) forward pass in Conv/ConvTranspose/Linear layers."""
+    total = [0]
+
+    def conv_hook(m, inp, out):
+        k = int(np.prod(m.kernel_size))
+        if isinstance(m, torch.nn.ConvTranspose2d):  # every input pixel scatters a k x k x cout patch
+            total[0] += inp[0].numel() * k * m.out_channels // m.groups
+        else:
+            total[0] += out.numel() * k * m.in_channels // m.groups
+
+    def linear_hook(m, inp, out):
+        total[0] += out.numel() * m.in_features
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, torch.nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, in_channels, size, size))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return int(total[0])
+
+
+def load_chips(features_dir: os.PathLike | str, n: Optional[int] = None, offset: int = 0) -> List[np.ndarray]:
+    """Normalised (4, H, W) float32 inputs of the first ``n`` chips (sorted ids) after ``offset``."""
+    ids = list_chip_ids(features_dir)[offset:]
+    ids = ids[:n] if n else ids
+    if not ids:
+        raise DataError(f"{features_dir}: no chips to use")
+    return [normalise(read_chip(Path(features_dir) / c)) for c in ids]
+
+
+def export_onnx(model: torch.nn.Module, path: os.PathLike | str, dynamic: bool = True, size: int = 512,
+                opset: int = 17) -> Path:
+    """ONNX with input ``x`` and output ``logits``; dynamic batch/height/width or fixed (1, 4, size, size)."""
+    model = model.eval()
+    axes = {"x": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}} if dynamic else None
+
+    def write(tmp: Path) -> None:
+        torch.onnx.export(model, torch.zeros(1, 4, size, size), str(tmp), input_names=["x"],
+                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+
+    return atomic_write(path, write, suffix=".onnx")
+
+
+def ort_session(path: os.PathLike | str, threads: Optional[int] = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(session, batch: np.ndarray) -> np.ndarray:
+    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(batch, np.float32)})[0]
+
+
+class _Calib:
+    """onnxruntime CalibrationDataReader over a list of normalised chips (one chip per batch)."""
+
+    def __init__(self, chips: Sequence[np.ndarray], input_name: str = "x"):
+        self._it = iter([{input_name: c[None].astype(np.float32)} for c in chips])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - not used by MinMax
+        pass
+
+
+def quantize_int8(fp32: os.PathLike | str, out: os.PathLike | str, calib: Sequence[np.ndarray]) -> Path:
+    """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations, MinMax calibration)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
+        quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(_Calib, CalibrationDataReader):
+        pass
+
+    out = Path(out)
+    pre = out.with_name(out.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        atomic_write(out, lambda tmp: quantize_static(
+            str(pre), str(tmp), Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax), suffix=".onnx")
+    finally:
+        pre.unlink(missing_ok=True)
+    return out
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Global IoU of two sets of binary masks (1.0 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+_PEAK_SCRIPT = r"""
+import json, sys
+import numpy as np
+def hwm():  # this process's peak resident set (VmHWM; ru_maxrss would carry the parent's peak across exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+kind, path, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+x = np.random.default_rng(0).standard_normal((1, 4, size, size)).astype(np.float32)
+if kind == "onnx":
+    import onnxruntime as ort
+    o = ort.SessionOptions(); o.intra_op_num_threads = 1; o.log_severity_level = 3
+    s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+    run = lambda: s.run(None, {s.get_inputs()[0].name: x})
+else:
+    import torch
+    torch.set_num_threads(1)
+    from cloudkd.student.models import load_student
+    m = load_student(path)
+    t = torch.from_numpy(x)
+    def run():
+        with torch.no_grad():
+            m(t)
+before = hwm()
+run()
+after = hwm()
+print(json.dumps({"peak_rss_mb": round(after, 1), "inference_mb": round(after - before, 1)}))
+"""
+
+
+def peak_memory(kind: str, path: os.PathLike | str, size: int = 512) -> Dict[str, float]:
+    """Peak resident memory of a fresh process that loads the model and runs one (1, 4, size, size) chip:
+    ``peak_rss_mb`` (whole process) and ``inference_mb`` (growth during the inference itself)."""
+    p = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, kind, str(path), str(size)], capture_output=True,
+                       text=True, timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(f"peak-memory probe failed for {path}: {p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class ExportReport:
+    out: Path
+    artefacts: Dict[str, dict] = field(default_factory=dict)
+    checks: Dict[str, float] = field(default_factory=dict)
+    int8_ok: Optional[bool] = None
+
+    def to_json(self) -> dict:
+        return {"out": str(self.out), "artefacts": self.artefacts, "checks": self.checks, "int8_ok": self.int8_ok,
+                "int8_min_iou": INT8_MIN_IOU}
+
+
+def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optional[os.PathLike | str] = None,
+           heldout: Optional[os.PathLike | str] = None, n_calib: int = 16, n_check: int = 8, size: int = 512,
+           int8: bool = True, measure_memory: bool = True) -> ExportReport:
+    """Export, check and cost a trained model (see the module docstring).
+
+    ``calib``: chips for the int8 calibration (e.g. the training split's features); ``heldout``: other chips
+    for the checks (default: ``calib`` chips after the calibration ones).
+    """
+    from .submission.pack import resolve_run
+    from .student.models import build_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run, info, state = resolve_run(checkpoint)
+    model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
+    model.load_state_dict(state)
+    model.eval()
+    params = int(sum(p.numel() for p in model.parameters()))
+    macs = count_macs(model, size)
+    rep = ExportReport(out)
+    fp32 = export_onnx(model, out / "model_fp32.onnx", dynamic=True, size=size)
+    fixed = export_onnx(model, out / "model_fp32_b1.onnx", dynamic=False, size=size)
+    weights_bytes = sum(v.numel() * v.element_size() for v in state.values())
+    rep.artefacts["pytorch"] = {"path": str(run / "student.pt"), "params": params, "macs": macs,
+                                "bytes": (run / "student.pt").stat().st_size if (run / "student.pt").is_file()
+                                else weights_bytes}
+    rep.artefacts["onnx_fp32"] = {"path": str(fp32), "params": params, "macs": macs, "bytes": fp32.stat().st_size}
+    rep.artefacts["onnx_fp32_b1"] = {"path": str(fixed), "params": params, "macs": macs,
+                                     "bytes": fixed.stat().st_size}
+
+    if calib is not None:
+        calib_chips = load_chips(calib, n_calib)
+        check_chips = load_chips(heldout, n_check) if heldout is not None else load_chips(calib, n_check, n_calib)
+        x = np.stack(check_chips)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        sess = ort_session(fp32)
+        got = ort_logits(sess, x)
+        b1 = ort_session(fixed)
+        got1 = np.concatenate([ort_logits(b1, c[None]) for c in x]) if x.shape[-1] == size else got
+        rep.checks["onnx_fp32_max_abs_diff"] = float(np.abs(got - ref).max())
+        rep.checks["onnx_fp32_b1_max_abs_diff"] = float(np.abs(got1 - ref).max())
+        rep.checks["onnx_fp32_mask_agreement"] = float(((got > 0) == (ref > 0)).mean())
+        rep.checks["n_check_chips"] = len(check_chips)
+        if int8:
+            q = quantize_int8(fp32, out / "model_int8.onnx", calib_chips)
+            qz = ort_logits(ort_session(q), x)
+            iou = mask_iou(qz > 0, got > 0)
+            rep.checks["int8_vs_fp32_mask_iou"] = iou
+            rep.checks["int8_vs_fp32_mask_agreement"] = float(((qz > 0) == (got > 0)).mean())
+            rep.checks["int8_vs_fp32_max_abs_diff"] = float(np.abs(qz - got).max())
+            rep.checks["n_calib_chips"] = len(calib_chips)
+            rep.int8_ok = iou >= INT8_MIN_IOU
+            rep.artefacts["onnx_int8"] = {"path": str(q), "params": params, "macs": macs, "bytes": q.stat().st_size}
+    elif int8:
+        raise DataError("int8 quantisation needs calibration chips (--calib FEATURES_DIR)")
+
+    if measure_memory:
+        for name, a in rep.artefacts.items():
+            kind = "torch" if name == "pytorch" else "onnx"
+            a.update(peak_memory(kind, run if kind == "torch" else a["path"], size))
+    atomic_write(out / "export.json", lambda t: Path(t).write_text(json.dumps(rep.to_json(), indent=2)))
+    return rep

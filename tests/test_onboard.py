@@ -1,0 +1,252 @@
+"""On board: ONNX/int8 export, tiled scene inference in bounded memory, downlink arithmetic, the bench."""
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from typer.testing import CliRunner
+
+from cloudkd.cli import app
+from cloudkd.data import normalise, read_chip, resolve_split
+from cloudkd.downlink import chip_stats, stats_from_scene, summarise
+from cloudkd.export import count_macs, export, mask_iou
+from cloudkd.infer import predict_logits
+from cloudkd.scene import BandWindows, predict_scene, torch_predictor
+from cloudkd.student.models import load_student
+from cloudkd.student.train import TrainConfig, fit
+from cloudkd.student.unet import CompactUNet
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def student(small_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("student") / "run"
+    fit(TrainConfig(data=str(small_data), out=str(run), model="unet-s", epochs=4, batch_size=4, crop=96, lr=5e-3,
+                    accelerator="cpu", progress=False))
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- export
+def test_macs_by_hand():
+    m = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                            torch.nn.ConvTranspose2d(8, 2, 2, stride=2))
+    want = 64 * 64 * 8 * 4 * 9 + 64 * 64 * 8 * 9 + 64 * 64 * 8 * 2 * 4
+    assert count_macs(m, 64) == want
+    small, big = CompactUNet(widths=(8, 16)), CompactUNet(widths=(8, 16))
+    assert count_macs(big, 128) == 4 * count_macs(small, 64)  # proportional to pixels
+
+
+def test_export_round_trip_and_int8_agreement(student, small_data, tmp_path):
+    test = resolve_split(small_data, "test")
+    rep = export(student, tmp_path / "exp", calib=small_data / "train_features", heldout=test.features_dir,
+                 n_calib=12, n_check=10, size=96, measure_memory=True)
+    c = rep.checks
+    assert c["onnx_fp32_max_abs_diff"] < 1e-3 and c["onnx_fp32_b1_max_abs_diff"] < 1e-3
+    assert c["onnx_fp32_mask_agreement"] > 0.999
+    assert c["int8_vs_fp32_mask_iou"] >= 0.98 and rep.int8_ok
+    a = rep.artefacts
+    assert a["onnx_int8"]["bytes"] < a["onnx_fp32"]["bytes"] / 2  # int8 weights
+    assert a["pytorch"]["params"] == 152_841 and a["onnx_fp32"]["macs"] == count_macs(load_student(student), 96)
+    for art in a.values():
+        assert art["peak_rss_mb"] > 10 and art["inference_mb"] >= 0
+    saved = json.loads((tmp_path / "exp" / "export.json").read_text())
+    assert saved["int8_ok"] is True and saved["checks"]["n_check_chips"] == 10
+
+    # the dynamic model takes any batch and size; the fixed one exactly (1, 4, 96, 96)
+    from cloudkd.export import ort_logits, ort_session
+
+    x = np.stack([normalise(read_chip(test.chip_dir(c))) for c in test.chip_ids()[:3]])
+    dyn = ort_logits(ort_session(tmp_path / "exp" / "model_fp32.onnx"), x[:, :, :64, :80])
+    with torch.no_grad():
+        ref = load_student(student)(torch.from_numpy(x[:, :, :64, :80])).numpy()
+    assert dyn.shape == (3, 1, 64, 80) and np.abs(dyn - ref).max() < 1e-3
+    fixed = ort_session(tmp_path / "exp" / "model_fp32_b1.onnx")
+    assert [d for d in fixed.get_inputs()[0].shape] == [1, 4, 96, 96]
+
+
+def test_export_cli_reports_and_flags_int8(student, small_data, tmp_path, monkeypatch):
+    import cloudkd.export as ex
+
+    monkeypatch.setattr(ex, "INT8_MIN_IOU", 1.01)  # an unreachable target: the command must say so
+    r = runner.invoke(app, ["export", "--checkpoint", str(student), "--out", str(tmp_path / "e"), "--calib",
+                            str(small_data), "--n-calib", "4", "--n-check", "4", "--size", "96", "--no-memory"])
+    assert r.exit_code == 0, r.output
+    assert "onnx_int8" in r.output and "152,841" in r.output and "BELOW the 1.01 target" in r.output
+
+
+def test_mask_iou():
+    a = np.zeros((4, 4), bool)
+    b = a.copy()
+    assert mask_iou(a, b) == 1.0
+    a[0, :2] = True
+    b[0, 1:3] = True
+    assert mask_iou(a, b) == pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------------------------------------------- scenes
+def _scene_from_chips(small_data, n=3):
+    """An n x n mosaic of generated chips (4, 96n, 96n) uint16: realistic content across tile borders."""
+    test = resolve_split(small_data, "test")
+    ids = test.chip_ids()
+    chips = [np.stack([tifffile.imread(test.chip_dir(ids[i % len(ids)]) / f"{b}.tif")
+                       for b in ("B02", "B03", "B04", "B08")]) for i in range(n * n)]
+    return np.concatenate([np.concatenate(chips[r * n:(r + 1) * n], axis=2) for r in range(n)], axis=1)
+
+
+GEO = [(33550, 12, 3, (10.0, 10.0, 0.0), True), (33922, 12, 6, (0.0, 0.0, 0.0, 600000.0, 5000040.0, 0.0), True),
+       (34735, 3, 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632), True)]
+
+
+def test_band_windows_read_any_layout(tmp_path):
+    a = (np.arange(300 * 200) % 65535).astype(np.uint16).reshape(300, 200)
+    m = np.stack([a, a + 1, a + 2, a + 3])
+    cases = {"strips.tif": (a, dict(compression="zlib", rowsperstrip=32), None, a),
+             "tiles.tif": (a, dict(compression="zlib", tile=(64, 64)), None, a),
+             "raw.tif": (a, {}, None, a),
+             "planar.tif": (m, dict(compression="zlib", rowsperstrip=50, planarconfig="separate",
+                                    photometric="minisblack"), 2, m[2]),
+             "contig.tif": (np.moveaxis(m, 0, -1), dict(compression="zlib", rowsperstrip=50, planarconfig="contig",
+                                                        photometric="minisblack"), 3, m[3])}
+    for name, (arr, kw, band, want) in cases.items():
+        tifffile.imwrite(tmp_path / name, arr, **kw)
+        b = BandWindows(tmp_path / name, band)
+        for y0, y1 in ((0, 300), (31, 97), (250, 300)):
+            assert np.array_equal(b.rows(y0, y1), want[y0:y1]), (name, y0, y1)
+        b.close()
+
+
+def test_tiled_scene_equals_whole_image_away_from_borders_and_keeps_georeferencing(student, small_data, tmp_path):
+    scene = _scene_from_chips(small_data, 3)  # 288 x 288
+    d = tmp_path / "scene"
+    d.mkdir()
+    for i, b in enumerate(("B02", "B03", "B04", "B08")):
+        tifffile.imwrite(d / f"{b}.tif", scene[i], compression="zlib", rowsperstrip=40, extratags=GEO)
+    model = load_student(student)
+    r = predict_scene(d, tmp_path / "mask.tif", torch_predictor(model), tile=128, overlap=32, batch_size=3,
+                      progress=False)
+    assert r["tiles"] == 9 and r["georeferenced"]
+    out = tifffile.imread(tmp_path / "mask.tif")
+    with torch.no_grad():
+        whole = predict_logits(model, torch.from_numpy(normalise(scene.astype(np.float32) / 10000)[None]))[0, 0]
+    confident = (whole.abs() > 0.5).numpy()  # where small context changes cannot flip the decision
+    whole = (whole > 0).numpy().astype(np.uint8)
+    assert out.shape == whole.shape and out.dtype == np.uint8
+    inner = np.s_[16:-16, 16:-16]  # away from the scene's borders, where tiles see less context
+    agree = out[inner] == whole[inner]
+    assert agree[confident[inner]].mean() > 0.995 and confident[inner].mean() > 0.2
+    assert agree.mean() > 0.96
+    with tifffile.TiffFile(tmp_path / "mask.tif") as tf:
+        tags = tf.pages[0].tags
+        for code, _, _, value, _ in GEO:
+            assert tuple(tags[code].value) == value
+    # one multi-band file gives the same mask
+    tifffile.imwrite(tmp_path / "stack.tif", scene, compression="zlib", planarconfig="separate",
+                     photometric="minisblack", rowsperstrip=40)
+    r = runner.invoke(app, ["predict-scene", str(tmp_path / "stack.tif"), "--model", str(student), "--out",
+                            str(tmp_path / "mask2.tif"), "--tile", "128", "--overlap", "32", "--batch", "3"])
+    assert r.exit_code == 0, r.output
+    assert "288x288 scene, 9 tiles" in r.output
+    assert np.array_equal(tifffile.imread(tmp_path / "mask2.tif"), out)
+
+
+def test_scene_memory_does_not_grow_with_the_scene(tmp_path):
+    """4000 x 4000 vs 1000 x 4000 scenes: the same peak of traced (numpy) memory, far below the scene's size."""
+    model = CompactUNet(widths=(4, 8)).eval()  # speed, not quality, matters here
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for h in (1000, 4000):
+        d = tmp_path / f"s{h}"
+        d.mkdir()
+        strip = rng.integers(1, 5000, size=(256, 4000)).astype(np.uint16)
+        for b in ("B02", "B03", "B04", "B08"):
+            tifffile.imwrite(d / f"{b}.tif", np.tile(strip, (h // 256 + 1, 1))[:h], compression="zlib",
+                             rowsperstrip=64)
+        tracemalloc.start()
+        r = predict_scene(d, tmp_path / f"m{h}.tif", torch_predictor(model), tile=512, overlap=64, batch_size=4,
+                          progress=False)
+        peaks[h] = tracemalloc.get_traced_memory()[1] / 2 ** 20
+        tracemalloc.stop()
+        assert tifffile.imread(tmp_path / f"m{h}.tif").shape == (h, 4000) and r["tiles"] > 0
+    full_scene_mb = 4 * 4000 * 4000 * 4 / 2 ** 20  # the float32 scene a naive version would hold: 244 MiB
+    assert peaks[4000] < full_scene_mb / 2, peaks
+    assert peaks[4000] < 1.25 * peaks[1000], peaks  # independent of the height
+
+
+# ---------------------------------------------------------------------------------------------------- downlink
+def test_downlink_arithmetic_by_hand(tmp_path):
+    m1 = np.zeros((10, 10), np.uint8)  # clear chip
+    m2 = np.ones((10, 10), np.uint8)  # fully cloudy chip
+    m3 = np.zeros((10, 10), np.uint8)
+    m3[:3] = 1  # 30 % cloud
+    lab3 = np.zeros((10, 10), np.uint8)
+    lab3[:2] = 1  # truly 20 % cloud: 10 clear pixels predicted cloudy
+    stats = [chip_stats(m1, "a", 1000, np.zeros((10, 10))), chip_stats(m2, "b", 2000, np.ones((10, 10))),
+             chip_stats(m3, "c", 4000, lab3)]
+    s = summarise(stats, [0.0, 0.25, 0.5, 1.0])
+    rows = {r["threshold"]: r for r in s["chip_policy"]}
+    assert rows[0.5]["chips_discarded"] == pytest.approx(1 / 3) and rows[0.5]["bytes_saved"] == 2000
+    assert rows[0.5]["clear_lost"] == 0.0  # the cloudy chip has no clear pixel
+    assert rows[0.25]["bytes_saved"] == 6000 and rows[0.25]["bytes_saved_share"] == pytest.approx(6 / 7)
+    assert rows[0.25]["clear_lost"] == pytest.approx(80 / 180)  # chip c's 80 clear pixels of 100 + 80
+    assert rows[0.0]["pixels_discarded"] == pytest.approx(2 / 3) and rows[1.0]["chips_discarded"] == 0
+    assert s["pixel_policy"]["pixels_discarded"] == pytest.approx(130 / 300)
+    assert s["pixel_policy"]["clear_lost"] == pytest.approx(10 / 180)
+    scene = stats_from_scene(np.kron(np.eye(2, dtype=np.uint8), np.ones((4, 4), np.uint8)), tile=4)
+    assert [st.cloud_pred for st in scene] == [16, 0, 0, 16] and scene[0].bytes == 16 * 8
+
+
+def test_downlink_cli_on_predicted_chips(small_data, tmp_path):
+    from cloudkd.data import read_label, write_mask
+
+    test = resolve_split(small_data, "test")
+    for c in test.chip_ids():  # "predictions" = the labels: nothing clear is lost under the pixel policy
+        write_mask(tmp_path / "pred" / f"{c}.tif", read_label(test.label_path(c)))
+    r = runner.invoke(app, ["downlink", "--pred", str(tmp_path / "pred"), "--labels", str(test.labels_dir),
+                            "--features", str(test.features_dir), "--out", str(tmp_path / "dl")])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "dl" / "downlink.json").read_text())
+    assert s["n_chips"] == 10 and s["pixel_policy"]["clear_lost"] == 0.0
+    assert s["bytes"] == sum(f.stat().st_size for f in test.features_dir.rglob("*.tif"))
+    assert (tmp_path / "dl" / "downlink.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------- bench
+def test_bench_rows_for_student_backends_and_thresholding(student, small_data, tmp_path):
+    from cloudkd.baselines.threshold import fit_threshold
+    from cloudkd.bench import bench, to_markdown
+    from cloudkd.data import load_index
+    from cloudkd.metrics import JaccardMeter
+
+    idx = load_index(resolve_split(small_data))
+    fit_threshold(idx["features"], idx["label"], progress=False).save(tmp_path / "thr.json")
+    test = resolve_split(small_data, "test")
+    export(student, tmp_path / "exp", calib=small_data / "train_features", heldout=test.features_dir, n_calib=8,
+           n_check=4, size=96, measure_memory=False)
+    rows = bench({"thresholding": str(tmp_path / "thr.json"), "student_torch": str(student),
+                  "student_onnx_fp32": str(tmp_path / "exp" / "model_fp32.onnx"),
+                  "student_onnx_int8": str(tmp_path / "exp" / "model_int8.onnx")},
+                 str(test.features_dir), str(test.labels_dir), threads=1, batch=4, n_latency=3, progress=False)
+    by = {r["name"]: r for r in rows}
+    assert list(by) == ["thresholding", "student_torch", "student_onnx_fp32", "student_onnx_int8"]
+    for r in rows:
+        for k in ("name", "params", "bytes", "ms_per_chip_median", "chips_per_s", "jaccard", "peak_rss_mb"):
+            assert k in r
+        assert r["ms_per_chip_p90"] >= r["ms_per_chip_median"] > 0 and r["n_chips"] == 10
+    # the student's Jaccard is the leaderboard metric of its masks, whatever the backend
+    model = load_student(student)
+    meter = JaccardMeter()
+    from cloudkd.data import read_label
+
+    with torch.no_grad():
+        for c in test.chip_ids():
+            meter.update(model(torch.from_numpy(normalise(read_chip(test.chip_dir(c)))[None]))[0, 0] > 0,
+                         read_label(test.label_path(c)))
+    assert by["student_torch"]["jaccard"] == pytest.approx(meter.compute(), abs=1e-9)
+    assert by["student_onnx_fp32"]["jaccard"] == pytest.approx(meter.compute(), abs=2e-3)
+    assert by["student_onnx_int8"]["bytes"] < by["student_onnx_fp32"]["bytes"]
+    assert by["student_torch"]["macs"] == count_macs(model, 512)
+    assert "| student_onnx_int8 |" in to_markdown(rows)
