@@ -56,6 +56,7 @@ def main():
     ap.add_argument("--kd-weight", type=float, default=1.0)
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (data order, augmentation, init)")
     ap.add_argument("--tag", default="", help="suffix of the run folders and the results file")
     a = ap.parse_args()
     demo = Path(a.demo)
@@ -73,7 +74,7 @@ def main():
                           soft_dir=str(demo / "soft" / "train") if spec.get("soft") else None,
                           teacher_nnunet=str(demo / "nnunet") if spec.get("online") else None,
                           teacher_onnx=str(onnx) if onnx else None,
-                          limit_train_batches=a.steps, progress=False)
+                          limit_train_batches=a.steps, seed=a.seed, progress=False)
         t0 = time.perf_counter()
         r = fit(cfg)
         train_s = time.perf_counter() - t0
@@ -104,12 +105,14 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.2))
     ax.barh([r["run"] for r in rows], [r["test_jaccard"] for r in rows], color="tab:blue")
     for i, r in enumerate(rows):
-        ax.text(r["test_jaccard"], i, f" {r['test_jaccard']:.3f} ({r['params'] / 1e3:.0f} k)", va="center")
+        size = f"{r['params'] / 1e6:.1f} M" if r["params"] >= 1e6 else f"{r['params'] / 1e3:.0f} k" \
+            if r["params"] >= 1e3 else str(r["params"])
+        ax.text(r["test_jaccard"], i, f" {r['test_jaccard']:.3f} ({size} params)", va="center")
     ax.set_xlabel("global Jaccard, held-out test split")
-    ax.set_xlim(0, 1)
+    ax.set_xlim(0, 1.25)
     fig.tight_layout()
     fig.savefig(out_root / f"{tag}.png", dpi=100)
     print(out_root / f"{tag}.png")

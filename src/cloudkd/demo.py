@@ -1,16 +1,18 @@
 """``make demo``: the whole story on generated data, one step after the other, reusing what is already built.
 
 Steps: generate the benchmark -> location-grouped folds -> thresholding baseline (fitted on the train split)
--> nnU-Net teacher (prepared, planned, trained on fold 0 within a CPU budget) -> teacher soft labels for the
-training chips -> the compact student (unet-s, <= 165 k parameters) distilled offline from them -> each method
-predicts the held-out test split (locations never seen in training) -> score with the leaderboard metric -> the
-student packed as submission.zip and run through the runtime emulator (main.py, validation, score) -> one
-results table (CSV + JSON) and a PNG of sample chips and masks.
+-> nnU-Net teacher (prepared, planned, trained on fold 0 within a CPU budget) -> the compact student (unet-s,
+<= 165 k parameters) distilled from the teacher (online by default: the teacher runs on every augmented batch;
+offline: from soft labels of the training chips) -> each method predicts the held-out test split (locations
+never seen in training) -> score with the leaderboard metric -> the student packed as submission.zip and run
+through the runtime emulator (main.py, validation, score) -> one results table (CSV + JSON) and a PNG of sample
+chips and masks.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +31,9 @@ from .viz import plot_chips
 
 @dataclass
 class StudentBudget:
+    #: "online": the in-process teacher runs on each augmented batch (benchmarks/distill_compare.py found it
+    #: best); "offline": from soft labels written by the teacher first
+    teacher_mode: str = "online"
     model: str = "unet-s"
     epochs: int = 15
     steps: Optional[int] = None  # per epoch; None: one pass over the training chips
@@ -64,7 +69,7 @@ class DemoConfig:
         return cls(workdir=workdir, data=data, n_train=24, n_test=12, size=128, folds=3,
                    teacher_budget=Budget(epochs=2, iters_per_epoch=10, val_iters=1, patch=128, batch=4,
                                          base_features=8, max_features=64),
-                   student=StudentBudget(epochs=2, steps=3, batch=4, crop=96))
+                   student=StudentBudget(epochs=2, steps=3, batch=4, crop=128))
 
 
 def _log(msg: str) -> None:
@@ -95,7 +100,7 @@ def _score_row(method: str, params: int, ms_chip: float, pred_dir: Path, split, 
 
 def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, device: str, folds_csv: Path, test_split,
                    progress: bool) -> dict:
-    """Soft labels of the training chips, offline distillation of the student, its test-split row."""
+    """The student distilled from the teacher (online, or offline from soft labels), its test-split row."""
     from .data.folds import read_folds, split_by_fold
     from .predict import predict_folder as student_predict
     from .student.train import TrainConfig, fit, load_student
@@ -105,24 +110,34 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
     train_split = resolve_split(cfg.data, "train")
     train_ids = list(split_by_fold(load_index(train_split), read_folds(folds_csv), 0)[0]["chip_id"])
     soft_dir = work / "soft" / "train"
+    online = sb.teacher_mode == "online"
+    if sb.teacher_mode not in ("online", "offline"):
+        raise ValueError(f"student teacher_mode must be online or offline, got {sb.teacher_mode!r}")
     rebuild = cfg.force or teacher_new  # a new teacher invalidates its soft labels and the student taught by them
-    todo = [c for c in train_ids if rebuild or not (soft_dir / f"{c}.tif").is_file()]
-    _log(f"5/6 student {sb.model}: offline distillation from the teacher's soft labels ({len(train_ids)} training "
-         f"chips of fold 0)")
-    if todo:
-        out = teacher_predict(teacher, train_split.features_dir, None, soft_dir, chip_ids=todo, progress=progress)
-        _log(f"    soft labels: {out['n_chips']} chips, {out['ms_per_chip']:.0f} ms/chip -> {soft_dir}")
-    else:
-        _log(f"    soft labels: reused {soft_dir}")
+    _log(f"5/6 student {sb.model}: {sb.teacher_mode} distillation from the nnU-Net teacher "
+         f"({len(train_ids)} training chips of fold 0)")
+    if not online:
+        todo = [c for c in train_ids if rebuild or not (soft_dir / f"{c}.tif").is_file()]
+        if todo:
+            out = teacher_predict(teacher, train_split.features_dir, None, soft_dir, chip_ids=todo,
+                                  progress=progress)
+            _log(f"    soft labels: {out['n_chips']} chips, {out['ms_per_chip']:.0f} ms/chip -> {soft_dir}")
+        else:
+            _log(f"    soft labels: reused {soft_dir}")
     run = work / "student"
-    if (run / "student.json").is_file() and not rebuild:
+    info = run / "student.json"
+    same = info.is_file() and json.loads(info.read_text()).get("teacher_mode") == sb.teacher_mode
+    if same and not rebuild:
         _log(f"    reused the trained student in {run}")
     else:
         tc = TrainConfig(data=cfg.data, out=str(run), model=sb.model, folds=str(folds_csv), epochs=sb.epochs,
                          batch_size=sb.batch, crop=sb.crop, lr=sb.lr, kd=sb.kd, kd_weight=sb.kd_weight,
-                         temperature=sb.temperature, soft_dir=str(soft_dir), limit_train_batches=sb.steps,
-                         seed=cfg.seed, progress=progress,
+                         temperature=sb.temperature, soft_dir=None if online else str(soft_dir),
+                         teacher_nnunet=str(work / "nnunet") if online else None, limit_train_batches=sb.steps,
+                         seed=cfg.seed, progress=progress, resume=False,
                          accelerator="gpu" if device.startswith("cuda") else "cpu")
+        if run.exists():
+            shutil.rmtree(run)  # a stale run (other settings) must not be resumed or mixed in
         r = fit(tc)
         _log(f"    distilled in {r.seconds:.0f} s ({r.epochs} epochs); best val global Jaccard {r.val_jaccard:.4f}")
     model = load_student(run)

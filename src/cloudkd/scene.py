@@ -1,8 +1,9 @@
 """``cloudkd predict-scene``: a cloud mask for a whole raster (e.g. a 10980 x 10980 Sentinel-2 tile) in bounded
 memory.
 
-Input: a folder holding the four band files (``B02.tif, B03.tif, B04.tif, B08.tif``, or ``*_B02.tif`` ... as in
-L2A products) or one multi-band TIFF ((4, H, W) planar or (H, W, 4) interleaved), uint16 reflectance x 10000.
+Input: a folder holding the four band files as GeoTIFFs (``B02.tif, B03.tif, B04.tif, B08.tif``, or ``*_B02.tif``
+...; L2A products ship JPEG 2000 files: convert them first, e.g. with gdal_translate) or one multi-band TIFF
+((4, H, W) planar or (H, W, 4) interleaved), uint16 reflectance x 10000.
 
 Method: overlapping ``tile`` x ``tile`` windows (stride ``tile - overlap``) are predicted in batches; their
 logits are blended with weights that ramp linearly over the overlap (so seams vanish) and the weighted mean is
@@ -114,9 +115,11 @@ def open_scene(path: os.PathLike | str) -> List[BandWindows]:
         bands = []
         for b in BANDS:
             hits = [p / f"{b}.tif"] if (p / f"{b}.tif").is_file() else sorted(p.glob(f"*_{b}.tif")) + \
-                sorted(p.glob(f"*_{b}_*.tif")) + sorted(p.glob(f"*{b}*.jp2"))
+                sorted(p.glob(f"*_{b}_*.tif"))
             if not hits:
-                raise DataError(f"{p}: no {b}.tif (or *_{b}.tif) band file")
+                jp2 = " (JPEG 2000 band files of L2A products: convert them to GeoTIFF first, e.g. gdal_translate)" \
+                    if list(p.glob(f"*{b}*.jp2")) else ""
+                raise DataError(f"{p}: no {b}.tif (or *_{b}.tif) band file{jp2}")
             bands.append(BandWindows(hits[0]))
     elif p.is_file():
         bands = [BandWindows(p, band=i) for i in range(4)]
