@@ -163,12 +163,13 @@ def plot(rows: List[dict], path: os.PathLike | str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in rows:
-        for ax, x in zip(axes, (max(r["params"], 1), r["ms_per_chip_median"])):
+    for i, r in enumerate(rows):
+        for ax, x in zip(axes, (max(r["bytes"], 1), r["ms_per_chip_median"])):
             ax.scatter(x, r["jaccard"], s=40)
-            ax.annotate(r["name"], (x, r["jaccard"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+            ax.annotate(r["name"], (x, r["jaccard"]), fontsize=8, xytext=(4, 4 - 11 * (i % 3)),
+                        textcoords="offset points")
     axes[0].set_xscale("log")
-    axes[0].set_xlabel("parameters (log)")
+    axes[0].set_xlabel("model size, bytes on disk (log)")
     axes[1].set_xscale("log")
     axes[1].set_xlabel("median ms per 512x512 chip (log)")
     for ax in axes:
