@@ -107,6 +107,11 @@ def test_demo_quick(tmp_path):
     assert sub["jaccard"] == pytest.approx(student["jaccard"], abs=1e-9)
     verdict = json.loads((tmp_path / "run" / "runtime_test.json").read_text())
     assert verdict["ok"] and verdict["n_chips"] == 12
+    int8 = rows["student int8 ONNX"]
+    assert int8["params"] == 152_841 and int8["bytes"] < student["bytes"] / 2
+    assert abs(int8["jaccard"] - student["jaccard"]) < 0.05
+    assert all(row["bytes"] > 0 for row in res["rows"])
+    assert json.loads((tmp_path / "run" / "export" / "export.json").read_text())["checks"]["n_check_chips"] == 8
     info = json.loads((tmp_path / "run" / "student" / "student.json").read_text())
     assert info["teacher_mode"] == "online" and info["config"]["kd_weight"] > 0  # distilled, not just trained
     assert (tmp_path / "run" / "summary.png").is_file()
@@ -115,6 +120,7 @@ def test_demo_quick(tmp_path):
     assert r.exit_code == 0, r.output
     assert "reused the existing dataset" in r.output and "threshold: reused" in r.output
     assert "reused the trained fold 0" in r.output and "reused the trained student" in r.output
+    assert "export: reused" in r.output
     again = {row["method"]: row for row in json.loads((tmp_path / "run" / "results.json").read_text())["rows"]}
     assert again["thresholding"]["jaccard"] == pytest.approx(rows["thresholding"]["jaccard"])
     assert again["nnU-Net teacher"]["jaccard"] == pytest.approx(rows["nnU-Net teacher"]["jaccard"])

@@ -4,9 +4,10 @@ Steps: generate the benchmark -> location-grouped folds -> thresholding baseline
 -> nnU-Net teacher (prepared, planned, trained on fold 0 within a CPU budget) -> the compact student (unet-s,
 <= 165 k parameters) distilled from the teacher (online by default: the teacher runs on every augmented batch;
 offline: from soft labels of the training chips) -> each method predicts the held-out test split (locations
-never seen in training) -> score with the leaderboard metric -> the student packed as submission.zip and run
-through the runtime emulator (main.py, validation, score) -> one results table (CSV + JSON) and a PNG of sample
-chips and masks.
+never seen in training) -> score with the leaderboard metric -> the student exported to int8 ONNX (checked against
+fp32) and scored -> the student packed as submission.zip and run through the runtime emulator (main.py,
+validation, score) -> one results table (method, params, bytes, ms/chip, Jaccard; CSV + JSON) and a PNG of
+sample chips and masks.
 """
 
 from __future__ import annotations
@@ -90,12 +91,12 @@ def format_table(rows: List[dict], columns: List[str]) -> str:
     return "\n".join([line(columns), sep] + [line(b) for b in body])
 
 
-def _score_row(method: str, params: int, ms_chip: float, pred_dir: Path, split, work: Path):
+def _score_row(method: str, params: int, ms_chip: float, pred_dir: Path, split, work: Path, nbytes: int = None):
     """(results-table row, score report) of one method's predictions on a labelled split."""
     report = score_folder(pred_dir, split.labels_dir)
     report.write(work / "scores" / method, work / "scores" / f"{method}.json")
-    return {"method": method, "params": params, "ms_per_chip": round(ms_chip, 1), "jaccard": report.jaccard,
-            "precision": report.total.precision, "recall": report.total.recall}, report
+    return {"method": method, "params": params, "bytes": nbytes, "ms_per_chip": round(ms_chip, 1),
+            "jaccard": report.jaccard, "precision": report.total.precision, "recall": report.total.recall}, report
 
 
 def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, device: str, folds_csv: Path, test_split,
@@ -114,7 +115,7 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
     if sb.teacher_mode not in ("online", "offline"):
         raise ValueError(f"student teacher_mode must be online or offline, got {sb.teacher_mode!r}")
     rebuild = cfg.force or teacher_new  # a new teacher invalidates its soft labels and the student taught by them
-    _log(f"5/6 student {sb.model}: {sb.teacher_mode} distillation from the nnU-Net teacher "
+    _log(f"5/7 student {sb.model}: {sb.teacher_mode} distillation from the nnU-Net teacher "
          f"({len(train_ids)} training chips of fold 0)")
     if not online:
         todo = [c for c in train_ids if rebuild or not (soft_dir / f"{c}.tif").is_file()]
@@ -144,8 +145,46 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
     pred = work / "predictions" / "student"
     p = student_predict(model, test_split.features_dir, pred, progress=progress)
     row, _ = _score_row(f"student {sb.model} (KD)", sum(x.numel() for x in model.parameters()), p["ms_per_chip"],
-                        pred, test_split, work)
+                        pred, test_split, work, (run / "student.pt").stat().st_size)
     _log(f"    student: global Jaccard {row['jaccard']:.4f}; {p['ms_per_chip']:.0f} ms/chip inference")
+    return row
+
+
+def _state_bytes(module) -> int:
+    """Bytes of a network's weights as torch.save writes them (no optimiser state)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return len(buf.getvalue())
+
+
+def _export_stage(cfg: DemoConfig, work: Path, test_split, rebuilt: bool, progress: bool) -> dict:
+    """The student as int8 ONNX (calibrated on training chips, checked against fp32), scored on the test split."""
+    from .export import OnnxModel, export
+    from .predict import predict_folder as student_predict
+
+    out = work / "export"
+    student = work / "student" / "student.pt"
+    fresh = (out / "model_int8.onnx").is_file() and (out / "export.json").is_file() and \
+        (out / "model_int8.onnx").stat().st_mtime >= student.stat().st_mtime
+    if fresh and not (cfg.force or rebuilt):
+        _log(f"6/7 export: reused {out}")
+    else:
+        r = export(work / "student", out, calib=resolve_split(cfg.data, "train").features_dir,
+                   heldout=test_split.features_dir, n_calib=16, n_check=8, size=cfg.size, measure_memory=False)
+        checks, ok = r.checks, r.int8_ok
+        _log(f"6/7 export: ONNX fp32 (max abs diff vs PyTorch {checks['onnx_fp32_max_abs_diff']:.1e}) and int8 "
+             f"(mask IoU vs fp32 {checks['int8_vs_fp32_mask_iou']:.4f}{'' if ok else ', BELOW 0.98'}) -> {out}")
+    q = out / "model_int8.onnx"
+    pred = work / "predictions" / "student_int8"
+    p = student_predict(OnnxModel(q), test_split.features_dir, pred, progress=progress)
+    info = json.loads((work / "student" / "student.json").read_text())
+    row, _ = _score_row("student int8 ONNX", info["params"], p["ms_per_chip"], pred, test_split, work,
+                        q.stat().st_size)
+    _log(f"    int8 student: global Jaccard {row['jaccard']:.4f}; {p['ms_per_chip']:.0f} ms/chip (ONNX Runtime)")
     return row
 
 
@@ -155,7 +194,7 @@ def _submission_stage(cfg: DemoConfig, work: Path, test_split) -> dict:
 
     zip_path = work / "submission.zip"
     r = pack(work / "student", zip_path, chip_size=cfg.size)
-    _log(f"6/6 submission: packed {r.config['model']['name']} ({r.params:,} params) -> {zip_path} "
+    _log(f"7/7 submission: packed {r.config['model']['name']} ({r.params:,} params) -> {zip_path} "
          f"({r.bytes / 1024:.0f} KiB); running main.py in the runtime emulator")
     v = runtime_test(zip_path, test_split.features_dir, labels=test_split.labels_dir,
                      json_out=work / "runtime_test.json", echo=False)
@@ -163,7 +202,7 @@ def _submission_stage(cfg: DemoConfig, work: Path, test_split) -> dict:
         raise RuntimeError("runtime emulator: " + "; ".join(v["reasons"]))
     _log(f"    runtime-test passed: {v['n_chips']} masks, all valid, main.py {v['seconds']:.1f} s; "
          f"leaderboard score {v['jaccard']:.4f}")
-    return {"method": "submission.zip (main.py, emulated runtime)", "params": r.params,
+    return {"method": "submission.zip (main.py, emulated runtime)", "params": r.params, "bytes": r.bytes,
             "ms_per_chip": round(1000 * v["seconds"] / v["n_chips"], 1), "jaccard": v["jaccard"],
             "precision": None, "recall": None}
 
@@ -183,7 +222,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     # 1. data
     scfg = SynthConfig(n_train=cfg.n_train, n_test=cfg.n_test, size=cfg.size, seed=cfg.seed,
                        difficulty=cfg.difficulty)
-    _log(f"1/6 generate {cfg.n_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
+    _log(f"1/7 generate {cfg.n_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
     res = synthesize(cfg.data, scfg, overwrite=cfg.force, progress=progress)
     _log("    reused the existing dataset" if res.reused else f"    generated in {res.seconds:.1f} s")
     train = load_index(resolve_split(cfg.data, "train"))
@@ -192,31 +231,31 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     # 2. folds, shared by every stage
     folds = make_folds(train, k=cfg.folds, seed=cfg.seed)
     folds_csv = write_folds(folds, work / "folds.csv")
-    _log(f"2/6 {cfg.folds} location-grouped folds -> {folds_csv}")
+    _log(f"2/7 {cfg.folds} location-grouped folds -> {folds_csv}")
 
     # 3. thresholding baseline, fitted on the whole train split, applied to the held-out test split
     model_path = work / "threshold.json"
     if res.reused and model_path.is_file() and not cfg.force:
         model = ThresholdModel.load(model_path)
-        _log(f"3/6 threshold: reused {model_path}")
+        _log(f"3/7 threshold: reused {model_path}")
     else:
         t0 = time.perf_counter()
         model = fit_threshold(train["features"], train["label"], progress=progress)
         model.save(model_path)
-        _log(f"3/6 threshold fitted in {time.perf_counter() - t0:.1f} s: brightness > {model.brightness_min:.3f}, "
+        _log(f"3/7 threshold fitted in {time.perf_counter() - t0:.1f} s: brightness > {model.brightness_min:.3f}, "
              f"whiteness < {model.whiteness_max:.3f} (train Jaccard {model.fit_jaccard:.4f}) -> {model_path}")
     pred_thr = work / "predictions" / "threshold"
     t0 = time.perf_counter()
     n = predict_folder(model, test_split.features_dir, pred_thr, progress=progress)
     row, _ = _score_row("thresholding", 2, 1000 * (time.perf_counter() - t0) / max(n, 1), pred_thr, test_split,
-                        work)
+                        work, model_path.stat().st_size)
     rows.append(row)
     _log(f"    thresholding: global Jaccard {rows[-1]['jaccard']:.4f} on {n} test chips")
 
     # 4. nnU-Net teacher: prepare, plan + preprocess, train fold 0 within the CPU budget, predict the test split
     device = default_device() if cfg.device == "auto" else cfg.device
     ws = Workspace(work / "nnunet")
-    _log(f"4/6 nnU-Net teacher in {ws.root} (budget {cfg.teacher_budget})")
+    _log(f"4/7 nnU-Net teacher in {ws.root} (budget {cfg.teacher_budget})")
     prep = teacher_prepare(cfg.data, ws, folds=folds, progress=progress)
     _log(f"    prepare: {prep.dataset_name} " + ("reused" if prep.reused else f"written in {prep.seconds:.0f} s"))
     timings = plan_and_preprocess(ws, DEFAULT_DATASET_ID)
@@ -231,14 +270,18 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     t0 = time.perf_counter()
     out = teacher_predict(teacher, test_split.features_dir, pred_t, work / "soft" / "test", progress=progress)
     row, report = _score_row("nnU-Net teacher", teacher.n_params,
-                             1000 * (time.perf_counter() - t0) / out["n_chips"], pred_t, test_split, work)
+                             1000 * (time.perf_counter() - t0) / out["n_chips"], pred_t, test_split, work,
+                             _state_bytes(teacher.network))
     rows.append(row)
     _log(f"    teacher: global Jaccard {rows[-1]['jaccard']:.4f}; {out['ms_per_chip']:.0f} ms/chip inference")
 
     # 5. the student, distilled offline from the teacher's soft labels of the training chips (fold 0 trains)
     rows.append(_student_stage(cfg, work, teacher, not tr.reused, device, folds_csv, test_split, progress))
 
-    # 6. the submission: pack the student with submission/main.py, run it in the runtime emulator, score it
+    # 6. on board: int8 ONNX export of the student, checked against fp32, scored on the test split
+    rows.append(_export_stage(cfg, work, test_split, not tr.reused, progress))
+
+    # 7. the submission: pack the student with submission/main.py, run it in the runtime emulator, score it
     rows.append(_submission_stage(cfg, work, test_split))
 
     sample = list(report.per_chip.sort_values("chip_id")["chip_id"][:: max(1, len(report.per_chip) // 6)][:6])
@@ -252,6 +295,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     print()
     print(f"Global Jaccard on the generated held-out test split ({report.n_chips} chips, "
           f"{test_split.root}, locations unseen in training):")
-    print(format_table(rows, ["method", "params", "ms_per_chip", "jaccard", "precision", "recall"]))
+    print(format_table(rows, ["method", "params", "bytes", "ms_per_chip", "jaccard", "precision", "recall"]))
     print(f"\nresults: {work / 'results.csv'}   figure: {fig}   total {time.perf_counter() - t_all:.0f} s")
     return rows

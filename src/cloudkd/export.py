@@ -101,6 +101,21 @@ def ort_logits(session, batch: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(batch, np.float32)})[0]
 
 
+class OnnxModel:
+    """An exported model called like the PyTorch one (torch tensor in, logits tensor out), e.g. for
+    :func:`cloudkd.predict.predict_folder`."""
+
+    def __init__(self, path: os.PathLike | str, threads: Optional[int] = None):
+        self.path = Path(path)
+        self.session = ort_session(path, threads)
+
+    def eval(self) -> "OnnxModel":
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(ort_logits(self.session, x.detach().cpu().numpy()))
+
+
 class _Calib:
     """onnxruntime CalibrationDataReader over a list of normalised chips (one chip per batch)."""
 
