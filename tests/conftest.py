@@ -24,6 +24,17 @@ def small_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def student(small_data, tmp_path_factory):
+    """A unet-s run folder trained briefly on the small dataset (read-only for the tests that share it)."""
+    from cloudkd.student.train import TrainConfig, fit
+
+    run = tmp_path_factory.mktemp("student") / "run"
+    fit(TrainConfig(data=str(small_data), out=str(run), model="unet-s", epochs=4, batch_size=4, crop=96, lr=5e-3,
+                    accelerator="cpu", progress=False))
+    return run
+
+
+@pytest.fixture(scope="session")
 def real_chips():
     if not (REAL_CHIPS / "test_features").is_dir():
         pytest.skip(f"real chips not found at {REAL_CHIPS}")

@@ -16,18 +16,9 @@ from cloudkd.export import count_macs, export, mask_iou
 from cloudkd.infer import predict_logits
 from cloudkd.scene import BandWindows, predict_scene, torch_predictor
 from cloudkd.student.models import load_student
-from cloudkd.student.train import TrainConfig, fit
 from cloudkd.student.unet import CompactUNet
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def student(small_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("student") / "run"
-    fit(TrainConfig(data=str(small_data), out=str(run), model="unet-s", epochs=4, batch_size=4, crop=96, lr=5e-3,
-                    accelerator="cpu", progress=False))
-    return run
 
 
 # ---------------------------------------------------------------------------------------------------- export

@@ -20,7 +20,7 @@ from cloudkd.cli import app
 from cloudkd.data import read_mask, resolve_split
 from cloudkd.predict import predict_folder
 from cloudkd.scoring import score_folder
-from cloudkd.student.train import TrainConfig, fit, load_student
+from cloudkd.student.models import load_student
 from cloudkd.submission.emulate import runtime_test
 from cloudkd.submission.pack import MAIN_PY, RUNTIME_MODULES, pack
 from cloudkd.submission.validate import MAX_BYTES, validate
@@ -32,14 +32,6 @@ VALIDATOR = REPO / "src" / "cloudkd" / "submission" / "validate.py"
 ENTRYPOINT = REPO / "submission" / "entrypoint.sh"
 runner = CliRunner()
 SIZE = 96  # the small generated chips
-
-
-@pytest.fixture(scope="module")
-def student(small_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("student") / "run"
-    fit(TrainConfig(data=str(small_data), out=str(run), model="unet-s", epochs=4, batch_size=4, crop=96, lr=5e-3,
-                    accelerator="cpu", progress=False))
-    return run
 
 
 @pytest.fixture(scope="module")
