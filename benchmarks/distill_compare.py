@@ -20,6 +20,7 @@ from cloudkd.demo import format_table
 from cloudkd.predict import predict_folder
 from cloudkd.scoring import score_folder
 from cloudkd.student.train import TrainConfig, fit, load_student
+from cloudkd.viz import save_figure
 
 RUNS = {
     "labels": dict(model="unet-s", label_weight=1.0, kd_weight=0.0),
@@ -114,8 +115,7 @@ def main():
     ax.set_xlabel("global Jaccard, held-out test split")
     ax.set_xlim(0, 1.25)
     fig.tight_layout()
-    fig.savefig(out_root / f"{tag}.png", dpi=100)
-    print(out_root / f"{tag}.png")
+    print(save_figure(fig, out_root / f"{tag}.png"))
 
 
 if __name__ == "__main__":

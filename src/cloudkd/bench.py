@@ -162,6 +162,8 @@ def plot(rows: List[dict], path: os.PathLike | str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .viz import save_figure
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, r in enumerate(rows):
         for ax, x in zip(axes, (max(r["bytes"], 1), r["ms_per_chip_median"])):
@@ -176,11 +178,7 @@ def plot(rows: List[dict], path: os.PathLike | str) -> Path:
         ax.set_ylabel("global Jaccard (held-out chips)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,8 @@ def plot(summary: Dict, path: os.PathLike | str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .viz import save_figure
+
     rows = summary["chip_policy"]
     t = [r["threshold"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -127,8 +129,4 @@ def plot(summary: Dict, path: os.PathLike | str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
