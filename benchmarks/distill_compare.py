@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cloudkd.data import resolve_split
 from cloudkd.demo import format_table
+from cloudkd.export import export_onnx
 from cloudkd.predict import predict_folder
 from cloudkd.scoring import score_folder
 from cloudkd.student.train import TrainConfig, fit, load_student
@@ -31,18 +32,6 @@ RUNS = {
     # distilled online, the path for any pretrained ONNX cloud model
     "kd_resnet34": dict(model="unet-s", label_weight=1.0, onnx_from="resnet34"),
 }
-
-
-def export_onnx(run_dir: Path) -> Path:
-    """The run's best model as ONNX (dynamic batch and size), next to its weights."""
-    import torch
-
-    path = run_dir / "model.onnx"
-    model = load_student(run_dir)
-    torch.onnx.export(model, torch.zeros(1, 4, 256, 256), str(path), input_names=["x"], output_names=["logits"],
-                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
-                      dynamo=False)
-    return path
 
 
 def main():
@@ -67,7 +56,10 @@ def main():
     for name in a.runs:
         spec = dict(RUNS[name])
         run_dir = out_root / (name + a.tag)
-        onnx = export_onnx(out_root / spec["onnx_from"]) if spec.get("onnx_from") else None
+        onnx = None
+        if spec.get("onnx_from"):  # the teacher run's best model as ONNX (dynamic batch and size), beside it
+            teacher_run = out_root / spec["onnx_from"]
+            onnx = export_onnx(load_student(teacher_run), teacher_run / "model.onnx", size=256)
         cfg = TrainConfig(data=a.data, out=str(run_dir), model=spec["model"], folds=str(demo / "folds.csv"),
                           epochs=a.epochs, batch_size=a.batch, lr=a.lr, label_weight=spec["label_weight"],
                           kd_weight=a.kd_weight if (spec.get("soft") or spec.get("online") or onnx) else 0.0,

@@ -18,6 +18,7 @@ from cloudkd.cli import app
 from cloudkd.data import load_index, normalise, read_chip, resolve_split
 from cloudkd.data.augment import Augment
 from cloudkd.data.soft import write_soft
+from cloudkd.export import export_onnx
 from cloudkd.student.distill import LossConfig, bce_dice, cwd, pixel_kd, prob_to_logit
 from cloudkd.student.models import build_model, list_presets
 from cloudkd.student.train import TrainConfig, fit, load_student
@@ -236,8 +237,7 @@ def test_online_distillation_from_an_onnx_teacher_on_unlabelled_chips(small_data
     fit(_cfg(small_data, tmp_path / "t", model="unet-s", epochs=12, crop=96))
     teacher = load_student(tmp_path / "t")
     onnx_path = tmp_path / "teacher.onnx"
-    torch.onnx.export(teacher, torch.zeros(1, 4, 64, 64), str(onnx_path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
+    export_onnx(teacher, onnx_path, dynamic=True, size=64)
     r = fit(_cfg(small_data, tmp_path / "s", model="unet-s", label_weight=0.0, kd_weight=1.0,
                  teacher_onnx=str(onnx_path), unlabelled=str(small_data / "test_features"), epochs=10, crop=96))
     student = load_student(tmp_path / "s")
