@@ -194,13 +194,8 @@ def test_a_band_filled_from_the_others_is_the_mean_of_the_good_bands(packed, tmp
     assert v["ok"]
     from cloudkd.data import normalise
     from cloudkd.infer import masks_from_logits, predict_logits
-    from cloudkd.submission.pack import resolve_run
-    from cloudkd.student.models import build_model
 
-    run, info, state = resolve_run(json.loads((tmp_path / "root" / "assets" / "config.json").read_text())
-                                   ["source_run"])
-    model = build_model(info["model"])
-    model.load_state_dict(state)
+    model = load_student(json.loads((tmp_path / "root" / "assets" / "config.json").read_text())["source_run"])
     refl = arr.astype(np.float32) / 10000
     refl[1] = refl[[0, 2, 3]].mean(axis=0)
     want = masks_from_logits(predict_logits(model.eval(), torch.from_numpy(normalise(refl)[None]), tta=True))[0]

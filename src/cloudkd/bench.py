@@ -28,7 +28,9 @@ METHODS = ("thresholding", "nnunet_teacher", "smp_resnet34", "student_torch", "s
            "student_onnx_int8")
 
 
-def _hwm_mb() -> float:
+def vm_hwm_mb() -> float:
+    """This process's peak resident set in MB (VmHWM; ru_maxrss would carry a parent's peak across exec), or
+    NaN where /proc/self/status has no VmHWM (not Linux)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
@@ -50,28 +52,28 @@ def _load(method: str, path: str, threads: int):
         m = ThresholdModel.load(path)
         return (lambda refl: np.stack([m.predict(r) for r in refl]) > 0), 2, Path(path).stat().st_size, 0
     if method == "nnunet_teacher":
+        import math
+
+        from .export import state_dict_bytes
         from .teacher.model import NnUNetTeacher
         from .teacher.nnunet import Workspace
 
-        import io
-        import math
-
         t = NnUNetTeacher.from_workspace(Workspace(path), device="cpu")
-        buf = io.BytesIO()
-        torch.save(t.network.state_dict(), buf)  # the weights alone (nnU-Net's checkpoint adds optimiser state)
         patch = t.patch_size
         # nnU-Net's sliding window (step 0.5) runs this many patches over a 512x512 chip
         tiles = math.prod(1 if p >= 512 else math.ceil((512 - p) / (p * 0.5)) + 1 for p in patch)
         macs = count_macs(t.network, patch[0]) * tiles if patch[0] == patch[1] else 0
+        # bytes: the weights alone (nnU-Net's checkpoint adds optimiser state)
         return (lambda refl: t.logits(torch.from_numpy(normalise(refl))).numpy()[:, 0] > 0), t.n_params, \
-            len(buf.getvalue()), macs
+            state_dict_bytes(t.network), macs
     if method in ("smp_resnet34", "student_torch"):
         from .infer import predict_logits
         from .student.models import load_student
+        from .student.unet import count_params
 
         m = load_student(path)
         return (lambda refl: predict_logits(m, torch.from_numpy(normalise(refl))).numpy()[:, 0] > 0), \
-            int(sum(p.numel() for p in m.parameters())), (Path(path) / "student.pt").stat().st_size, \
+            count_params(m), (Path(path) / "student.pt").stat().st_size, \
             count_macs(m, 512)
     if method in ("student_onnx_fp32", "student_onnx_int8"):
         from .export import ort_logits, ort_session
@@ -108,7 +110,7 @@ def run_worker(method: str, path: str, features: str, labels: str, threads: int,
     seconds = time.perf_counter() - t0
     return {"name": method, "path": path, "params": params, "bytes": nbytes, "macs": macs,
             "ms_per_chip_median": float(np.median(lat)), "ms_per_chip_p90": float(np.percentile(lat, 90)),
-            "chips_per_s": len(ids) / seconds, "peak_rss_mb": _hwm_mb(), "jaccard": conf.tp / conf.union,
+            "chips_per_s": len(ids) / seconds, "peak_rss_mb": vm_hwm_mb(), "jaccard": conf.tp / conf.union,
             "n_chips": len(ids), "threads": threads, "batch": batch}
 
 

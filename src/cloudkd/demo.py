@@ -105,6 +105,7 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
     from .data.folds import read_folds, split_by_fold
     from .predict import predict_folder as student_predict
     from .student.train import TrainConfig, fit, load_student
+    from .student.unet import count_params
     from .teacher.model import predict_folder as teacher_predict
 
     sb = cfg.student
@@ -144,21 +145,10 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
     model = load_student(run)
     pred = work / "predictions" / "student"
     p = student_predict(model, test_split.features_dir, pred, progress=progress)
-    row, _ = _score_row(f"student {sb.model} (KD)", sum(x.numel() for x in model.parameters()), p["ms_per_chip"],
+    row, _ = _score_row(f"student {sb.model} (KD)", count_params(model), p["ms_per_chip"],
                         pred, test_split, work, (run / "student.pt").stat().st_size)
     _log(f"    student: global Jaccard {row['jaccard']:.4f}; {p['ms_per_chip']:.0f} ms/chip inference")
     return row
-
-
-def _state_bytes(module) -> int:
-    """Bytes of a network's weights as torch.save writes them (no optimiser state)."""
-    import io
-
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
-    return len(buf.getvalue())
 
 
 def _export_stage(cfg: DemoConfig, work: Path, test_split, rebuilt: bool, progress: bool) -> dict:
@@ -208,6 +198,7 @@ def _submission_stage(cfg: DemoConfig, work: Path, test_split) -> dict:
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
+    from .export import state_dict_bytes
     from .teacher.model import NnUNetTeacher
     from .teacher.model import predict_folder as teacher_predict
     from .teacher.nnunet import DEFAULT_DATASET_ID, Workspace, default_device, plan_and_preprocess
@@ -271,7 +262,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     out = teacher_predict(teacher, test_split.features_dir, pred_t, work / "soft" / "test", progress=progress)
     row, report = _score_row("nnU-Net teacher", teacher.n_params,
                              1000 * (time.perf_counter() - t0) / out["n_chips"], pred_t, test_split, work,
-                             _state_bytes(teacher.network))
+                             state_dict_bytes(teacher.network))
     rows.append(row)
     _log(f"    teacher: global Jaccard {rows[-1]['jaccard']:.4f}; {out['ms_per_chip']:.0f} ms/chip inference")
 

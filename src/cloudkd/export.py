@@ -30,6 +30,7 @@ import torch
 
 from .data.chips import DataError, atomic_write, list_chip_ids, read_chip
 from .data.normalise import normalise
+from .student.unet import count_params
 
 INT8_MIN_IOU = 0.98
 
@@ -151,6 +152,15 @@ def quantize_int8(fp32: os.PathLike | str, out: os.PathLike | str, calib: Sequen
     return out
 
 
+def state_dict_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a network's weights as torch.save writes them (no optimiser state)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return len(buf.getvalue())
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Global IoU of two sets of binary masks (1.0 when both are empty)."""
     a, b = np.asarray(a, bool), np.asarray(b, bool)
@@ -159,12 +169,10 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 _PEAK_SCRIPT = r"""
-import json, sys
+import json, math, sys
 import numpy as np
-def hwm():  # this process's peak resident set (VmHWM; ru_maxrss would carry the parent's peak across exec)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+from cloudkd.bench import vm_hwm_mb
+if math.isnan(vm_hwm_mb()):
     raise RuntimeError("no VmHWM in /proc/self/status")
 kind, path, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 x = np.random.default_rng(0).standard_normal((1, 4, size, size)).astype(np.float32)
@@ -182,9 +190,9 @@ else:
     def run():
         with torch.no_grad():
             m(t)
-before = hwm()
+before = vm_hwm_mb()
 run()
-after = hwm()
+after = vm_hwm_mb()
 print(json.dumps({"peak_rss_mb": round(after, 1), "inference_mb": round(after - before, 1)}))
 """
 
@@ -219,7 +227,7 @@ def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optiona
     ``calib``: chips for the int8 calibration (e.g. the training split's features); ``heldout``: other chips
     for the checks (default: ``calib`` chips after the calibration ones).
     """
-    from .submission.pack import resolve_run
+    from .student.models import resolve_run
     from .student.models import build_model
 
     out = Path(out)
@@ -228,7 +236,7 @@ def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optiona
     model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
     model.load_state_dict(state)
     model.eval()
-    params = int(sum(p.numel() for p in model.parameters()))
+    params = count_params(model)
     macs = count_macs(model, size)
     rep = ExportReport(out)
     fp32 = export_onnx(model, out / "model_fp32.onnx", dynamic=True, size=size)

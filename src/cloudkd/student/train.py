@@ -28,7 +28,7 @@ from ..data.chips import DataError, atomic_write
 from ..data.datamodule import CloudDataModule
 from .module import StudentModule
 from .teachers import load_online_teacher
-from .models import load_student
+from .models import lightning_state, load_student
 from .unet import count_params
 
 __all__ = ["TrainConfig", "FitResult", "fit", "export_best", "load_student"]
@@ -142,8 +142,7 @@ def export_best(module: StudentModule, best: Optional[Path], out: Path, cfg: Tra
     """Write the best weights as a plain state dict + a JSON describing how to rebuild the model."""
     state = module.model.state_dict()
     if best is not None and best.is_file():
-        ck = torch.load(best, map_location="cpu", weights_only=False)
-        state = {k[len("model."):]: v for k, v in ck["state_dict"].items() if k.startswith("model.")}
+        state = lightning_state(best)
     atomic_write(out / "student.pt", lambda t: torch.save(state, t))
     info = {"model": cfg.model, "model_kwargs": {}, "params": count_params(module.model),
             "val_jaccard": score, "val_fold": cfg.val_fold, "train_seconds": round(seconds, 1),

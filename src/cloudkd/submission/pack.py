@@ -27,6 +27,8 @@ from typing import Optional
 import torch
 
 from ..data.chips import DataError, atomic_write
+from ..student.models import resolve_run
+from ..student.unet import count_params
 
 PKG = Path(__file__).resolve().parents[1]  # src/cloudkd
 MAIN_PY = PKG.parents[1] / "submission" / "main.py"
@@ -44,33 +46,6 @@ class PackResult:
     bytes: int
     params: int
     config: dict
-
-
-def resolve_run(checkpoint: os.PathLike | str):
-    """(run folder, info dict, state dict) from a run folder, its student.pt / student.json, or a Lightning .ckpt."""
-    p = Path(checkpoint)
-    if not p.exists():
-        raise DataError(f"{p}: checkpoint not found")
-    if p.is_dir():
-        run = p
-    elif p.suffix == ".ckpt":
-        run = p.parent.parent
-    else:
-        run = p.parent
-    info_path = run / "student.json"
-    if not info_path.is_file():
-        raise DataError(f"{info_path}: missing; --checkpoint must be a run folder of 'cloudkd train/distill' "
-                        f"(or a file in it)")
-    info = json.loads(info_path.read_text())
-    if p.suffix == ".ckpt":
-        ck = torch.load(p, map_location="cpu", weights_only=False)
-        state = {k[len("model."):]: v for k, v in ck["state_dict"].items() if k.startswith("model.")}
-    else:
-        weights = run / "student.pt"
-        if not weights.is_file():
-            raise DataError(f"{weights}: missing weights")
-        state = torch.load(weights, map_location="cpu")
-    return run, info, state
 
 
 def model_spec(info: dict, model: torch.nn.Module) -> dict:
@@ -99,7 +74,7 @@ def pack(checkpoint: os.PathLike | str, out: os.PathLike | str, threshold: float
     model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
     model.load_state_dict(state)  # fails loudly on a mismatch, before anything is written
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    params = int(sum(p.numel() for p in model.parameters()))
+    params = count_params(model)
     config = {"model": model_spec(info, model), "threshold": threshold, "tta": tta, "batch_size": batch_size,
               "chip_size": chip_size, "params": params, "source_run": str(run),
               "val_jaccard": info.get("val_jaccard"), "teacher_mode": info.get("teacher_mode")}

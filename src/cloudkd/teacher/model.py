@@ -81,7 +81,9 @@ class NnUNetTeacher:
 
     @property
     def n_params(self) -> int:
-        return int(sum(p.numel() for p in self.network.parameters()))
+        from ..student.unet import count_params
+
+        return count_params(self.network)
 
     # ------------------------------------------------------------------------------------------------------------
     def predict_chip(self, refl: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

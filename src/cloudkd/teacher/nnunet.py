@@ -457,12 +457,14 @@ def build_network(plans: dict, configuration: str, num_input_channels: int = len
 
 def describe_plan(plans: dict, configuration: str = BASE_CONFIGURATION) -> dict:
     """Parameters and plan of a configuration: stages, features per stage, patch and batch size."""
+    from ..student.unet import count_params
+
     net, cm = build_network(plans, configuration)
     kw = cm.network_arch_init_kwargs
     return {
         "configuration": configuration,
         "network": cm.network_arch_class_name.rsplit(".", 1)[-1],
-        "params": int(sum(p.numel() for p in net.parameters())),
+        "params": count_params(net),
         "n_stages": int(kw["n_stages"]),
         "features_per_stage": [int(f) for f in kw["features_per_stage"]],
         "strides": [list(map(int, s)) for s in kw["strides"]],
