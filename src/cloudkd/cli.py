@@ -531,8 +531,8 @@ def export(
     from .data.chips import resolve_split
     from .export import INT8_MIN_IOU, export as do_export
 
-    def feats(p):
-        return None if p is None else (p if p.name.endswith("_features") else resolve_split(p).features_dir)
+    def feats(p):  # a dataset root or a *_features folder (resolve_split takes both)
+        return None if p is None else resolve_split(p).features_dir
 
     rep = do_export(checkpoint, out, calib=feats(calib), heldout=feats(heldout), n_calib=n_calib, n_check=n_check,
                     size=size, int8=int8 and calib is not None, measure_memory=memory)
