@@ -13,6 +13,7 @@ sample chips and masks.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,7 @@ class StudentBudget:
     #: best); "offline": from soft labels written by the teacher first
     teacher_mode: str = "online"
     model: str = "unet-s"
-    epochs: int = 15
+    epochs: int = 12
     steps: Optional[int] = None  # per epoch; None: one pass over the training chips
     batch: int = 8
     crop: int = 256
@@ -58,10 +59,10 @@ class DemoConfig:
     folds: int = 5
     force: bool = False
     device: str = "auto"
-    #: the teacher's CPU budget: a narrow nnU-Net (2.1 M parameters), ~5 minutes on 2 cores
+    #: the teacher's CPU budget: a narrow nnU-Net (2.1 M parameters), ~4 minutes on 2 cores
     teacher_budget: Budget = field(default_factory=lambda: Budget(
-        epochs=12, iters_per_epoch=50, val_iters=2, patch=256, batch=4, base_features=8, max_features=128))
-    #: the student's budget (``cloudkd distill`` options): offline KD from the teacher's soft labels
+        epochs=10, iters_per_epoch=50, val_iters=2, patch=256, batch=4, base_features=8, max_features=128))
+    #: the student's budget (``cloudkd distill`` options): online KD from the teacher by default
     student: StudentBudget = field(default_factory=lambda: StudentBudget())
 
     @classmethod
@@ -249,7 +250,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     _log(f"4/7 nnU-Net teacher in {ws.root} (budget {cfg.teacher_budget})")
     prep = teacher_prepare(cfg.data, ws, folds=folds, progress=progress)
     _log(f"    prepare: {prep.dataset_name} " + ("reused" if prep.reused else f"written in {prep.seconds:.0f} s"))
-    timings = plan_and_preprocess(ws, DEFAULT_DATASET_ID)
+    timings = plan_and_preprocess(ws, DEFAULT_DATASET_ID, processes=min(2, os.cpu_count() or 1))
     if timings:
         _log("    nnU-Net " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()))
     tr = teacher_train(ws, DEFAULT_DATASET_ID, fold=0, budget=cfg.teacher_budget, device=device, force=cfg.force)
