@@ -11,7 +11,7 @@ import typer
 from .data.chips import DataError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Cloud detection for Sentinel-2 chips: data, baselines, teacher, student, submission.")
+                  help="Cloud detection for Sentinel-2 chips and Landsat-8 patches: data, baselines, teacher, student, submission.")
 baseline_app = typer.Typer(no_args_is_help=True, help="Baselines (first rows of every results table).")
 threshold_app = typer.Typer(no_args_is_help=True, help="Classic brightness/whiteness thresholding.")
 teacher_app = typer.Typer(no_args_is_help=True, help="The nnU-Net v2 teacher: prepare, train, predict, info.")
@@ -20,6 +20,14 @@ baseline_app.add_typer(threshold_app, name="threshold")
 app.add_typer(teacher_app, name="teacher")
 student_app = typer.Typer(no_args_is_help=True, help="The compact student U-Net family.")
 app.add_typer(student_app, name="student")
+landsat_app = typer.Typer(no_args_is_help=True, help="Landsat-8 (38-Cloud / 95-Cloud): generate, import, "
+                                                     "scene-level scoring. Other commands take a 38-Cloud root "
+                                                     "as --data / features as they are.")
+app.add_typer(landsat_app, name="landsat")
+
+
+_SPLIT = typer.Option(None, "--split", help="Split of a dataset root to use (train or test; default: train "
+                                            "when the root has one, else test), e.g. test for a 38-Cloud root.")
 
 
 def _fail(msg: str, code: int = 1):
@@ -206,13 +214,14 @@ def threshold_predict(
     model: Path = typer.Option(..., help="Thresholds JSON written by 'baseline threshold fit'."),
     features: Path = typer.Option(..., help="A *_features folder (or dataset root)."),
     out: Path = typer.Option(..., "--out", help="Folder for the masks {chip_id}.tif (submission format)."),
+    split_name: Optional[str] = _SPLIT,
 ):
     """Apply fitted thresholds to a folder of chips, writing one mask per chip."""
     from .baselines.threshold import ThresholdModel, predict_folder
     from .data.chips import resolve_split
 
     m = ThresholdModel.load(model)
-    s = resolve_split(features)
+    s = resolve_split(features, split_name)
     n = predict_folder(m, s.features_dir, out, progress=True)
     typer.echo(f"wrote {n} masks to {out}")
 
@@ -301,6 +310,7 @@ def teacher_predict(
     fold: List[int] = typer.Option([], help="Fold(s) to ensemble (default: every trained fold)."),
     tta: bool = typer.Option(False, help="Mirroring test-time augmentation, as nnU-Net does (4x slower)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    split_name: Optional[str] = _SPLIT,
 ):
     """Teacher masks and/or soft labels for a folder of chips (nnU-Net's own inference path)."""
     from .data.chips import resolve_split
@@ -311,7 +321,7 @@ def teacher_predict(
         _fail("nothing to write: give --masks-out and/or --soft-out")
     dev = default_device() if device == "auto" else device
     teacher = NnUNetTeacher.from_workspace(Workspace(workdir), folds=fold or None, tta=tta, device=dev)
-    split = resolve_split(features)
+    split = resolve_split(features, split_name)
     r = predict_folder(teacher, split.features_dir, masks_out, soft_out)
     typer.echo(f"{r['n_chips']} chips, {r['ms_per_chip']:.0f} ms/chip inference (folds {list(teacher.folds)}, "
                f"tta {tta}, {dev})" + (f"; masks -> {masks_out}" if masks_out else "")
@@ -464,13 +474,15 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Folder for the masks {chip_id}.tif (submission format)."),
     batch: int = typer.Option(8, help="Chips per batch."),
     tta: bool = typer.Option(False, help="Average logits over flips."),
+    split_name: Optional[str] = _SPLIT,
 ):
     """Masks for a folder of chips from a trained student."""
     from .data.chips import resolve_split
     from .predict import predict_folder
     from .student.train import load_student
 
-    r = predict_folder(load_student(model), resolve_split(features).features_dir, out, batch_size=batch, tta=tta)
+    r = predict_folder(load_student(model), resolve_split(features, split_name).features_dir, out, batch_size=batch,
+                       tta=tta)
     typer.echo(f"{r['n_chips']} masks -> {out}; {r['ms_per_chip']:.1f} ms/chip model, "
                f"{r['wall_ms_per_chip']:.1f} ms/chip with I/O")
 
@@ -671,6 +683,83 @@ def bench_cmd(
     (out / "bench.json").write_text(_json.dumps(rows, indent=2))
     typer.echo(md)
     typer.echo(f"-> {out / 'bench.md'}, {out / 'bench.json'}, {plot(rows, out / 'bench.png')}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+@landsat_app.command("synth")
+def landsat_synth(
+    out: Path = typer.Argument(..., help="Folder to write 38-Cloud_training/ and 38-Cloud_test/ to."),
+    train_scenes: int = typer.Option(6, help="Training scenes (patches + per-patch gt + non-empty list)."),
+    test_scenes: int = typer.Option(3, help="Test scenes (patches + whole-scene gts), at unseen locations."),
+    min_grid: int = typer.Option(2, help="Fewest patches per scene side (scenes are ~384 px x this)."),
+    max_grid: int = typer.Option(3, help="Most patches per scene side."),
+    seed: int = typer.Option(0, help="Random seed: equal settings give identical files."),
+    difficulty: float = typer.Option(0.7, min=0.0, max=1.0, help="0 easy .. 1 hard."),
+    overwrite: bool = typer.Option(False, help="Replace whatever is in OUT."),
+):
+    """Generate Landsat-8-like scenes at 30 m, cut into 384x384 patches in the exact 38-Cloud layout."""
+    from .data.synthetic import Landsat38Config, synthesize_38cloud
+
+    try:
+        cfg = Landsat38Config(n_train_scenes=train_scenes, n_test_scenes=test_scenes, min_grid=min_grid,
+                              max_grid=max_grid, seed=seed, difficulty=difficulty)
+    except ValueError as exc:
+        _fail(str(exc))
+    res = synthesize_38cloud(out, cfg, overwrite=overwrite)
+    if res.reused:
+        typer.echo(f"{out}: already holds this dataset (same config); nothing to do")
+    else:
+        typer.echo(f"wrote {train_scenes} training + {test_scenes} test scenes to {out} in {res.seconds:.1f} s")
+
+
+@landsat_app.command("import")
+def landsat_import(
+    root: Path = typer.Argument(..., help="A 38-Cloud / 95-Cloud root (or one of its *_training / *_test folders)."),
+    out: Optional[Path] = typer.Option(None, help="Where the On Cloud N view goes (default: ROOT.oncloudn beside "
+                                                  "ROOT, or $CLOUDKD_LANDSAT_CACHE/ROOT.oncloudn)."),
+    force: bool = typer.Option(False, help="Import again even when the source is unchanged."),
+):
+    """Write the patches in the On Cloud N layout (the other commands also do this by themselves, once)."""
+    from .data.landsat import import_38cloud, imported_root
+
+    r = import_38cloud(root, out or imported_root(root), force=force)
+    verb = "up to date, reused" if r.reused else f"imported in {r.seconds:.1f} s"
+    for split in r.n_patches:
+        typer.echo(f"{split}: {r.n_patches[split]} patches of {r.n_scenes[split]} scenes "
+                   f"({r.n_empty[split]} empty patches left out)")
+    typer.echo(f"{r.root}: {verb}")
+
+
+@landsat_app.command("score")
+def landsat_score(
+    pred: Path = typer.Option(..., help="Folder of predicted patch masks {patch}.tif (from predict / teacher "
+                                        "predict / baseline threshold predict)."),
+    data: Path = typer.Option(..., help="The 38-Cloud root (or its import) whose test split was predicted."),
+    split: str = typer.Option("test", help="Split to score."),
+    report_dir: Optional[Path] = typer.Option(None, help="Where per_scene.csv goes (default PRED's sibling "
+                                                         "PRED_scenes/)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the summary as JSON here."),
+    masks: Optional[Path] = typer.Option(None, help="Also write the stitched scene masks {scene}.tif here."),
+):
+    """The 38-Cloud protocol: stitch patches into scenes; precision, recall, specificity, Jaccard, accuracy per
+    scene, averaged over scenes."""
+    from .scoring import SCENE_METRICS, score_scenes
+
+    rep = score_scenes(pred, data, split, masks_out=masks, progress=True)
+    report_dir = report_dir or pred.parent / f"{pred.name}_scenes"
+    rep.write(report_dir, json_path)
+    if rep.missing:
+        typer.echo(f"refused: {len(rep.missing)} non-empty patch(es) have no prediction: {rep.missing[:20]}")
+    for msg in rep.invalid[:20]:
+        typer.echo(f"invalid: {msg}")
+    if not rep.ok:
+        _fail(f"incomplete or invalid predictions ({len(rep.missing)} missing, {len(rep.invalid)} invalid)")
+    table = rep.per_scene[["scene", "height", "width", *SCENE_METRICS]]
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{100 * v:.2f}"))
+    m = rep.means
+    typer.echo(f"mean over {len(table)} scenes (%): " + ", ".join(
+        f"{k} {100 * v:.2f}" if v is not None else f"{k} -" for k, v in m.items()))
+    typer.echo(f"per-scene CSV in {report_dir}")
 
 
 @app.command()

@@ -83,8 +83,14 @@ def resolve_split(path: os.PathLike | str, split: Optional[str] = None) -> Split
     """Find a split from a dataset root (``ROOT`` with ``ROOT/{split}_features``) or a ``*_features`` folder.
 
     With ``split=None`` a root holding ``train_features`` resolves to ``train``, else to ``test``.
+    A 38-Cloud / 95-Cloud root (Landsat-8 patches) resolves to its On Cloud N view, imported once by
+    :func:`cloudkd.data.landsat.ensure_imported`, so every command accepts it as it is.
     """
     p = Path(path)
+    from .landsat import ensure_imported, is_38cloud  # landsat builds on this module
+
+    if is_38cloud(p):
+        p = ensure_imported(p)
     if p.name.endswith("_features") and p.is_dir():
         name = p.name[: -len("_features")]
         if split is not None and split != name:
