@@ -67,7 +67,7 @@ def main():
 
     def add(method, params, pred, seconds):
         scenes = score_scenes(pred, a.data)
-        scenes.write(out / f"{method}_scenes")
+        scenes.write(pred.parent / f"{pred.name}_scenes")  # per_scene.csv beside the predictions
         patches = score_folder(pred, test_split.labels_dir)
         m = scenes.means
         rows.append({"method": method, "params": params, "train_s": round(seconds),
