@@ -37,7 +37,7 @@ def scene_rgb(split, g, shape):
         parts = {PatchName(r.scene, int(r.row), int(r.col), int(r.n)): read_chip(split.chip_dir(r.chip_id))[b]
                  for r in g.itertuples() if not r.empty}
         bands.append(stitch(parts, shape, grid))
-    return true_colour(np.stack(bands + [bands[0]]))
+    return true_colour(np.stack(bands))  # B02, B03, B04: all true_colour reads
 
 
 def main():

@@ -134,12 +134,12 @@ def _read_tiff(path: Path, what: str) -> np.ndarray:
     return arr
 
 
-def read_band(path: os.PathLike | str) -> np.ndarray:
-    """One band file as a uint16 (H, W) array of digital numbers (reflectance x 10000)."""
+def read_band(path: os.PathLike | str, encoding: str = "reflectance x 10000") -> np.ndarray:
+    """One band file as a uint16 (H, W) array of digital numbers (``encoding`` names them in errors)."""
     path = Path(path)
     arr = _read_tiff(path, "band file")
     if arr.dtype != np.uint16:
-        raise DataError(f"{path}: wrong dtype {arr.dtype}, expected uint16 (reflectance x 10000)")
+        raise DataError(f"{path}: wrong dtype {arr.dtype}, expected uint16 ({encoding})")
     return arr
 
 

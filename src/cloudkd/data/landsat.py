@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from .chips import DataError, _read_tiff, atomic_write, write_band, write_mask
+from .chips import DataError, _read_tiff, atomic_write, read_band, write_band, write_mask
 from .normalise import BANDS, SCALE
 
 #: Patch side in pixels.
@@ -134,22 +134,13 @@ def is_38cloud(path: os.PathLike | str) -> bool:
     return Path(path).is_dir() and bool(split_dirs(path))
 
 
-def read_landsat_band(path: os.PathLike | str) -> np.ndarray:
-    """One 38-Cloud band patch as uint16 (H, W) Landsat DN."""
-    path = Path(path)
-    arr = _read_tiff(path, "band file")
-    if arr.dtype != np.uint16:
-        raise DataError(f"{path}: wrong dtype {arr.dtype}, expected uint16 Landsat-8 digital numbers")
-    return arr
-
-
 def read_patch(split_dir: os.PathLike | str, split: str, patch: PatchName) -> np.ndarray:
     """The four bands of a patch as uint16 (4, H, W) Landsat DN in B02, B03, B04, B08 order."""
     split_dir = Path(split_dir)
     bands = []
     for band in LANDSAT_BANDS:
         p = split_dir / f"{split}_{band}" / patch.file(band)
-        arr = read_landsat_band(p)
+        arr = read_band(p, "Landsat-8 digital numbers")
         if bands and arr.shape != bands[0].shape:
             raise DataError(f"{p}: wrong shape {arr.shape}, expected {bands[0].shape} like the blue band")
         bands.append(arr)

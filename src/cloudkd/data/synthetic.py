@@ -605,6 +605,28 @@ class SynthResult:
     cloud_fraction: Dict[str, float] = field(default_factory=dict)
 
 
+def _claim_root(root: Path, stamp: Path, want: dict, overwrite: bool) -> bool:
+    """Make ``root`` ready for a generator: True when ``stamp`` (written last) records the same config, so the
+    dataset is complete and reused; else an empty ``root`` (emptied only with ``overwrite``; a folder holding
+    anything else, or another config, is refused)."""
+    if stamp.is_file() and not overwrite:
+        try:
+            have = json.loads(stamp.read_text()).get("config")
+        except json.JSONDecodeError:
+            have = None
+        if have == want:
+            return True
+        raise DataError(f"{root}: holds a generated dataset with a different config ({stamp}); "
+                        f"choose another folder or pass overwrite")
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise DataError(f"{root}: folder is not empty; choose another folder or pass overwrite")
+        for sub in root.iterdir():
+            shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    return False
+
+
 def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), workers: int = 0,
                overwrite: bool = False, progress: bool = True) -> SynthResult:
     """Write the dataset under ``root`` (train_* and test_* in the On Cloud N layout, test labels included).
@@ -617,21 +639,8 @@ def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), worker
     root = Path(root)
     stamp = root / "synth.json"
     want = asdict(cfg)
-    if stamp.is_file() and not overwrite:
-        try:
-            have = json.loads(stamp.read_text()).get("config")
-        except json.JSONDecodeError:
-            have = None
-        if have == want:
-            return SynthResult(root, cfg.n_train, cfg.n_test, 0.0, True)
-        raise DataError(f"{root}: holds a generated dataset with a different config ({stamp}); "
-                        f"choose another folder or pass overwrite")
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise DataError(f"{root}: folder is not empty; choose another folder or pass overwrite")
-        for sub in root.iterdir():
-            shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
-    root.mkdir(parents=True, exist_ok=True)
+    if _claim_root(root, stamp, want, overwrite):
+        return SynthResult(root, cfg.n_train, cfg.n_test, 0.0, True)
 
     t0 = time.perf_counter()
     plans = plan_dataset(cfg)
@@ -767,16 +776,8 @@ def synthesize_38cloud(root: os.PathLike | str, cfg: Landsat38Config = Landsat38
     root = Path(root)
     stamp = root / "synth38.json"
     want = asdict(cfg)
-    if stamp.is_file() and not overwrite:
-        if json.loads(stamp.read_text()).get("config") == want:
-            return SynthResult(root, cfg.n_train_scenes, cfg.n_test_scenes, 0.0, True)
-        raise DataError(f"{root}: holds a generated dataset with a different config ({stamp}); "
-                        f"choose another folder or pass overwrite")
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise DataError(f"{root}: folder is not empty; choose another folder or pass overwrite")
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
+    if _claim_root(root, stamp, want, overwrite):
+        return SynthResult(root, cfg.n_train_scenes, cfg.n_test_scenes, 0.0, True)
     t0 = time.perf_counter()
     rng = np.random.default_rng([cfg.seed, 38])
     train_locs, test_locs = split_locations(SynthConfig(seed=cfg.seed))
