@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from cloudkd.cli import app
 from cloudkd.data import normalise, read_chip, resolve_split
+from cloudkd.data.normalise import dn_to_reflectance
 from cloudkd.downlink import chip_stats, stats_from_scene, summarise
 from cloudkd.export import count_macs, export, mask_iou
 from cloudkd.infer import predict_logits
@@ -128,8 +129,9 @@ def test_tiled_scene_equals_whole_image_away_from_borders_and_keeps_georeferenci
     assert out.shape == whole.shape and out.dtype == np.uint8
     inner = np.s_[16:-16, 16:-16]  # away from the scene's borders, where tiles see less context
     agree = out[inner] == whole[inner]
+    # a briefly trained student's logits near 0 are a coin toss between contexts, so the agreement over all
+    # pixels depends on the training run (0.94-0.99 seen); the exact blending check is the pixelwise test below
     assert agree[confident[inner]].mean() > 0.995 and confident[inner].mean() > 0.2
-    assert agree.mean() > 0.96
     with tifffile.TiffFile(tmp_path / "mask.tif") as tf:
         tags = tf.pages[0].tags
         for code, _, _, value, _ in GEO:
@@ -142,6 +144,44 @@ def test_tiled_scene_equals_whole_image_away_from_borders_and_keeps_georeferenci
     assert r.exit_code == 0, r.output
     assert "288x288 scene, 9 tiles" in r.output
     assert np.array_equal(tifffile.imread(tmp_path / "mask2.tif"), out)
+
+
+@pytest.mark.parametrize("shape,tile,overlap,batch", [((288, 288), 128, 32, 3), ((250, 301), 100, 30, 2),
+                                                      ((90, 70), 128, 16, 4), ((260, 260), 64, 0, 5)])
+def test_tiling_and_blending_are_exact_for_a_pixelwise_model(small_data, tmp_path, shape, tile, overlap, batch):
+    """With a model that looks at one pixel only, every tile gives the whole image's logit at that pixel, so the
+    blended, stitched mask must equal the whole-image mask everywhere (tile seams, scene borders, a last tile
+    that does not fit the stride, a scene smaller than a tile, no overlap), with no-data pixels set to 0."""
+    h, w = shape
+    scene = _scene_from_chips(small_data, 4)[:, :h, :w].copy()
+    scene[:, :20, -25:] = 0  # a no-data corner
+    coef = np.array([0.3, -0.2, 0.5, 0.4], np.float32)[:, None, None]
+
+    # thresholded at a non-zero logit, so the blend's weights must average to exactly 1, not merely stay > 0
+    thr = float(np.median((normalise(dn_to_reflectance(scene)) * coef).sum(axis=0)))  # about half cloud
+
+    def pixelwise(x):
+        return (x * coef).sum(axis=1, keepdims=True)
+
+    seen = []
+    d = tmp_path / "scene"
+    d.mkdir()
+    for i, b in enumerate(("B02", "B03", "B04", "B08")):
+        tifffile.imwrite(d / f"{b}.tif", scene[i], compression="zlib", rowsperstrip=16)
+    r = predict_scene(d, tmp_path / "mask.tif", lambda x: seen.append(x.shape) or pixelwise(x), tile=tile,
+                      overlap=overlap, batch_size=batch, threshold_logit=thr, progress=False)
+    out = tifffile.imread(tmp_path / "mask.tif")
+    z = pixelwise(normalise(dn_to_reflectance(scene))[None])[0, 0] - thr
+    want = (z > 0).astype(np.uint8)
+    want[(scene == 0).all(axis=0)] = 0
+    settled = np.abs(z) > 1e-4  # the blended mean may differ from z by float rounding only
+    assert out.shape == (h, w) and settled.mean() > 0.99 and 0.1 < want.mean() < 0.9
+    assert np.array_equal(out[settled], want[settled])
+    assert out[:20, -25:].max() == 0
+    th, tw = min(tile, h), min(tile, w)
+    assert all(s[1:] == (4, th, tw) and s[0] <= batch for s in seen)
+    n = lambda size, t: 1 if size <= t else -(-(size - t) // (t - overlap)) + 1  # noqa: E731
+    assert r["tiles"] == sum(s[0] for s in seen) == n(h, th) * n(w, tw)
 
 
 def test_scene_memory_does_not_grow_with_the_scene(tmp_path):
