@@ -37,7 +37,7 @@ class StudentBudget:
     #: best); "offline": from soft labels written by the teacher first
     teacher_mode: str = "online"
     model: str = "unet-s"
-    epochs: int = 12
+    epochs: int = 11
     steps: Optional[int] = None  # per epoch; None: one pass over the training chips
     batch: int = 8
     crop: int = 256
@@ -59,9 +59,9 @@ class DemoConfig:
     folds: int = 5
     force: bool = False
     device: str = "auto"
-    #: the teacher's CPU budget: a narrow nnU-Net (2.1 M parameters), ~4 minutes on 2 cores
+    #: the teacher's CPU budget: a narrow nnU-Net (2.1 M parameters), 3-4 minutes on 2 cores
     teacher_budget: Budget = field(default_factory=lambda: Budget(
-        epochs=10, iters_per_epoch=50, val_iters=2, patch=256, batch=4, base_features=8, max_features=128))
+        epochs=8, iters_per_epoch=50, val_iters=2, patch=256, batch=4, base_features=8, max_features=128))
     #: the student's budget (``cloudkd distill`` options): online KD from the teacher by default
     student: StudentBudget = field(default_factory=lambda: StudentBudget())
 
