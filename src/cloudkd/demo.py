@@ -37,7 +37,7 @@ class StudentBudget:
     #: best); "offline": from soft labels written by the teacher first
     teacher_mode: str = "online"
     model: str = "unet-s"
-    epochs: int = 11
+    epochs: int = 10
     steps: Optional[int] = None  # per epoch; None: one pass over the training chips
     batch: int = 8
     crop: int = 256
