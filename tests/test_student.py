@@ -41,6 +41,32 @@ def test_presets_sizes_and_shapes():
             assert m(torch.zeros(2, 4, *hw)).shape == (2, 1, *hw)
 
 
+def test_channels_last_on_cpu_changes_the_layout_not_the_numbers():
+    """On CPU the student runs NHWC (faster there); logits and gradients equal the NCHW ones to float rounding."""
+    torch.manual_seed(0)
+    model = CompactUNet(widths=(8, 16, 24))
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    first_conv.register_forward_pre_hook(lambda m, inp: seen.append(
+        inp[0].is_contiguous(memory_format=torch.channels_last) and not inp[0].is_contiguous()))
+    x = torch.randn(2, 4, 70, 52)
+    outs, grads = [], []
+    try:
+        for nhwc in (False, True):
+            CompactUNet.nhwc_on_cpu = nhwc
+            model.zero_grad()
+            y = model(x)
+            (y.square().mean() + y[:, :, 5:30, 7:40].mean()).backward()
+            outs.append(y.detach())
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    finally:
+        CompactUNet.nhwc_on_cpu = True
+    assert seen == [False, True]
+    assert outs[0].shape == (2, 1, 70, 52) and outs[0].abs().max() > 0.01
+    assert torch.allclose(outs[0], outs[1], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-3)
+
+
 def test_smp_call_shape_and_variants():
     m = CompactUNet(in_channels=4, classes=1)
     assert m(torch.randn(1, 4, 64, 64)).shape == (1, 1, 64, 64)
