@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from cloudkd.cli import app
-from cloudkd.data import normalise, read_chip, resolve_split
+from cloudkd.data import BANDS, normalise, read_chip, resolve_split
 from cloudkd.data.normalise import dn_to_reflectance
 from cloudkd.downlink import chip_stats, stats_from_scene, summarise
 from cloudkd.export import count_macs, export, mask_iou
@@ -80,6 +80,14 @@ def test_mask_iou():
 
 
 # ---------------------------------------------------------------------------------------------------- scenes
+def _write_band_files(folder, scene, **tiff_kwargs):
+    """A scene folder of one zlib-compressed TIFF per band (B02.tif ... B08.tif)."""
+    folder.mkdir()
+    for band, data in zip(BANDS, scene):
+        tifffile.imwrite(folder / f"{band}.tif", data, compression="zlib", **tiff_kwargs)
+    return folder
+
+
 def _scene_from_chips(small_data, n=3):
     """An n x n mosaic of generated chips (4, 96n, 96n) uint16: realistic content across tile borders."""
     test = resolve_split(small_data, "test")
@@ -113,17 +121,14 @@ def test_band_windows_read_any_layout(tmp_path):
 
 def test_tiled_scene_equals_whole_image_away_from_borders_and_keeps_georeferencing(student, small_data, tmp_path):
     scene = _scene_from_chips(small_data, 3)  # 288 x 288
-    d = tmp_path / "scene"
-    d.mkdir()
-    for i, b in enumerate(("B02", "B03", "B04", "B08")):
-        tifffile.imwrite(d / f"{b}.tif", scene[i], compression="zlib", rowsperstrip=40, extratags=GEO)
+    d = _write_band_files(tmp_path / "scene", scene, rowsperstrip=40, extratags=GEO)
     model = load_student(student)
     r = predict_scene(d, tmp_path / "mask.tif", torch_predictor(model), tile=128, overlap=32, batch_size=3,
                       progress=False)
     assert r["tiles"] == 9 and r["georeferenced"]
     out = tifffile.imread(tmp_path / "mask.tif")
     with torch.no_grad():
-        whole = predict_logits(model, torch.from_numpy(normalise(scene.astype(np.float32) / 10000)[None]))[0, 0]
+        whole = predict_logits(model, torch.from_numpy(normalise(dn_to_reflectance(scene))[None]))[0, 0]
     confident = (whole.abs() > 0.5).numpy()  # where small context changes cannot flip the decision
     whole = (whole > 0).numpy().astype(np.uint8)
     assert out.shape == whole.shape and out.dtype == np.uint8
@@ -164,10 +169,7 @@ def test_tiling_and_blending_are_exact_for_a_pixelwise_model(small_data, tmp_pat
         return (x * coef).sum(axis=1, keepdims=True)
 
     seen = []
-    d = tmp_path / "scene"
-    d.mkdir()
-    for i, b in enumerate(("B02", "B03", "B04", "B08")):
-        tifffile.imwrite(d / f"{b}.tif", scene[i], compression="zlib", rowsperstrip=16)
+    d = _write_band_files(tmp_path / "scene", scene, rowsperstrip=16)
     r = predict_scene(d, tmp_path / "mask.tif", lambda x: seen.append(x.shape) or pixelwise(x), tile=tile,
                       overlap=overlap, batch_size=batch, threshold_logit=thr, progress=False)
     out = tifffile.imread(tmp_path / "mask.tif")
