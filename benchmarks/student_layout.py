@@ -60,8 +60,9 @@ def main():
             model = from_preset(name)
             model.load_state_dict(state)
             ms, out = infer_ms_per_chip(model, xi, a.repeats)
-            diff = "-" if ref is None else f"{(out - ref).abs().max().item():.1e}"
-            ref = out if ref is None else ref
+            if ref is None:  # NCHW comes first: the reference
+                ref = out
+            diff = "-" if out is ref else f"{(out - ref).abs().max().item():.1e}"
             model.load_state_dict(state)
             s = step_seconds(model, xt, a.repeats)
             print(f"| {name} | {'NHWC' if nhwc else 'NCHW'} | {s:.3f} | {ms:.0f} | {diff} |")
