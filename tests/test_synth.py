@@ -124,9 +124,10 @@ def test_land_cover_spectra_behave_like_sentinel2():
 
 
 def test_clouds_are_bright_white_shadows_dark_and_labels_follow_opacity():
-    cfg = SynthConfig(size=256)
+    cfg = SynthConfig(size=256, label_style="opacity")
     seen = set()
     agree = np.zeros((2, 2))  # [opaque, clear] x [labelled as expected, pixels]
+    dimmed = 0
     for seed in range(40):
         loc = LOCATIONS[seed % len(LOCATIONS)]
         out = render_chip(seed, loc, cfg)
@@ -137,10 +138,15 @@ def test_clouds_are_bright_white_shadows_dark_and_labels_follow_opacity():
         # labels mark cloud where (smoothed) opacity passes the threshold; the raw opacity agrees away from edges
         opaque, clear = valid & (alpha > cfg.label_threshold + 0.25), valid & (alpha < cfg.label_threshold - 0.2)
         agree += [[(label[opaque] == 1).sum(), opaque.sum()], [(label[clear] == 0).sum(), clear.sum()]]
-        thick = (alpha > 0.95) & valid
+        thick = (alpha > 0.95) & valid & (out["deck"] < 0.1)
         if thick.sum() > 500:
             m = np.median(refl[:, thick], axis=1)
             assert m[0] > 0.2 and m[0] >= m[3]                   # bright, not red / NIR-dominated
+        deck = (alpha > 0.95) & valid & (out["deck"] > 0.9)
+        if deck.sum() > 500:  # a deck in the shadow of higher cloud: dim, but still a flat cloud spectrum
+            m = np.median(refl[:, deck], axis=1)
+            assert 0.03 < m[0] < 0.3 and m[0] >= m[1] >= m[2] >= m[3]
+            dimmed += 1
         shade = (out["shadow"] > 0.4) & (alpha < 0.02) & valid
         lit = (out["shadow"] < 0.02) & (alpha < 0.02) & valid
         if shade.sum() > 500 and lit.sum() > 500:
@@ -150,6 +156,25 @@ def test_clouds_are_bright_white_shadows_dark_and_labels_follow_opacity():
                     assert np.median(refl[3, a]) < np.median(refl[3, b])  # shadows darken the ground
     assert {"clear", "overcast", "thick", "thin", "mixed"} <= seen
     assert agree[0, 0] / agree[0, 1] > 0.98 and agree[1, 0] / agree[1, 1] > 0.98
+    assert dimmed >= 2
+
+
+def test_annotator_labels_cover_the_cloud_and_stay_off_clear_ground_far_from_it():
+    from scipy import ndimage
+
+    covered = np.zeros(2)
+    far_clear = np.zeros(2)
+    for seed in range(40):
+        out = render_chip(seed, LOCATIONS[seed % len(LOCATIONS)], SynthConfig(size=256))
+        valid = out["dn"].max(axis=0) > 0
+        label, alpha = out["label"] > 0, out["alpha"]
+        cloud = valid & (alpha > 0.6)  # dense cloud (the annotator's level is 0.5) is drawn whatever it lies over
+        covered += [label[cloud].sum(), cloud.sum()]
+        if (alpha >= 0.1).any():  # well beyond the margins (a median of 10 px) from the outlined cloud
+            far = valid & (ndimage.distance_transform_edt(alpha < 0.1) > 45)
+            far_clear += [(~label[far]).sum(), far.sum()]
+    assert covered[0] / covered[1] > 0.995
+    assert far_clear[1] > 20_000 and far_clear[0] / far_clear[1] > 0.97
 
 
 def test_difficulty_adds_bright_ground_and_thin_cloud():

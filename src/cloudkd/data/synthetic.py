@@ -11,21 +11,24 @@ Every chip is a physically motivated composite, built in surface reflectance and
 2. **Clouds.** An opacity field ``alpha`` in [0, 1] made of thick clouds (thresholded fractal noise, so edges are
    fractal and softness varies), thin semi-transparent clouds (streaky anisotropic noise with a capped
    opacity), and overcast chips. Cloud-top reflectance is bright, nearly white and slightly blue
-   (B02 > B03 > B04 > B08 as in the real chips), with a bumpy internal texture.
+   (B02 > B03 > B04 > B08 as in the real chips), with a bumpy internal texture; part of a deck may lie in the
+   shadow of higher cloud (the same flat spectrum, much darker).
 3. **Atmosphere and sensor.** Cloud shadows (the thick opacity shifted along the sun direction, softened and
    darkening the ground), additive haze stronger in blue than NIR, Gaussian sensor noise, quantisation, and
    rare nodata wedges (DN 0, labelled 0).
 
 Composite: ``toa = ground * (1 - shadow) * (1 - alpha) + a_thick * R_thick + a_thin * (1 - a_thick) * R_thin + haze``.
 
-**Labels.** Annotators draw smooth outlines and mark semi-transparent cloud too, so the label is the opacity
-smoothed by a Gaussian (sigma 1.5 px) and thresholded: ``label = smooth(alpha) >= label_threshold``
-(default 0.35). Shadows, haze and bright ground are never cloud.
+**Labels** (:mod:`cloudkd.data.annotator`). By default a model of the real annotators: generous, smooth
+outlines around the whole cloud, thin and semi-transparent parts included, a margin outside the visible edge,
+small holes filled and specks dropped, with parameters measured on real labels (``data/README.md``). The rule
+before, ``label = gaussian(alpha, 1.5 px) >= label_threshold`` (0.3), stays selectable with
+``label_style="opacity"``. Shadows, haze and bright ground are never cloud.
 
 **Difficulty** in [0, 1] raises the share of thin clouds, the haze, the softness of cloud edges and the weight
-of bright, white ground (snow, desert, bright roofs). The default (0.5) is calibrated so that the fitted
+of bright, white ground (snow, desert, bright roofs). The default (0.7) is calibrated so that the fitted
 brightness/whiteness threshold scores a global Jaccard of about 0.6-0.75 on held-out locations (see
-``data/README.md`` for the measured numbers and the comparison with the five real chips).
+``data/README.md`` for the measured numbers and the comparison with the real chips).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pandas as pd
 
+from .annotator import LABEL_STYLES, AnnotatorStyle, annotator_label, opacity_label
 from .chips import DataError, atomic_write, write_band, write_mask
 from .normalise import BANDS, SCALE
 
@@ -136,7 +140,13 @@ class SynthConfig:
     size: int = 512
     seed: int = 0
     difficulty: float = 0.7
+    #: how clouds are labelled (:mod:`cloudkd.data.annotator`): "annotator" (generous smooth outlines, measured
+    #: on real labels) or "opacity" (``gaussian(opacity, 1.5 px) >= label_threshold``, the rule before)
+    label_style: str = "annotator"
     label_threshold: float = 0.3
+    annotator: AnnotatorStyle = field(default_factory=AnnotatorStyle)
+    #: chance that part of a cloudy chip's deck lies in the shadow of higher cloud (dim grey cloud)
+    p_dim_deck: float = 0.25
     #: Locations used by the train / test split (train and test locations never overlap). 0 = all available.
     n_train_locations: int = 0
     n_test_locations: int = 0
@@ -149,6 +159,10 @@ class SynthConfig:
             raise ValueError(f"size must be >= 32 pixels, got {self.size}")
         if not 0.0 <= self.difficulty <= 1.0:
             raise ValueError(f"difficulty must be in [0, 1], got {self.difficulty}")
+        if self.label_style not in LABEL_STYLES:
+            raise ValueError(f"label_style must be one of {LABEL_STYLES}, got {self.label_style!r}")
+        if isinstance(self.annotator, dict):  # read back from synth.json
+            object.__setattr__(self, "annotator", AnnotatorStyle(**self.annotator))
         if not 0.0 < self.label_threshold < 1.0:
             raise ValueError(f"label_threshold must be in (0, 1), got {self.label_threshold}")
         if self.n_train < 0 or self.n_test < 0 or self.n_train + self.n_test == 0:
@@ -214,26 +228,40 @@ def _spectrum(name: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 # Ground
 # ----------------------------------------------------------------------------------------------------------------
-def _parcels(rng: np.random.Generator, n: int, size_px: Tuple[float, float], angle: float) -> np.ndarray:
-    """Integer id map of rectangular parcels (crop fields / city blocks) on a rotated grid."""
+def _parcels(rng: np.random.Generator, sp: "_Spectral", size_px: Tuple[float, float], angle: float,
+             warp: float = 4.0) -> np.ndarray:
+    """Integer id map of irregular parcels (crop fields, settlement plots): the Voronoi cells of a jittered grid
+    (cells of ``size_px`` along and across a direction ``angle``) on coordinates bent by smooth noise of
+    ``warp`` px, so edges are neither straight nor square."""
+    n = sp.n
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    if warp > 0:
+        xx = xx + warp * sp.noise(rng, 3.5)
+        yy = yy + warp * sp.noise(rng, 3.5)
     c, s = math.cos(angle), math.sin(angle)
-    u = xx * c + yy * s
-    v = -xx * s + yy * c
-    w = rng.uniform(*size_px)
-    h = rng.uniform(*size_px)
-    row = np.floor(v / h).astype(np.int64)
-    # jitter column boundaries per row so parcels do not line up perfectly
-    offsets = rng.uniform(0, w, size=4096).astype(np.float32)
-    col = np.floor((u + offsets[row % 4096]) / w).astype(np.int64)
-    return (row * 7919 + col) % 1_000_003
+    gu = (xx * c + yy * s) / rng.uniform(*size_px)
+    gv = (-xx * s + yy * c) / rng.uniform(*size_px)
+    iu, iv = np.floor(gu), np.floor(gv)
+    fu, fv = gu - iu, gv - iv  # position inside the grid cell
+    iu, iv = iu.astype(np.int64) + 4096, iv.astype(np.int64) + 4096
+    table = rng.uniform(0.1, 0.9, size=(2, 8191)).astype(np.float32)  # each grid cell's seed point, hashed
+    best = np.full(gu.shape, np.inf, np.float32)
+    ids = np.zeros(gu.shape, np.int64)
+    for du in (-1, 0, 1):
+        for dv in (-1, 0, 1):
+            cell = (iu + du) * 8192 + (iv + dv)
+            key = cell % 8191
+            d = (fu - du - table[0, key]) ** 2 + (fv - dv - table[1, key]) ** 2
+            closer = d < best
+            best[closer] = d[closer]
+            ids[closer] = cell[closer]
+    return ids
 
 
 def _per_parcel(rng: np.random.Generator, ids: np.ndarray, k: int = 1) -> np.ndarray:
-    """Random value(s) per parcel id, looked up for every pixel."""
-    uniq, inv = np.unique(ids, return_inverse=True)
-    vals = rng.random((len(uniq), k), dtype=np.float32)
-    return vals[inv.reshape(ids.shape)]
+    """Random value(s) per parcel id, looked up for every pixel (ids hashed into a table of 2^16 draws)."""
+    vals = rng.random((65536, k), dtype=np.float32)
+    return vals[(ids * 2_654_435_761 >> 7) & 0xFFFF]
 
 
 def _parcel_edges(ids: np.ndarray) -> np.ndarray:
@@ -255,16 +283,18 @@ def render_cover(cover: str, rng: np.random.Generator, sp: _Spectral, dem: np.nd
         refl = _mix("veg_dense", "veg_dry", dense)
         refl *= 1 + 0.12 * sp.noise(rng, 1.2)  # canopy texture
     elif cover == "cropland":
-        ids = _parcels(rng, n, (12, 45), rng.uniform(0, math.pi))
+        # small irregular fields of similar crops at different stages, faint paths along some field edges
+        ids = _parcels(rng, sp, (10, 32), rng.uniform(0, math.pi))
         v = _per_parcel(rng, ids, 2)
-        state = v[..., 0]
-        vigour = np.clip(v[..., 1] + 0.08 * sp.noise(rng, 2.0), 0, 1)
+        green_share = rng.uniform(0.3, 0.8)
+        vigour = np.clip(rng.uniform(0.3, 0.7) + 0.35 * (v[..., 1] - 0.5) + 0.08 * sp.noise(rng, 2.0), 0, 1)
         green = _mix("veg_dense", "veg_dry", vigour)
-        bare = _mix("soil_bright", "soil_dark", vigour)
-        refl = np.where((state < 0.6)[None], green, bare)
-        refl = np.where(_parcel_edges(ids)[None], _mix("veg_dry", "soil_dark", np.full((n, n), .5, np.float32)),
-                        refl)
-        refl *= 1 + 0.05 * sp.noise(rng, 1.5)
+        bare = _mix("soil_bright", "soil_dark", np.clip(vigour + 0.2 * sp.noise(rng, 2.5), 0, 1))
+        state = np.clip((v[..., 0] - (1 - green_share)) * 6 + 0.5, 0, 1)  # soft field state, mixed edges
+        refl = state[None] * green + (1 - state[None]) * bare
+        paths = _parcel_edges(ids) & (sp.noise(rng, 3.0) > 0.3)
+        refl = np.where(paths[None], 0.5 * refl + 0.5 * _spectrum("soil_bright"), refl)
+        refl *= 1 + 0.06 * sp.noise(rng, 1.5)
     elif cover == "grassland":
         green = _sigmoid(1.2 * sp.noise(rng, 2.8) + rng.normal(0, 0.8))
         refl = _mix("veg_dry", "soil_bright", green)
@@ -297,16 +327,22 @@ def render_cover(cover: str, rng: np.random.Generator, sp: _Spectral, dem: np.nd
         refl = np.where(rock[None], _spectrum("rock"), refl)
         refl *= 1 + 0.03 * sp.noise(rng, 1.5)
     elif cover == "urban":
-        ids = _parcels(rng, n, (6, 14), rng.uniform(0, math.pi))
-        v = _per_parcel(rng, ids, 1)[..., 0]
-        bright = 0.03 + 0.05 * rng.random()
-        mat = np.where(v < 0.35, 0, np.where(v < 0.8 - bright, 1, np.where(v < 0.8, 2, 3)))
-        spectra = np.stack([_spectrum("concrete"), _spectrum("roof_dark"), _spectrum("roof_bright"),
-                            _spectrum("veg_dense") * 0.8 + _spectrum("soil_dark") * 0.2])[:, :, 0, 0]
-        refl = spectra[mat].transpose(2, 0, 1).copy()
-        streets = _parcel_edges(ids)
-        refl = np.where(streets[None], _spectrum("roof_dark") * 1.1, refl)
-        refl *= 1 + 0.10 * sp.noise(rng, 0.8)
+        # settlements: roofs, yards and trees at a varying density between streets; no uniform blocks
+        density = _sigmoid(1.5 * sp.noise(rng, 3.2) + rng.normal(0.5, 0.5))
+        yard = _mix("soil_bright", "veg_dry", _sigmoid(1.5 * sp.noise(rng, 2.5)))
+        trees = _sigmoid(3.0 * (sp.noise(rng, 2.0) - 0.8))
+        yard = trees[None] * _spectrum("veg_dense") + (1 - trees[None]) * yard
+        grain = sp.noise(rng, 0.8)  # roofs: small blobs of a few pixels
+        built = _sigmoid(4.0 * (grain + 1.2 - 2.4 * (1 - density)))
+        kind = sp.noise(rng, 0.6)
+        bright = 2.0 - 0.5 * rng.random()  # the brightest roofs are rare
+        roof = np.where((kind > bright)[None], _spectrum("roof_bright"),
+                        np.where((kind > 0.0)[None], _spectrum("roof_dark"), _spectrum("concrete")))
+        refl = built[None] * roof + (1 - built[None]) * yard
+        blocks = _parcels(rng, sp, (14, 30), rng.uniform(0, math.pi), warp=3.0)
+        streets = _parcel_edges(blocks) & (density > 0.3)
+        refl = np.where(streets[None], _spectrum("concrete") * 0.9, refl)
+        refl *= 1 + 0.06 * sp.noise(rng, 1.0)
     else:
         raise ValueError(f"unknown land cover {cover!r}")
     return refl.astype(np.float32)
@@ -419,13 +455,22 @@ def render_clouds(rng: np.random.Generator, sp: _Spectral, cfg: SynthConfig, clo
     puff = _shading(sp.blur(height, 2.0), sun_azimuth, 0.15)
     shape = CLOUD_SHAPE * rng.uniform(0.97, 1.03, 4).astype(np.float32)
     r_thick = b_thick * shape[:, None, None] * ((0.5 + 0.5 * core) * puff)[None]
+    deck = zeros
+    if regime != "clear" and rng.random() < cfg.p_dim_deck:
+        # part of the deck lies in the shadow of higher cloud: the same flat cloud spectrum, dimmed to a B02 of
+        # 0.08-0.25 (the grey cloud of real chip adwz: B02..B08 0.12 0.11 0.10 0.09, labelled cloud)
+        deck = _sigmoid(4.0 * (sp.noise(rng, 3.5) - rng.uniform(-0.8, 0.8)))
+        dim = min(1.0, rng.uniform(0.08, 0.25) / b_thick)
+        r_thick = r_thick * (1.0 - (1.0 - dim) * deck)[None]
     r_thin = rng.uniform(0.2, 0.6) * CLOUD_SHAPE[:, None, None] * (1 + 0.08 * sp.noise(rng, 3.0))[None]
     return {"regime": regime, "thick": thick.astype(np.float32), "thin": thin.astype(np.float32),
+            "deck": deck.astype(np.float32),
             "r_thick": r_thick.astype(np.float32), "r_thin": r_thin.astype(np.float32)}
 
 
 def render_chip(seed: int, location: Location, cfg: SynthConfig) -> Dict[str, object]:
-    """One chip: ``dn`` uint16 (4, size, size), ``label`` uint8 (size, size), ``alpha``, ``cover`` and ``regime``."""
+    """One chip: ``dn`` uint16 (4, size, size), ``label`` uint8 (size, size), ``alpha``, ``shadow``, ``cover``,
+    ``deck`` (where a deck is in the shadow of higher cloud, 0-1) and ``regime``."""
     rng = np.random.default_rng(seed)
     size = cfg.size
     pad = max(16, size // 6)
@@ -448,6 +493,7 @@ def render_chip(seed: int, location: Location, cfg: SynthConfig) -> Dict[str, ob
 
     alpha = 1.0 - (1.0 - thick) * (1.0 - thin)
     toa = ground * (1.0 - alpha)[None] + thick[None] * cl["r_thick"] + (thin * (1.0 - thick))[None] * cl["r_thin"]
+    brightening = (toa[:3] - ground[:3]).mean(axis=0)  # what the cloud adds to the visible bands: what shows
 
     # haze: smooth additive path radiance, stronger in blue
     haze_amp = rng.uniform(0.0, 0.02 + 0.16 * d)
@@ -458,8 +504,11 @@ def render_chip(seed: int, location: Location, cfg: SynthConfig) -> Dict[str, ob
     # crop the canvas to the chip
     sl = (slice(pad, pad + size), slice(pad, pad + size))
     toa = toa[(slice(None),) + sl]
-    alpha_label = np.clip(sp.blur(alpha, 1.5), 0, 1)[sl]
-    label = (alpha_label >= cfg.label_threshold).astype(np.uint8)
+    if cfg.label_style == "opacity":
+        label = opacity_label(alpha, cfg.label_threshold)[sl].astype(np.uint8)
+    else:  # the annotator draws from its own random stream: both rules label the very same image
+        label = annotator_label(alpha, np.random.default_rng([seed, 1]), cfg.annotator,
+                                brightening)[sl].astype(np.uint8)
     dn = np.clip(np.rint(toa * SCALE), 1, 65535).astype(np.uint16)
 
     # rare nodata wedge (swath edge): DN 0 in every band, label 0
@@ -471,7 +520,7 @@ def render_chip(seed: int, location: Location, cfg: SynthConfig) -> Dict[str, ob
         dn[:, wedge] = 0
         label[wedge] = 0
     return {"dn": dn, "label": label, "alpha": alpha[sl], "shadow": shadow[sl], "cover": cover_map[sl],
-            "regime": cl["regime"]}
+            "deck": cl["deck"][sl], "regime": cl["regime"]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -749,7 +798,7 @@ def render_landsat_scene(seed: int, location: Location, cfg: Landsat38Config, sh
     k = cfg.oversample
     size = max(h, w)
     sc = SynthConfig(n_train=1, n_test=0, size=size * k, seed=cfg.seed, difficulty=cfg.difficulty,
-                     label_threshold=cfg.label_threshold, p_nodata=0.0)
+                     label_style="opacity", label_threshold=cfg.label_threshold, p_nodata=0.0)
     out = render_chip(seed, location, sc)
     refl = out["dn"].astype(np.float32).reshape(4, size, k, size, k).mean(axis=(2, 4))[:, :h, :w] / SCALE
     label = out["label"].astype(np.float32).reshape(size, k, size, k).mean(axis=(1, 3))[:h, :w] >= 0.5

@@ -1,0 +1,167 @@
+"""The generator's label rules on hand-made opacity fields, and the label-style measurements behind them."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from cloudkd.data.annotator import (AnnotatorStyle, annotator_label, drop_small, fill_small_holes, margin_field,
+                                    opacity_label, seen_cloud)
+from cloudkd.data.labelstyle import (chip_style, components, label_by_distance, left_out_cloud, outline_length,
+                                     roughness, signed_margin, summarise)
+from cloudkd.data.synthetic import LOCATIONS, SynthConfig, render_chip
+
+#: no randomness in the margin, no smoothing, no size rules: each property can be tested on its own
+PLAIN = AnnotatorStyle(level=0.5, margin=10.0, margin_spread=0.0, margin_wobble=0.0, smooth=0.0, min_hole=0,
+                       min_blob=0)
+
+
+def disc(n=200, r=30.0, cy=100, cx=100, value=1.0):
+    yy, xx = np.mgrid[0:n, 0:n]
+    return (np.hypot(yy - cy, xx - cx) <= r).astype(np.float32) * value
+
+
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_margin_puts_the_outline_a_fixed_distance_outside_the_cloud():
+    alpha = disc(r=30)
+    label = annotator_label(alpha, rng(), PLAIN)
+    assert label[alpha > 0].all(), "every cloud pixel is labelled"
+    # the label is the disc grown by the margin: radius 30 + 10 (the opacity rule at 0.3 stays at ~30.8)
+    radius = np.sqrt(label.sum() / np.pi)
+    assert 39.5 < radius < 41.5
+    assert 30.0 < np.sqrt(opacity_label(alpha, 0.3).sum() / np.pi) < 31.8
+    # measured like the real labels: outline distances from the cloud edge are ~10 px
+    d = signed_margin(label, alpha > 0)
+    assert 9.0 < np.median(d) < 11.5 and d.min() > 8.0
+
+
+def test_thin_cloud_is_outlined_where_it_shows_and_not_where_it_does_not():
+    veil = disc(r=30, value=0.3)  # semi-transparent: below the dense-cloud level
+    over_water = veil * (0.5 - 0.05)  # what it adds to the visible reflectance over dark ground
+    over_snow = veil * (0.5 - 0.8)  # over brighter ground it darkens the scene a little: it does not show
+    faint = veil * (0.5 - 0.2)  # over brighter ground: +0.09, below the 0.1 an annotator draws
+    assert not annotator_label(veil, rng(), PLAIN).any(), "without knowing what shows, a veil is not drawn"
+    assert annotator_label(veil, rng(), PLAIN, over_water)[100, 100]
+    assert not annotator_label(veil, rng(), PLAIN, over_snow).any()
+    assert not annotator_label(veil, rng(), PLAIN, faint).any()
+    assert not opacity_label(veil, 0.3 + 1e-3).any(), "the old rule at its level ignores it everywhere"
+    # dense cloud is drawn whatever it lies over, even a deck darker than the ground
+    assert annotator_label(disc(r=30), rng(), PLAIN, -0.1 * disc(r=30))[100, 100]
+
+
+def test_smoothing_removes_the_fine_detail_of_a_ragged_outline():
+    n = 200
+    yy, xx = np.mgrid[0:n, 0:n]
+    ang = np.arctan2(yy - 100, xx - 100)
+    ragged = (np.hypot(yy - 100, xx - 100) <= 40 + 4 * np.sign(np.sin(16 * ang))).astype(np.float32)  # 16 teeth
+
+    def draw(smooth):
+        return annotator_label(ragged, rng(), AnnotatorStyle(margin=2.0, margin_spread=0, margin_wobble=0,
+                                                             smooth=smooth, min_hole=0, min_blob=0))
+
+    rough, smooth = draw(0.0), draw(3.0)
+    assert smooth[seen_cloud(ragged, AnnotatorStyle())].all(), "smoothing never uncovers the cloud it outlines"
+    assert outline_length(smooth) < 0.8 * outline_length(rough)
+    assert roughness(smooth) < roughness(rough) - 0.25
+    assert abs(int(smooth.sum()) - int(rough.sum())) < 0.05 * rough.sum()  # the same cloud, a smoother outline
+
+
+def test_small_holes_are_filled_and_large_ones_kept():
+    ring = disc(r=60) - disc(r=5)  # a small hole at the centre
+    big = disc(r=60) - disc(r=20)
+    style = AnnotatorStyle(margin=0.0, margin_spread=0, margin_wobble=0, smooth=0, min_hole=100, min_blob=0)
+    assert annotator_label(ring, rng(), style)[100, 100], "a hole of ~80 px is filled"
+    assert not annotator_label(big, rng(), style)[100, 100], "a hole of ~1,250 px is kept"
+    m = big > 0
+    assert fill_small_holes(m, 2000)[100, 100] and not fill_small_holes(m, 1000)[100, 100]
+    # background touching the border is never a hole
+    edge = np.zeros((50, 50), bool)
+    edge[:, 10:] = True
+    assert not fill_small_holes(edge, 10_000)[:, :10].any()
+
+
+def test_tiny_blobs_are_dropped_and_real_clouds_kept():
+    alpha = np.zeros((200, 200), np.float32)
+    alpha[20:23, 20:23] = 1.0  # a 9-px speck
+    alpha[100:110, 100:110] = 1.0  # a 100-px cloud
+    style = AnnotatorStyle(margin=5.0, margin_spread=0, margin_wobble=0, smooth=0, min_hole=0, min_blob=30)
+    label = annotator_label(alpha, rng(), style)
+    assert not label[10:35, 10:35].any()
+    assert label[100:110, 100:110].all() and label[97, 105]
+    keep = drop_small(alpha > 0, 30)
+    assert keep.sum() == 100
+
+
+def test_margin_field_follows_the_style():
+    flat = AnnotatorStyle(margin=10.0, margin_spread=0.5, margin_wobble=0.0)
+    chip = [float(margin_field(np.random.default_rng(s), (64, 64), flat)[0, 0]) for s in range(300)]
+    assert 9.0 < np.median(chip) < 11.0  # a log-normal draw per chip around the median margin
+    assert np.std(np.log(chip)) == pytest.approx(0.5, abs=0.06)
+    style = AnnotatorStyle(margin=10.0, margin_spread=0.5, margin_wobble=0.4)
+    field = margin_field(np.random.default_rng(1), (256, 256), style)
+    assert field.std() > 0 and np.abs(np.diff(field, axis=1)).max() < 0.2 * field.mean()  # smooth along outlines
+    assert (margin_field(np.random.default_rng(1), (256, 256), style) == field).all()
+
+
+def test_style_checks():
+    with pytest.raises(ValueError, match="level"):
+        AnnotatorStyle(level=0.0)
+    with pytest.raises(ValueError, match="margin"):
+        AnnotatorStyle(margin=-1)
+    with pytest.raises(ValueError, match="label_style"):
+        SynthConfig(label_style="sloppy")
+    # the style survives the round trip through synth.json (a dict)
+    assert SynthConfig(annotator={"margin": 7.0}).annotator == AnnotatorStyle(margin=7.0)
+
+
+def test_both_rules_label_the_same_image_and_the_old_rule_is_still_selectable():
+    loc = LOCATIONS[15]
+    new = render_chip(11, loc, SynthConfig(size=128))
+    old = render_chip(11, loc, SynthConfig(size=128, label_style="opacity"))
+    assert (new["dn"] == old["dn"]).all() and (new["alpha"] == old["alpha"]).all()
+    inner = np.zeros(old["label"].shape, bool)  # drawn on the padded canvas: compare away from the edge,
+    inner[8:-8, 8:-8] = True  # and away from nodata (labelled clear)
+    inner &= old["dn"].max(axis=0) > 0
+    assert (old["label"][inner] == opacity_label(old["alpha"], 0.3)[inner]).mean() > 0.99
+    if old["label"].any():
+        assert new["label"][old["label"] > 0].mean() > 0.99  # generous: the annotator covers the dense cloud
+        assert new["label"].sum() > old["label"].sum()
+    again = render_chip(11, loc, SynthConfig(size=128))
+    assert (again["label"] == new["label"]).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# measurements
+# ------------------------------------------------------------------------------------------------------------
+def test_signed_margin_is_negative_when_the_label_cuts_into_the_cloud():
+    cloud = disc(r=40) > 0
+    tight = disc(r=32) > 0
+    d = signed_margin(tight, cloud)
+    assert -9.5 < np.median(d) < -6.5
+    assert len(signed_margin(cloud, np.zeros_like(cloud))) == 0
+
+
+def test_label_probability_by_distance_and_components():
+    cloud = disc(r=20) > 0
+    label = disc(r=30) > 0
+    pos, tot = label_by_distance(label, cloud)
+    p = pos / np.maximum(tot, 1)
+    assert p[0] == 1.0 and p[3] < 0.2 and p[-2] == 0.0  # all labelled within 2 px, none beyond 80
+    blobs, holes = components(disc(r=30) - disc(r=10) > 0)
+    assert len(blobs) == 1 and len(holes) == 1 and 300 < holes[0] < 330
+    assert list(left_out_cloud(label, cloud | (disc(r=3, cy=180, cx=180) > 0))) == [29]
+
+
+def test_chip_style_on_a_hand_made_chip():
+    refl = np.full((4, 200, 200), 0.08, np.float32)
+    refl[:, disc(r=25) > 0] = 0.6
+    label = disc(r=35) > 0
+    st = chip_style(refl, label)
+    assert st["cloud_in_label"] == 1.0 and 0.45 < st["label_is_cloud"] < 0.55
+    assert 9.0 < np.median(st["margin"]) < 11.0
+    s = summarise([st, chip_style(refl, np.ones((200, 200), bool))])
+    assert s["n_chips"] == 1 and 9.0 < s["margin_p50"] < 11.0  # a full label has no outline to measure
+    # bright ground known not to be cloud is left out of the visible cloud
+    assert np.isnan(chip_style(refl, label, not_cloud=np.ones((200, 200), bool))["cloud_in_label"])
