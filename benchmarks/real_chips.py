@@ -1,38 +1,62 @@
-"""Apply a fitted threshold model to the five real On Cloud N chips and compare cloud fractions.
+"""The real-chip benchmark on the demo's models: every method side by side on labelled real chips.
 
-    python benchmarks/real_chips.py --model runs/demo/threshold.json [--real ../shared/data/real_chips]
+    python benchmarks/real_chips.py [--real ../shared/data/real_labelled] [--work runs/demo] [--out runs/real_chips]
+                                    [--student RUN ...] [--onnx FILE ...] [--peer auto|yes|no] [--md FILE]
 
-The real chips have no label files, but the official cloud-pixel counts of three are known (see the real
-chips' README): adwp 48 %, adwu 64 %, adwz 100 %. Writes masks and a PNG under runs/real_chips/.
+Scores, with the leaderboard metric, whatever of ``make demo``'s artefacts exist under ``--work`` (the fitted
+thresholding, the nnU-Net teacher, the student, its int8 ONNX export), any extra ``--student`` runs and
+``--onnx`` models, the bare ``mean(B02, B03, B04) > 0.25`` rule, and the ukis-csmask peer when installed. It is
+``cloudkd real-bench`` with the demo's paths filled in; ``--md`` appends the Markdown table to a file (e.g.
+``benchmarks/results/real_chips.md``). Four chips of one scene: a check, not a training set.
 """
 
 import argparse
+import tempfile
 from pathlib import Path
 
-from cloudkd.baselines.threshold import ThresholdModel, predict_folder
-from cloudkd.data import read_mask, resolve_split
-from cloudkd.viz import plot_chips
+from cloudkd.baselines.threshold import ThresholdModel
+from cloudkd.demo import format_table
+from cloudkd.teacher import peer
+from cloudkd.evaluate.realchips import (nnunet_method, onnx_method, peer_method, run_real_bench, student_method,
+                                        threshold_method)
 
-KNOWN = {"adwp": 125_644 / 262_144, "adwu": 166_896 / 262_144, "adwz": 1.0}
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="runs/demo/threshold.json")
-    ap.add_argument("--real", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "real_chips"))
+    ap.add_argument("--real", default=str(SHARED / "real_labelled"))
+    ap.add_argument("--work", default="runs/demo", help="a make-demo work folder whose models to score")
+    ap.add_argument("--student", nargs="*", default=[], help="extra student runs")
+    ap.add_argument("--onnx", nargs="*", default=[], help="extra ONNX models")
+    ap.add_argument("--peer", default="auto", choices=["auto", "yes", "no"])
     ap.add_argument("--out", default="runs/real_chips")
+    ap.add_argument("--md", default=None, help="append the Markdown table to this file")
     a = ap.parse_args()
-    split = resolve_split(Path(a.real) / "test_features")
-    model = ThresholdModel.load(a.model)
-    pred = Path(a.out) / "threshold"
-    predict_folder(model, split.features_dir, pred)
-    print(f"{'chip':6s} {'threshold cloud %':>18s} {'official label %':>17s}")
-    for cid in split.chip_ids():
-        frac = read_mask(pred / f"{cid}.tif").mean()
-        known = f"{100 * KNOWN[cid]:.0f}" if cid in KNOWN else "unknown"
-        print(f"{cid:6s} {100 * frac:18.1f} {known:>17s}")
-    print(plot_chips(split, split.chip_ids(), Path(a.out) / "threshold.png", {"threshold": pred},
-                     title="thresholding on the five real chips"))
+    work = Path(a.work)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = Path(tmp) / "bare.json"  # mean(B02, B03, B04) > 0.25 is the threshold model with no whiteness test
+        ThresholdModel(0.25, float("inf"), fit_jaccard=None).save(bare)
+        methods = [threshold_method(bare, "mean(B02, B03, B04) > 0.25")]
+        if (work / "threshold.json").is_file():
+            methods.append(threshold_method(work / "threshold.json", "thresholding (fitted on generated chips)"))
+        if (work / "nnunet" / "teacher.json").is_file():
+            methods.append(nnunet_method(work / "nnunet"))
+        if (work / "student" / "student.pt").is_file():
+            methods.append(student_method(work / "student", "student (make demo)"))
+        if (work / "export" / "model_int8.onnx").is_file():
+            methods.append(onnx_method(work / "export" / "model_int8.onnx", "student int8 ONNX (make demo)"))
+        methods += [student_method(r) for r in a.student] + [onnx_method(f) for f in a.onnx]
+        if a.peer == "yes" or (a.peer == "auto" and peer.available()):
+            methods.append(peer_method())
+        r = run_real_bench(a.real, methods, a.out)
+    table = format_table(r.summary.to_dict("records"), list(r.summary.columns))
+    print(table)
+    print(f"-> {r.out / 'summary.csv'}, {r.out / 'per_chip.csv'}, {r.figure}")
+    if a.md:
+        with open(a.md, "a") as f:
+            f.write(f"\n`python benchmarks/real_chips.py --work {a.work}` on {a.real}:\n\n{table}\n")
 
 
 if __name__ == "__main__":

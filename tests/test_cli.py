@@ -40,6 +40,25 @@ def test_synth_rejects_bad_settings(tmp_path):
     assert r.exit_code != 0 and "size must be >= 32" in r.output
     r = invoke("synth", tmp_path / "x", "--difficulty", 2)
     assert r.exit_code != 0
+    r = invoke("synth", tmp_path / "x", "--label-style", "sloppy")
+    assert r.exit_code == 2 and "label_style must be one of" in r.output and not (tmp_path / "x").exists()
+
+
+def test_synth_label_styles_label_the_same_images(tmp_path):
+    from cloudkd.data import read_chip_dn, read_label, resolve_split
+
+    for style in ("annotator", "opacity"):
+        r = invoke("synth", tmp_path / style, "--n-train", 3, "--n-test", 0, "--size", 64, "--label-style", style,
+                   "--no-preview", "--workers", 1)
+        assert r.exit_code == 0, r.output
+    a, o = resolve_split(tmp_path / "annotator"), resolve_split(tmp_path / "opacity")
+    assert a.chip_ids() == o.chip_ids()
+    generous = 0
+    for cid in a.chip_ids():
+        assert (read_chip_dn(a.chip_dir(cid)) == read_chip_dn(o.chip_dir(cid))).all()
+        la, lo = read_label(a.label_path(cid)), read_label(o.label_path(cid))
+        generous += int(la.sum()) - int(lo.sum())
+    assert generous > 0, "the annotator's outlines are more generous than the opacity rule"
 
 
 def test_folds_threshold_score(small_data, tmp_path):

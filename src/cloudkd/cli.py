@@ -53,7 +53,10 @@ def synth(
     size: int = typer.Option(512, help="Chip size in pixels."),
     seed: int = typer.Option(0, help="Random seed: equal settings give identical files."),
     difficulty: float = typer.Option(0.7, min=0.0, max=1.0, help="0 easy .. 1 hard (0.7 = calibrated default)."),
-    label_threshold: float = typer.Option(0.3, help="Cloud opacity (smoothed) from which a pixel is labelled cloud."),
+    label_style: str = typer.Option("annotator", help="How clouds are labelled: annotator (generous smooth outlines, "
+                                                      "the style measured on real labels) or opacity (the rule "
+                                                      "before: smoothed opacity >= --label-threshold)."),
+    label_threshold: float = typer.Option(0.3, help="The opacity rule's level (with --label-style opacity)."),
     workers: int = typer.Option(0, help="Processes (0 = one per core)."),
     overwrite: bool = typer.Option(False, help="Replace whatever is in OUT."),
     preview: bool = typer.Option(True, help="Write OUT/preview.png with sample chips."),
@@ -65,9 +68,9 @@ def synth(
 
     try:
         cfg = SynthConfig(n_train=n_train, n_test=n_test, size=size, seed=seed, difficulty=difficulty,
-                          label_threshold=label_threshold)
+                          label_style=label_style, label_threshold=label_threshold)
     except ValueError as exc:
-        _fail(str(exc))
+        _fail(str(exc), 2)
     res = synthesize(out, cfg, workers=workers, overwrite=overwrite)
     if res.reused:
         typer.echo(f"{out}: already holds this dataset (same config); nothing to do")
@@ -376,7 +379,7 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
          crop: int, lr: float, label_weight: float, kd_weight: float, kd: str, temperature: float,
          soft: Optional[Path], teacher_nnunet: Optional[Path], teacher_onnx: Optional[Path], onnx_output: str,
          unlabelled: Optional[Path], steps: Optional[int], accelerator: str, devices: int, num_nodes: int,
-         strategy: str, workers: int, seed: int, resume: bool):
+         strategy: str, workers: int, seed: int, resume: bool, cloud_paste: float, boundary_ignore: int):
     from .student.train import TrainConfig, fit
 
     cfg = TrainConfig(data=str(data), out=str(out), model=model, folds=str(folds_csv) if folds_csv else None,
@@ -386,7 +389,8 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
                       else None, teacher_onnx=str(teacher_onnx) if teacher_onnx else None,
                       teacher_onnx_output=onnx_output, unlabelled=str(unlabelled) if unlabelled else None,
                       limit_train_batches=steps, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                      strategy=strategy, num_workers=workers, seed=seed, resume=resume)
+                      strategy=strategy, num_workers=workers, seed=seed, resume=resume, cloud_paste=cloud_paste,
+                      boundary_ignore=boundary_ignore)
     try:
         r = fit(cfg)
     except ValueError as exc:
@@ -428,6 +432,10 @@ def _train_options(distill: bool):
         workers=typer.Option(0, help="Data loader workers."),
         seed=typer.Option(0, help="Random seed."),
         resume=typer.Option(False, help="Resume from OUT/checkpoints/last.ckpt."),
+        cloud_paste=typer.Option(0.0, help="Cloud paste: probability that a low-cover chip of a batch receives a "
+                                           "cloudy batch-mate's labelled cloud (0 = off)."),
+        boundary_ignore=typer.Option(0, help="Boundary-tolerant loss: px on both sides of label outlines left out "
+                                             "of BCE + Dice (0 = off)."),
     )
 
 
@@ -445,7 +453,8 @@ def train(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _FOL
           onnx_output: str = _T["onnx_output"], unlabelled: Optional[Path] = _T["unlabelled"],
           steps: Optional[int] = _T["steps"], accelerator: str = _T["accelerator"], devices: int = _T["devices"],
           num_nodes: int = _T["num_nodes"], strategy: str = _T["strategy"], workers: int = _T["workers"],
-          seed: int = _T["seed"], resume: bool = _T["resume"]):
+          seed: int = _T["seed"], resume: bool = _T["resume"],
+          cloud_paste: float = _T["cloud_paste"], boundary_ignore: int = _T["boundary_ignore"]):
     """Train a student or any smp model on labels (add a teacher to distil; see 'distill')."""
     _fit(**locals())
 
@@ -460,11 +469,45 @@ def distill(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _F
             onnx_output: str = _D["onnx_output"], unlabelled: Optional[Path] = _D["unlabelled"],
             steps: Optional[int] = _D["steps"], accelerator: str = _D["accelerator"], devices: int = _D["devices"],
             num_nodes: int = _D["num_nodes"], strategy: str = _D["strategy"], workers: int = _D["workers"],
-            seed: int = _D["seed"], resume: bool = _D["resume"]):
+            seed: int = _D["seed"], resume: bool = _D["resume"],
+            cloud_paste: float = _D["cloud_paste"], boundary_ignore: int = _D["boundary_ignore"]):
     """Distil a teacher into a student: offline (--soft) or online (--teacher-nnunet / --teacher-onnx)."""
     if not (soft or teacher_nnunet or teacher_onnx):
         _fail("distill needs a teacher: --soft DIR (offline) or --teacher-nnunet WORKDIR / --teacher-onnx FILE")
     _fit(**locals())
+
+
+@app.command("real-bench")
+def real_bench(
+    data: Path = typer.Argument(..., help="Labelled chip folder (On Cloud N layout), e.g. ../shared/data/real_labelled."),
+    out: Path = typer.Option(..., "--out", help="Folder for predictions, per_chip.csv, summary.csv/json, real_chips.png."),
+    threshold: Optional[Path] = typer.Option(None, help="A fitted threshold model (threshold.json)."),
+    teacher_nnunet: Optional[Path] = typer.Option(None, help="A trained nnU-Net teacher workdir."),
+    student: List[Path] = typer.Option([], help="Student run folder(s) (cloudkd train/distill); repeatable."),
+    onnx: List[Path] = typer.Option([], help="Exported ONNX model(s) (cloudkd export); repeatable."),
+    peer: str = typer.Option("auto", help="The pretrained ukis-csmask peer: auto (when installed), yes, no."),
+    split: Optional[str] = _SPLIT,
+):
+    """Score every given model side by side on labelled (real) chips with the leaderboard metric."""
+    from .teacher import peer as peer_mod
+    from .evaluate.realchips import (nnunet_method, onnx_method, peer_method, run_real_bench, student_method,
+                                     threshold_method)
+
+    if peer not in ("auto", "yes", "no"):
+        _fail(f"--peer must be auto, yes or no, got {peer!r}", 2)
+    methods = [threshold_method(threshold)] if threshold else []
+    if teacher_nnunet:
+        methods.append(nnunet_method(teacher_nnunet))
+    methods += [student_method(r) for r in student] + [onnx_method(f) for f in onnx]
+    if peer == "yes" or (peer == "auto" and peer_mod.available()):
+        methods.append(peer_method())
+    elif peer == "auto":
+        typer.echo(f"(the pretrained peer is not installed; {peer_mod.INSTALL} adds it)")
+    r = run_real_bench(data, methods, out, split=split)
+    from .demo import format_table
+
+    typer.echo(format_table(r.summary.to_dict("records"), list(r.summary.columns)))
+    typer.echo(f"-> {out / 'summary.csv'}, {out / 'per_chip.csv'}, {r.figure}")
 
 
 @app.command()

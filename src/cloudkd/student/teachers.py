@@ -3,7 +3,9 @@ sees. Any object with ``logits(x) -> (N, 1, H, W)`` for a normalised ``(N, 4, H,
 
 * :class:`cloudkd.teacher.model.NnUNetTeacher` (the trained nnU-Net, in process);
 * :class:`OnnxTeacher`: any ONNX segmentation model taking the normalised 4-band input, e.g. a pretrained cloud
-  model, so a student can be distilled from it on unlabelled chips (label weight 0).
+  model, so a student can be distilled from it on unlabelled chips (label weight 0);
+* the real-trained peer ukis-csmask (optional package), named ``--teacher-onnx ukis-csmask``: an adapter
+  (:class:`cloudkd.teacher.peer.PeerTeacher`) for its own input statistics, 256-px tiles and three classes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import torch
 
 from ..data.chips import DataError
 from .distill import prob_to_logit
+
+#: the name that makes ``--teacher-onnx`` use the installed ukis-csmask peer through its adapter
+PEER = "ukis-csmask"
 
 
 class OnnxTeacher:
@@ -67,6 +72,11 @@ def load_online_teacher(nnunet_workdir: Optional[os.PathLike | str] = None,
     """The online teacher named by exactly one of ``nnunet_workdir`` / ``onnx`` (None if neither)."""
     if nnunet_workdir and onnx:
         raise ValueError("give one online teacher: an nnU-Net workdir or an ONNX model, not both")
+    if onnx and str(onnx) == PEER:
+        from ..teacher.peer import PeerTeacher, load
+
+        load()  # a one-line error saying how to install the optional peer
+        return PeerTeacher()
     if onnx:
         return OnnxTeacher(onnx, onnx_output)
     if nnunet_workdir:

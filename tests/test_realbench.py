@@ -1,0 +1,116 @@
+"""The real-chip benchmark on the four labelled real chips (skipped when absent): every method it is given is
+predicted, scored with the leaderboard metric and drawn."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cloudkd.baselines.threshold import ThresholdModel
+from cloudkd.cli import app
+from cloudkd.data import read_label, read_mask
+from cloudkd.evaluate.realchips import (method_folder, onnx_method, peer_method, run_real_bench, student_method,
+                                        threshold_method)
+from cloudkd.metrics import Confusion, confusion
+from cloudkd.teacher import peer
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_LABELLED = Path(os.environ.get("CLOUDKD_REAL_LABELLED", REPO.parent / "shared" / "data" / "real_labelled"))
+#: official label cloud fractions (the shared folder's README)
+FRACTIONS = {"adwp": 0.479, "adwu": 0.637, "adwz": 1.0, "adxp": 1.0}
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def real_labelled():
+    if not (REAL_LABELLED / "train_labels").is_dir():
+        pytest.skip(f"labelled real chips not found at {REAL_LABELLED}")
+    return REAL_LABELLED
+
+
+def _by_hand(pred_dir: Path, root: Path) -> float:
+    total = Confusion()
+    for lab in sorted((root / "train_labels").glob("*.tif")):
+        total += confusion(read_mask(pred_dir / lab.name), read_label(lab))
+    return total.jaccard()
+
+
+def test_real_bench_reports_every_method_it_was_given(real_labelled, student, tmp_path):
+    from cloudkd.export import export_onnx
+    from cloudkd.student.models import load_student
+
+    bright = tmp_path / "bright.json"
+    ThresholdModel(0.25, float("inf")).save(bright)
+    onnx = export_onnx(load_student(student), tmp_path / "student.onnx")
+    methods = [threshold_method(bright, "bright"), student_method(student, "student"), onnx_method(onnx, "onnx")]
+    if peer.available():
+        methods.append(peer_method())
+    out = tmp_path / "bench"
+    r = run_real_bench(real_labelled, methods, out, progress=False)
+
+    names = [m.name for m in methods]
+    assert list(r.summary.method) == names
+    assert sorted(r.per_chip.chip_id.unique()) == sorted(FRACTIONS) and len(r.per_chip) == 4 * len(names)
+    for col in ("iou", "precision", "recall", "cloud_frac_label", "cloud_frac_pred"):
+        assert r.per_chip[col].notna().any(), col
+    for cid, frac in FRACTIONS.items():
+        assert r.per_chip[r.per_chip.chip_id == cid].cloud_frac_label.iloc[0] == pytest.approx(frac, abs=1e-3)
+    # each global Jaccard is the leaderboard metric of the masks written, recomputed here from the files
+    for row in r.summary.itertuples():
+        folder = method_folder(out, row.method)
+        assert sorted(p.stem for p in folder.glob("*.tif")) == sorted(FRACTIONS)
+        assert row.jaccard == pytest.approx(_by_hand(folder, real_labelled), abs=1e-12)
+        per = r.per_chip[r.per_chip.method == row.method]
+        assert row.jaccard == pytest.approx(per.tp.sum() / (per.tp + per.fp + per.fn).sum())
+    # the bare brightness rule on these chips: every labelled pixel brighter than 0.25 is cloud (0.733 measured)
+    assert r.summary.set_index("method").jaccard["bright"] == pytest.approx(0.733, abs=0.002)
+    # the exported model predicts what the PyTorch student predicts
+    j = r.summary.set_index("method").jaccard
+    assert j["onnx"] == pytest.approx(j["student"], abs=2e-3)
+    saved = pd.read_csv(out / "summary.csv")
+    assert list(saved.method) == names and (out / "per_chip.csv").is_file()
+    with Image.open(r.figure) as im:
+        assert im.format == "PNG" and im.size[0] > im.size[1] > 200
+
+
+def test_real_bench_command(real_labelled, student, tmp_path):
+    res = runner.invoke(app, ["real-bench", str(real_labelled), "--out", str(tmp_path / "o"),
+                              "--student", str(student), "--peer", "no"])
+    assert res.exit_code == 0, res.output
+    assert "jaccard" in res.output and "student unet-s" in res.output
+    assert len(pd.read_csv(tmp_path / "o" / "summary.csv")) == 1
+    bad = runner.invoke(app, ["real-bench", str(real_labelled), "--out", str(tmp_path / "p"), "--peer", "maybe"])
+    assert bad.exit_code == 2 and "--peer" in bad.output
+
+
+def test_real_bench_refuses_unlabelled_data_and_no_methods(small_data, tmp_path):
+    from cloudkd.data import DataError
+
+    with pytest.raises(DataError, match="at least one method"):
+        run_real_bench(small_data, [], tmp_path / "x")
+    unl = tmp_path / "unl"
+    (unl / "test_features").mkdir(parents=True)
+    bright = tmp_path / "b.json"
+    ThresholdModel(0.25, float("inf")).save(bright)
+    with pytest.raises(DataError, match="needs labels"):
+        run_real_bench(unl / "test_features", [threshold_method(bright)], tmp_path / "y")
+
+
+@pytest.mark.skipif(not peer.available(), reason="ukis-csmask (optional) is not installed")
+def test_peer_teacher_adapter_agrees_with_the_peer_as_shipped(real_labelled):
+    import torch
+
+    from cloudkd.data import normalise, read_chip
+    from cloudkd.student.teachers import load_online_teacher
+
+    teacher = load_online_teacher(onnx="ukis-csmask")
+    refl = read_chip(real_labelled / "train_features" / "adwu")
+    z = teacher.logits(torch.from_numpy(normalise(refl))[None])
+    assert z.shape == (1, 1, 512, 512)
+    ours, shipped = (z[0, 0] > 0).numpy(), peer.predict_chip(refl).astype(bool)
+    assert (ours == shipped).mean() > 0.95  # it tiles without overlap; the package blends overlapping tiles
+    assert 0.5 < ours.mean() < 0.9
