@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from cloudkd.cli import app
 from cloudkd.data import load_index, normalise, read_chip, resolve_split
-from cloudkd.data.augment import Augment
+from cloudkd.data.augment import Augment, cloud_paste
 from cloudkd.data.soft import write_soft
 from cloudkd.export import export_onnx
-from cloudkd.student.distill import LossConfig, bce_dice, cwd, pixel_kd, prob_to_logit
+from cloudkd.student.distill import LossConfig, bce_dice, boundary_band, cwd, pixel_kd, prob_to_logit
 from cloudkd.student.models import build_model, list_presets
 from cloudkd.student.train import TrainConfig, fit, load_student
 from cloudkd.student.unet import PRESETS, CompactUNet, count_params
@@ -133,6 +133,70 @@ def test_loss_config_combines_and_checks():
     with pytest.raises(ValueError, match="unknown KD"):
         LossConfig(kd="dist")
     assert torch.isfinite(prob_to_logit(torch.tensor([0.0, 1.0]))).all()
+
+
+def test_boundary_tolerant_loss_ignores_only_a_band_around_label_outlines():
+    target = torch.zeros(1, 1, 32, 32)
+    target[..., 8:24, 8:24] = 1.0
+    band = boundary_band(target, 2)
+    # the band is the 2-px strip on both sides of the square's outline, nothing else
+    inner, outer = torch.zeros_like(target, dtype=torch.bool), torch.zeros_like(target, dtype=torch.bool)
+    inner[..., 10:22, 10:22] = True
+    outer[..., 6:26, 6:26] = True
+    assert torch.equal(band, outer & ~inner)
+    # errors inside the band cost nothing; the same errors elsewhere do
+    good = (target * 2 - 1) * 8.0
+    edge = good.clone()
+    edge[band] = -edge[band]
+    assert bce_dice(edge, target, ignore_band=2).item() == pytest.approx(bce_dice(good, target, ignore_band=2).item(),
+                                                                         abs=1e-6)
+    assert bce_dice(edge, target).item() > bce_dice(good, target).item() + 0.5
+    far = good.clone()
+    far[..., 0:4, 0:4] = 8.0  # cloud called on clear ground well away from any outline
+    assert bce_dice(far, target, ignore_band=2).item() > bce_dice(good, target, ignore_band=2).item() + 0.01
+    assert LossConfig(boundary_ignore=2)(edge, target)["hard"].item() == pytest.approx(
+        bce_dice(edge, target, ignore_band=2).item())
+    with pytest.raises(ValueError, match="boundary_ignore"):
+        LossConfig(boundary_ignore=-1)
+
+
+def test_cloud_paste_moves_a_cloudy_chips_cloud_onto_a_clear_one():
+    g = torch.Generator().manual_seed(0)
+    image = torch.stack([torch.full((4, 16, 16), float(i)) for i in range(4)])
+    mask = torch.zeros(4, 1, 16, 16)
+    mask[1, :, 4:12, 4:12] = 1.0  # the only donor: 25 % cloud
+    mask[2, :, :2, :] = 1.0  # 12.5 %: neither donor nor target
+    soft = mask.clone() * 0.9
+    batch = {"image": image.clone(), "mask": mask.clone(), "soft": soft.clone()}
+    n = cloud_paste(batch, 1.0, g, low=0.1, high=0.2, feather=0)
+    assert n == 2  # chips 0 and 3 (no cloud) received chip 1's cloud
+    for t in (0, 3):
+        assert torch.equal(batch["mask"][t], mask[1])
+        inside = mask[1, 0] > 0
+        assert (batch["image"][t][:, inside] == 1.0).all() and (batch["image"][t][:, ~inside] == float(t)).all()
+        assert torch.equal(batch["soft"][t], soft[1])
+    for d in (1, 2):  # donors and the rest are untouched
+        assert torch.equal(batch["image"][d], image[d]) and torch.equal(batch["mask"][d], mask[d])
+    # p = 0 and a batch without a donor change nothing; a feathered seam blends only next to the pasted cloud
+    again = {"image": image.clone(), "mask": mask.clone()}
+    assert cloud_paste(again, 0.0, g) == 0 and torch.equal(again["image"], image)
+    nodonor = {"image": image.clone(), "mask": torch.zeros_like(mask)}
+    assert cloud_paste(nodonor, 1.0, g) == 0
+    seam = {"image": image.clone(), "mask": mask.clone()}
+    cloud_paste(seam, 1.0, g, low=0.1, high=0.2, feather=1)
+    img = seam["image"][0, 0]  # chip 0 was all 0.0; the donor's cloud is 1.0 on rows/cols 4..11
+    assert (img[5:11, 5:11] == 1.0).all() and (img[:2] == 0.0).all() and (img[14:] == 0.0).all()
+    assert (img[3, 5:11] > 0).all() and (img[3, 5:11] < 1).all()  # blended just outside the pasted cloud
+    assert (img[4, 5:11] > 0.5).all() and (img[4, 5:11] < 1).all()  # and along its edge
+
+
+def test_training_levers_run_and_are_recorded(small_data, tmp_path):
+    r = fit(_cfg(small_data, tmp_path / "lev", epochs=1, limit_train_batches=2, cloud_paste=0.5, boundary_ignore=2))
+    info = json.loads((tmp_path / "lev" / "student.json").read_text())
+    assert info["config"]["cloud_paste"] == 0.5 and info["config"]["boundary_ignore"] == 2
+    assert r.val_jaccard is not None
+    with pytest.raises(ValueError, match="cloud_paste"):
+        fit(_cfg(small_data, tmp_path / "bad", epochs=1, limit_train_batches=1, cloud_paste=1.5))
 
 
 # ---------------------------------------------------------------------------------------------------- augmentation

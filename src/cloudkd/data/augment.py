@@ -6,6 +6,9 @@ and the inputs are fixed-normalised reflectance, so no colour or intensity chang
 one two-channel float32 mask, so every geometric transform moves them with the image; the affine interpolates
 them linearly and the label is re-binarised at 0.5 afterwards.
 
+:func:`cloud_paste` works on whole training batches (tensors): clouds and their labels copied from a cloudy
+chip onto a low-cover chip of the same batch.
+
 Samples are dicts of numpy arrays in the dataset's layout: ``image`` (4, H, W), ``mask`` (1, H, W) and
 optionally ``soft`` (1, H, W).
 """
@@ -52,3 +55,40 @@ class Augment:
             res = self.compose(image=image)
         out["image"] = np.ascontiguousarray(res["image"].transpose(2, 0, 1))
         return out
+
+
+def cloud_paste(batch: Dict[str, "torch.Tensor"], p: float, generator: "torch.Generator", low: float = 0.1,
+                high: float = 0.3, feather: int = 2) -> int:
+    """"Cloud paste" (the On Cloud N winner's augmentation), in place on a training batch of tensors.
+
+    Each chip whose label covers less than ``low`` of it receives, with probability ``p``, the labelled cloud
+    of a random chip of the same batch whose label covers more than ``high``: image (and soft label, when the
+    batch has one) are copied where the donor is labelled cloud, the label becomes the union. The image seam is
+    feathered over ``feather`` px so it does not teach a sharp edge. Returns the number of chips pasted on.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if p <= 0 or "mask" not in batch:
+        return 0
+    mask = batch["mask"]
+    frac = mask.flatten(1).mean(1)
+    donors = torch.nonzero(frac > high).flatten()
+    targets = torch.nonzero(frac < low).flatten()
+    if len(donors) == 0 or len(targets) == 0:
+        return 0
+    draws = torch.rand(len(targets), generator=generator)
+    picks = torch.randint(len(donors), (len(targets),), generator=generator)
+    n = 0
+    for t, u, k in zip(targets.tolist(), draws.tolist(), picks.tolist()):
+        if u >= p:
+            continue
+        d = int(donors[k])
+        m = (mask[d:d + 1] > 0.5).to(batch["image"].dtype)
+        w = F.avg_pool2d(m, 2 * feather + 1, stride=1, padding=feather, count_include_pad=False) if feather else m
+        batch["image"][t] = w[0] * batch["image"][d] + (1 - w[0]) * batch["image"][t]
+        if "soft" in batch:
+            batch["soft"][t] = m[0] * batch["soft"][d] + (1 - m[0]) * batch["soft"][t]
+        batch["mask"][t] = torch.maximum(batch["mask"][t], m[0])
+        n += 1
+    return n

@@ -4,7 +4,8 @@ All maps are binary-segmentation logits of shape (N, 1, H, W); the teacher side 
 teachers give logits; offline soft labels are probabilities p, turned into logits with
 :func:`prob_to_logit`, clipped at the uint8 quantisation step so 0 and 1 stay finite).
 
-* **Hard loss** ``bce_dice``: binary cross-entropy + (1 - soft Dice over the batch) on the labels.
+* **Hard loss** ``bce_dice``: binary cross-entropy + (1 - soft Dice over the batch) on the labels; optionally
+  boundary-tolerant (``boundary_ignore`` px on both sides of every label outline left out).
 * **Pixel KD** ``pixel_kd`` (Hinton et al. 2015, per pixel): with temperature T,
   ``T^2 * mean_pixels KL(Bern(sigmoid(z_t/T)) || Bern(sigmoid(z_s/T)))``. Zero when the student equals the
   teacher; its gradient w.r.t. the student logit is ``T * (sigmoid(z_s/T) - sigmoid(z_t/T)) / n_pixels``, i.e.
@@ -39,10 +40,27 @@ def prob_to_logit(p: torch.Tensor, eps: float = PROB_EPS) -> torch.Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
-def bce_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    p = torch.sigmoid(logits)
-    dice = (2 * (p * target).sum() + smooth) / (p.sum() + target.sum() + smooth)
+def boundary_band(target: torch.Tensor, width: int) -> torch.Tensor:
+    """Boolean (N, 1, H, W): pixels within ``width`` px (Chebyshev) of a change of label, on either side."""
+    k = 2 * width + 1
+    hi = F.max_pool2d(target, k, stride=1, padding=width)
+    lo = -F.max_pool2d(-target, k, stride=1, padding=width)
+    return hi != lo
+
+
+def bce_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, ignore_band: int = 0) -> torch.Tensor:
+    """BCE + (1 - soft Dice over the batch). ``ignore_band`` > 0 leaves out the pixels within that many px of
+    a label outline (a boundary-tolerant loss for labels whose outlines are drawn loosely)."""
+    if ignore_band <= 0:
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        p = torch.sigmoid(logits)
+        dice = (2 * (p * target).sum() + smooth) / (p.sum() + target.sum() + smooth)
+        return bce + (1.0 - dice)
+    w = (~boundary_band(target, ignore_band)).to(logits.dtype)
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum() / w.sum().clamp_min(1.0)
+    p = torch.sigmoid(logits) * w
+    t = target * w
+    dice = (2 * (p * t).sum() + smooth) / (p.sum() + t.sum() + smooth)
     return bce + (1.0 - dice)
 
 
@@ -75,6 +93,7 @@ class LossConfig:
     kd_weight: float = 0.0
     kd: str = "pixel"
     temperature: float = 2.0
+    boundary_ignore: int = 0  # px around label outlines left out of the hard loss
 
     def __post_init__(self):
         if self.kd not in KD_LOSSES:
@@ -83,6 +102,8 @@ class LossConfig:
             raise ValueError("loss weights must be >= 0 and not both 0")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if self.boundary_ignore < 0:
+            raise ValueError("boundary_ignore must be >= 0 pixels")
 
     def __call__(self, logits: torch.Tensor, target: Optional[torch.Tensor] = None,
                  teacher_logits: Optional[torch.Tensor] = None) -> dict:
@@ -92,7 +113,7 @@ class LossConfig:
         if self.label_weight > 0:
             if target is None:
                 raise ValueError("label_weight > 0 needs labels")
-            parts["hard"] = bce_dice(logits, target)
+            parts["hard"] = bce_dice(logits, target, ignore_band=self.boundary_ignore)
             total = total + self.label_weight * parts["hard"]
         if self.kd_weight > 0:
             if teacher_logits is None:

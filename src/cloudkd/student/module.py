@@ -7,6 +7,10 @@ Teacher modes:
   the image, turned into teacher logits;
 * ``online``: a teacher object (``logits(x)``) runs on exactly the augmented batch the student sees.
 
+Training levers for labels drawn loosely (both off by default): ``cloud_paste`` (probability of pasting a
+cloudy chip's labelled cloud onto each low-cover chip of a batch, :func:`cloudkd.data.augment.cloud_paste`) and
+``boundary_ignore`` (px on both sides of label outlines left out of the hard loss).
+
 Validation computes the leaderboard metric (global Jaccard over all pixels of the validation fold, with
 :mod:`cloudkd.metrics`), summed over devices before the ratio, and logs it as ``val_jaccard``.
 """
@@ -18,6 +22,7 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
+from ..data.augment import cloud_paste
 from ..metrics import Confusion, confusion
 from .distill import LossConfig, bce_dice, prob_to_logit
 from .models import build_model
@@ -26,7 +31,8 @@ from .models import build_model
 class StudentModule(pl.LightningModule):
     def __init__(self, model: str = "unet-s", model_kwargs: Optional[dict] = None, label_weight: float = 1.0,
                  kd_weight: float = 0.0, kd: str = "pixel", temperature: float = 2.0, teacher_mode: str = "none",
-                 lr: float = 3e-3, weight_decay: float = 1e-4, max_epochs: int = 10):
+                 lr: float = 3e-3, weight_decay: float = 1e-4, max_epochs: int = 10, cloud_paste: float = 0.0,
+                 boundary_ignore: int = 0, seed: int = 0):
         super().__init__()
         if teacher_mode not in ("none", "offline", "online"):
             raise ValueError(f"teacher_mode must be none, offline or online, got {teacher_mode!r}")
@@ -34,7 +40,10 @@ class StudentModule(pl.LightningModule):
             raise ValueError("kd_weight > 0 needs a teacher (offline soft labels or an online teacher)")
         self.save_hyperparameters()
         self.model = build_model(model, model_kwargs=model_kwargs)
-        self.loss = LossConfig(label_weight, kd_weight, kd, temperature)
+        if not 0.0 <= cloud_paste <= 1.0:
+            raise ValueError(f"cloud_paste must be a probability in [0, 1], got {cloud_paste}")
+        self.loss = LossConfig(label_weight, kd_weight, kd, temperature, boundary_ignore)
+        self._paste_gen = None
         self.teacher = None  # set with attach_teacher(); not a submodule, never saved in checkpoints
         self._val = Confusion()
 
@@ -56,6 +65,10 @@ class StudentModule(pl.LightningModule):
         return None
 
     def training_step(self, batch, batch_idx):
+        if self.hparams.cloud_paste > 0:  # before the teacher, so an online teacher sees the pasted batch too
+            if self._paste_gen is None:
+                self._paste_gen = torch.Generator().manual_seed(1000 * self.hparams.seed + self.global_rank)
+            cloud_paste(batch, self.hparams.cloud_paste, self._paste_gen)
         logits = self(batch["image"])
         parts = self.loss(logits, batch.get("mask"), self._teacher_logits(batch) if self.loss.kd_weight else None)
         for k, v in parts.items():

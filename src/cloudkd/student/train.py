@@ -55,6 +55,8 @@ class TrainConfig:
     teacher_onnx: Optional[str] = None  # online teacher: an ONNX model
     teacher_onnx_output: str = "logits"
     unlabelled: Optional[str] = None  # extra unlabelled chips (label_weight must be 0)
+    cloud_paste: float = 0.0  # probability of pasting a batch-mate's labelled cloud onto a low-cover chip
+    boundary_ignore: int = 0  # px around label outlines left out of the hard loss
     seed: int = 0
     accelerator: str = "auto"
     devices: int = 1
@@ -102,7 +104,7 @@ def fit(cfg: TrainConfig) -> FitResult:
                          soft_dir=cfg.soft_dir if mode == "offline" else None, unlabelled=cfg.unlabelled,
                          with_labels=cfg.label_weight > 0, num_workers=cfg.num_workers, seed=cfg.seed)
     module = StudentModule(cfg.model, None, cfg.label_weight, cfg.kd_weight, cfg.kd, cfg.temperature, mode,
-                           cfg.lr, cfg.weight_decay, cfg.epochs)
+                           cfg.lr, cfg.weight_decay, cfg.epochs, cfg.cloud_paste, cfg.boundary_ignore, cfg.seed)
     if mode == "online":
         device = "cuda" if cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto"
                                                                      and torch.cuda.is_available()) else "cpu"
