@@ -237,3 +237,30 @@ def test_online_distillation_from_the_nnunet_teacher(trained, tmp_path):
     assert info["teacher_mode"] == "online" and r.val_jaccard is not None
     kd = pd.read_csv(next((tmp_path / "s" / "logs").rglob("metrics.csv")))["train_kd"].dropna()
     assert len(kd) == 4 and np.isfinite(kd).all() and kd.iloc[-1] < kd.iloc[0]  # the student moves to the teacher
+
+
+def test_trainer_leaves_out_intensity_augmentation(monkeypatch):
+    """The teacher sees absolute reflectance as the student does: no brightness, contrast or gamma changes."""
+    import importlib.util
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from cloudkd.teacher.nnunet import TRAINER_DIR
+
+    spec = importlib.util.spec_from_file_location("cloudkd_trainer", TRAINER_DIR / "nnUNetTrainerCloudKD.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    kw = dict(patch_size=np.array([64, 64]), rotation_for_DA=(0, 0), deep_supervision_scales=None,
+              mirror_axes=(0, 1), do_dummy_2d_data_aug=False)
+
+    def names(compose):
+        return [type(getattr(t, "transform", t)).__name__ for t in compose.transforms]
+
+    default = names(nnUNetTrainer.get_training_transforms(**kw))
+    ours = names(mod.nnUNetTrainerCloudKD.get_training_transforms(**kw))
+    assert {"MultiplicativeBrightnessTransform", "ContrastTransform", "GammaTransform"} <= set(default)
+    assert ours == [n for n in default if n not in mod.INTENSITY_TRANSFORMS]
+    assert {"SpatialTransform", "MirrorTransform"} <= set(ours)
+    monkeypatch.setenv("CLOUDKD_NNUNET_INTENSITY_AUG", "1")
+    assert names(mod.nnUNetTrainerCloudKD.get_training_transforms(**kw)) == default
+
