@@ -140,7 +140,7 @@ def test_in_process_teacher_agrees_with_teacher_predict(trained):
 def test_info_json(trained):
     r = cli("teacher", "info", "--workdir", trained["ws"].root, "--json")
     d = json.loads(r.output)
-    budget = d["configurations"]["2d_p96_b4_f16-128"]
+    budget = d["configurations"]["2d_p96_b4_f16-128_bn"]
     for key in ("params", "n_stages", "features_per_stage", "patch_size", "batch_size"):
         assert key in budget
     assert budget["patch_size"] == [96, 96] and budget["batch_size"] == 4
@@ -157,7 +157,7 @@ def test_training_resumes_after_an_interruption(trained):
     budget = list(BUDGET)
     budget[1] = "4"  # epochs
     args = [exe, "teacher", "train", "--workdir", str(ws.root), "--fold", "1", "--device", "cpu", *budget]
-    fold_dir = ws.results / "Dataset501_OnCloudN" / "nnUNetTrainerCloudKD__nnUNetPlans__2d_p96_b4_f16-128" / "fold_1"
+    fold_dir = ws.results / "Dataset501_OnCloudN" / "nnUNetTrainerCloudKD__nnUNetPlans__2d_p96_b4_f16-128_bn" / "fold_1"
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 240
@@ -221,7 +221,8 @@ def test_default_plan_for_512_chips_is_the_46m_nnunet(tmp_path):
     assert d["n_stages"] == 8 and d["patch_size"] == [512, 512]
     assert d["features_per_stage"] == [32, 64, 128, 256, 512, 512, 512, 512]
     assert 45e6 < d["params"] < 47.5e6
-    assert Budget(patch=256).configuration == "2d_p256_b2"
+    assert Budget(patch=256).configuration == "2d_p256_b2_bn"
+    assert Budget(patch=256, norm="instance").configuration == "2d_p256_b2"
 
 
 def test_online_distillation_from_the_nnunet_teacher(trained, tmp_path):
@@ -263,4 +264,26 @@ def test_trainer_leaves_out_intensity_augmentation(monkeypatch):
     assert {"SpatialTransform", "MirrorTransform"} <= set(ours)
     monkeypatch.setenv("CLOUDKD_NNUNET_INTENSITY_AUG", "1")
     assert names(mod.nnUNetTrainerCloudKD.get_training_transforms(**kw)) == default
+
+
+def test_budget_teacher_uses_batchnorm_so_absolute_brightness_survives(trained):
+    """InstanceNorm normalises each chip's feature maps on their own, so a clear chip's brightest ground looks
+    like cloud; the budget configuration uses BatchNorm (running statistics at inference) unless asked not to."""
+    from cloudkd.teacher.nnunet import DEFAULT_DATASET_ID, add_budget_configuration, plans_file
+
+    ws = trained["ws"]
+    info = json.loads(ws.teacher_json.read_text())
+    assert info["configuration"].endswith("_bn") and info["budget"]["norm"] == "batch"
+    plans = json.loads(plans_file(ws, DEFAULT_DATASET_ID).read_text())["configurations"]
+    assert plans[info["configuration"]]["architecture"]["arch_kwargs"]["norm_op"] == "torch.nn.BatchNorm2d"
+    assert "InstanceNorm2d" in plans["2d"]["architecture"]["arch_kwargs"]["norm_op"]  # nnU-Net's own plan stays
+    inst = add_budget_configuration(ws, DEFAULT_DATASET_ID, Budget(patch=96, norm="instance"))
+    plans = json.loads(plans_file(ws, DEFAULT_DATASET_ID).read_text())["configurations"]
+    assert not inst.endswith("_bn") and "InstanceNorm2d" in plans[inst]["architecture"]["arch_kwargs"]["norm_op"]
+    net = NnUNetTeacher.from_workspace(ws, device="cpu").network
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    with pytest.raises(ValueError, match="norm"):
+        Budget(norm="group")
+    r = runner.invoke(app, ["teacher", "train", "--workdir", str(ws.root), "--device", "cpu", "--norm", "group"])
+    assert r.exit_code == 2 and "norm must be one of" in r.output
 

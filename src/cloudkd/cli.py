@@ -264,7 +264,10 @@ def _budget(device: str, use_defaults: bool, **values):
         return None
     if device.startswith("cuda") and not given:
         return None  # a GPU gets nnU-Net's own defaults unless a budget is asked for
-    return Budget(**given)
+    try:
+        return Budget(**given)
+    except ValueError as exc:
+        _fail(str(exc), 2)
 
 
 @teacher_app.command("train")
@@ -283,6 +286,8 @@ def teacher_train(
     base_features: Optional[int] = typer.Option(None, help="Budget: features of the first stage (nnU-Net: 32)."),
     max_features: Optional[int] = typer.Option(None, help="Budget: feature cap (nnU-Net: 512)."),
     seed: Optional[int] = typer.Option(None, help="Budget: random seed (default 0; makes CPU runs reproducible)."),
+    norm: Optional[str] = typer.Option(None, help="Budget: normalisation layers, batch (default: keeps absolute "
+                                                  "brightness) or instance (nnU-Net's)."),
     resume: bool = typer.Option(False, "--continue", help="Resume from nnU-Net's latest checkpoint (or extend a "
                                                           "finished run to a larger epoch budget)."),
     force: bool = typer.Option(False, help="Retrain a fold that is already trained."),
@@ -293,7 +298,7 @@ def teacher_train(
 
     dev = default_device() if device == "auto" else device
     budget = _budget(dev, nnunet_defaults, epochs=epochs, iters_per_epoch=iters, val_iters=val_iters, patch=patch,
-                     batch=batch, base_features=base_features, max_features=max_features, seed=seed)
+                     batch=batch, base_features=base_features, max_features=max_features, seed=seed, norm=norm)
     typer.echo(f"device {dev}; " + (f"budget {budget}" if budget else "nnU-Net defaults (2d, nnUNetTrainer)"))
     ws = Workspace(workdir)
     for f in fold:

@@ -298,6 +298,10 @@ def plan_and_preprocess(workspace: Workspace, dataset_id: int = DEFAULT_DATASET_
 # ----------------------------------------------------------------------------------------------------------------
 # budgets and plans configurations
 # ----------------------------------------------------------------------------------------------------------------
+#: normalisation layers a budget configuration may use (nnU-Net's plans name them by import path)
+NORMS = {"batch": "torch.nn.BatchNorm2d", "instance": "torch.nn.InstanceNorm2d"}
+
+
 @dataclass
 class Budget:
     """A CPU compute budget for the teacher (the network stays an nnU-Net plan, possibly narrower)."""
@@ -310,17 +314,25 @@ class Budget:
     base_features: int = 32  # nnU-Net's default width at the first stage
     max_features: int = 512  # nnU-Net's default cap
     seed: Optional[int] = 0  # seeds the CPU run (None: unseeded, like nnU-Net)
+    #: "batch": BatchNorm, whose running statistics keep a chip's absolute brightness at inference (the cue that
+    #: tells an overcast chip from a clear one); "instance": nnU-Net's InstanceNorm, which normalises every chip's
+    #: feature maps on their own and so erases it
+    norm: str = "batch"
 
     def __post_init__(self):
         for k in ("epochs", "iters_per_epoch", "val_iters", "patch", "batch", "base_features", "max_features"):
             if getattr(self, k) < 1:
                 raise ValueError(f"budget {k} must be >= 1, got {getattr(self, k)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"budget norm must be one of {tuple(NORMS)}, got {self.norm!r}")
 
     @property
     def configuration(self) -> str:
         tag = f"2d_p{self.patch}_b{self.batch}"
         if (self.base_features, self.max_features) != (32, 512):
             tag += f"_f{self.base_features}-{self.max_features}"
+        if self.norm == "batch":
+            tag += "_bn"
         return tag
 
     def env(self) -> Dict[str, str]:
@@ -330,8 +342,8 @@ class Budget:
 
 
 def add_budget_configuration(workspace: Workspace, dataset_id: int, budget: Budget) -> str:
-    """Add (or refresh) ``budget.configuration`` in the plans: inherits ``2d``, with the budget's patch, batch
-    and width. Stages are dropped so the bottleneck stays >= 4 pixels; the patch must divide by the total stride."""
+    """Add (or refresh) ``budget.configuration`` in the plans: inherits ``2d``, with the budget's patch, batch,
+    width and normalisation layer. Stages are dropped so the bottleneck stays >= 4 pixels; the patch must divide by the total stride."""
     pf = plans_file(workspace, dataset_id)
     plans = _load_json(pf)
     base = plans["configurations"][BASE_CONFIGURATION]
@@ -347,6 +359,8 @@ def add_budget_configuration(workspace: Workspace, dataset_id: int, budget: Budg
     for key in ("kernel_sizes", "strides", "n_conv_per_stage"):
         kw[key] = kw[key][:n]
     kw["n_conv_per_stage_decoder"] = kw["n_conv_per_stage_decoder"][: n - 1]
+    kw["norm_op"] = NORMS[budget.norm]
+    kw["norm_op_kwargs"] = {"eps": 1e-5, "affine": True}
     plans["configurations"][budget.configuration] = {
         "inherits_from": BASE_CONFIGURATION,
         "patch_size": [budget.patch, budget.patch],
