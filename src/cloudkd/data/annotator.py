@@ -46,7 +46,7 @@ class AnnotatorStyle:
 
     level: float = 0.5
     contrast: float = 0.1
-    margin: float = 10.0
+    margin: float = 12.0
     margin_spread: float = 0.5
     margin_wobble: float = 0.4
     smooth: float = 2.0
