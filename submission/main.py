@@ -204,7 +204,7 @@ def main():
             continue
         if problems:
             n_fallback += 1
-        nodata = (refl == 0).all(axis=0)
+        nodata = infer.nodata_mask(refl)
         if nodata.all():
             n_fallback += 1
             log.warning("%s: all pixels are nodata; all-clear mask", chip_id)

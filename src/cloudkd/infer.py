@@ -1,4 +1,5 @@
-"""The one prediction rule of a segmentation model: logits (optionally flip-averaged) -> binary cloud mask.
+"""The one prediction rule of a segmentation model: logits (optionally flip-averaged) -> binary cloud mask,
+nodata pixels (0 in every band) clear.
 
 Used by ``cloudkd predict``, the demo, export checks and ``submission/main.py``. It imports only numpy and torch
 and parses as Python 3.9, so it travels unchanged inside the submission zip (``cloudkd pack`` copies it byte for
@@ -30,6 +31,15 @@ def logit_threshold(threshold):
     return math.log(threshold / (1.0 - threshold))
 
 
-def masks_from_logits(logits, threshold=0.5):
-    """uint8 masks (N, H, W) with 1 = cloud where the cloud probability exceeds ``threshold``."""
-    return (logits[:, 0] > logit_threshold(threshold)).cpu().numpy().astype(np.uint8)
+def nodata_mask(refl):
+    """Boolean (..., H, W): pixels with no data (0) in every band of a (..., 4, H, W) chip or batch."""
+    return (np.asarray(refl) == 0).all(axis=-3)
+
+
+def masks_from_logits(logits, threshold=0.5, nodata=None):
+    """uint8 masks (N, H, W) with 1 = cloud where the cloud probability exceeds ``threshold``; pixels marked in
+    ``nodata`` (boolean (N, H, W), see :func:`nodata_mask`) are clear, as in ``submission/main.py``."""
+    masks = (logits[:, 0] > logit_threshold(threshold)).cpu().numpy().astype(np.uint8)
+    if nodata is not None:
+        masks[np.asarray(nodata)] = 0
+    return masks

@@ -12,7 +12,7 @@ import torch
 
 from .data.chips import list_chip_ids, read_chip, write_mask
 from .data.normalise import normalise
-from .infer import masks_from_logits, predict_logits
+from .infer import masks_from_logits, nodata_mask, predict_logits
 
 
 def predict_folder(model: torch.nn.Module, features_dir: os.PathLike | str, out_dir: os.PathLike | str,
@@ -31,11 +31,12 @@ def predict_folder(model: torch.nn.Module, features_dir: os.PathLike | str, out_
         it = tqdm(batches, desc="predict", unit="batch")
     t_model, t0 = 0.0, time.perf_counter()
     for group in it:
-        x = torch.from_numpy(np.stack([normalise(read_chip(features_dir / c)) for c in group]))
+        refl = np.stack([read_chip(features_dir / c) for c in group])
+        x = torch.from_numpy(normalise(refl))
         t = time.perf_counter()
         logits = predict_logits(model, x, tta)
         t_model += time.perf_counter() - t
-        masks = masks_from_logits(logits, threshold)
+        masks = masks_from_logits(logits, threshold, nodata_mask(refl))
         for c, m in zip(group, masks):
             write_mask(out_dir / f"{c}.tif", m)
     n = max(1, len(ids))

@@ -27,6 +27,7 @@ import tifffile
 
 from .data.chips import DataError, atomic_write
 from .data.normalise import BANDS, dn_to_reflectance, normalise
+from .infer import nodata_mask
 
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 OUT_TILE = 256  # the output is written as 256 x 256 compressed tiles, streamed row of tiles by row of tiles
@@ -185,7 +186,7 @@ def predict_scene(scene: os.PathLike | str, out: os.PathLike | str, predict: Cal
                 nodata = np.concatenate([nodata[k:], np.zeros((k, w), bool)])
                 base = y
             dn = np.stack([b.rows(y, y + th) for b in bands])  # (4, th, W) as stored (uint16): the big buffer
-            nodata[:] = (dn == 0).all(axis=0)
+            nodata[:] = nodata_mask(dn)
             for j in range(0, len(xs), batch_size):
                 group = xs[j:j + batch_size]
                 batch = np.stack([normalise(dn_to_reflectance(dn[:, :, x:x + tw])) for x in group])
