@@ -257,14 +257,18 @@ def test_generator_writes_the_38cloud_layout(landsat):
     tr, te = landsat / "38-Cloud_training", landsat / "38-Cloud_test"
     reds = sorted((tr / "train_red").iterdir())
     assert reds and all(f.name.startswith("red_patch_") and f.suffix == ".TIF" for f in reds)
-    for f in reds[:3]:
+    pooled = []
+    for f in reds:
         p = parse_patch_name(f.name)
         arr = tifffile.imread(f)
         assert arr.shape == (PATCH, PATCH) and arr.dtype == np.uint16
         valid = arr[arr > 0]
         if valid.size:  # Landsat-8 L1 DN = (reflectance + 0.1) / 2e-5: reflectance > 0 -> DN > 5000
-            assert valid.min() >= 5005 and 5500 < np.median(valid) < 35000
+            assert valid.min() >= 5005
+            pooled.append(valid)
         assert set(np.unique(tifffile.imread(tr / "train_gt" / p.file("gt"))).tolist()) <= {0, 255}
+    # reflectance of ground and cloud together: a median between 0.01 and 0.9 (these scenes are cloudy)
+    assert 5500 < np.median(np.concatenate(pooled)) < 50000
     listed = set(pd.read_csv(tr / "training_patches_38-cloud_nonempty.csv")["name"])
     nonempty = {parse_patch_name(f.name).name for f in reds if tifffile.imread(f).any()}
     assert listed == nonempty
