@@ -38,20 +38,20 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         bare = Path(tmp) / "bare.json"  # mean(B02, B03, B04) > 0.25 is the threshold model with no whiteness test
         ThresholdModel(0.25, float("inf"), fit_jaccard=None).save(bare)
-        methods = [threshold_method(bare, "mean(B02, B03, B04) > 0.25")]
+        methods = [threshold_method(bare, "mean(B02,B03,B04) > 0.25")]
         if (work / "threshold.json").is_file():
-            methods.append(threshold_method(work / "threshold.json", "thresholding (fitted on generated chips)"))
+            methods.append(threshold_method(work / "threshold.json", "thresholding (fitted)"))
         if (work / "nnunet" / "teacher.json").is_file():
             methods.append(nnunet_method(work / "nnunet"))
         if (work / "student" / "student.pt").is_file():
-            methods.append(student_method(work / "student", "student (make demo)"))
+            methods.append(student_method(work / "student", "student"))
         if (work / "export" / "model_int8.onnx").is_file():
-            methods.append(onnx_method(work / "export" / "model_int8.onnx", "student int8 ONNX (make demo)"))
+            methods.append(onnx_method(work / "export" / "model_int8.onnx", "student int8"))
         methods += [student_method(r) for r in a.student] + [onnx_method(f) for f in a.onnx]
         if a.peer == "yes" or (a.peer == "auto" and peer.available()):
             methods.append(peer_method())
         r = run_real_bench(a.real, methods, a.out)
-    table = format_table(r.summary.to_dict("records"), list(r.summary.columns))
+    table = format_table(r.rows, list(r.summary.columns))
     print(table)
     print(f"-> {r.out / 'summary.csv'}, {r.out / 'per_chip.csv'}, {r.figure}")
     if a.md:

@@ -511,7 +511,7 @@ def real_bench(
     r = run_real_bench(data, methods, out, split=split)
     from .demo import format_table
 
-    typer.echo(format_table(r.summary.to_dict("records"), list(r.summary.columns)))
+    typer.echo(format_table(r.rows, list(r.summary.columns)))
     typer.echo(f"-> {out / 'summary.csv'}, {out / 'per_chip.csv'}, {r.figure}")
 
 

@@ -83,12 +83,13 @@ def nnunet_method(workdir: os.PathLike | str, name: str = "nnU-Net teacher") -> 
 def peer_method() -> Method:
     from ..teacher import peer
 
-    return Method(f"{peer.NAME} (pretrained peer)", lambda f, o: peer.predict_folder(f, o), peer.params(),
+    return Method(f"{peer.NAME} (peer)", lambda f, o: peer.predict_folder(f, o), peer.params(),
                   peer.model_file().stat().st_size)
 
 
 @dataclass
 class RealBenchResult:
+    rows: List[dict]  # one per method, as in summary.csv (params and bytes stay ints or None)
     summary: pd.DataFrame
     per_chip: pd.DataFrame
     figure: Path
@@ -151,4 +152,4 @@ def run_real_bench(data: os.PathLike | str, methods: Sequence[Method], out: os.P
         {"data": str(split.root), "chips": ids, "methods": rows}, indent=2, default=float)))
     fig = plot_chips(split, ids, out / "real_chips.png", folders,
                      title=f"{split.root.name}: {len(ids)} labelled chips")
-    return RealBenchResult(summary, per_chip, fig, out)
+    return RealBenchResult(rows, summary, per_chip, fig, out)
