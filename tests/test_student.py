@@ -118,6 +118,41 @@ def test_cwd_gradient_moves_mass_to_where_the_teacher_puts_it():
     assert g[0, 0] < 0 and (g.flatten()[1:] > 0).all()
 
 
+def test_cwd_hand_computed_at_temperature_t_on_the_logit():
+    """Binary CWD: the spatial softmax of the cloud logit z (and of -z) at temperature T, KL, times T^2."""
+    zs = torch.tensor([0.0, 1.0, -2.0, 3.0]).reshape(1, 1, 2, 2)
+    zt = torch.tensor([2.0, -1.0, 0.5, 4.0]).reshape(1, 1, 2, 2)
+    for t in (1.0, 2.0, 4.0):
+        expect = 0.0
+        for sign in (1.0, -1.0):
+            q = torch.softmax(sign * zt.flatten() / t, 0)
+            p = torch.softmax(sign * zs.flatten() / t, 0)
+            expect += (q * (q.log() - p.log())).sum().item() / 2
+        assert cwd(zs, zt, t).item() == pytest.approx(expect * t * t, rel=1e-5)
+
+
+def test_online_teacher_logits_are_capped_like_offline_soft_labels():
+    """An online teacher's logits are clipped to what a stored soft label can hold, so both modes teach alike."""
+    from cloudkd.student.distill import LOGIT_CAP
+    from cloudkd.student.module import StudentModule
+
+    z = torch.tensor([-30.0, -3.0, 0.0, 2.0, 30.0]).reshape(1, 1, 1, 5)
+
+    class Fixed:
+        def logits(self, x):
+            return z.expand(x.shape[0], 1, *x.shape[2:])
+
+    online = StudentModule("unet-xs", kd_weight=1.0, teacher_mode="online")
+    online.attach_teacher(Fixed())
+    got = online._teacher_logits({"image": torch.zeros(1, 4, 1, 5)})
+    offline = StudentModule("unet-xs", kd_weight=1.0, teacher_mode="offline")
+    soft = torch.sigmoid(z)
+    stored = torch.round(soft * 255) / 255  # what write_soft / read_soft keep
+    assert torch.allclose(got[..., [0, 4]], offline._teacher_logits({"soft": stored})[..., [0, 4]], atol=1e-5)
+    assert got.abs().max().item() == pytest.approx(LOGIT_CAP) and LOGIT_CAP == pytest.approx(math.log(509))
+    assert torch.equal(got[..., 1:4], z[..., 1:4])  # inside the cap nothing changes
+
+
 def test_loss_config_combines_and_checks():
     logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
     soft = torch.rand(2, 1, 8, 8)
@@ -219,6 +254,62 @@ def test_augmentation_keeps_image_label_and_soft_aligned():
         np.testing.assert_allclose(out["image"][1], -f, atol=1e-5)  # bands move together
 
 
+class _Coords(torch.utils.data.Dataset):
+    """Chips whose bands hold their own pixel coordinates: an augmented sample shows where its crop came from
+    and how it was turned."""
+
+    def __init__(self, n, seed=None):
+        self.n, self.transform = n, Augment(crop=16, affine_p=0.0, seed=seed)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        yy, xx = np.mgrid[0:48, 0:48].astype(np.float32)
+        out = self.transform({"image": np.stack([yy, xx, yy, xx]), "mask": np.zeros((1, 48, 48), np.float32)})
+        return torch.from_numpy(out["image"][:2].copy())
+
+
+def _placement(sample):
+    """(origin, step along output rows, step along output columns) of an augmented coordinate chip."""
+    s = sample.numpy() if hasattr(sample, "numpy") else sample
+    return tuple(s[:, 0, 0]) + tuple(s[:, 1, 0] - s[:, 0, 0]) + tuple(s[:, 0, 1] - s[:, 0, 0])
+
+
+def test_augmentation_is_seeded_with_independent_decisions_and_distinct_workers():
+    from cloudkd.data.augment import seed_worker
+
+    seq = lambda ds: [_placement(ds[i]) for i in range(len(ds))]  # noqa: E731
+    assert seq(_Coords(40, seed=5)) == seq(_Coords(40, seed=5))
+    assert seq(_Coords(40, seed=5)) != seq(_Coords(40, seed=6))
+    # flips and rotations drawn independently: all 8 orientations of the square appear (one generator per
+    # transform, all of the same seed, would flip horizontally and vertically together: 4 orientations)
+    turns = {p[2:] for p in seq(_Coords(64, seed=0))}
+    assert len(turns) == 8, turns
+
+    def loader_run():
+        torch.manual_seed(0)  # what seed_everything does for the main process
+        dl = torch.utils.data.DataLoader(_Coords(8, seed=0), batch_size=1, num_workers=2, worker_init_fn=seed_worker)
+        return [_placement(b[0]) for b in dl]
+
+    first = loader_run()
+    assert first == loader_run()  # a seeded run repeats
+    assert first[0::2] != first[1::2]  # worker 0 (samples 0, 2, ...) does not repeat worker 1 (1, 3, ...)
+
+
+def test_datamodule_augmentation_follows_the_seed(small_data):
+    from cloudkd.data.datamodule import CloudDataModule
+
+    def first_crops(seed):
+        dm = CloudDataModule(small_data, crop=48, seed=seed)
+        dm.setup()
+        return [dm.train_set[i]["image"].numpy() for i in range(3)]
+
+    a, b, c = first_crops(3), first_crops(3), first_crops(4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
 # ---------------------------------------------------------------------------------------------------- training
 def _cfg(data, out, **kw):
     base = dict(data=str(data), out=str(out), model="unet-xs", epochs=3, batch_size=4, crop=64, lr=5e-3,
@@ -259,13 +350,22 @@ def test_short_fit_improves_validation_jaccard(small_data, tmp_path):
 
 def test_resume_continues_from_last_checkpoint(small_data, tmp_path):
     fit(_cfg(small_data, tmp_path / "r", epochs=1, limit_train_batches=2))
-    r = fit(_cfg(small_data, tmp_path / "r", epochs=2, limit_train_batches=2, resume=True))
-    assert r.epochs == 2
-    ck = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ck["global_step"] == 4  # 2 epochs x 2 steps in all
+    last = tmp_path / "r" / "checkpoints" / "last.ckpt"
+    before = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    r = fit(_cfg(small_data, tmp_path / "r", epochs=3, limit_train_batches=2, resume=True))
+    assert r.epochs == 3
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 6  # 3 epochs x 2 steps in all
     logs = sorted((tmp_path / "r" / "logs").glob("version_*/metrics.csv"))
     assert len(logs) == 2
-    assert set(pd.read_csv(logs[-1])["epoch"]) == {1}  # the resumed run trained epoch 1 only, not 0 again
+    resumed = pd.read_csv(logs[-1])
+    assert set(resumed["epoch"]) == {1, 2}  # the resumed run trained epochs 1 and 2 only, not 0 again
+    # the added epochs follow the longer run's cosine schedule (lr 5e-3), not the old one, which ended at 0
+    lr = resumed.dropna(subset=["lr"]).set_index("epoch")["lr"]
+    for e in (1, 2):
+        assert lr[e] == pytest.approx(5e-3 * 0.5 * (1 + math.cos(math.pi * e / 3)), rel=1e-6)
+    moved = max((ck["state_dict"][k].float() - v.float()).abs().max().item() for k, v in before.items())
+    assert moved > 1e-4  # and the weights did change
 
 
 @pytest.fixture(scope="module")
@@ -341,16 +441,47 @@ def test_online_distillation_from_an_onnx_teacher_on_unlabelled_chips(small_data
     assert r.val_jaccard is not None
 
 
-def test_ddp_on_two_cpu_processes_agrees(small_data, tmp_path):
+def test_ddp_on_two_cpu_processes_agrees_and_validates_exactly(small_data, tmp_path):
+    """Two gloo processes: same weights on both ranks, and the validation Jaccard equals the single-process
+    leaderboard metric of the final weights on the whole validation fold (an odd number of chips: a padding
+    sampler would count one twice)."""
+    from cloudkd.data.folds import split_by_fold
+    from cloudkd.data import read_label
+    from cloudkd.metrics import JaccardMeter
+    from cloudkd.student.models import lightning_state
+
+    idx = load_index(resolve_split(small_data))
+    val_locs, n = [], 0  # whole locations for validation, until they hold an odd number (>= 5) of chips
+    for loc, count in idx.groupby("location").size().items():
+        val_locs.append(loc)
+        n += count
+        if n >= 5 and n % 2:
+            break
+    assert n % 2 == 1
+    folds = pd.DataFrame({"chip_id": idx["chip_id"], "location": idx["location"],
+                          "fold": [1 if loc in val_locs else 0 for loc in idx["location"]]})
+    odd = [1]
+    folds_csv = tmp_path / "folds.csv"
+    folds.to_csv(folds_csv, index=False)
     exe = str(Path(sys.executable).with_name("cloudkd"))
     out = tmp_path / "ddp"
     env = {**os.environ, "PL_DISABLE_FORK": "1"}
     p = subprocess.run([exe, "train", str(small_data), "--out", str(out), "--model", "unet-xs", "--epochs", "2",
                         "--steps", "2", "--batch", "2", "--crop", "64", "--accelerator", "cpu", "--devices", "2",
-                        "--strategy", "ddp"], capture_output=True, text=True, env=env, timeout=600)
+                        "--strategy", "ddp", "--folds", str(folds_csv), "--val-fold", str(odd[0])],
+                       capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert ranks[0]["val_jaccard"] == ranks[1]["val_jaccard"]
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert (out / "student.pt").is_file()
+
+    model = build_model("unet-xs")
+    model.load_state_dict(lightning_state(out / "checkpoints" / "last.ckpt"))
+    model.eval()
+    m = JaccardMeter()
+    with torch.no_grad():
+        for f, lab in zip(*[split_by_fold(idx, folds, odd[0])[1][c] for c in ("features", "label")]):
+            m.update(model(torch.from_numpy(normalise(read_chip(f))[None]))[0, 0] > 0, read_label(lab))
+    assert ranks[0]["val_jaccard"] == pytest.approx(m.compute(), abs=1e-6)  # logged as float32

@@ -4,7 +4,9 @@ Geometric only (random crop, flips, 90-degree rotations, a light affine): bright
 and the inputs are fixed-normalised reflectance, so no colour or intensity changes. The image is float32
 (albumentations mishandles some transforms on uint16 4-band arrays). Label and soft label travel together as
 one two-channel float32 mask, so every geometric transform moves them with the image; the affine interpolates
-them linearly and the label is re-binarised at 0.5 afterwards.
+them linearly and the label is re-binarised at 0.5 afterwards. ``Augment(seed=...)`` draws every decision from
+one seeded generator; :func:`seed_worker` reseeds it in each DataLoader worker (forked workers would otherwise
+repeat each other's crops).
 
 :func:`cloud_paste` works on whole training batches (tensors): clouds and their labels copied from a cloudy
 chip onto a low-cover chip of the same batch.
@@ -38,7 +40,18 @@ class Augment:
                                 interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR,
                                 border_mode=cv2.BORDER_REFLECT_101, p=affine_p))
         self.crop = crop
-        self.compose = A.Compose(ops, seed=seed)
+        self.compose = A.Compose(ops)
+        self.reseed(seed)
+
+    def reseed(self, seed: Optional[int]) -> None:
+        """Draw every random decision from one generator seeded with ``seed`` (None: OS entropy).
+
+        One generator shared by all transforms: albumentations' own ``seed=`` gives each transform a generator
+        of the same seed, so e.g. the horizontal and the vertical flip would always fire together.
+        """
+        import random
+
+        self.compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
     def __call__(self, sample: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         image = np.ascontiguousarray(sample["image"].transpose(1, 2, 0), dtype=np.float32)
@@ -55,6 +68,25 @@ class Augment:
             res = self.compose(image=image)
         out["image"] = np.ascontiguousarray(res["image"].transpose(2, 0, 1))
         return out
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: reseed every :class:`Augment` of the worker's dataset from the worker's torch
+    seed (the loader's base seed, drawn from the seeded main process each epoch, plus the worker id), so workers
+    differ from each other and a seeded run repeats exactly."""
+    import torch
+
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return
+    for tf in _augments(info.dataset):
+        tf.reseed(torch.initial_seed() % 2 ** 32)
+
+
+def _augments(dataset):
+    """The :class:`Augment` transforms of a dataset (a ChipDataset or a ConcatDataset of them)."""
+    parts = getattr(dataset, "datasets", [dataset])
+    return [d.transform for d in parts if isinstance(getattr(d, "transform", None), Augment)]
 
 
 def cloud_paste(batch: Dict[str, "torch.Tensor"], p: float, generator: "torch.Generator", low: float = 0.1,

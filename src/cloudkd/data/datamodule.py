@@ -4,6 +4,15 @@ Training uses the chips outside ``val_fold`` (plus, optionally, a folder of unla
 distillation), with :class:`cloudkd.data.augment.Augment` (random crop, flips, rot90, light affine) applied to
 image, label and soft label together. Validation uses the whole chips of ``val_fold`` (locations never seen
 in training) without augmentation.
+
+Seeding: the augmentation draws from a generator seeded with ``seed`` (and the process rank), and every
+DataLoader worker reseeds it (:func:`cloudkd.data.augment.seed_worker`), so a seeded run repeats exactly and
+workers never repeat each other's crops.
+
+Several processes (DDP): the training chips are shuffled and split by a ``DistributedSampler`` (seeded, reshuffled
+every epoch); the validation chips are split without padding (:class:`ShardSampler`), so every validation chip
+counts exactly once in the leaderboard metric. Lightning's own distributed sampler pads the validation split to a
+multiple of the process count with repeated chips, so the trainer is built with ``use_distributed_sampler=False``.
 """
 
 from __future__ import annotations
@@ -13,12 +22,28 @@ from typing import Optional
 
 import pandas as pd
 import pytorch_lightning as pl
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
-from .augment import Augment
+from .augment import Augment, seed_worker
 from .chips import DataError, load_index, resolve_split
 from .dataset import ChipDataset
 from .folds import make_folds, read_folds, split_by_fold
+
+
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + world, ...`` of ``n``: every index on exactly one process, none repeated."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        if world > n:
+            raise DataError(f"{n} validation chip(s) cannot be split over {world} processes (each needs one)")
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class CloudDataModule(pl.LightningDataModule):
@@ -43,7 +68,7 @@ class CloudDataModule(pl.LightningDataModule):
         index = load_index(resolve_split(self.data, "train"), require_labels=True)
         folds = read_folds(self.folds_path) if self.folds_path else make_folds(index, k=self.k, seed=self.seed)
         self.train_index, self.val_index = split_by_fold(index, folds, self.val_fold)
-        tf = Augment(self.crop) if self.augment else None
+        tf = Augment(self.crop, seed=self.seed + 100_003 * self._rank_world()[0]) if self.augment else None
         sets = [ChipDataset(self.train_index, transform=tf, with_labels=self.with_labels, soft_dir=self.soft_dir)]
         if self.unlabelled is not None:
             extra = load_index(resolve_split(self.unlabelled), require_labels=False)
@@ -51,9 +76,19 @@ class CloudDataModule(pl.LightningDataModule):
         self.train_set = sets[0] if len(sets) == 1 else ConcatDataset(sets)
         self.val_set = ChipDataset(self.val_index, with_labels=True)
 
+    def _rank_world(self):
+        t = getattr(self, "trainer", None)
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
     def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) >= batch_size,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        rank, world = self._rank_world()
+        sampler = None
+        if world > 1:
+            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed) if train \
+                else ShardSampler(len(ds), rank, world)
+        return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                          drop_last=train and len(ds) >= batch_size * world, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, worker_init_fn=seed_worker)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, True)

@@ -14,9 +14,15 @@ teachers give logits; offline soft labels are probabilities p, turned into logit
 * **Channel-wise distribution KD** ``cwd`` (Shu et al., ICCV 2021, "Channel-wise Knowledge Distillation for
   Dense Prediction"): each channel's logit map is turned into a spatial distribution with a softmax over all
   H x W positions (temperature T) and the student's distribution is matched to the teacher's with KL, times
-  T^2. For a binary map the two class channels are represented as ``(z/2, -z/2)``, so cloud and background
-  spatial distributions are both matched. It transfers *where* the teacher puts cloud mass rather than
-  per-pixel values.
+  T^2. For a binary map the two channels are the cloud logit and its negation, ``(z, -z)``, so cloud and
+  background spatial distributions are both matched, each at temperature T on the logit z (a split into
+  ``(z/2, -z/2)`` would make the effective temperature 2T while the loss is scaled by T^2). It transfers *where*
+  the teacher puts cloud mass rather than per-pixel values.
+
+**Teacher logits are capped** at ``±LOGIT_CAP`` (6.23, the logit of the highest soft-label level, 1 - 1/510)
+for offline and online teachers alike (:func:`cap_logits`): offline soft labels cannot store more confidence
+than that, so an online teacher is held to the same targets and the two modes differ only in where the teacher
+runs (before training on whole chips, or on each augmented batch).
 
 :class:`LossConfig` combines them: ``label_weight * bce_dice + kd_weight * kd_loss``. ``label_weight = 0``
 distils from a teacher alone (unlabelled chips).
@@ -24,6 +30,7 @@ distils from a teacher alone (unlabelled chips).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -35,9 +42,18 @@ PROB_EPS = 1.0 / 510.0
 KD_LOSSES = ("pixel", "cwd")
 
 
+#: the largest teacher logit either mode uses: logit(1 - PROB_EPS) = log(509)
+LOGIT_CAP = math.log((1.0 - PROB_EPS) / PROB_EPS)
+
+
 def prob_to_logit(p: torch.Tensor, eps: float = PROB_EPS) -> torch.Tensor:
     p = p.clamp(eps, 1.0 - eps)
     return torch.log(p) - torch.log1p(-p)
+
+
+def cap_logits(z: torch.Tensor) -> torch.Tensor:
+    """Teacher logits clipped to ±LOGIT_CAP (what an offline soft label can hold)."""
+    return z.clamp(-LOGIT_CAP, LOGIT_CAP)
 
 
 def boundary_band(target: torch.Tensor, width: int) -> torch.Tensor:
@@ -77,9 +93,9 @@ def pixel_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 
 def cwd(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """Channel-wise distribution KD: spatial softmax per channel, KL(teacher || student), times T^2."""
     t = temperature
-    if student.shape[1] == 1:  # binary: the two class channels (z/2, -z/2)
-        student = torch.cat([student / 2, -student / 2], dim=1)
-        teacher = torch.cat([teacher / 2, -teacher / 2], dim=1)
+    if student.shape[1] == 1:  # binary: cloud and background channels (z, -z), each at temperature T on z
+        student = torch.cat([student, -student], dim=1)
+        teacher = torch.cat([teacher, -teacher], dim=1)
     n, c = student.shape[:2]
     s = F.log_softmax(student.reshape(n, c, -1) / t, dim=-1)
     q = F.log_softmax(teacher.reshape(n, c, -1) / t, dim=-1)

@@ -17,6 +17,7 @@ Validation computes the leaderboard metric (global Jaccard over all pixels of th
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -24,7 +25,7 @@ import torch
 
 from ..data.augment import cloud_paste
 from ..metrics import Confusion, confusion
-from .distill import LossConfig, bce_dice, prob_to_logit
+from .distill import LossConfig, bce_dice, cap_logits, prob_to_logit
 from .models import build_model
 
 
@@ -60,8 +61,8 @@ class StudentModule(pl.LightningModule):
         if mode == "online":
             if self.teacher is None:
                 raise RuntimeError("online distillation needs attach_teacher(teacher) before fitting")
-            with torch.no_grad():
-                return self.teacher.logits(batch["image"]).to(batch["image"].device)
+            with torch.no_grad():  # capped like offline soft labels, so both modes teach the same targets
+                return cap_logits(self.teacher.logits(batch["image"]).to(batch["image"].device))
         return None
 
     def training_step(self, batch, batch_idx):
@@ -96,7 +97,22 @@ class StudentModule(pl.LightningModule):
         self.log("val_precision", total.precision if total.tp + total.fp else 0.0, sync_dist=False)
         self.log("val_recall", total.recall if total.tp + total.fn else 0.0, sync_dist=False)
 
+    def lr_factor(self, epoch: int) -> float:
+        """The cosine schedule: ``lr * lr_factor(epoch)``, from 1 at epoch 0 to 0 at ``max_epochs``."""
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, self.hparams.max_epochs) / max(1, self.hparams.max_epochs)))
+
+    def on_train_epoch_start(self) -> None:
+        # a resumed run restores the optimizer's last rate (0 at the end of the old schedule): set this epoch's
+        for cfg in self.trainer.lr_scheduler_configs:
+            for group, base in zip(cfg.scheduler.optimizer.param_groups, cfg.scheduler.base_lrs):
+                group["lr"] = base * self.lr_factor(self.current_epoch)
+        if self.trainer.lr_scheduler_configs:
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.hparams.max_epochs))
+        # closed form of the epoch, read from this module's max_epochs (a lambda is not saved in checkpoints):
+        # a run resumed with more epochs follows the longer schedule. CosineAnnealingLR would restore its old
+        # T_max and compute each rate from the previous one, so the added epochs would train at rate 0.
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: self.lr_factor(epoch))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -120,7 +120,8 @@ def fit(cfg: TrainConfig) -> FitResult:
     trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
                          num_nodes=cfg.num_nodes, strategy=cfg.strategy, callbacks=[ckpt], logger=loggers,
                          enable_progress_bar=cfg.progress, enable_model_summary=False, log_every_n_steps=1,
-                         limit_train_batches=cfg.limit_train_batches, deterministic=False)
+                         limit_train_batches=cfg.limit_train_batches, deterministic=False,
+                         use_distributed_sampler=False)  # the data module splits (validation without padding)
     last = out / "checkpoints" / "last.ckpt"
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
