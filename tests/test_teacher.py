@@ -172,8 +172,11 @@ def test_training_resumes_after_an_interruption(trained):
     assert not (fold_dir / "checkpoint_final.pth").exists()
     saved = torch.load(fold_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"]
     assert 1 <= saved < 4
-    r = runner.invoke(app, [a for a in args[1:]] + ["--continue"])
+    # --continue without repeating the budget: the run's recorded settings, so the same configuration folder
+    r = runner.invoke(app, ["teacher", "train", "--workdir", str(ws.root), "--fold", "1", "--device", "cpu",
+                            "--continue"])
     assert r.exit_code == 0, r.output
+    assert "2d_p96_b4_f16-128_bn" in r.output and "epochs=4" in r.output
     final = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 4
     logs = sorted(fold_dir.glob("training_log_*.txt"), key=lambda p: p.stat().st_mtime)
@@ -181,6 +184,72 @@ def test_training_resumes_after_an_interruption(trained):
     assert re.search(rf": Epoch {saved}\s*$", resumed, re.M) and not re.search(r": Epoch 0\s*$", resumed, re.M)
     info = json.loads(ws.teacher_json.read_text())
     assert info["folds"] == [0, 1]
+
+
+def test_which_run_a_teacher_train_call_means(tmp_path, monkeypatch):
+    """A seed alone keeps nnU-Net's schedule on a GPU; --continue takes the recorded run's settings."""
+    from cloudkd.teacher.nnunet import SHAPE_FIELDS, augmentation_workers_env, resolve_budget
+
+    ws = Workspace(tmp_path / "ws")
+    gpu = resolve_budget(ws, "cuda", seed=3)
+    assert gpu.budget is None and gpu.seed == 3 and not gpu.stock  # not the 5-epoch CPU budget
+    assert resolve_budget(ws, "cuda:1", epochs=20).budget == Budget(epochs=20)
+    assert resolve_budget(ws, "cuda").budget is None
+    assert resolve_budget(ws, "cpu", seed=3).budget == Budget(seed=3)
+    assert resolve_budget(ws, "cpu").budget == Budget()
+    assert resolve_budget(ws, "cpu", stock=True).stock
+    with pytest.raises(ValueError, match="no budget options"):
+        resolve_budget(ws, "cuda", stock=True, seed=1)
+    with pytest.raises(DataError, match="nothing to --continue"):
+        resolve_budget(ws, "cpu", continue_training=True)
+    r = runner.invoke(app, ["teacher", "train", "--workdir", str(ws.root), "--device", "cpu", "--continue"])
+    assert r.exit_code == 2 and "nothing to --continue" in r.output
+    ws.root.mkdir(parents=True)
+    recorded = Budget(epochs=4, patch=96, batch=4, base_features=16, max_features=128, seed=7)
+    (ws.root / "training.json").write_text(json.dumps({"budget": {**recorded.__dict__}, "seed": 7, "stock": False}))
+    assert resolve_budget(ws, "cpu", continue_training=True).budget == recorded
+    assert resolve_budget(ws, "cuda", continue_training=True).budget == recorded  # the run's device does not matter
+    longer = resolve_budget(ws, "cpu", continue_training=True, epochs=10).budget
+    assert longer.epochs == 10 and longer.configuration == recorded.configuration
+    (ws.root / "training.json").write_text(json.dumps({"budget": None, "seed": 5, "stock": False}))
+    again = resolve_budget(ws, "cuda", continue_training=True)
+    assert again.budget is None and again.seed == 5
+    with pytest.raises(ValueError, match="do not apply"):
+        resolve_budget(ws, "cuda", continue_training=True, patch=128)
+    assert set(SHAPE_FIELDS) == set(Budget.__dataclass_fields__) - {"seed"}
+    # data-augmentation workers: 0 in process on a CPU, nnU-Net's default on a GPU, the user's value if set
+    monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
+    assert augmentation_workers_env("cpu") == {"nnUNet_n_proc_DA": "0"}
+    assert augmentation_workers_env("cuda") == {} and augmentation_workers_env("cuda:0") == {}
+    monkeypatch.setenv("nnUNet_n_proc_DA", "6")
+    assert augmentation_workers_env("cpu") == augmentation_workers_env("cuda") == {"nnUNet_n_proc_DA": "6"}
+
+
+def test_teacher_network_lives_on_the_teacher_device(trained, monkeypatch):
+    """nnU-Net moves its network only inside its sliding window; the batched path needs it on the device."""
+    moved = []
+    to = torch.nn.Module.to
+
+    def spy(self, *args, **kwargs):
+        moved.append((self, torch.device(args[0]) if args and not isinstance(args[0], torch.dtype) else None))
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
+    teacher = NnUNetTeacher.from_workspace(trained["ws"], device="cpu")
+    assert any(m is teacher.network and d == torch.device("cpu") for m, d in moved)
+    assert teacher.device == torch.device("cpu")
+    assert all(p.device == teacher.device for p in teacher.network.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_online_teacher_on_cuda_matches_cpu(trained):
+    test = resolve_split(trained["data"], "test")
+    x = torch.from_numpy(np.stack([normalise(read_chip(test.chip_dir(c))) for c in test.chip_ids()[:2]]))
+    cpu = NnUNetTeacher.from_workspace(trained["ws"], device="cpu").logits(x)
+    gpu_teacher = NnUNetTeacher.from_workspace(trained["ws"], device="cuda")
+    assert all(p.is_cuda for p in gpu_teacher.network.parameters())
+    z = gpu_teacher.logits(x.cuda())  # the batched path: crop == patch
+    assert z.is_cuda and torch.allclose(z.cpu(), cpu, atol=1e-2)
 
 
 @pytest.mark.parametrize("problem", ["missing_labels", "mixed_sizes", "band_count"])

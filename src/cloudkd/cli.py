@@ -254,30 +254,14 @@ def teacher_prepare(
     typer.echo(f"splits: {r.splits_file}")
 
 
-def _budget(device: str, use_defaults: bool, **values):
-    from .teacher.nnunet import Budget
-
-    given = {k: v for k, v in values.items() if v is not None}
-    if use_defaults:
-        if given:
-            _fail("--nnunet-defaults cannot be combined with budget options")
-        return None
-    if device.startswith("cuda") and not given:
-        return None  # a GPU gets nnU-Net's own defaults unless a budget is asked for
-    try:
-        return Budget(**given)
-    except ValueError as exc:
-        _fail(str(exc), 2)
-
-
 @teacher_app.command("train")
 def teacher_train(
     workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
     dataset_id: int = typer.Option(501, help="nnU-Net dataset id."),
     fold: List[int] = typer.Option([0], help="Fold(s) to train (repeat the option for several)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    nnunet_defaults: bool = typer.Option(False, help="Use nnU-Net's full defaults (1000 epochs x 250 iterations; "
-                                                     "the default on a GPU when no budget option is given)."),
+    nnunet_defaults: bool = typer.Option(False, help="nnU-Net's own trainer and defaults, unchanged (with its "
+                                                     "brightness/contrast/gamma augmentation; unseeded)."),
     epochs: Optional[int] = typer.Option(None, help="Budget: epochs (CPU default 5)."),
     iters: Optional[int] = typer.Option(None, help="Budget: training iterations per epoch (CPU default 50)."),
     val_iters: Optional[int] = typer.Option(None, help="Budget: validation iterations per epoch (default 5)."),
@@ -285,24 +269,37 @@ def teacher_train(
     batch: Optional[int] = typer.Option(None, help="Budget: batch size (default 2)."),
     base_features: Optional[int] = typer.Option(None, help="Budget: features of the first stage (nnU-Net: 32)."),
     max_features: Optional[int] = typer.Option(None, help="Budget: feature cap (nnU-Net: 512)."),
-    seed: Optional[int] = typer.Option(None, help="Budget: random seed (default 0; makes CPU runs reproducible)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (CPU budgets: default 0, reproducible runs; on a GPU "
+                                                  "it seeds nnU-Net's schedule without making it a budget)."),
     norm: Optional[str] = typer.Option(None, help="Budget: normalisation layers, batch (default: keeps absolute "
                                                   "brightness) or instance (nnU-Net's)."),
-    resume: bool = typer.Option(False, "--continue", help="Resume from nnU-Net's latest checkpoint (or extend a "
-                                                          "finished run to a larger epoch budget)."),
+    resume: bool = typer.Option(False, "--continue", help="Resume the last run started in WORKDIR from nnU-Net's "
+                                                          "latest checkpoint, with its recorded settings (options "
+                                                          "given override them, e.g. --epochs to extend it)."),
     force: bool = typer.Option(False, help="Retrain a fold that is already trained."),
     validate: bool = typer.Option(False, help="Run nnU-Net's full validation of the fold at the end."),
 ):
     """Plan + preprocess (2d) if needed, then train the teacher within a budget (CPU) or nnU-Net's defaults."""
-    from .teacher.nnunet import Workspace, default_device, train
+    from .teacher.nnunet import Workspace, default_device, resolve_budget, train
 
     dev = default_device() if device == "auto" else device
-    budget = _budget(dev, nnunet_defaults, epochs=epochs, iters_per_epoch=iters, val_iters=val_iters, patch=patch,
-                     batch=batch, base_features=base_features, max_features=max_features, seed=seed, norm=norm)
-    typer.echo(f"device {dev}; " + (f"budget {budget}" if budget else "nnU-Net defaults (2d, nnUNetTrainer)"))
     ws = Workspace(workdir)
+    try:
+        run = resolve_budget(ws, dev, nnunet_defaults, resume, epochs=epochs, iters_per_epoch=iters,
+                             val_iters=val_iters, patch=patch, batch=batch, base_features=base_features,
+                             max_features=max_features, seed=seed, norm=norm)
+    except (ValueError, DataError) as exc:
+        _fail(str(exc), 2)
+    budget, run_seed, stock = run.budget, run.seed, run.stock
+    if budget:
+        typer.echo(f"device {dev}; budget {budget}")
+    else:
+        typer.echo(f"device {dev}; nnU-Net's 2d plan and schedule, " + (
+            "nnUNetTrainer unchanged" if stock else
+            f"nnUNetTrainerCloudKD (no intensity augmentation), seed {run_seed}"))
     for f in fold:
-        r = train(ws, dataset_id, f, budget, device=dev, continue_training=resume, force=force, validate=validate)
+        r = train(ws, dataset_id, f, budget, device=dev, continue_training=resume, force=force, validate=validate,
+                  seed=run_seed, stock=stock)
         what = "already trained (reused; --force retrains, --continue extends)" if r.reused else \
             f"trained in {r.seconds:.0f} s"
         per_it = f", {r.seconds_per_iteration:.2f} s/iteration" if r.seconds_per_iteration else ""

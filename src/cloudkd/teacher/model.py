@@ -60,6 +60,9 @@ class NnUNetTeacher:
         finally:
             if self._env is not None:
                 self._env.__exit__(None, None, None)
+        # nnU-Net loads the weights on the CPU and moves the network only inside its sliding-window call; the
+        # batched path of logits() calls the network directly, so it has to live on the teacher's device
+        self.predictor.network = self.network.to(self.device)
         self.network.eval()
 
     @classmethod
