@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from .data.chips import DataError
+from .student import DEFAULT_KD
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Cloud detection for Sentinel-2 chips and Landsat-8 patches: data, baselines, teacher, student, submission.")
@@ -418,7 +419,7 @@ def _train_options(distill: bool):
         lr=typer.Option(3e-3, help="AdamW learning rate (cosine schedule)."),
         label_weight=typer.Option(1.0, help="Weight of BCE + Dice on labels (0: distil without labels)."),
         kd_weight=typer.Option(1.0 if distill else 0.0, help="Weight of the distillation loss."),
-        kd=typer.Option("pixel", help="Distillation loss: pixel (temperature KL per pixel) or cwd "
+        kd=typer.Option(DEFAULT_KD, help="Distillation loss: pixel (temperature KL per pixel) or cwd "
                                       "(channel-wise spatial distribution)."),
         temperature=typer.Option(2.0, help="Distillation temperature."),
         soft=typer.Option(None, help="Offline teacher: folder of soft labels for the training chips."),

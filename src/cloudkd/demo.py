@@ -27,14 +27,15 @@ from .data.chips import atomic_write, load_index, resolve_split
 from .data.folds import make_folds, write_folds
 from .data.synthetic import SynthConfig, synthesize
 from .scoring import score_folder
+from .student import DEFAULT_KD
 from .teacher.nnunet import Budget
 from .viz import plot_chips
 
 
 @dataclass
 class StudentBudget:
-    #: "online": the in-process teacher runs on each augmented batch (benchmarks/distill_compare.py found it
-    #: best); "offline": from soft labels written by the teacher first
+    #: "online": the in-process teacher runs on each augmented batch (with CWD it matched labels-only training
+    #: over 3 seeds, benchmarks/results/distill_seeds.md); "offline": from soft labels written by the teacher first
     teacher_mode: str = "online"
     model: str = "unet-s"
     epochs: int = 10
@@ -42,7 +43,7 @@ class StudentBudget:
     batch: int = 8
     crop: int = 256
     lr: float = 3e-3
-    kd: str = "pixel"
+    kd: str = DEFAULT_KD
     kd_weight: float = 1.0
     temperature: float = 2.0
 

@@ -37,6 +37,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import DEFAULT_KD
+
 #: soft labels are stored with 255 levels; probabilities are clipped half a level away from 0 and 1
 PROB_EPS = 1.0 / 510.0
 KD_LOSSES = ("pixel", "cwd")
@@ -107,7 +109,7 @@ def cwd(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0) 
 class LossConfig:
     label_weight: float = 1.0
     kd_weight: float = 0.0
-    kd: str = "pixel"
+    kd: str = DEFAULT_KD
     temperature: float = 2.0
     boundary_ignore: int = 0  # px around label outlines left out of the hard loss
 

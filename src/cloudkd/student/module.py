@@ -25,13 +25,14 @@ import torch
 
 from ..data.augment import cloud_paste
 from ..metrics import Confusion, confusion
+from . import DEFAULT_KD
 from .distill import LossConfig, bce_dice, cap_logits, prob_to_logit
 from .models import build_model
 
 
 class StudentModule(pl.LightningModule):
     def __init__(self, model: str = "unet-s", model_kwargs: Optional[dict] = None, label_weight: float = 1.0,
-                 kd_weight: float = 0.0, kd: str = "pixel", temperature: float = 2.0, teacher_mode: str = "none",
+                 kd_weight: float = 0.0, kd: str = DEFAULT_KD, temperature: float = 2.0, teacher_mode: str = "none",
                  lr: float = 3e-3, weight_decay: float = 1e-4, max_epochs: int = 10, cloud_paste: float = 0.0,
                  boundary_ignore: int = 0, seed: int = 0):
         super().__init__()

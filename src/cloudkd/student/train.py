@@ -26,6 +26,7 @@ import torch
 
 from ..data.chips import DataError, atomic_write
 from ..data.datamodule import CloudDataModule
+from . import DEFAULT_KD
 from .module import StudentModule
 from .teachers import load_online_teacher
 from .models import lightning_state, load_student
@@ -48,7 +49,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_weight: float = 1.0
     kd_weight: float = 0.0
-    kd: str = "pixel"
+    kd: str = DEFAULT_KD
     temperature: float = 2.0
     soft_dir: Optional[str] = None  # offline teacher: soft labels of the training chips
     teacher_nnunet: Optional[str] = None  # online teacher: an nnU-Net workdir
