@@ -1,113 +1,192 @@
-"""Does distillation help? The same student at the same budget: labels only, offline KD, online KD, and the
-smp U-Net/ResNet-34 benchmark model, scored on held-out generated chips with the leaderboard metric.
+"""Does distillation help? The same student at the same budget, trained on labels only and distilled from the
+nnU-Net teacher (online pixel KD, online CWD, offline pixel KD), over several truly seeded runs, scored on the
+held-out generated test split with the leaderboard metric.
 
-    python benchmarks/distill_compare.py --demo runs/demo --data data/generated/demo --epochs 15
-        [--runs labels offline online resnet34] [--kd pixel] [--temperature 2] [--kd-weight 1]
+    python benchmarks/distill_compare.py --demo runs/demo --data data/generated/demo \
+        --teacher runs/demo/nnunet --seeds 0 1 2 [--runs labels online_pixel online_cwd offline] [--epochs 10]
 
-Needs a trained teacher in DEMO/nnunet and the training chips' soft labels in DEMO/soft/train (``make demo``
-writes both). Every run trains on the same fold-0 training chips with the same seed, epochs and steps, selects
-its best epoch on the fold-0 validation locations, and is scored on the test split (other locations). Writes
-DEMO/distill/results.{json,md} and results.png.
+Every run trains unet-s on the fold-0 training chips of the demo (``DEMO/folds.csv``) with the demo's student
+budget (``cloudkd.demo.StudentBudget``: epochs, batch, crop, learning rate, T, KD weight), selects its best
+epoch on the fold-0 validation locations and is scored on the test split (other locations). ``--seed`` seeds
+initialisation, data order and augmentation. The offline run reads the teacher's soft labels of the training
+chips from ``TEACHER/soft_train`` (written on the first use). Teacher logits are capped alike in both modes
+(``cloudkd.student.distill.LOGIT_CAP``).
+
+Writes (a finished run+seed already in the CSV is reused):
+
+* ``--csv`` (default ``benchmarks/results/distill_seeds.csv``): one row per run and seed, columns ``run, seed,
+  params, teacher_test_jaccard, val_jaccard, test_jaccard, train_s``;
+* the same name with ``.md``: mean ± sd per run, and ``--png`` (default ``docs/distill_seeds.png``): a chart of it;
+* with ``--real`` (default ``../shared/data/real_labelled`` when present): every student also scored on those
+  labelled real chips, ``distill_seeds_real.csv`` beside the CSV (``run, seed, real_jaccard, precision, recall``)
+  and a column in the ``.md``.
+
+Optional runs: ``resnet34`` (the smp U-Net/ResNet-34 benchmark model, labels only).
 """
 
 import argparse
-import json
+import csv
 import time
 from pathlib import Path
 
-from cloudkd.data import resolve_split
-from cloudkd.demo import format_table
-from cloudkd.export import export_onnx
+import numpy as np
+
+from cloudkd.data import load_index, resolve_split
+from cloudkd.data.folds import read_folds, split_by_fold
+from cloudkd.demo import StudentBudget, format_table
 from cloudkd.predict import predict_folder
 from cloudkd.scoring import score_folder
 from cloudkd.student.train import TrainConfig, fit, load_student
+from cloudkd.teacher.model import NnUNetTeacher, predict_folder as teacher_predict
+from cloudkd.teacher.nnunet import Workspace
 from cloudkd.viz import save_figure
 
 RUNS = {
-    "labels": dict(model="unet-s", label_weight=1.0, kd_weight=0.0),
-    "offline": dict(model="unet-s", label_weight=1.0, soft=True),
-    "online": dict(model="unet-s", label_weight=1.0, online=True),
-    "resnet34": dict(model="smp:Unet:resnet34", label_weight=1.0, kd_weight=0.0),
-    # a stronger teacher: the ResNet-34 U-Net trained above (run "resnet34" first), exported to ONNX and
-    # distilled online, the path for any pretrained ONNX cloud model
-    "kd_resnet34": dict(model="unet-s", label_weight=1.0, onnx_from="resnet34"),
+    "labels": dict(model="unet-s", kd_weight=0.0),
+    "online_pixel": dict(model="unet-s", online=True, kd="pixel"),
+    "online_cwd": dict(model="unet-s", online=True, kd="cwd"),
+    "offline": dict(model="unet-s", soft=True, kd="pixel"),
+    "resnet34": dict(model="smp:Unet:resnet34", kd_weight=0.0),
 }
+COLUMNS = ["run", "seed", "params", "teacher_test_jaccard", "val_jaccard", "test_jaccard", "train_s"]
+
+
+def teacher_test_jaccard(ws: Workspace, test, out: Path) -> float:
+    score_file = out / "teacher_test_jaccard.txt"
+    if not score_file.is_file():
+        teacher = NnUNetTeacher.from_workspace(ws)
+        teacher_predict(teacher, test.features_dir, out / "teacher_test_pred", None, progress=False)
+        score_file.write_text(str(score_folder(out / "teacher_test_pred", test.labels_dir).jaccard))
+    return float(score_file.read_text())
+
+
+def soft_labels(ws: Workspace, data: str, folds: Path) -> Path:
+    soft = ws.root / "soft_train"
+    split = resolve_split(data, "train")
+    idx = load_index(split)
+    train_ids = list(split_by_fold(idx, read_folds(folds), 0)[0]["chip_id"])
+    todo = [c for c in train_ids if not (soft / f"{c}.tif").is_file()]
+    if todo:
+        teacher_predict(NnUNetTeacher.from_workspace(ws), split.features_dir, None, soft, chip_ids=todo,
+                        progress=False)
+    return soft
+
+
+def summarise(rows):
+    out = []
+    for run in dict.fromkeys(r["run"] for r in rows):
+        v = np.array([float(r["test_jaccard"]) for r in rows if r["run"] == run])
+        val = np.array([float(r["val_jaccard"]) for r in rows if r["run"] == run])
+        secs = np.array([float(r["train_s"]) for r in rows if r["run"] == run])
+        out.append({"run": run, "seeds": len(v), "params": int(next(r["params"] for r in rows if r["run"] == run)),
+                    "test_jaccard_mean": round(v.mean(), 4), "test_jaccard_sd": round(v.std(ddof=1), 4)
+                    if len(v) > 1 else None, "val_jaccard_mean": round(val.mean(), 4),
+                    "train_s_mean": round(secs.mean())})
+    return out
 
 
 def main():
+    sb = StudentBudget()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", default="runs/demo")
     ap.add_argument("--data", default="data/generated/demo")
-    ap.add_argument("--runs", nargs="+", default=list(RUNS))
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--steps", type=int, default=None, help="steps per epoch (default: one pass)")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--kd", default="pixel")
-    ap.add_argument("--kd-weight", type=float, default=1.0)
-    ap.add_argument("--temperature", type=float, default=2.0)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--seed", type=int, default=0, help="training seed (data order, augmentation, init)")
-    ap.add_argument("--tag", default="", help="suffix of the run folders and the results file")
+    ap.add_argument("--teacher", default=None, help="nnU-Net workdir of the teacher (default DEMO/nnunet)")
+    ap.add_argument("--runs", nargs="+", default=["labels", "online_pixel", "online_cwd", "offline"],
+                    choices=list(RUNS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=sb.epochs)
+    ap.add_argument("--steps", type=int, default=sb.steps, help="steps per epoch (default: one pass)")
+    ap.add_argument("--batch", type=int, default=sb.batch)
+    ap.add_argument("--kd-weight", type=float, default=sb.kd_weight)
+    ap.add_argument("--temperature", type=float, default=sb.temperature)
+    ap.add_argument("--lr", type=float, default=sb.lr)
+    ap.add_argument("--csv", default="benchmarks/results/distill_seeds.csv")
+    ap.add_argument("--png", default="docs/distill_seeds.png")
+    ap.add_argument("--real", default="../shared/data/real_labelled", help="labelled real chips ('' to skip)")
     a = ap.parse_args()
     demo = Path(a.demo)
-    out_root = demo / "distill"
-    test = resolve_split(a.data, "test")
-    rows = []
-    for name in a.runs:
-        spec = dict(RUNS[name])
-        run_dir = out_root / (name + a.tag)
-        onnx = None
-        if spec.get("onnx_from"):  # the teacher run's best model as ONNX (dynamic batch and size), beside it
-            teacher_run = out_root / spec["onnx_from"]
-            onnx = export_onnx(load_student(teacher_run), teacher_run / "model.onnx", size=256)
-        cfg = TrainConfig(data=a.data, out=str(run_dir), model=spec["model"], folds=str(demo / "folds.csv"),
-                          epochs=a.epochs, batch_size=a.batch, lr=a.lr, label_weight=spec["label_weight"],
-                          kd_weight=a.kd_weight if (spec.get("soft") or spec.get("online") or onnx) else 0.0,
-                          kd=a.kd, temperature=a.temperature,
-                          soft_dir=str(demo / "soft" / "train") if spec.get("soft") else None,
-                          teacher_nnunet=str(demo / "nnunet") if spec.get("online") else None,
-                          teacher_onnx=str(onnx) if onnx else None,
-                          limit_train_batches=a.steps, seed=a.seed, progress=False)
-        t0 = time.perf_counter()
-        r = fit(cfg)
-        train_s = time.perf_counter() - t0
-        model = load_student(run_dir)
-        p = predict_folder(model, test.features_dir, run_dir / "test_pred", progress=False)
-        rep = score_folder(run_dir / "test_pred", test.labels_dir)
-        rows.append({"run": name + a.tag, "model": spec["model"], "params": r.params,
-                     "kd": f"{a.kd} T={a.temperature} w={a.kd_weight}" if cfg.kd_weight else "-",
-                     "val_jaccard": r.val_jaccard, "test_jaccard": rep.jaccard, "train_s": round(train_s),
-                     "ms_per_chip": round(p["ms_per_chip"], 1)})
-        print(format_table(rows[-1:], list(rows[-1])), flush=True)
+    folds = demo / "folds.csv"
+    ws = Workspace(a.teacher or demo / "nnunet")
+    out_root = ws.root / "distill_study"
     out_root.mkdir(parents=True, exist_ok=True)
-    demo_results = demo / "results.json"
-    if demo_results.is_file():  # the teacher (and thresholding) on the same test split, for reference
-        for r in json.loads(demo_results.read_text())["rows"]:
-            if r["method"] in ("nnU-Net teacher", "thresholding"):
-                rows.append({"run": r["method"] + " (reference)", "model": r["method"], "params": r["params"],
-                             "kd": "-", "val_jaccard": None, "test_jaccard": r["jaccard"], "train_s": None,
-                             "ms_per_chip": r["ms_per_chip"]})
-    cols = ["run", "model", "params", "kd", "val_jaccard", "test_jaccard", "train_s", "ms_per_chip"]
-    md = format_table(rows, cols)
+    test = resolve_split(a.data, "test")
+    t_jac = teacher_test_jaccard(ws, test, out_root)
+    print(f"teacher {ws.root}: test Jaccard {t_jac:.4f}", flush=True)
+    csv_path = Path(a.csv)
+    rows = list(csv.DictReader(csv_path.open())) if csv_path.is_file() else []
+    real = resolve_split(a.real, "train") if a.real and Path(a.real).is_dir() else None
+    real_csv = csv_path.with_name(csv_path.stem + "_real.csv")
+    real_rows = list(csv.DictReader(real_csv.open())) if real is not None and real_csv.is_file() else []
+    done = {(r["run"], int(r["seed"])) for r in rows}
+    for seed in a.seeds:
+        for name in a.runs:
+            if (name, seed) in done:
+                continue
+            spec = RUNS[name]
+            kd_weight = spec.get("kd_weight", a.kd_weight)
+            run_dir = out_root / f"{name}_s{seed}"
+            cfg = TrainConfig(data=a.data, out=str(run_dir), model=spec["model"], folds=str(folds),
+                              epochs=a.epochs, batch_size=a.batch, crop=sb.crop, lr=a.lr, label_weight=1.0,
+                              kd_weight=kd_weight, kd=spec.get("kd", "pixel"), temperature=a.temperature,
+                              soft_dir=str(soft_labels(ws, a.data, folds)) if spec.get("soft") else None,
+                              teacher_nnunet=str(ws.root) if spec.get("online") else None,
+                              limit_train_batches=a.steps, seed=seed, progress=False)
+            t0 = time.perf_counter()
+            r = fit(cfg)
+            train_s = time.perf_counter() - t0
+            predict_folder(load_student(run_dir), test.features_dir, run_dir / "test_pred", progress=False)
+            rep = score_folder(run_dir / "test_pred", test.labels_dir)
+            rows.append({"run": name, "seed": seed, "params": r.params, "teacher_test_jaccard": round(t_jac, 4),
+                         "val_jaccard": round(r.val_jaccard, 4), "test_jaccard": round(rep.jaccard, 4),
+                         "train_s": round(train_s)})
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            with csv_path.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=COLUMNS)
+                w.writeheader()
+                w.writerows(rows)
+            if real is not None:
+                predict_folder(load_student(run_dir), real.features_dir, run_dir / "real_pred", progress=False)
+                rr = score_folder(run_dir / "real_pred", real.labels_dir)
+                real_rows.append({"run": name, "seed": seed, "real_jaccard": round(rr.jaccard, 4),
+                                  "precision": round(rr.total.precision, 4), "recall": round(rr.total.recall, 4)})
+                with real_csv.open("w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=list(real_rows[0]))
+                    w.writeheader()
+                    w.writerows(real_rows)
+            print(format_table(rows[-1:], COLUMNS), flush=True)
+    summary = summarise(rows)
+    for srow in summary:
+        v = np.array([float(r["real_jaccard"]) for r in real_rows if r["run"] == srow["run"]])
+        if len(v):
+            srow["real_jaccard_mean"] = round(v.mean(), 4)
+            srow["real_jaccard_sd"] = round(v.std(ddof=1), 4) if len(v) > 1 else None
+    cols = list(dict.fromkeys(k for srow in summary for k in srow))
+    md = format_table([{k: srow.get(k) for k in cols} for srow in summary], cols)
     print(md)
-    tag = a.tag or "results"
-    (out_root / f"{tag}.md").write_text(md + "\n")
-    (out_root / f"{tag}.json").write_text(json.dumps({"args": vars(a), "rows": rows}, indent=2))
+    csv_path.with_suffix(".md").write_text(
+        f"Teacher: {ws.root} (test Jaccard {t_jac:.4f}); student budget: {a.epochs} epochs, batch {a.batch}, "
+        f"crop {sb.crop}, lr {a.lr}, KD weight {a.kd_weight}, T {a.temperature}.\n\n{md}\n")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.2))
-    ax.barh([r["run"] for r in rows], [r["test_jaccard"] for r in rows], color="tab:blue")
-    for i, r in enumerate(rows):
-        size = f"{r['params'] / 1e6:.1f} M" if r["params"] >= 1e6 else f"{r['params'] / 1e3:.0f} k" \
-            if r["params"] >= 1e3 else str(r["params"])
-        ax.text(r["test_jaccard"], i, f" {r['test_jaccard']:.3f} ({size} params)", va="center")
-    ax.set_xlabel("global Jaccard, held-out test split")
-    ax.set_xlim(0, 1.25)
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(summary) + 1.6))
+    names = [s["run"] for s in summary]
+    means = [s["test_jaccard_mean"] for s in summary]
+    sds = [s["test_jaccard_sd"] or 0.0 for s in summary]
+    ax.barh(names, means, xerr=sds, color="tab:blue", capsize=4)
+    for i, run in enumerate(names):
+        pts = [float(r["test_jaccard"]) for r in rows if r["run"] == run]
+        ax.plot(pts, [i] * len(pts), "k.", ms=5)
+        ax.text(max(pts) + 0.01, i, f"{means[i]:.3f} ± {sds[i]:.3f} (n={len(pts)})", va="center")
+    ax.axvline(t_jac, color="tab:red", ls="--", label=f"teacher {t_jac:.3f}")
+    lo = min(min(float(r["test_jaccard"]) for r in rows), t_jac)
+    ax.set_xlim(max(0.0, lo - 0.05), 1.0)
+    ax.set_xlabel("global Jaccard, held-out generated test split (bars: mean ± sd over seeds; dots: seeds)")
+    ax.legend(loc="lower right")
     fig.tight_layout()
-    print(save_figure(fig, out_root / f"{tag}.png"))
+    print(save_figure(fig, a.png))
 
 
 if __name__ == "__main__":
