@@ -27,7 +27,7 @@ from .data.chips import atomic_write, load_index, resolve_split
 from .data.folds import make_folds, write_folds
 from .data.synthetic import SynthConfig, synthesize
 from .scoring import score_folder
-from .student import DEFAULT_KD
+from .student import DEMO_KD
 from .teacher.nnunet import Budget
 from .viz import plot_chips
 
@@ -43,7 +43,7 @@ class StudentBudget:
     batch: int = 8
     crop: int = 256
     lr: float = 3e-3
-    kd: str = DEFAULT_KD
+    kd: str = DEMO_KD
     kd_weight: float = 1.0
     temperature: float = 2.0
 
