@@ -103,17 +103,14 @@ class StudentModule(pl.LightningModule):
         return 0.5 * (1.0 + math.cos(math.pi * min(epoch, self.hparams.max_epochs) / max(1, self.hparams.max_epochs)))
 
     def on_train_epoch_start(self) -> None:
-        # a resumed run restores the optimizer's last rate (0 at the end of the old schedule): set this epoch's
-        for cfg in self.trainer.lr_scheduler_configs:
-            for group, base in zip(cfg.scheduler.optimizer.param_groups, cfg.scheduler.base_lrs):
-                group["lr"] = base * self.lr_factor(self.current_epoch)
-        if self.trainer.lr_scheduler_configs:
-            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        # the cosine schedule, set from the epoch at the start of each one: a run resumed with more epochs follows
+        # the longer schedule (CosineAnnealingLR would restore its old T_max and compute each rate from the
+        # previous one, so the added epochs would train at rate 0)
+        lr = self.hparams.lr * self.lr_factor(self.current_epoch)
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = lr
+        self.log("lr", lr, on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        # closed form of the epoch, read from this module's max_epochs (a lambda is not saved in checkpoints):
-        # a run resumed with more epochs follows the longer schedule. CosineAnnealingLR would restore its old
-        # T_max and compute each rate from the previous one, so the added epochs would train at rate 0.
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: self.lr_factor(epoch))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        # the learning rate follows the cosine schedule of on_train_epoch_start
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
