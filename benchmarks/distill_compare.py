@@ -33,13 +33,15 @@ import numpy as np
 
 from cloudkd.data import load_index, resolve_split
 from cloudkd.data.folds import read_folds, split_by_fold
-from cloudkd.demo import StudentBudget, format_table
-from cloudkd.predict import predict_folder
-from cloudkd.scoring import score_folder
-from cloudkd.student.train import TrainConfig, fit, load_student
+from cloudkd.common.cli import format_table
+from cloudkd.demo import StudentBudget
+from cloudkd.student.predict import predict_folder
+from cloudkd.evaluate.scoring import score_folder
+from cloudkd.student.train import TrainConfig, fit
+from cloudkd.student.runs import load_student
 from cloudkd.teacher.model import NnUNetTeacher, predict_folder as teacher_predict
-from cloudkd.teacher.nnunet import Workspace
-from cloudkd.viz import save_figure
+from cloudkd.teacher.workspace import Workspace
+from cloudkd.common.viz import save_figure
 
 RUNS = {
     "labels": dict(model="unet-s", kd_weight=0.0),

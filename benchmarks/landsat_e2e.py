@@ -21,15 +21,16 @@ from cloudkd.baselines.threshold import fit_threshold
 from cloudkd.baselines.threshold import predict_folder as threshold_predict
 from cloudkd.data import load_index, read_chip, read_label, resolve_split
 from cloudkd.data.folds import make_folds, write_folds
-from cloudkd.data.landsat import PatchName, read_patch_table, stitch
-from cloudkd.data.synthetic import Landsat38Config, synthesize_38cloud
-from cloudkd.demo import format_table
-from cloudkd.scoring import score_folder, score_scenes
+from cloudkd.data.landsat.reader import PatchName, read_patch_table, stitch
+from cloudkd.data.landsat.synth import Landsat38Config, synthesize_38cloud
+from cloudkd.common.cli import format_table
+from cloudkd.evaluate.scoring import score_folder
+from cloudkd.data.landsat.scenes import score_scenes
 
 
 def scene_rgb(split, g, shape):
     """The true-colour picture of one test scene, stitched from its imported patches."""
-    from cloudkd.viz import true_colour
+    from cloudkd.common.viz import true_colour
 
     grid = (int(g.rows.iloc[0]), int(g.cols.iloc[0]))
     bands = []
@@ -86,7 +87,10 @@ def main():
     from cloudkd.data.folds import read_folds
     from cloudkd.teacher.model import NnUNetTeacher
     from cloudkd.teacher.model import predict_folder as teacher_predict
-    from cloudkd.teacher.nnunet import Budget, Workspace, plan_and_preprocess, prepare, train as teacher_train
+    from cloudkd.teacher.plans import Budget, plan_and_preprocess
+    from cloudkd.teacher.workspace import Workspace
+    from cloudkd.teacher.convert import prepare
+    from cloudkd.teacher.train import train as teacher_train
 
     t0 = time.perf_counter()
     ws = Workspace(out / "nnunet")
@@ -100,8 +104,9 @@ def main():
     add("nnU-Net teacher (CPU budget)", teacher.n_params, out / "pred" / "teacher", secs)
 
     # the student, distilled online from the teacher
-    from cloudkd.predict import predict_folder
-    from cloudkd.student.train import TrainConfig, fit, load_student
+    from cloudkd.student.predict import predict_folder
+    from cloudkd.student.train import TrainConfig, fit
+    from cloudkd.student.runs import load_student
 
     res = fit(TrainConfig(data=a.data, out=str(out / "student"), model="unet-s", folds=str(folds),
                           epochs=a.student_epochs, batch_size=8, crop=256, kd_weight=1.0,
@@ -122,7 +127,7 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cloudkd.viz import save_figure
+    from cloudkd.common.viz import save_figure
 
     groups = list(table.groupby("scene"))
     cols = 2 + len(preds)

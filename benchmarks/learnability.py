@@ -15,7 +15,7 @@ import torch
 
 from cloudkd.baselines.threshold import fit_threshold
 from cloudkd.data import load_index, normalise, read_chip, read_label, resolve_split
-from cloudkd.metrics import JaccardMeter
+from cloudkd.common.metrics import JaccardMeter
 
 
 def main():

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from cloudkd.student.models import load_student
+from cloudkd.student.runs import load_student
 
 
 def ort_profile(path, threads, n=20):

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from cloudkd.baselines.threshold import ThresholdModel
-from cloudkd.demo import format_table
+from cloudkd.common.cli import format_table
 from cloudkd.teacher import peer
 from cloudkd.evaluate.realchips import (nnunet_method, onnx_method, peer_method, run_real_bench, student_method,
                                         threshold_method)

@@ -26,8 +26,8 @@ import pandas as pd
 
 from cloudkd.data import load_index, read_chip, read_label, resolve_split
 from cloudkd.data.labelstyle import BRIGHT, brightness, outline
-from cloudkd.demo import format_table
-from cloudkd.viz import save_figure, true_colour
+from cloudkd.common.cli import format_table
+from cloudkd.common.viz import save_figure, true_colour
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 B_EDGES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 10.0)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from cloudkd.data.chips import write_mask
-from cloudkd.scoring import list_masks, score_folder
+from cloudkd.data.chips import list_masks
+from cloudkd.evaluate.scoring import score_folder
 
 
 def make_masks(root: Path, n: int, size: int = 512, seed: int = 0) -> None:

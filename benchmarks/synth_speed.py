@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 
-from cloudkd.data.synthetic import SynthConfig, synthesize
+from cloudkd.data.synth.sentinel2 import SynthConfig, synthesize
 
 
 def main():

@@ -20,10 +20,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from cloudkd.data import resolve_split
-from cloudkd.demo import DemoConfig, format_table
-from cloudkd.scoring import score_folder
+from cloudkd.common.cli import format_table
+from cloudkd.demo import DemoConfig
+from cloudkd.evaluate.scoring import score_folder
 from cloudkd.teacher.model import NnUNetTeacher, predict_folder
-from cloudkd.teacher.nnunet import DEFAULT_DATASET_ID, Workspace, train
+from cloudkd.teacher.workspace import DEFAULT_DATASET_ID, Workspace
+from cloudkd.teacher.train import train
 
 #: name -> (changes to the demo's budget, intensity augmentation on)
 VARIANTS = {

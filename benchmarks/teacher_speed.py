@@ -23,9 +23,12 @@ from pathlib import Path
 
 
 from cloudkd.data import read_chip, resolve_split
-from cloudkd.data.synthetic import SynthConfig, synthesize
+from cloudkd.data.synth.sentinel2 import SynthConfig, synthesize
 from cloudkd.teacher.model import NnUNetTeacher
-from cloudkd.teacher.nnunet import Budget, Workspace, describe_plan, plan_and_preprocess, plans_file, prepare, train
+from cloudkd.teacher.plans import Budget, describe_plan, plan_and_preprocess
+from cloudkd.teacher.workspace import Workspace, plans_file
+from cloudkd.teacher.convert import prepare
+from cloudkd.teacher.train import train
 
 
 def main():

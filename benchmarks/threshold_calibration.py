@@ -9,8 +9,8 @@ import tempfile
 
 from cloudkd.baselines.threshold import fit_threshold, predict_folder
 from cloudkd.data import load_index, resolve_split
-from cloudkd.data.synthetic import SynthConfig, synthesize
-from cloudkd.scoring import score_folder
+from cloudkd.data.synth.sentinel2 import SynthConfig, synthesize
+from cloudkd.evaluate.scoring import score_folder
 
 
 def main():

@@ -134,10 +134,12 @@ def write_mask(chip_id, mask, tmp_dir):
 
 
 def predict_batch(model, chips, cfg, device):
-    """Masks for a list of (4, H, W) reflectance arrays; the library's normalisation and prediction rule."""
+    """Masks for a list of (4, H, W) reflectance arrays: the library's normalisation and prediction rule (nodata
+    pixels clear included)."""
+    refl = np.stack(chips)
     x = torch.from_numpy(np.stack([normalise.normalise(c) for c in chips])).to(device)
-    logits = infer.predict_logits(model, x, tta=bool(cfg.get("tta", False))).float()
-    return infer.masks_from_logits(logits, float(cfg.get("threshold", 0.5)))
+    return infer.predict_masks(model, x, infer.nodata_mask(refl), float(cfg.get("threshold", infer.DEFAULT_THRESHOLD)),
+                               bool(cfg.get("tta", False)))
 
 
 def main():
@@ -153,7 +155,7 @@ def main():
     PREDICTIONS.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".cloudkd-tmp-", dir=str(ROOT)))
     log.info("%d chips in %s; model %s on %s; threshold %s, tta %s, batch %d", len(chips), FEATURES,
-             cfg["model"].get("name", cfg["model"]["arch"]), device, cfg.get("threshold", 0.5),
+             cfg["model"].get("name", cfg["model"]["arch"]), device, cfg.get("threshold", infer.DEFAULT_THRESHOLD),
              cfg.get("tta", False), batch_size)
     n_fallback, n_failed, done = 0, 0, 0
 
@@ -183,8 +185,7 @@ def main():
                     n_fallback += 1
                     log.warning("%s: model failed (%s); all-clear mask", chip_id, exc1)
                     masks.append(np.zeros(refl.shape[1:], np.uint8))
-        for (chip_id, _, nodata), mask in zip(pending, masks):
-            mask[nodata] = 0
+        for (chip_id, _, _), mask in zip(pending, masks):
             emit(chip_id, mask)
         done += len(pending)
         del pending[:]

@@ -22,7 +22,9 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ..data.chips import DataError, atomic_write, list_chip_ids, read_chip, read_label, write_mask
+from ..common.errors import DataError
+from ..common.io import atomic_write
+from ..data.chips import list_chip_ids, read_chip, read_label, write_mask
 
 METHOD = "brightness-whiteness"
 

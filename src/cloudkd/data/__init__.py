@@ -1,8 +1,9 @@
 """Data layer: the On Cloud N layout (reading, validation, writing), normalisation, folds, datasets, generator."""
 
-from .chips import (DataError, Split, ValidationReport, list_chip_ids, load_index, read_band,
-                    read_chip, read_chip_dn, read_label, read_mask, read_metadata, resolve_split, validate_split,
-                    write_mask)
+from ..common.errors import DataError
+from .chips import (Split, ValidationReport, list_chip_ids, load_index, read_band, read_chip, read_chip_dn,
+                    read_label, read_mask, read_metadata, validate_split, write_mask)
+from .roots import resolve_split
 from .normalise import BANDS, SCALE, normalise
 
 __all__ = [

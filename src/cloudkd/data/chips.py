@@ -17,10 +17,9 @@ challenge runtime); the metadata CSV must list exactly the same chips.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -28,19 +27,13 @@ import tifffile
 
 # BANDS (B02, B03, B04, B08: the channel order of every model and array in the project) and SCALE (digital numbers
 # on disk are surface reflectance x SCALE) live in normalise.py, which also travels inside the submission zip.
+from ..common.errors import DataError, problems
+from ..common.io import atomic_write
 from .normalise import BANDS, dn_to_reflectance
 
 #: Columns the metadata CSV must have (the train file of the challenge also has ``cloudpath``).
 METADATA_COLUMNS = ("chip_id", "location", "datetime")
 
-
-# the process umask, read once: files written through a temporary name get the usual permissions
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the chip and/or file and says what is wrong."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -77,33 +70,6 @@ class Split:
 
     def chip_ids(self) -> List[str]:
         return list_chip_ids(self.features_dir)
-
-
-def resolve_split(path: os.PathLike | str, split: Optional[str] = None) -> Split:
-    """Find a split from a dataset root (``ROOT`` with ``ROOT/{split}_features``) or a ``*_features`` folder.
-
-    With ``split=None`` a root holding ``train_features`` resolves to ``train``, else to ``test``.
-    A 38-Cloud / 95-Cloud root (Landsat-8 patches) resolves to its On Cloud N view, imported once by
-    :func:`cloudkd.data.landsat.ensure_imported`, so every command accepts it as it is.
-    """
-    p = Path(path)
-    from .landsat import ensure_imported, is_38cloud  # landsat builds on this module
-
-    if is_38cloud(p):
-        p = ensure_imported(p)
-    if p.name.endswith("_features") and p.is_dir():
-        name = p.name[: -len("_features")]
-        if split is not None and split != name:
-            raise DataError(f"{p}: is the '{name}' features folder, but split '{split}' was asked for")
-        return Split(p.parent, name)
-    if not p.is_dir():
-        raise DataError(f"{p}: dataset folder does not exist")
-    candidates = [split] if split else ["train", "test"]
-    for name in candidates:
-        if (p / f"{name}_features").is_dir():
-            return Split(p, name)
-    wanted = " or ".join(f"{c}_features/" for c in candidates)
-    raise DataError(f"{p}: no {wanted} folder: not a dataset in the On Cloud N layout")
 
 
 def list_chip_ids(features_dir: os.PathLike | str) -> List[str]:
@@ -183,6 +149,17 @@ def read_mask(path: os.PathLike | str, shape: Optional[Tuple[int, int]] = None, 
     return arr.astype(np.uint8, copy=False)
 
 
+def list_masks(folder: os.PathLike | str) -> Dict[str, Path]:
+    """``{chip_id: path}`` for the ``*.tif`` files of a folder (hidden / temporary files ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder does not exist")
+    return {e.name[:-4]: Path(e.path) for e in os.scandir(folder)
+            if e.is_file() and e.name.endswith(".tif") and not e.name.startswith(".")}
+
+
+
+
 def read_label(path: os.PathLike | str, shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """A label file as uint8 (H, W) with values in {0, 1} (1 = cloud)."""
     return read_mask(path, shape, what="label")
@@ -191,26 +168,6 @@ def read_label(path: os.PathLike | str, shape: Optional[Tuple[int, int]] = None)
 # ----------------------------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------------------------
-def atomic_write(path: os.PathLike | str, write, suffix: str = "") -> Path:
-    """Call ``write(tmp_path)`` on a temporary name in the same folder, then rename it to ``path``.
-
-    A crash leaves no half-written ``path`` behind (the temporary name starts with '.').
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_mask(path: os.PathLike | str, mask: np.ndarray, extratags: Sequence = ()) -> Path:
     """Write a binary mask in the submission format: single band uint8 {0,1}, uncompressed, PIL-readable."""
     mask = np.asarray(mask)
@@ -325,12 +282,12 @@ class ValidationReport:
     def ok(self) -> bool:
         return not self.errors
 
-    def raise_if_failed(self, limit: int = 20) -> None:
+    def raise_if_failed(self, limit: int = 20, context: str = "", after: str = "") -> None:
+        """Raise one :class:`DataError` listing the first ``limit`` problems (``context`` before the message,
+        ``after`` at the end of its first line)."""
         if self.errors:
-            head = "\n  ".join(self.errors[:limit])
-            more = f"\n  ... and {len(self.errors) - limit} more" if len(self.errors) > limit else ""
-            raise DataError(f"{self.split.root}: {len(self.errors)} problem(s) in split '{self.split.name}':\n"
-                            f"  {head}{more}")
+            raise DataError(f"{context}{self.split.root}: {len(self.errors)} problem(s) in split "
+                            f"'{self.split.name}'{after}:\n{problems(self.errors, limit)}")
 
 
 def validate_split(split: Split, shape: Optional[Tuple[int, int]] = None, labels: Optional[bool] = None,

@@ -1,8 +1,10 @@
 """Lightning data module: location-grouped folds, augmented training chips, whole validation chips.
 
 Training uses the chips outside ``val_fold`` (plus, optionally, a folder of unlabelled chips for pure
-distillation), with :class:`cloudkd.data.augment.Augment` (random crop, flips, rot90, light affine) applied to
-image, label and soft label together. Validation uses the whole chips of ``val_fold`` (locations never seen
+distillation; offline, ``soft_dir`` then holds the soft labels of those chips too: one folder for all the
+training chips, e.g. ``cloudkd teacher predict --soft-out DIR`` run on both feature folders), with
+:class:`cloudkd.data.augment.Augment` (random crop, flips, rot90, light affine) applied to image, label and soft
+label together. Validation uses the whole chips of ``val_fold`` (locations never seen
 in training) without augmentation.
 
 Seeding: the augmentation draws from a generator seeded with ``seed`` (and the process rank), and every
@@ -26,7 +28,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .augment import Augment, seed_worker
-from .chips import DataError, load_index, resolve_split
+from ..common.errors import DataError
+from .chips import load_index
+from .roots import resolve_split
 from .dataset import ChipDataset
 from .folds import make_folds, read_folds, split_by_fold
 
@@ -50,12 +54,12 @@ class CloudDataModule(pl.LightningDataModule):
     def __init__(self, data: os.PathLike | str, folds: Optional[os.PathLike | str] = None, val_fold: int = 0,
                  k: int = 5, batch_size: int = 8, val_batch_size: int = 4, crop: Optional[int] = 256,
                  soft_dir: Optional[os.PathLike | str] = None, unlabelled: Optional[os.PathLike | str] = None,
-                 unlabelled_soft_dir: Optional[os.PathLike | str] = None, with_labels: bool = True,
+                 with_labels: bool = True,
                  num_workers: int = 0, augment: bool = True, seed: int = 0):
         super().__init__()
         self.data, self.folds_path, self.val_fold, self.k = data, folds, val_fold, k
         self.batch_size, self.val_batch_size, self.crop = batch_size, val_batch_size, crop
-        self.soft_dir, self.unlabelled, self.unlabelled_soft_dir = soft_dir, unlabelled, unlabelled_soft_dir
+        self.soft_dir, self.unlabelled = soft_dir, unlabelled
         self.with_labels, self.num_workers, self.augment, self.seed = with_labels, num_workers, augment, seed
         if unlabelled is not None and with_labels:
             raise DataError("unlabelled training chips need a loss without labels (label weight 0)")
@@ -72,7 +76,9 @@ class CloudDataModule(pl.LightningDataModule):
         sets = [ChipDataset(self.train_index, transform=tf, with_labels=self.with_labels, soft_dir=self.soft_dir)]
         if self.unlabelled is not None:
             extra = load_index(resolve_split(self.unlabelled), require_labels=False)
-            sets.append(ChipDataset(extra, transform=tf, with_labels=False, soft_dir=self.unlabelled_soft_dir))
+            # the same soft-label folder: every training sample then carries the same keys (a batch mixing
+            # labelled and unlabelled chips collates), and a chip without its soft label is named up front
+            sets.append(ChipDataset(extra, transform=tf, with_labels=False, soft_dir=self.soft_dir))
         self.train_set = sets[0] if len(sets) == 1 else ConcatDataset(sets)
         self.val_set = ChipDataset(self.val_index, with_labels=True)
 

@@ -22,7 +22,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from .chips import DataError, read_chip, read_label
+from ..common.errors import DataError
+from .chips import read_chip, read_label
 from .normalise import normalise
 from .soft import read_soft
 

@@ -13,7 +13,8 @@ from typing import Tuple
 import numpy as np
 import pandas as pd
 
-from .chips import DataError, atomic_write
+from ..common.errors import DataError
+from ..common.io import atomic_write
 
 
 def make_folds(index: pd.DataFrame, k: int = 5, seed: int = 0) -> pd.DataFrame:

@@ -14,7 +14,8 @@ from typing import Optional, Tuple
 import numpy as np
 import tifffile
 
-from .chips import DataError, atomic_write
+from ..common.errors import DataError
+from ..common.io import atomic_write
 
 LEVELS = 255
 

@@ -2,7 +2,7 @@
 
 Every method writes its masks with its own library path (the same code ``cloudkd predict``, ``teacher predict``
 and ``baseline threshold predict`` use) into ``OUT/predictions/{method}``, and every folder is scored by
-:func:`cloudkd.scoring.score_folder` (the leaderboard metric), so the figures are the ones the leaderboard and
+:func:`cloudkd.evaluate.scoring.score_folder` (the leaderboard metric), so the figures are the ones the leaderboard and
 ``cloudkd score`` would give. Outputs under ``OUT``:
 
 * ``per_chip.csv``: method, chip, IoU, precision, recall, cloud fraction of label and prediction;
@@ -25,7 +25,9 @@ from typing import Callable, List, Optional, Sequence
 
 import pandas as pd
 
-from ..data.chips import DataError, atomic_write, resolve_split
+from ..common.errors import DataError
+from ..common.io import atomic_write
+from ..data.roots import resolve_split
 
 
 @dataclass
@@ -46,9 +48,9 @@ def threshold_method(path: os.PathLike | str, name: str = "thresholding") -> Met
 
 
 def student_method(run: os.PathLike | str, name: Optional[str] = None) -> Method:
-    from ..predict import predict_folder
-    from ..student.models import load_student, resolve_run
-    from ..student.unet import count_params
+    from ..student.predict import predict_folder
+    from ..student.runs import load_student, resolve_run
+    from ..common.sizes import count_params
 
     folder, info, _ = resolve_run(run)
     model = load_student(run)
@@ -59,8 +61,8 @@ def student_method(run: os.PathLike | str, name: Optional[str] = None) -> Method
 
 
 def onnx_method(path: os.PathLike | str, name: Optional[str] = None) -> Method:
-    from ..export import OnnxModel
-    from ..predict import predict_folder
+    from ..common.onnx import OnnxModel
+    from ..student.predict import predict_folder
 
     path = Path(path)
     if not path.is_file():
@@ -71,9 +73,9 @@ def onnx_method(path: os.PathLike | str, name: Optional[str] = None) -> Method:
 
 
 def nnunet_method(workdir: os.PathLike | str, name: str = "nnU-Net teacher") -> Method:
-    from ..export import state_dict_bytes
+    from ..common.sizes import state_dict_bytes
     from ..teacher.model import NnUNetTeacher, predict_folder
-    from ..teacher.nnunet import Workspace
+    from ..teacher.workspace import Workspace
 
     teacher = NnUNetTeacher.from_workspace(Workspace(workdir))
     return Method(name, lambda f, o: predict_folder(teacher, f, o, None, progress=False), teacher.n_params,
@@ -106,8 +108,8 @@ def run_real_bench(data: os.PathLike | str, methods: Sequence[Method], out: os.P
     """Predict a labelled split of ``data`` (``split``; default train, or test for a root with test labels
     only) with every method, score each with the leaderboard metric and write the tables and the figure under
     ``out``."""
-    from ..scoring import score_folder
-    from ..viz import plot_chips
+    from .scoring import score_folder
+    from ..data.viz import plot_chips
 
     if not methods:
         raise DataError("the real-chip benchmark needs at least one method to score")

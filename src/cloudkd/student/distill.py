@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import DEFAULT_KD
+from .config import TrainConfig as C
 
 #: soft labels are stored with 255 levels; probabilities are clipped half a level away from 0 and 1
 PROB_EPS = 1.0 / 510.0
@@ -107,11 +107,11 @@ def cwd(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0) 
 
 @dataclass
 class LossConfig:
-    label_weight: float = 1.0
-    kd_weight: float = 0.0
-    kd: str = DEFAULT_KD
-    temperature: float = 2.0
-    boundary_ignore: int = 0  # px around label outlines left out of the hard loss
+    label_weight: float = C.label_weight
+    kd_weight: float = C.kd_weight
+    kd: str = C.kd
+    temperature: float = C.temperature
+    boundary_ignore: int = C.boundary_ignore  # px around label outlines left out of the hard loss
 
     def __post_init__(self):
         if self.kd not in KD_LOSSES:

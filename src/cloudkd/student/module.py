@@ -12,7 +12,7 @@ cloudy chip's labelled cloud onto each low-cover chip of a batch, :func:`cloudkd
 ``boundary_ignore`` (px on both sides of label outlines left out of the hard loss).
 
 Validation computes the leaderboard metric (global Jaccard over all pixels of the validation fold, with
-:mod:`cloudkd.metrics`), summed over devices before the ratio, and logs it as ``val_jaccard``.
+:mod:`cloudkd.common.metrics`), summed over devices before the ratio, and logs it as ``val_jaccard``.
 """
 
 from __future__ import annotations
@@ -24,17 +24,19 @@ import pytorch_lightning as pl
 import torch
 
 from ..data.augment import cloud_paste
-from ..metrics import Confusion, confusion
-from . import DEFAULT_KD
+from ..common.infer import logit_threshold
+from ..common.metrics import Confusion, confusion, rates
+from .config import TrainConfig as C
 from .distill import LossConfig, bce_dice, cap_logits, prob_to_logit
 from .models import build_model
 
 
 class StudentModule(pl.LightningModule):
-    def __init__(self, model: str = "unet-s", model_kwargs: Optional[dict] = None, label_weight: float = 1.0,
-                 kd_weight: float = 0.0, kd: str = DEFAULT_KD, temperature: float = 2.0, teacher_mode: str = "none",
-                 lr: float = 3e-3, weight_decay: float = 1e-4, max_epochs: int = 10, cloud_paste: float = 0.0,
-                 boundary_ignore: int = 0, seed: int = 0):
+    def __init__(self, model: str = C.model, model_kwargs: Optional[dict] = None, label_weight: float = C.label_weight,
+                 kd_weight: float = C.kd_weight, kd: str = C.kd, temperature: float = C.temperature,
+                 teacher_mode: str = "none", lr: float = C.lr, weight_decay: float = C.weight_decay,
+                 max_epochs: int = C.epochs, cloud_paste: float = C.cloud_paste,
+                 boundary_ignore: int = C.boundary_ignore, seed: int = C.seed, threshold: float = C.threshold):
         super().__init__()
         if teacher_mode not in ("none", "offline", "online"):
             raise ValueError(f"teacher_mode must be none, offline or online, got {teacher_mode!r}")
@@ -83,7 +85,8 @@ class StudentModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         logits = self(batch["image"])
-        self._val += confusion(logits > 0, batch["mask"] > 0.5)
+        # the prediction rule's threshold (the one pack ships); nodata pixels are labelled clear already
+        self._val += confusion(logits > logit_threshold(self.hparams.threshold), batch["mask"] > 0.5)
         # the hard-label loss on whole validation chips (comparable across runs whatever their KD settings)
         self.log("val_loss", bce_dice(logits, batch["mask"]), on_epoch=True, batch_size=logits.shape[0],
                  sync_dist=True)
@@ -93,10 +96,10 @@ class StudentModule(pl.LightningModule):
         t = torch.tensor([c.tp, c.fp, c.fn, c.tn], dtype=torch.float64, device=self.device)
         t = self.trainer.strategy.reduce(t, reduce_op="sum")  # global counts over all devices
         total = Confusion(*[int(v) for v in t.tolist()])
-        jac = total.tp / total.union if total.union else 0.0
-        self.log("val_jaccard", jac, prog_bar=True, sync_dist=False)
-        self.log("val_precision", total.precision if total.tp + total.fp else 0.0, sync_dist=False)
-        self.log("val_recall", total.recall if total.tp + total.fn else 0.0, sync_dist=False)
+        r = rates(total)  # NaN where undefined; logged as 0 so that checkpointing can compare epochs
+        for name in ("jaccard", "precision", "recall"):
+            self.log(f"val_{name}", 0.0 if math.isnan(r[name]) else r[name], prog_bar=name == "jaccard",
+                     sync_dist=False)
 
     def lr_factor(self, epoch: int) -> float:
         """The cosine schedule: ``lr * lr_factor(epoch)``, from 1 at epoch 0 to 0 at ``max_epochs``."""

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..data.chips import DataError
+from ..common.errors import DataError
 from .distill import prob_to_logit
 
 #: the name that makes ``--teacher-onnx`` use the installed ukis-csmask peer through its adapter
@@ -81,7 +81,7 @@ def load_online_teacher(nnunet_workdir: Optional[os.PathLike | str] = None,
         return OnnxTeacher(onnx, onnx_output)
     if nnunet_workdir:
         from ..teacher.model import NnUNetTeacher
-        from ..teacher.nnunet import Workspace
+        from ..teacher.workspace import Workspace
 
         return NnUNetTeacher.from_workspace(Workspace(nnunet_workdir), device=device)
     return None

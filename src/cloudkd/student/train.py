@@ -24,56 +24,16 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
-from ..data.chips import DataError, atomic_write
+from ..common.errors import DataError
+from ..common.io import atomic_write
 from ..data.datamodule import CloudDataModule
-from . import DEFAULT_KD
+from .config import TrainConfig
 from .module import StudentModule
 from .teachers import load_online_teacher
-from .models import lightning_state, load_student
-from .unet import count_params
+from .runs import lightning_state
+from ..common.sizes import count_params
 
-__all__ = ["TrainConfig", "FitResult", "fit", "export_best", "load_student"]
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    model: str = "unet-s"
-    folds: Optional[str] = None
-    val_fold: int = 0
-    epochs: int = 10
-    batch_size: int = 8
-    crop: int = 256
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    label_weight: float = 1.0
-    kd_weight: float = 0.0
-    kd: str = DEFAULT_KD
-    temperature: float = 2.0
-    soft_dir: Optional[str] = None  # offline teacher: soft labels of the training chips
-    teacher_nnunet: Optional[str] = None  # online teacher: an nnU-Net workdir
-    teacher_onnx: Optional[str] = None  # online teacher: an ONNX model
-    teacher_onnx_output: str = "logits"
-    unlabelled: Optional[str] = None  # extra unlabelled chips (label_weight must be 0)
-    cloud_paste: float = 0.0  # probability of pasting a batch-mate's labelled cloud onto a low-cover chip
-    boundary_ignore: int = 0  # px around label outlines left out of the hard loss
-    seed: int = 0
-    accelerator: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    num_workers: int = 0
-    limit_train_batches: Optional[int] = None  # fixed steps per epoch (equal budgets across runs)
-    resume: bool = False
-    progress: bool = True
-
-    @property
-    def teacher_mode(self) -> str:
-        online = bool(self.teacher_nnunet or self.teacher_onnx)
-        if online and self.soft_dir:
-            raise ValueError("give either offline soft labels or an online teacher, not both")
-        return "online" if online else "offline" if self.soft_dir else "none"
+__all__ = ["TrainConfig", "FitResult", "fit", "export_best"]
 
 
 @dataclass
@@ -105,7 +65,8 @@ def fit(cfg: TrainConfig) -> FitResult:
                          soft_dir=cfg.soft_dir if mode == "offline" else None, unlabelled=cfg.unlabelled,
                          with_labels=cfg.label_weight > 0, num_workers=cfg.num_workers, seed=cfg.seed)
     module = StudentModule(cfg.model, None, cfg.label_weight, cfg.kd_weight, cfg.kd, cfg.temperature, mode,
-                           cfg.lr, cfg.weight_decay, cfg.epochs, cfg.cloud_paste, cfg.boundary_ignore, cfg.seed)
+                           cfg.lr, cfg.weight_decay, cfg.epochs, cfg.cloud_paste, cfg.boundary_ignore, cfg.seed,
+                           cfg.threshold)
     if mode == "online":
         device = "cuda" if cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto"
                                                                      and torch.cuda.is_available()) else "cpu"

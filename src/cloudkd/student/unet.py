@@ -88,8 +88,10 @@ class CompactUNet(nn.Module):
                        "conv": conv}
         self.encoder = nn.ModuleList()
         cin = in_channels
-        for w in widths:
-            self.encoder.append(Stage(cin, w, norm, conv if cin > 4 else "standard"))
+        for i, w in enumerate(widths):
+            # the first stage stays standard whatever ``conv`` asks: a depthwise 3x3 on the few input bands
+            # cannot mix them, and that stage costs little; every later stage follows ``conv``
+            self.encoder.append(Stage(cin, w, norm, conv if i > 0 else "standard"))
             cin = w
         self.ups = nn.ModuleList()
         self.decoder = nn.ModuleList()
@@ -117,10 +119,6 @@ class CompactUNet(nn.Module):
             skip = skips.pop()
             x = dec(torch.cat([up(x, skip.shape[-2:]), skip], dim=1))
         return self.head(x)
-
-
-def count_params(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 def from_preset(name: str, in_channels: int = 4, classes: int = 1, **overrides) -> CompactUNet:

@@ -24,7 +24,9 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from ..data.chips import DataError, atomic_write, resolve_split
+from ..common.errors import DataError
+from ..common.io import atomic_write
+from ..data.roots import resolve_split
 from .validate import reasons, validate
 
 
@@ -103,7 +105,7 @@ def runtime_test(zip_path: os.PathLike | str, data: os.PathLike | str, labels: O
             verdict["ok"] = False
             verdict["reasons"].insert(0, f"main.py exited with code {proc.returncode} (log: {root / 'main.log'})")
         if labels is not None and not verdict["missing"] and not verdict["invalid"]:
-            from ..scoring import score_folder
+            from ..evaluate.scoring import score_folder
 
             report = score_folder(root / "predictions", labels)
             verdict["jaccard"] = report.jaccard

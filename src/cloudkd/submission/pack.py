@@ -8,7 +8,7 @@ Zip layout (unzipped into /codeexecution by the runtime)::
     assets/cloudkd_rt/__init__.py
     assets/cloudkd_rt/unet.py        = src/cloudkd/student/unet.py      (byte for byte)
     assets/cloudkd_rt/normalise.py   = src/cloudkd/data/normalise.py    (byte for byte)
-    assets/cloudkd_rt/infer.py       = src/cloudkd/infer.py             (byte for byte)
+    assets/cloudkd_rt/infer.py       = src/cloudkd/common/infer.py      (byte for byte)
 
 Compact U-Nets need only torch in the runtime; smp models (``smp:Unet:resnet34``) are rebuilt with the
 runtime's segmentation-models-pytorch.
@@ -26,9 +26,10 @@ from typing import Optional
 
 import torch
 
-from ..data.chips import DataError, atomic_write
-from ..student.models import resolve_run
-from ..student.unet import count_params
+from ..common.errors import DataError
+from ..common.io import atomic_write
+from ..student.runs import resolve_run
+from ..common.sizes import count_params
 
 PKG = Path(__file__).resolve().parents[1]  # src/cloudkd
 MAIN_PY = PKG.parents[1] / "submission" / "main.py"
@@ -36,7 +37,7 @@ MAIN_PY = PKG.parents[1] / "submission" / "main.py"
 RUNTIME_MODULES = {
     PKG / "student" / "unet.py": "unet.py",
     PKG / "data" / "normalise.py": "normalise.py",
-    PKG / "infer.py": "infer.py",
+    PKG / "common" / "infer.py": "infer.py",
 }
 
 
@@ -61,16 +62,22 @@ def model_spec(info: dict, model: torch.nn.Module) -> dict:
     raise DataError(f"cannot pack model {info['model']!r}: main.py rebuilds compact U-Nets and smp models only")
 
 
-def pack(checkpoint: os.PathLike | str, out: os.PathLike | str, threshold: float = 0.5, tta: bool = False,
+def pack(checkpoint: os.PathLike | str, out: os.PathLike | str, threshold: Optional[float] = None, tta: bool = False,
          batch_size: int = 8, chip_size: int = 512, main_py: Optional[os.PathLike | str] = None) -> PackResult:
-    from ..infer import logit_threshold
+    """Write the submission zip. ``threshold`` None: the run's training threshold (the one its validation Jaccard
+    was measured at; runs from before it was recorded: the rule's default)."""
+    from ..common.infer import DEFAULT_THRESHOLD, logit_threshold
     from ..student.models import build_model
 
-    logit_threshold(threshold)  # validates the threshold
+    if threshold is not None:
+        logit_threshold(threshold)  # validates the threshold before anything is read
     main_py = Path(main_py) if main_py else MAIN_PY
     if not main_py.is_file():
         raise DataError(f"{main_py}: submission main.py not found (pack runs from a cloudkd checkout)")
     run, info, state = resolve_run(checkpoint)
+    if threshold is None:
+        threshold = float(info.get("config", {}).get("threshold", DEFAULT_THRESHOLD))
+    logit_threshold(threshold)
     model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
     model.load_state_dict(state)  # fails loudly on a mismatch, before anything is written
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -11,7 +11,7 @@ package sets CPU-friendly defaults before anything imports it (a value the user 
 planner cannot run with 0), unless the user set it.
 
 ``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results`` and ``nnUNet_extTrainer`` are set by
-:class:`cloudkd.teacher.nnunet.Workspace` around every call into nnU-Net, so a user never sets them by hand.
+:class:`cloudkd.teacher.workspace.Workspace` around every call into nnU-Net, so a user never sets them by hand.
 """
 
 import os

@@ -21,9 +21,10 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..data.chips import DataError
+from ..common.errors import DataError
+from ..common.infer import masks_from_probabilities, nodata_mask
 from ..data.normalise import normalise
-from .nnunet import Workspace
+from .workspace import Workspace
 
 #: nnU-Net's 2d configurations treat an image as a 3-D volume with one slice; this is its "spacing"
 SPACING_2D = [999.0, 1.0, 1.0]
@@ -84,16 +85,18 @@ class NnUNetTeacher:
 
     @property
     def n_params(self) -> int:
-        from ..student.unet import count_params
+        from ..common.sizes import count_params
 
         return count_params(self.network)
 
     # ------------------------------------------------------------------------------------------------------------
-    def predict_chip(self, refl: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """nnU-Net's own path for one (4, H, W) reflectance chip: (cloud probability float32 (H, W), mask uint8)."""
+    def predict_chip(self, refl: np.ndarray, threshold: float = 0.5) -> Tuple[np.ndarray, np.ndarray]:
+        """nnU-Net's own path for one (4, H, W) reflectance chip: (cloud probability float32 (H, W), mask uint8
+        by the project's prediction rule: probability above ``threshold``, nodata pixels clear)."""
         x = normalise(refl)[:, None]  # (4, 1, H, W): one slice
-        seg, probs = self.predictor.predict_single_npy_array(x, {"spacing": list(SPACING_2D)}, None, None, True)
-        return np.asarray(probs[1, 0], np.float32), np.asarray(seg[0], np.uint8)
+        _, probs = self.predictor.predict_single_npy_array(x, {"spacing": list(SPACING_2D)}, None, None, True)
+        prob = np.asarray(probs[1, 0], np.float32)
+        return prob, masks_from_probabilities(prob[None], threshold, nodata_mask(refl)[None])[0]
 
     def logits(self, x):
         """Cloud logits (N, 1, H, W) for a batch of normalised inputs (N, 4, H, W) (torch tensor or numpy)."""
@@ -132,16 +135,10 @@ class NnUNetTeacher:
                 res = torch.stack(out)  # (N, 1, H, W)
         return res.to(x.device) if hasattr(x, "device") else res
 
-    def probabilities(self, x):
-        """Cloud probabilities (N, 1, H, W) for a batch of normalised inputs."""
-        import torch
-
-        return torch.sigmoid(self.logits(x))
-
 
 def predict_folder(teacher: NnUNetTeacher, features_dir: os.PathLike | str, masks_out: Optional[os.PathLike | str],
                    soft_out: Optional[os.PathLike | str], chip_ids: Optional[Sequence[str]] = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, threshold: float = 0.5) -> dict:
     """Teacher masks (submission format) and/or soft labels for every chip of a features folder.
 
     Returns timing: ``n_chips``, ``seconds``, ``ms_per_chip`` (inference only, reading and writing excluded).
@@ -162,7 +159,7 @@ def predict_folder(teacher: NnUNetTeacher, features_dir: os.PathLike | str, mask
     for chip_id in it:
         refl = read_chip(features_dir / chip_id)
         t = time.perf_counter()
-        prob, mask = teacher.predict_chip(refl)
+        prob, mask = teacher.predict_chip(refl, threshold)
         infer += time.perf_counter() - t
         if masks_out is not None:
             write_mask(Path(masks_out) / f"{chip_id}.tif", mask)

@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ..data.chips import DataError
+from ..common.errors import DataError
 
 NAME = "ukis-csmask"
 INSTALL = 'pip install "ukis-csmask[cpu]"'

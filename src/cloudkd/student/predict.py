@@ -10,16 +10,17 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .data.chips import list_chip_ids, read_chip, write_mask
-from .data.normalise import normalise
-from .infer import masks_from_logits, nodata_mask, predict_logits
+from ..data.chips import list_chip_ids, read_chip, write_mask
+from ..data.normalise import normalise
+from ..common.infer import nodata_mask, predict_masks
 
 
 def predict_folder(model: torch.nn.Module, features_dir: os.PathLike | str, out_dir: os.PathLike | str,
                    chip_ids: Optional[Sequence[str]] = None, batch_size: int = 8, tta: bool = False,
                    threshold: float = 0.5, progress: bool = True) -> dict:
-    """Write ``out_dir/{chip_id}.tif`` (submission format) for every chip; returns timing (``ms_per_chip``
-    counts the model only, ``wall_ms_per_chip`` includes reading and writing)."""
+    """Write ``out_dir/{chip_id}.tif`` (submission format) for every chip with the one prediction rule
+    (:func:`cloudkd.common.infer.predict_masks`); returns timing (``ms_per_chip`` counts the model and the rule,
+    ``wall_ms_per_chip`` includes reading and writing)."""
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     ids = list(chip_ids) if chip_ids is not None else list_chip_ids(features_dir)
     model.eval()
@@ -34,9 +35,8 @@ def predict_folder(model: torch.nn.Module, features_dir: os.PathLike | str, out_
         refl = np.stack([read_chip(features_dir / c) for c in group])
         x = torch.from_numpy(normalise(refl))
         t = time.perf_counter()
-        logits = predict_logits(model, x, tta)
+        masks = predict_masks(model, x, nodata_mask(refl), threshold, tta)
         t_model += time.perf_counter() - t
-        masks = masks_from_logits(logits, threshold, nodata_mask(refl))
         for c, m in zip(group, masks):
             write_mask(out_dir / f"{c}.tif", m)
     n = max(1, len(ids))

@@ -19,7 +19,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .data.chips import DataError, read_label, read_mask
+from ..common.errors import DataError
+from ..data.chips import read_label, read_mask
 
 DEFAULT_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
@@ -109,12 +110,9 @@ def summarise(stats: Sequence[ChipStats], thresholds: Sequence[float] = DEFAULT_
 
 
 def plot(summary: Dict, path: os.PathLike | str) -> Path:
-    import matplotlib
+    import matplotlib.pyplot as plt  # the backend stays the user's: save_figure writes the file and closes it
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .viz import save_figure
+    from ..common.viz import save_figure
 
     rows = summary["chip_policy"]
     t = [r["threshold"] for r in rows]

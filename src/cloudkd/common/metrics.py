@@ -11,6 +11,28 @@ import math
 from dataclasses import dataclass
 
 
+def ratio(num, den):
+    """``num / den`` for counts: Python numbers, numpy arrays or pandas Series, NaN where ``den`` is 0.
+
+    Every rate of the project (Jaccard, precision, recall, specificity, accuracy, per chip, per location, per
+    scene, in training) is one of the ratios of :class:`Confusion`, computed here.
+    """
+    if hasattr(den, "where"):  # pandas Series
+        return (num / den.where(den > 0)).astype(float)
+    if hasattr(den, "shape") and getattr(den, "ndim", 0):  # numpy array
+        import numpy as np
+
+        den = np.asarray(den, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den > 0, np.asarray(num, dtype=float) / np.where(den > 0, den, 1.0), math.nan)
+    return num / den if den else math.nan
+
+
+def none_if_nan(x):
+    """``x``, or None where it is a NaN float (JSON has no NaN)."""
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
 class EmptyUnionError(ZeroDivisionError):
     """The Jaccard index is undefined: neither the prediction nor the label has a single cloud pixel."""
 
@@ -69,28 +91,37 @@ class Confusion:
             raise EmptyUnionError("Jaccard index undefined: the union of prediction and label is empty")
         return self.tp / self.union
 
-    def iou_or_nan(self) -> float:
-        return self.tp / self.union if self.union else math.nan
+    def iou(self, empty: float = math.nan) -> float:
+        """Intersection over union, or ``empty`` when the union is empty (two empty masks agree: 1.0)."""
+        return self.tp / self.union if self.union else empty
 
     @property
     def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else math.nan
+        return rates(self)["precision"]
 
     @property
     def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else math.nan
+        return rates(self)["recall"]
 
     @property
     def specificity(self) -> float:
-        return self.tn / (self.tn + self.fp) if self.tn + self.fp else math.nan
+        return rates(self)["specificity"]
 
     @property
     def accuracy(self) -> float:
-        return (self.tp + self.tn) / self.n_pixels if self.n_pixels else math.nan
+        return rates(self)["accuracy"]
 
-    def as_dict(self) -> dict:
-        return {"tp": self.tp, "fp": self.fp, "fn": self.fn, "tn": self.tn, "intersection": self.intersection,
-                "union": self.union}
+
+#: the rates of a confusion, in the order tables show them
+RATES = ("jaccard", "precision", "recall", "specificity", "accuracy")
+
+
+def rates(c) -> dict:
+    """Jaccard, precision, recall, specificity and accuracy of anything with ``tp, fp, fn, tn`` (a
+    :class:`Confusion`, or a DataFrame with those columns: one value per row); NaN where undefined."""
+    tp, fp, fn, tn = c.tp, c.fp, c.fn, c.tn
+    return {"jaccard": ratio(tp, tp + fp + fn), "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+            "specificity": ratio(tn, tn + fp), "accuracy": ratio(tp + tn, tp + fp + fn + tn)}
 
 
 def confusion(pred, target) -> Confusion:

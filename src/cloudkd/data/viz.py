@@ -1,4 +1,4 @@
-"""Pictures a person can look at: chips as true colour and NIR, labels and predictions as outlines."""
+"""Chips as a person sees them: true colour and NIR, labels and predictions as outlines."""
 
 from __future__ import annotations
 
@@ -8,31 +8,14 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .data.chips import Split, atomic_write, read_chip, read_mask
-
-
-def save_figure(fig, path: os.PathLike | str, dpi: int = 100) -> Path:
-    """Write a matplotlib figure as PNG atomically (parent folders created) and close it."""
-    import matplotlib.pyplot as plt
-
-    out = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), suffix=".png")
-    plt.close(fig)
-    return out
-
-
-def true_colour(refl: np.ndarray, top: float = 0.3, gamma: float = 0.8) -> np.ndarray:
-    """(H, W, 3) RGB in [0, 1] from (4, H, W) reflectance (B04, B03, B02), linear stretch to ``top``."""
-    rgb = np.clip(refl[[2, 1, 0]].transpose(1, 2, 0) / top, 0, 1)
-    return rgb ** gamma
+from ..common.viz import save_figure, true_colour
+from .chips import Split, read_chip, read_mask
 
 
 def plot_chips(split: Split, chip_ids: Sequence[str], path: os.PathLike | str,
                predictions: Optional[Dict[str, os.PathLike | str]] = None, title: str = "") -> Path:
     """A grid: one row per chip with RGB, NIR and (when available) the label and each prediction folder's mask."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the backend stays the user's: save_figure writes the file and closes it
 
     predictions = dict(predictions or {})
     has_labels = split.has_labels

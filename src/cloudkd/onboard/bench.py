@@ -24,39 +24,34 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..common.infer import DEFAULT_THRESHOLD
+
 METHODS = ("thresholding", "nnunet_teacher", "smp_resnet34", "student_torch", "student_onnx_fp32",
            "student_onnx_int8")
 
 
-def vm_hwm_mb() -> float:
-    """This process's peak resident set in MB (VmHWM; ru_maxrss would carry a parent's peak across exec), or
-    NaN where /proc/self/status has no VmHWM (not Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _load(method: str, path: str, threads: int):
-    """(predict(refl (N,4,H,W) float32) -> masks (N,H,W) bool, params, bytes, macs)."""
+def _load(method: str, path: str, threads: int, threshold: float = DEFAULT_THRESHOLD):
+    """(predict(refl (N,4,H,W) float32) -> masks (N,H,W), params, bytes, macs); the models' masks come from the
+    one prediction rule at ``threshold`` (nodata pixels clear)."""
     import torch
 
-    from .data.normalise import normalise
+    from ..common.infer import masks_from_logits, nodata_mask, predict_masks
+
+    from ..data.normalise import normalise
     from .export import count_macs
 
     torch.set_num_threads(threads)
     if method == "thresholding":
-        from .baselines.threshold import ThresholdModel
+        from ..baselines.threshold import ThresholdModel
 
         m = ThresholdModel.load(path)
         return (lambda refl: np.stack([m.predict(r) for r in refl]) > 0), 2, Path(path).stat().st_size, 0
     if method == "nnunet_teacher":
         import math
 
-        from .export import state_dict_bytes
-        from .teacher.model import NnUNetTeacher
-        from .teacher.nnunet import Workspace
+        from ..common.sizes import state_dict_bytes
+        from ..teacher.model import NnUNetTeacher
+        from ..teacher.workspace import Workspace
 
         t = NnUNetTeacher.from_workspace(Workspace(path), device="cpu")
         patch = t.patch_size
@@ -64,38 +59,40 @@ def _load(method: str, path: str, threads: int):
         tiles = math.prod(1 if p >= 512 else math.ceil((512 - p) / (p * 0.5)) + 1 for p in patch)
         macs = count_macs(t.network, patch[0]) * tiles if patch[0] == patch[1] else 0
         # bytes: the weights alone (nnU-Net's checkpoint adds optimiser state)
-        return (lambda refl: t.logits(torch.from_numpy(normalise(refl))).numpy()[:, 0] > 0), t.n_params, \
+        return (lambda refl: masks_from_logits(t.logits(torch.from_numpy(normalise(refl))), threshold,
+                                               nodata_mask(refl))), t.n_params, \
             state_dict_bytes(t.network), macs
     if method in ("smp_resnet34", "student_torch"):
-        from .infer import predict_logits
-        from .student.models import load_student
-        from .student.unet import count_params
+        from ..student.runs import load_student
+        from ..common.sizes import count_params
 
         m = load_student(path)
-        return (lambda refl: predict_logits(m, torch.from_numpy(normalise(refl))).numpy()[:, 0] > 0), \
+        return (lambda refl: predict_masks(m, torch.from_numpy(normalise(refl)), nodata_mask(refl), threshold)), \
             count_params(m), (Path(path) / "student.pt").stat().st_size, \
             count_macs(m, 512)
     if method in ("student_onnx_fp32", "student_onnx_int8"):
-        from .export import ort_logits, ort_session
+        from ..common.onnx import ort_logits, ort_session
 
         sess = ort_session(path, threads)
         info = json.loads((Path(path).parent / "export.json").read_text())
         art = info["artefacts"]["onnx_int8" if method.endswith("int8") else "onnx_fp32"]
-        return (lambda refl: ort_logits(sess, normalise(refl))[:, 0] > 0), art["params"], \
+        return (lambda refl: masks_from_logits(ort_logits(sess, normalise(refl)), threshold, nodata_mask(refl))), \
+            art["params"], \
             Path(path).stat().st_size, art["macs"]
     raise ValueError(f"unknown method {method!r}")
 
 
 def run_worker(method: str, path: str, features: str, labels: str, threads: int, batch: int, n_latency: int,
-               limit: Optional[int] = None) -> dict:
+               limit: Optional[int] = None, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """One method, measured in this process."""
-    from .data.chips import list_chip_ids, read_chip, read_label
-    from .metrics import Confusion, confusion
+    from ..data.chips import list_chip_ids, read_chip, read_label
+    from ..common.metrics import Confusion, confusion
+    from ..common.sizes import vm_hwm_mb
 
     ids = list_chip_ids(features)[:limit] if limit else list_chip_ids(features)
     refl = np.stack([read_chip(Path(features) / c) for c in ids])
     labs = np.stack([read_label(Path(labels) / f"{c}.tif") for c in ids])
-    predict, params, nbytes, macs = _load(method, path, threads)
+    predict, params, nbytes, macs = _load(method, path, threads, threshold)
     predict(refl[:1])  # warm-up
     lat = []
     for i in range(min(n_latency, len(ids))):
@@ -110,20 +107,21 @@ def run_worker(method: str, path: str, features: str, labels: str, threads: int,
     seconds = time.perf_counter() - t0
     return {"name": method, "path": path, "params": params, "bytes": nbytes, "macs": macs,
             "ms_per_chip_median": float(np.median(lat)), "ms_per_chip_p90": float(np.percentile(lat, 90)),
-            "chips_per_s": len(ids) / seconds, "peak_rss_mb": vm_hwm_mb(), "jaccard": conf.tp / conf.union,
-            "n_chips": len(ids), "threads": threads, "batch": batch}
+            "chips_per_s": len(ids) / seconds, "peak_rss_mb": vm_hwm_mb(), "jaccard": conf.jaccard(),
+            "n_chips": len(ids), "threads": threads, "batch": batch, "threshold": threshold}
 
 
 def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, batch: int = 8,
-          n_latency: int = 16, limit: Optional[int] = None, progress: bool = True) -> List[dict]:
+          n_latency: int = 16, limit: Optional[int] = None, progress: bool = True,
+          threshold: float = DEFAULT_THRESHOLD) -> List[dict]:
     """Run every method of ``models`` (method -> path) in its own process; rows in METHODS order."""
     rows = []
     for method in [m for m in METHODS if m in models]:
         args = json.dumps({"method": method, "path": str(models[method]), "features": str(features),
                            "labels": str(labels), "threads": threads, "batch": batch, "n_latency": n_latency,
-                           "limit": limit})
+                           "limit": limit, "threshold": threshold})
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        p = subprocess.run([sys.executable, "-m", "cloudkd.bench", args], capture_output=True, text=True, env=env)
+        p = subprocess.run([sys.executable, "-m", "cloudkd.onboard.bench", args], capture_output=True, text=True, env=env)
         if p.returncode != 0:
             raise RuntimeError(f"bench worker for {method} failed:\n{p.stderr[-3000:]}")
         row = json.loads(p.stdout.strip().splitlines()[-1])
@@ -132,6 +130,31 @@ def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, 
             print(f"  {method}: {row['ms_per_chip_median']:.1f} ms/chip median, {row['chips_per_s']:.2f} chips/s, "
                   f"Jaccard {row['jaccard']:.4f}", flush=True)
     return rows
+
+
+def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34: Optional[Path] = None,
+                export_dir: Optional[Path] = None, threshold: float = DEFAULT_THRESHOLD, log=print) -> Dict[str, Path]:
+    """The models ``make demo`` left in ``demo_dir`` (method -> path, those present), with the student exported to
+    ONNX first when its export is missing (calibrated on the training split of ``split``'s root)."""
+    from ..data.roots import resolve_split
+    from .export import export
+
+    student = student or demo_dir / "student"
+    resnet34 = resnet34 or demo_dir / "distill" / "resnet34"
+    export_dir = export_dir or demo_dir / "export"
+    models = {"thresholding": demo_dir / "threshold.json", "nnunet_teacher": demo_dir / "nnunet",
+              "smp_resnet34": resnet34, "student_torch": student}
+    if (student / "student.json").is_file() and not (export_dir / "model_int8.onnx").is_file():
+        log(f"exporting {student} -> {export_dir}")
+        train = resolve_split(split.root, "train").features_dir if (split.root / "train_features").is_dir() else None
+        export(student, export_dir, calib=train, heldout=split.features_dir if train else None, int8=bool(train),
+               threshold=threshold)
+    models["student_onnx_fp32"] = export_dir / "model_fp32.onnx"
+    models["student_onnx_int8"] = export_dir / "model_int8.onnx"
+    for k, v in models.items():
+        if not Path(v).exists():
+            log(f"skipping {k}: {v} not found")
+    return {k: v for k, v in models.items() if Path(v).exists()}
 
 
 COLUMNS = ["name", "params", "bytes", "macs", "ms_per_chip_median", "ms_per_chip_p90", "chips_per_s",
@@ -159,12 +182,9 @@ def to_markdown(rows: List[dict]) -> str:
 
 
 def plot(rows: List[dict], path: os.PathLike | str) -> Path:
-    import matplotlib
+    import matplotlib.pyplot as plt  # the backend stays the user's: save_figure writes the file and closes it
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .viz import save_figure
+    from ..common.viz import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, r in enumerate(rows):
@@ -186,4 +206,4 @@ def plot(rows: List[dict], path: os.PathLike | str) -> Path:
 if __name__ == "__main__":
     a = json.loads(sys.argv[1])
     print(json.dumps(run_worker(a["method"], a["path"], a["features"], a["labels"], a["threads"], a["batch"],
-                                a["n_latency"], a.get("limit"))))
+                                a["n_latency"], a.get("limit"), a.get("threshold", DEFAULT_THRESHOLD))))

@@ -28,9 +28,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .data.chips import DataError, atomic_write, list_chip_ids, read_chip
-from .data.normalise import normalise
-from .student.unet import count_params
+from ..common.errors import DataError
+from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits, nodata_mask
+from ..common.io import atomic_write
+from ..common.metrics import confusion
+from ..common.onnx import ort_logits, ort_session
+from ..common.sizes import count_params
+from ..data.chips import list_chip_ids, read_chip
+from ..data.normalise import normalise
 
 INT8_MIN_IOU = 0.98
 
@@ -66,12 +71,12 @@ def count_macs(model: torch.nn.Module, size: int = 512, in_channels: int = 4) ->
 
 
 def load_chips(features_dir: os.PathLike | str, n: Optional[int] = None, offset: int = 0) -> List[np.ndarray]:
-    """Normalised (4, H, W) float32 inputs of the first ``n`` chips (sorted ids) after ``offset``."""
+    """Reflectance (4, H, W) float32 of the first ``n`` chips (sorted ids) after ``offset``."""
     ids = list_chip_ids(features_dir)[offset:]
     ids = ids[:n] if n else ids
     if not ids:
         raise DataError(f"{features_dir}: no chips to use")
-    return [normalise(read_chip(Path(features_dir) / c)) for c in ids]
+    return [read_chip(Path(features_dir) / c) for c in ids]
 
 
 def export_onnx(model: torch.nn.Module, path: os.PathLike | str, dynamic: bool = True, size: int = 512,
@@ -85,36 +90,6 @@ def export_onnx(model: torch.nn.Module, path: os.PathLike | str, dynamic: bool =
                           output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
 
     return atomic_write(path, write, suffix=".onnx")
-
-
-def ort_session(path: os.PathLike | str, threads: Optional[int] = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def ort_logits(session, batch: np.ndarray) -> np.ndarray:
-    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(batch, np.float32)})[0]
-
-
-class OnnxModel:
-    """An exported model called like the PyTorch one (torch tensor in, logits tensor out), e.g. for
-    :func:`cloudkd.predict.predict_folder`."""
-
-    def __init__(self, path: os.PathLike | str, threads: Optional[int] = None):
-        self.path = Path(path)
-        self.session = ort_session(path, threads)
-
-    def eval(self) -> "OnnxModel":
-        return self
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(ort_logits(self.session, x.detach().cpu().numpy()))
 
 
 class _Calib:
@@ -152,26 +127,10 @@ def quantize_int8(fp32: os.PathLike | str, out: os.PathLike | str, calib: Sequen
     return out
 
 
-def state_dict_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a network's weights as torch.save writes them (no optimiser state)."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
-    return len(buf.getvalue())
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Global IoU of two sets of binary masks (1.0 when both are empty)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 _PEAK_SCRIPT = r"""
 import json, math, sys
 import numpy as np
-from cloudkd.bench import vm_hwm_mb
+from cloudkd.common.sizes import vm_hwm_mb
 if math.isnan(vm_hwm_mb()):
     raise RuntimeError("no VmHWM in /proc/self/status")
 kind, path, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -184,7 +143,7 @@ if kind == "onnx":
 else:
     import torch
     torch.set_num_threads(1)
-    from cloudkd.student.models import load_student
+    from cloudkd.student.runs import load_student
     m = load_student(path)
     t = torch.from_numpy(x)
     def run():
@@ -221,14 +180,15 @@ class ExportReport:
 
 def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optional[os.PathLike | str] = None,
            heldout: Optional[os.PathLike | str] = None, n_calib: int = 16, n_check: int = 8, size: int = 512,
-           int8: bool = True, measure_memory: bool = True) -> ExportReport:
-    """Export, check and cost a trained model (see the module docstring).
+           int8: bool = True, measure_memory: bool = True, threshold: float = DEFAULT_THRESHOLD) -> ExportReport:
+    """Export, check and cost a trained model (see the module docstring). The masks of the checks come from the
+    one prediction rule at ``threshold`` (nodata pixels clear), the rule ``submission/main.py`` applies.
 
     ``calib``: chips for the int8 calibration (e.g. the training split's features); ``heldout``: other chips
     for the checks (default: ``calib`` chips after the calibration ones).
     """
-    from .student.models import resolve_run
-    from .student.models import build_model
+    from ..student.models import build_model
+    from ..student.runs import resolve_run
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,25 +210,32 @@ def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optiona
                                      "bytes": fixed.stat().st_size}
 
     if calib is not None:
-        calib_chips = load_chips(calib, n_calib)
-        check_chips = load_chips(heldout, n_check) if heldout is not None else load_chips(calib, n_check, n_calib)
-        x = np.stack(check_chips)
+        calib_chips = [normalise(r) for r in load_chips(calib, n_calib)]
+        check_refl = np.stack(load_chips(heldout, n_check) if heldout is not None
+                              else load_chips(calib, n_check, n_calib))
+        x = normalise(check_refl)
+        nodata = nodata_mask(check_refl)
+
+        def masks(logits):  # the one prediction rule, as main.py applies it
+            return masks_from_logits(logits, threshold, nodata).astype(bool)
+
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
         sess = ort_session(fp32)
         got = ort_logits(sess, x)
         b1 = ort_session(fixed)
         got1 = np.concatenate([ort_logits(b1, c[None]) for c in x]) if x.shape[-1] == size else got
+        rep.checks["threshold"] = threshold
         rep.checks["onnx_fp32_max_abs_diff"] = float(np.abs(got - ref).max())
         rep.checks["onnx_fp32_b1_max_abs_diff"] = float(np.abs(got1 - ref).max())
-        rep.checks["onnx_fp32_mask_agreement"] = float(((got > 0) == (ref > 0)).mean())
-        rep.checks["n_check_chips"] = len(check_chips)
+        rep.checks["onnx_fp32_mask_agreement"] = float((masks(got) == masks(ref)).mean())
+        rep.checks["n_check_chips"] = len(check_refl)
         if int8:
             q = quantize_int8(fp32, out / "model_int8.onnx", calib_chips)
             qz = ort_logits(ort_session(q), x)
-            iou = mask_iou(qz > 0, got > 0)
+            iou = confusion(masks(qz), masks(got)).iou(empty=1.0)
             rep.checks["int8_vs_fp32_mask_iou"] = iou
-            rep.checks["int8_vs_fp32_mask_agreement"] = float(((qz > 0) == (got > 0)).mean())
+            rep.checks["int8_vs_fp32_mask_agreement"] = float((masks(qz) == masks(got)).mean())
             rep.checks["int8_vs_fp32_max_abs_diff"] = float(np.abs(qz - got).max())
             rep.checks["n_calib_chips"] = len(calib_chips)
             rep.int8_ok = iou >= INT8_MIN_IOU

@@ -25,9 +25,10 @@ from typing import Callable, Iterator, List, Optional
 import numpy as np
 import tifffile
 
-from .data.chips import DataError, atomic_write
-from .data.normalise import BANDS, dn_to_reflectance, normalise
-from .infer import nodata_mask
+from ..common.errors import DataError
+from ..common.io import atomic_write
+from ..data.normalise import BANDS, dn_to_reflectance, normalise
+from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits, nodata_mask
 
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 OUT_TILE = 256  # the output is written as 256 x 256 compressed tiles, streamed row of tiles by row of tiles
@@ -150,10 +151,11 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
 
 
 def predict_scene(scene: os.PathLike | str, out: os.PathLike | str, predict: Callable[[np.ndarray], np.ndarray],
-                  tile: int = 512, overlap: int = 64, batch_size: int = 4, threshold_logit: float = 0.0,
+                  tile: int = 512, overlap: int = 64, batch_size: int = 4, threshold: float = DEFAULT_THRESHOLD,
                   progress: bool = True) -> dict:
     """Write the scene's cloud mask to ``out``; ``predict`` maps a normalised (N, 4, h, w) float32 batch to
-    (N, 1, h, w) logits. Returns the scene size, tiles and seconds."""
+    (N, 1, h, w) logits. The blended logits go through the one prediction rule (``threshold``, nodata pixels
+    clear). Returns the scene size, tiles and seconds."""
     import time
 
     if overlap < 0 or overlap >= tile:
@@ -198,8 +200,8 @@ def predict_scene(scene: os.PathLike | str, out: os.PathLike | str, predict: Cal
                     bar.update(len(group))
             nxt = ys[i + 1] if i + 1 < len(ys) else y + th
             done = nxt - y  # rows [y, nxt) receive no further tile
-            mask = ((acc[:done] / np.maximum(wsum[:done], 1e-12)) > threshold_logit).astype(np.uint8)
-            mask[nodata[:done]] = 0
+            blended = acc[:done] / np.maximum(wsum[:done], 1e-12)
+            mask = masks_from_logits(blended[None, None], threshold, nodata[None, :done])[0]
             pending = np.concatenate([pending, mask])
             while len(pending) >= OUT_TILE:
                 yield from _tiles(pending[:OUT_TILE])
@@ -234,14 +236,14 @@ def predict_scene(scene: os.PathLike | str, out: os.PathLike | str, predict: Cal
 def torch_predictor(model, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
     import torch
 
-    from .infer import predict_logits
+    from ..common.infer import predict_logits
 
     model = model.to(device).eval()
     return lambda b: predict_logits(model, torch.from_numpy(b).to(device)).float().cpu().numpy()
 
 
 def onnx_predictor(path: os.PathLike | str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
-    from .export import ort_logits, ort_session
+    from ..common.onnx import ort_logits, ort_session
 
     sess = ort_session(path, threads)
     return lambda b: ort_logits(sess, b)

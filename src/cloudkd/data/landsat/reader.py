@@ -22,7 +22,7 @@ layout (bands B02, B03, B04, B08 = blue, green, red, NIR; uint16 reflectance x 1
 as the ``location``, so folds never split a scene), which every command then reads through the one reader in
 :mod:`cloudkd.data.chips`. :func:`cloudkd.data.chips.resolve_split` does this import by itself, once, when it
 is given a 38-Cloud root. The test split keeps the whole-scene truth (``test_scene_gts/``) and a patch table
-(``test_patches.csv``) so :func:`cloudkd.scoring.score_scenes` can stitch predictions back into scenes.
+(``test_patches.csv``) so :func:`cloudkd.data.landsat.scenes.score_scenes` can stitch predictions back into scenes.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from .chips import DataError, _read_tiff, atomic_write, read_band, write_band, write_mask
-from .normalise import BANDS, SCALE
+from ...common.errors import DataError
+from ..chips import _read_tiff, read_band, write_band, write_mask
+from ...common.io import atomic_write
+from ..normalise import BANDS, SCALE
 
 #: Patch side in pixels.
 PATCH = 384

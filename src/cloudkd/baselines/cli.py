@@ -1,0 +1,56 @@
+"""``cloudkd baseline``: classic methods, the first rows of every results table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..common.cli import fail, split_option, stage_app
+
+app = stage_app("2. Baselines: classic brightness/whiteness thresholding.")
+threshold_app = stage_app("Classic brightness/whiteness thresholding.")
+app.add_typer(threshold_app, name="threshold")
+
+
+@threshold_app.command("fit")
+def threshold_fit(
+    data: Path = typer.Argument(..., help="Dataset root or train_features folder (with labels)."),
+    out: Path = typer.Option(..., "--out", help="JSON to write the fitted thresholds to."),
+    folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV: fit without the validation fold."),
+    val_fold: Optional[int] = typer.Option(None, help="Fold to leave out of the fit (with --folds)."),
+    stride: int = typer.Option(4, help="Pixel subsampling stride for the fit."),
+):
+    """Fit brightness/whiteness thresholds on training chips to maximise the global Jaccard."""
+    from .threshold import fit_threshold
+    from ..data.chips import load_index
+    from ..data.roots import resolve_split
+    from ..data.folds import read_folds, split_by_fold
+
+    idx = load_index(resolve_split(data, "train"), require_labels=True)
+    if folds_csv is not None:
+        if val_fold is None:
+            fail("--folds needs --val-fold")
+        idx, _ = split_by_fold(idx, read_folds(folds_csv), val_fold)
+    model = fit_threshold(idx["features"], idx["label"], stride=stride, progress=True)
+    model.save(out)
+    typer.echo(f"brightness > {model.brightness_min:.4f} and whiteness < {model.whiteness_max:.4f}: "
+               f"train global Jaccard {model.fit_jaccard:.4f} on {model.n_train_chips} chips -> {out}")
+
+
+@threshold_app.command("predict")
+def threshold_predict(
+    model: Path = typer.Option(..., help="Thresholds JSON written by 'baseline threshold fit'."),
+    features: Path = typer.Option(..., help="A *_features folder (or dataset root)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the masks {chip_id}.tif (submission format)."),
+    split_name: Optional[str] = split_option(),
+):
+    """Apply fitted thresholds to a folder of chips, writing one mask per chip."""
+    from .threshold import ThresholdModel, predict_folder
+    from ..data.roots import resolve_split
+
+    m = ThresholdModel.load(model)
+    s = resolve_split(features, split_name)
+    n = predict_folder(m, s.features_dir, out, progress=True)
+    typer.echo(f"wrote {n} masks to {out}")

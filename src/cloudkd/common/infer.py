@@ -1,0 +1,67 @@
+"""The one prediction rule of a segmentation model: logits (optionally flip-averaged) -> cloud where the
+probability exceeds the threshold -> nodata pixels (0 in every band) clear.
+
+Used by ``cloudkd student predict``, ``teacher predict``, the demo, bench, export checks, whole scenes and
+``submission/main.py``. It imports only numpy and torch
+and parses as Python 3.9, so it travels unchanged inside the submission zip (``cloudkd pack`` copies it byte for
+byte, and a test checks the copy).
+"""
+
+import math
+
+import numpy as np
+import torch
+
+#: the cloud probability above which a pixel is cloud, unless a command is given another
+DEFAULT_THRESHOLD = 0.5
+
+
+def predict_logits(model, x, tta=False):
+    """Cloud logits (N, 1, H, W) of a normalised batch (N, 4, H, W).
+
+    ``tta`` averages the logits of the batch as is, flipped left-right and flipped up-down (each flipped back).
+    """
+    with torch.no_grad():
+        if not tta:
+            return model(x)
+        out = model(x) + model(x.flip(-1)).flip(-1) + model(x.flip(-2)).flip(-2)
+        return out / 3
+
+
+def logit_threshold(threshold):
+    """The logit equal to cloud probability ``threshold`` (0 < threshold < 1)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError("threshold must be in (0, 1), got %r" % (threshold,))
+    return math.log(threshold / (1.0 - threshold))
+
+
+def nodata_mask(refl):
+    """Boolean (..., H, W): pixels with no data (0) in every band of a (..., 4, H, W) chip or batch."""
+    return (np.asarray(refl) == 0).all(axis=-3)
+
+
+def _clear_nodata(masks, nodata):
+    if nodata is not None:
+        masks[np.asarray(nodata)] = 0
+    return masks
+
+
+def masks_from_logits(logits, threshold=DEFAULT_THRESHOLD, nodata=None):
+    """uint8 masks (N, H, W) with 1 = cloud where the cloud probability exceeds ``threshold``, from logits
+    (N, 1, H, W) (torch or numpy); pixels marked in ``nodata`` (boolean (N, H, W), see :func:`nodata_mask`) are
+    clear."""
+    above = logits[:, 0] > logit_threshold(threshold)
+    above = above.cpu().numpy() if hasattr(above, "cpu") else np.asarray(above)
+    return _clear_nodata(above.astype(np.uint8), nodata)
+
+
+def masks_from_probabilities(prob, threshold=DEFAULT_THRESHOLD, nodata=None):
+    """The same rule for models that give probabilities (N, H, W) (nnU-Net's own inference path)."""
+    logit_threshold(threshold)  # the same check of the threshold
+    return _clear_nodata((np.asarray(prob) > threshold).astype(np.uint8), nodata)
+
+
+def predict_masks(model, x, nodata=None, threshold=DEFAULT_THRESHOLD, tta=False):
+    """The rule end to end: uint8 masks (N, H, W) of a normalised batch ``x`` (N, 4, H, W), with the flip TTA
+    option, the threshold and the nodata pixels (``nodata_mask`` of the reflectance) clear."""
+    return masks_from_logits(predict_logits(model, x, tta), threshold, nodata)

@@ -1,0 +1,107 @@
+"""``cloudkd data``: generate, look at, validate and fold a dataset in the On Cloud N layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..common.cli import fail, stage_app
+
+app = stage_app("1. Data: generate a benchmark, preview, validate, make location-grouped folds.")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write the dataset to (On Cloud N layout)."),
+    n_train: int = typer.Option(200, help="Chips in the train split (with labels)."),
+    n_test: int = typer.Option(60, help="Chips in the test split (held-out locations; labels in test_labels/)."),
+    size: int = typer.Option(512, help="Chip size in pixels."),
+    seed: int = typer.Option(0, help="Random seed: equal settings give identical files."),
+    difficulty: float = typer.Option(0.7, min=0.0, max=1.0, help="0 easy .. 1 hard (0.7 = calibrated default)."),
+    label_style: str = typer.Option("annotator", help="How clouds are labelled: annotator (generous smooth outlines, "
+                                                      "the style measured on real labels) or opacity (the rule "
+                                                      "before: smoothed opacity >= --label-threshold)."),
+    label_threshold: float = typer.Option(0.3, help="The opacity rule's level (with --label-style opacity)."),
+    workers: int = typer.Option(0, help="Processes (0 = one per core)."),
+    overwrite: bool = typer.Option(False, help="Replace whatever is in OUT."),
+    preview: bool = typer.Option(True, help="Write OUT/preview.png with sample chips."),
+):
+    """Generate a realistic cloud benchmark in the exact On Cloud N layout."""
+    from .roots import resolve_split
+    from .synth.sentinel2 import SynthConfig, synthesize
+    from .viz import plot_chips
+
+    try:
+        cfg = SynthConfig(n_train=n_train, n_test=n_test, size=size, seed=seed, difficulty=difficulty,
+                          label_style=label_style, label_threshold=label_threshold)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    res = synthesize(out, cfg, workers=workers, overwrite=overwrite)
+    if res.reused:
+        typer.echo(f"{out}: already holds this dataset (same config); nothing to do")
+    else:
+        n = n_train + n_test
+        typer.echo(f"wrote {n} chips to {out} in {res.seconds:.1f} s ({1000 * res.seconds / n:.0f} ms/chip)")
+    if preview:
+        split = resolve_split(out, "train" if n_train else "test")
+        ids = split.chip_ids()
+        pick = ids[:: max(1, len(ids) // 6)][:6]
+        typer.echo(f"preview: {plot_chips(split, pick, Path(out) / 'preview.png', title=f'{out} ({split.name})')}")
+
+
+@app.command()
+def preview(
+    data: Path = typer.Argument(..., help="Dataset root or *_features folder."),
+    out: Path = typer.Option(..., "--out", help="PNG to write."),
+    split: Optional[str] = typer.Option(None, help="train or test (default: train if present)."),
+    n: int = typer.Option(6, help="Number of chips."),
+    pred: List[Path] = typer.Option([], help="Prediction folder(s) to show beside the label."),
+):
+    """Draw chips (RGB, NIR, label, predictions) to a PNG."""
+    from .roots import resolve_split
+    from .viz import plot_chips
+
+    s = resolve_split(data, split)
+    ids = s.chip_ids()
+    pick = ids[:: max(1, len(ids) // n)][:n]
+    typer.echo(str(plot_chips(s, pick, out, {p.name: p for p in pred})))
+
+
+@app.command()
+def validate(
+    data: Path = typer.Argument(..., help="Dataset root or *_features folder."),
+    split: Optional[str] = typer.Option(None, help="train or test (default: train if present)."),
+    size: Optional[int] = typer.Option(None, help="Required chip size (default: the first chip's)."),
+):
+    """Read every chip and label of a split and list every problem (exit 1 if any)."""
+    from .roots import resolve_split
+    from .chips import validate_split
+
+    rep = validate_split(resolve_split(data, split), (size, size) if size else None, progress=True)
+    if rep.ok:
+        typer.echo(f"{rep.split.root} [{rep.split.name}]: {rep.n_chips} chips OK, shape {rep.shape}")
+        return
+    for e in rep.errors:
+        typer.echo(e)
+    fail(f"{len(rep.errors)} problem(s) in {rep.n_chips} chips")
+
+
+@app.command()
+def folds(
+    data: Path = typer.Argument(..., help="Dataset root or train_features folder."),
+    out: Path = typer.Option(..., "--out", help="CSV to write (chip_id, location, fold)."),
+    k: int = typer.Option(5, help="Number of folds."),
+    seed: int = typer.Option(0, help="Seed for tie-breaking."),
+):
+    """Location-grouped K folds (no location in two folds), written to a CSV."""
+    from .chips import load_index
+    from .roots import resolve_split
+    from .folds import make_folds, write_folds
+
+    f = make_folds(load_index(resolve_split(data, "train"), require_labels=False), k=k, seed=seed)
+    write_folds(f, out)
+    counts = f.groupby("fold").agg(chips=("chip_id", "size"), locations=("location", "nunique"))
+    typer.echo(counts.to_string())
+    typer.echo(f"-> {out}")

@@ -1,0 +1,158 @@
+"""``cloudkd onboard``: what runs on the satellite: ONNX / int8 export, whole scenes, downlink savings, the side-by-side benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..common.cli import stage_app, threshold_option
+from .downlink import DEFAULT_THRESHOLDS
+
+app = stage_app("6. On board: export to ONNX / int8, predict whole scenes, downlink savings, benchmark.")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Option(..., help="A student run folder (or a file in it)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the ONNX artefacts and export.json."),
+    calib: Optional[Path] = typer.Option(None, help="Chips (a *_features folder or dataset root) to calibrate int8."),
+    heldout: Optional[Path] = typer.Option(None, help="Other chips for the checks (default: more calib chips)."),
+    n_calib: int = typer.Option(16, help="Calibration chips."),
+    n_check: int = typer.Option(8, help="Chips for the checks."),
+    size: int = typer.Option(512, help="Chip side for the fixed-shape model and the cost report."),
+    int8: bool = typer.Option(True, help="Also write the int8 model (needs --calib)."),
+    memory: bool = typer.Option(True, help="Measure the peak memory of one inference per artefact."),
+    threshold: float = threshold_option("Cloud probability threshold of the checks' masks (use the one you pack)."),
+):
+    """ONNX fp32 (dynamic and fixed batch) and int8 export, checked against PyTorch, with a size/cost report."""
+    from ..data.roots import resolve_split
+    from .export import INT8_MIN_IOU, export as do_export
+
+    def feats(p):  # a dataset root or a *_features folder (resolve_split takes both)
+        return None if p is None else resolve_split(p).features_dir
+
+    rep = do_export(checkpoint, out, calib=feats(calib), heldout=feats(heldout), n_calib=n_calib, n_check=n_check,
+                    size=size, int8=int8 and calib is not None, measure_memory=memory,
+                    threshold=threshold)
+    typer.echo(f"{'artefact':14s} {'params':>9s} {'bytes':>10s} {'GMACs/chip':>10s} {'peak MB':>8s} {'infer MB':>8s}")
+    for name, a in rep.artefacts.items():
+        typer.echo(f"{name:14s} {a['params']:>9,d} {a['bytes']:>10,d} {a['macs'] / 1e9:>10.2f} "
+                   f"{a.get('peak_rss_mb', float('nan')):>8.0f} {a.get('inference_mb', float('nan')):>8.0f}")
+    c = rep.checks
+    if "onnx_fp32_max_abs_diff" in c:
+        typer.echo(f"ONNX fp32 vs PyTorch on {c['n_check_chips']} chips: max abs logit diff "
+                   f"{c['onnx_fp32_max_abs_diff']:.2e}, mask agreement {c['onnx_fp32_mask_agreement']:.6f}")
+    if rep.int8_ok is not None:
+        verdict = "OK" if rep.int8_ok else f"BELOW the {INT8_MIN_IOU} target: keep the fp32 model"
+        typer.echo(f"int8 vs fp32 mask IoU {c['int8_vs_fp32_mask_iou']:.4f} on {c['n_check_chips']} held-out chips "
+                   f"(calibrated on {c['n_calib_chips']}): {verdict}")
+    elif calib is None:
+        typer.echo("no --calib chips: int8 export and the checks on real inputs were skipped")
+    typer.echo(f"report: {out / 'export.json'}")
+
+
+@app.command("predict-scene")
+def predict_scene_cmd(
+    scene: Path = typer.Argument(..., help="Folder with B02/B03/B04/B08 band files, or one 4-band TIFF."),
+    model: Path = typer.Option(..., help="A student run folder, or an exported .onnx model."),
+    out: Path = typer.Option(..., "--out", help="Output mask GeoTIFF (uint8, 1 = cloud)."),
+    tile: int = typer.Option(512, help="Tile side."),
+    overlap: int = typer.Option(64, help="Overlap between tiles (blended)."),
+    batch: int = typer.Option(4, help="Tiles per batch."),
+    threshold: float = threshold_option(),
+    threads: Optional[int] = typer.Option(None, help="CPU threads."),
+):
+    """Cloud mask of a whole scene by overlapping, blended tiles, in bounded memory."""
+    from .scene import onnx_predictor, predict_scene, torch_predictor
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if model.suffix == ".onnx":
+        fn = onnx_predictor(model, threads)
+    else:
+        from ..student.runs import load_student
+
+        fn = torch_predictor(load_student(model))
+    r = predict_scene(scene, out, fn, tile=tile, overlap=overlap, batch_size=batch,
+                      threshold=threshold)
+    typer.echo(f"{r['height']}x{r['width']} scene, {r['tiles']} tiles in {r['seconds']:.1f} s -> {out}"
+               + (" (georeferenced)" if r["georeferenced"] else ""))
+
+
+@app.command()
+def downlink(
+    pred: Path = typer.Option(..., help="A folder of predicted chip masks, or one scene mask TIFF."),
+    labels: Optional[Path] = typer.Option(None, help="Labels: a folder (chips) or a mask TIFF (scene)."),
+    features: Optional[Path] = typer.Option(None, help="The chips' features folder (bytes from the band files)."),
+    tile: int = typer.Option(512, help="For a scene: chip size the scene is cut into."),
+    thresholds: str = typer.Option(",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
+                                   help="Cloud-cover thresholds, comma-separated."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for downlink.json and downlink.png."),
+):
+    """Downlink savings of a cloud mask: chips/pixels/bytes discarded per cloud-cover threshold, clear pixels lost."""
+    import json as _json
+
+    from . import downlink as dl
+    from ..data.chips import read_mask
+
+    ts = [float(t) for t in thresholds.split(",") if t.strip()]
+    if pred.is_dir():
+        stats = dl.stats_from_folders(pred, labels, features)
+    else:
+        mask = read_mask(pred)
+        lab = None if labels is None else read_mask(labels, what="label")
+        stats = dl.stats_from_scene(mask, tile, lab)
+    summ = dl.summarise(stats, ts)
+    typer.echo(f"{summ['n_chips']} chips, {summ['bytes'] / 1e6:.1f} MB, mean predicted cloud "
+               f"{100 * summ['mean_cloud_fraction']:.1f}%")
+    typer.echo("threshold  chips_discarded  pixels_discarded  bytes_saved_MB  saved%" +
+               ("  clear_lost%" if summ["labelled"] else ""))
+    for r in summ["chip_policy"]:
+        typer.echo(f"{r['threshold']:9.2f}  {100 * r['chips_discarded']:14.1f}%  {100 * r['pixels_discarded']:15.1f}%  "
+                   f"{r['bytes_saved'] / 1e6:14.1f}  {100 * r['bytes_saved_share']:5.1f}%" +
+                   (f"  {100 * r['clear_lost']:10.2f}%" if summ["labelled"] else ""))
+    pp = summ["pixel_policy"]
+    typer.echo(f"pixel policy (drop every cloudy pixel): {100 * pp['pixels_discarded']:.1f}% of pixels dropped" +
+               (f", {100 * pp['clear_lost']:.2f}% of clear pixels lost" if "clear_lost" in pp else ""))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "downlink.json").write_text(_json.dumps(summ, indent=2))
+        typer.echo(f"-> {out / 'downlink.json'}, {dl.plot(summ, out / 'downlink.png')}")
+
+
+@app.command("bench")
+def bench_cmd(
+    data: Path = typer.Option(Path("data/generated/demo"), help="Labelled held-out chips (dataset root: its test "
+                                                                 "split, or a *_features folder)."),
+    demo_dir: Path = typer.Option(Path("runs/demo"), "--demo", help="Where make demo left its models."),
+    student: Optional[Path] = typer.Option(None, help="Student run (default DEMO/student)."),
+    resnet34: Optional[Path] = typer.Option(None, help="smp ResNet-34 run (default DEMO/distill/resnet34)."),
+    export_dir: Optional[Path] = typer.Option(None, help="cloudkd export folder (default DEMO/export; made if "
+                                                         "missing)."),
+    threads: int = typer.Option(2, help="Threads for every method."),
+    batch: int = typer.Option(8, help="Batch size of the throughput pass."),
+    n_latency: int = typer.Option(16, help="Chips timed one by one."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N chips."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for bench.md, bench.json, bench.png."),
+    threshold: float = threshold_option(),
+):
+    """Thresholding, teacher, ResNet-34, student (PyTorch, ONNX fp32, ONNX int8) side by side."""
+    import json as _json
+
+    from ..data.roots import resolve_split
+    from .bench import bench, demo_models, plot, to_markdown
+
+    split = resolve_split(data, "test") if not data.name.endswith("_features") else resolve_split(data)
+    present = demo_models(split, demo_dir, student, resnet34, export_dir, threshold, log=typer.echo)
+    rows = bench({k: str(v) for k, v in present.items()}, str(split.features_dir), str(split.labels_dir),
+                 threads=threads, batch=batch, n_latency=n_latency, limit=limit, threshold=threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    md = to_markdown(rows)
+    (out / "bench.md").write_text(md + "\n")
+    (out / "bench.json").write_text(_json.dumps(rows, indent=2))
+    typer.echo(md)
+    typer.echo(f"-> {out / 'bench.md'}, {out / 'bench.json'}, {plot(rows, out / 'bench.png')}")

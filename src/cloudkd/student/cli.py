@@ -1,0 +1,160 @@
+"""``cloudkd student``: the compact students: presets, training with labels and KD, prediction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..common.cli import fail, split_option, stage_app, threshold_option
+from .config import DISTILL_KD_WEIGHT, TrainConfig as C
+
+app = stage_app("4. Student: presets, train (labels), distill (labels + teacher), predict.")
+
+
+@app.command("list")
+def student_list(as_json: bool = typer.Option(False, "--json", help="Print {preset: params} as JSON.")):
+    """Student presets and their parameter counts (4 bands in, 1 cloud logit out)."""
+    import json as _json
+
+    from ..teacher.plans import NNUNET_2D_PARAMS
+    from .models import list_presets
+    from .unet import PRESETS
+
+    presets = list_presets()
+    if as_json:
+        typer.echo(_json.dumps(presets))
+        return
+    for name, n in presets.items():
+        typer.echo(f"{name:8s} {n:>9,d} params  widths {PRESETS[name]['widths']}  ({NNUNET_2D_PARAMS / n:.0f}x smaller "
+                   f"than nnU-Net's {NNUNET_2D_PARAMS / 1e6:.1f} M 2d plan)")
+
+
+def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold: int, epochs: int, batch: int,
+         crop: int, lr: float, label_weight: float, kd_weight: float, kd: str, temperature: float,
+         soft: Optional[Path], teacher_nnunet: Optional[Path], teacher_onnx: Optional[Path], onnx_output: str,
+         unlabelled: Optional[Path], steps: Optional[int], accelerator: str, devices: int, num_nodes: int,
+         strategy: str, workers: int, seed: int, resume: bool, cloud_paste: float, boundary_ignore: int,
+         threshold: float):
+    from .train import fit
+
+    cfg = C(data=str(data), out=str(out), model=model, folds=str(folds_csv) if folds_csv else None,
+                      val_fold=val_fold, epochs=epochs, batch_size=batch, crop=crop, lr=lr,
+                      label_weight=label_weight, kd_weight=kd_weight, kd=kd, temperature=temperature,
+                      soft_dir=str(soft) if soft else None, teacher_nnunet=str(teacher_nnunet) if teacher_nnunet
+                      else None, teacher_onnx=str(teacher_onnx) if teacher_onnx else None,
+                      teacher_onnx_output=onnx_output, unlabelled=str(unlabelled) if unlabelled else None,
+                      limit_train_batches=steps, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                      strategy=strategy, num_workers=workers, seed=seed, resume=resume, cloud_paste=cloud_paste,
+                      boundary_ignore=boundary_ignore, threshold=threshold)
+    try:
+        r = fit(cfg)
+    except ValueError as exc:
+        fail(str(exc))
+    if r.val_jaccard is not None:
+        typer.echo(f"{model}: {r.params:,} params; best val global Jaccard {r.val_jaccard:.4f} (fold {val_fold}); "
+                   f"{r.seconds:.0f} s; -> {out / 'student.pt'}")
+
+
+_DATA = typer.Argument(..., help="Labelled dataset root (train split, On Cloud N layout).")
+_OUT = typer.Option(..., "--out", help="Run folder (checkpoints, logs, student.pt, student.json).")
+_FOLDS = typer.Option(None, "--folds", help="Folds CSV (default: location folds made from the data).")
+
+
+def _train_options(distill: bool):
+    """The shared options of 'train' and 'distill' (they differ in the defaults of the loss weights)."""
+    return dict(
+        model=typer.Option(C.model, help="Preset (cloudkd student list), unet:W1-W2-..., or smp:Arch:encoder."),
+        val_fold=typer.Option(C.val_fold, help="Validation fold (whole locations)."),
+        epochs=typer.Option(C.epochs, help="Epochs."),
+        batch=typer.Option(C.batch_size, help="Batch size per device."),
+        crop=typer.Option(C.crop, help="Random crop size for training."),
+        lr=typer.Option(C.lr, help="AdamW learning rate (cosine schedule)."),
+        label_weight=typer.Option(C.label_weight, help="Weight of BCE + Dice on labels (0: distil without labels)."),
+        kd_weight=typer.Option(DISTILL_KD_WEIGHT if distill else C.kd_weight, help="Weight of the distillation loss."),
+        kd=typer.Option(C.kd, help="Distillation loss: pixel (temperature KL per pixel) or cwd "
+                                      "(channel-wise spatial distribution)."),
+        temperature=typer.Option(C.temperature, help="Distillation temperature."),
+        soft=typer.Option(None, help="Offline teacher: folder of soft labels for the training chips (and the "
+                                     "--unlabelled chips)."),
+        teacher_nnunet=typer.Option(None, help="Online teacher: a trained nnU-Net workdir (cloudkd teacher)."),
+        teacher_onnx=typer.Option(None, help="Online teacher: any ONNX segmentation model (normalised input)."),
+        onnx_output=typer.Option(C.teacher_onnx_output, help="What the ONNX teacher outputs: logits or probabilities."),
+        unlabelled=typer.Option(None, help="Extra unlabelled chips to distil on (needs --label-weight 0)."),
+        steps=typer.Option(None, help="Training steps per epoch (default: one pass over the chips)."),
+        accelerator=typer.Option(C.accelerator, help="auto, cpu, gpu."),
+        devices=typer.Option(C.devices, help="Devices (processes) per node."),
+        num_nodes=typer.Option(C.num_nodes, help="Nodes."),
+        strategy=typer.Option(C.strategy, help="Lightning strategy, e.g. ddp."),
+        workers=typer.Option(C.num_workers, help="Data loader workers."),
+        seed=typer.Option(C.seed, help="Random seed."),
+        resume=typer.Option(C.resume, help="Resume from OUT/checkpoints/last.ckpt."),
+        cloud_paste=typer.Option(C.cloud_paste, help="Cloud paste: probability that a low-cover chip of a batch receives a "
+                                           "cloudy batch-mate's labelled cloud (0 = off)."),
+        threshold=threshold_option("Cloud probability threshold of the prediction rule: validation (and so the "
+                                   "best checkpoint) scores at it, and 'pack' ships it by default."),
+        boundary_ignore=typer.Option(C.boundary_ignore, help="Boundary-tolerant loss: px on both sides of label outlines left out "
+                                             "of BCE + Dice (0 = off)."),
+    )
+
+
+_T = _train_options(False)
+_D = _train_options(True)
+
+
+@app.command()
+def train(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _FOLDS,
+          model: str = _T["model"], val_fold: int = _T["val_fold"], epochs: int = _T["epochs"],
+          batch: int = _T["batch"], crop: int = _T["crop"], lr: float = _T["lr"],
+          label_weight: float = _T["label_weight"], kd_weight: float = _T["kd_weight"], kd: str = _T["kd"],
+          temperature: float = _T["temperature"], soft: Optional[Path] = _T["soft"],
+          teacher_nnunet: Optional[Path] = _T["teacher_nnunet"], teacher_onnx: Optional[Path] = _T["teacher_onnx"],
+          onnx_output: str = _T["onnx_output"], unlabelled: Optional[Path] = _T["unlabelled"],
+          steps: Optional[int] = _T["steps"], accelerator: str = _T["accelerator"], devices: int = _T["devices"],
+          num_nodes: int = _T["num_nodes"], strategy: str = _T["strategy"], workers: int = _T["workers"],
+          seed: int = _T["seed"], resume: bool = _T["resume"],
+          cloud_paste: float = _T["cloud_paste"], boundary_ignore: int = _T["boundary_ignore"],
+          threshold: float = _T["threshold"]):
+    """Train a student or any smp model on labels (add a teacher to distil; see 'distill')."""
+    _fit(**locals())
+
+
+@app.command()
+def distill(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _FOLDS,
+            model: str = _D["model"], val_fold: int = _D["val_fold"], epochs: int = _D["epochs"],
+            batch: int = _D["batch"], crop: int = _D["crop"], lr: float = _D["lr"],
+            label_weight: float = _D["label_weight"], kd_weight: float = _D["kd_weight"], kd: str = _D["kd"],
+            temperature: float = _D["temperature"], soft: Optional[Path] = _D["soft"],
+            teacher_nnunet: Optional[Path] = _D["teacher_nnunet"], teacher_onnx: Optional[Path] = _D["teacher_onnx"],
+            onnx_output: str = _D["onnx_output"], unlabelled: Optional[Path] = _D["unlabelled"],
+            steps: Optional[int] = _D["steps"], accelerator: str = _D["accelerator"], devices: int = _D["devices"],
+            num_nodes: int = _D["num_nodes"], strategy: str = _D["strategy"], workers: int = _D["workers"],
+            seed: int = _D["seed"], resume: bool = _D["resume"],
+            cloud_paste: float = _D["cloud_paste"], boundary_ignore: int = _D["boundary_ignore"],
+            threshold: float = _D["threshold"]):
+    """Distil a teacher into a student: offline (--soft) or online (--teacher-nnunet / --teacher-onnx)."""
+    if not (soft or teacher_nnunet or teacher_onnx):
+        fail("distill needs a teacher: --soft DIR (offline) or --teacher-nnunet WORKDIR / --teacher-onnx FILE")
+    _fit(**locals())
+
+
+@app.command()
+def predict(
+    model: Path = typer.Option(..., help="A student run folder (student.json + student.pt)."),
+    features: Path = typer.Option(..., help="A *_features folder (or dataset root)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the masks {chip_id}.tif (submission format)."),
+    batch: int = typer.Option(8, help="Chips per batch."),
+    tta: bool = typer.Option(False, help="Average logits over flips."),
+    threshold: float = threshold_option(),
+    split_name: Optional[str] = split_option(),
+):
+    """Masks for a folder of chips from a trained student."""
+    from ..data.roots import resolve_split
+    from .predict import predict_folder
+    from .runs import load_student
+
+    r = predict_folder(load_student(model), resolve_split(features, split_name).features_dir, out, batch_size=batch,
+                       tta=tta, threshold=threshold)
+    typer.echo(f"{r['n_chips']} masks -> {out}; {r['ms_per_chip']:.1f} ms/chip model, "
+               f"{r['wall_ms_per_chip']:.1f} ms/chip with I/O")

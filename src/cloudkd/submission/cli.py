@@ -1,0 +1,54 @@
+"""``cloudkd submission``: the On Cloud N submission: pack a model with the frozen main.py, test it like the runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..common.cli import stage_app, threshold_option
+
+app = stage_app("7. Submission: pack a model with the frozen main.py, emulate the On Cloud N runtime.")
+
+
+@app.command()
+def pack(
+    checkpoint: Path = typer.Option(..., help="A student run folder (or its student.pt / a Lightning .ckpt in it)."),
+    out: Path = typer.Option(Path("submission/submission.zip"), "--out", help="The zip to write."),
+    threshold: Optional[float] = threshold_option("Cloud probability threshold main.py applies (default: the "
+                                                  "run's training threshold, which its validation scored at).",
+                                                  default=None),
+    tta: bool = typer.Option(False, help="Average logits over flips in main.py."),
+    batch: int = typer.Option(8, help="Chips per batch in main.py."),
+    chip_size: int = typer.Option(512, help="Chip side in pixels (512 in the challenge)."),
+):
+    """Pack a trained model with the frozen submission/main.py into a submission zip."""
+    from .pack import pack as do_pack
+
+    r = do_pack(checkpoint, out, threshold=threshold, tta=tta, batch_size=batch, chip_size=chip_size)
+    typer.echo(f"{r.zip_path}: {r.bytes:,} bytes ({r.bytes / 1024:.0f} KiB); model {r.config['model']['name']} "
+               f"({r.params:,} params), threshold {r.config['threshold']}, tta {tta}")
+
+
+@app.command("runtime-test")
+def runtime_test(
+    zip_path: Path = typer.Option(..., "--zip", help="The submission zip."),
+    data: Path = typer.Option(..., help="Chips to run on: a dataset root (its test split) or a *_features folder."),
+    labels: Optional[Path] = typer.Option(None, help="Labels folder (or dataset root) to score the predictions."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the verdict as JSON here."),
+    size: Optional[int] = typer.Option(None, help="Expected mask side (default: the packed chip size)."),
+    keep: Optional[Path] = typer.Option(None, help="Use (and keep) this folder as the emulated /codeexecution."),
+    quiet: bool = typer.Option(False, help="Do not echo main.py's log."),
+):
+    """Emulate the On Cloud N runtime: unzip, run main.py with no arguments, validate, score."""
+    from .emulate import runtime_test as emulate
+
+    v = emulate(zip_path, data, labels=labels, json_out=json_out, size=size, keep=keep, echo=not quiet)
+    for line in v["reasons"]:
+        typer.echo(f"FAIL: {line}")
+    score = f"; global Jaccard {v['jaccard']:.4f}" if v["jaccard"] is not None else ""
+    typer.echo(f"runtime-test {'passed' if v['ok'] else 'FAILED'}: {v['n_chips']} chips, {len(v['missing'])} "
+               f"missing, {len(v['extra'])} extra, {len(v['invalid'])} invalid, main.py {v['seconds']} s{score}")
+    if not v["ok"]:
+        raise typer.Exit(1)

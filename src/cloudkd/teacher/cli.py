@@ -1,0 +1,148 @@
+"""``cloudkd teacher``: the nnU-Net v2 teacher: prepare, train, predict, info."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..common.cli import fail, split_option, stage_app, threshold_option
+from ..common.errors import DataError
+from .plans import Budget as B
+from .workspace import DEFAULT_DATASET_ID, DEFAULT_NAME
+
+app = stage_app("3. Teacher: the nnU-Net v2 teacher: prepare, train (budget or nnU-Net defaults), predict, info.")
+
+
+WORKDIR_HELP = "Teacher workspace (nnU-Net raw / preprocessed / results live inside)."
+
+
+@app.command("prepare")
+def teacher_prepare(
+    data: Path = typer.Argument(..., help="Dataset root (On Cloud N layout, with train_labels)."),
+    workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
+    dataset_id: int = typer.Option(DEFAULT_DATASET_ID, help="nnU-Net dataset id (3 digits)."),
+    name: str = typer.Option(DEFAULT_NAME, help="nnU-Net dataset name."),
+    folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV (default: make --k location folds)."),
+    k: int = typer.Option(5, help="Number of location-grouped folds when no --folds is given."),
+    seed: int = typer.Option(0, help="Seed for the folds."),
+):
+    """Convert a labelled dataset into an nnU-Net raw dataset and write splits_final.json from the folds."""
+    from ..data.folds import read_folds
+    from .workspace import Workspace
+    from .convert import prepare
+
+    folds = read_folds(folds_csv) if folds_csv is not None else None
+    r = prepare(data, Workspace(workdir), dataset_id, name, folds=folds, k=k, seed=seed)
+    verb = "already prepared (same data and folds)" if r.reused else f"prepared in {r.seconds:.1f} s"
+    typer.echo(f"{r.dataset_name}: {r.n_chips} chips of {r.shape[0]}x{r.shape[1]} {verb} -> {r.raw_dir}")
+    typer.echo(f"splits: {r.splits_file}")
+
+
+@app.command("train")
+def teacher_train(
+    workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
+    dataset_id: int = typer.Option(DEFAULT_DATASET_ID, help="nnU-Net dataset id."),
+    fold: List[int] = typer.Option([0], help="Fold(s) to train (repeat the option for several)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    nnunet_defaults: bool = typer.Option(False, help="nnU-Net's own trainer and defaults, unchanged (with its "
+                                                     "brightness/contrast/gamma augmentation; unseeded)."),
+    epochs: Optional[int] = typer.Option(None, help=f"Budget: epochs (CPU default {B.epochs})."),
+    iters: Optional[int] = typer.Option(None, help=f"Budget: training iterations per epoch (CPU default {B.iters_per_epoch})."),
+    val_iters: Optional[int] = typer.Option(None, help=f"Budget: validation iterations per epoch (default {B.val_iters})."),
+    patch: Optional[int] = typer.Option(None, help=f"Budget: square patch size (default {B.patch})."),
+    batch: Optional[int] = typer.Option(None, help=f"Budget: batch size (default {B.batch})."),
+    base_features: Optional[int] = typer.Option(None, help=f"Budget: features of the first stage (default {B.base_features}, nnU-Net's)."),
+    max_features: Optional[int] = typer.Option(None, help=f"Budget: feature cap (default {B.max_features}, nnU-Net's)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (CPU budgets: default 0, reproducible runs; on a GPU "
+                                                  "it seeds nnU-Net's schedule without making it a budget)."),
+    norm: Optional[str] = typer.Option(None, help="Budget: normalisation layers, batch (default: keeps absolute "
+                                                  "brightness) or instance (nnU-Net's)."),
+    resume: bool = typer.Option(False, "--continue", help="Resume the last run started in WORKDIR from nnU-Net's "
+                                                          "latest checkpoint, with its recorded settings (options "
+                                                          "given override them, e.g. --epochs to extend it)."),
+    force: bool = typer.Option(False, help="Retrain a fold that is already trained."),
+    validate: bool = typer.Option(False, help="Run nnU-Net's full validation of the fold at the end."),
+):
+    """Plan + preprocess (2d) if needed, then train the teacher within a budget (CPU) or nnU-Net's defaults."""
+    from .workspace import Workspace, default_device
+    from .train import resolve_budget, train
+
+    dev = default_device() if device == "auto" else device
+    ws = Workspace(workdir)
+    try:
+        run = resolve_budget(ws, dev, nnunet_defaults, resume, epochs=epochs, iters_per_epoch=iters,
+                             val_iters=val_iters, patch=patch, batch=batch, base_features=base_features,
+                             max_features=max_features, seed=seed, norm=norm)
+    except (ValueError, DataError) as exc:
+        fail(str(exc), 2)
+    budget, run_seed, stock = run.budget, run.seed, run.stock
+    if budget:
+        typer.echo(f"device {dev}; budget {budget}")
+    else:
+        typer.echo(f"device {dev}; nnU-Net's 2d plan and schedule, " + (
+            "nnUNetTrainer unchanged" if stock else
+            f"nnUNetTrainerCloudKD (no intensity augmentation), seed {run_seed}"))
+    for f in fold:
+        r = train(ws, dataset_id, f, budget, device=dev, continue_training=resume, force=force, validate=validate,
+                  seed=run_seed, stock=stock)
+        what = "already trained (reused; --force retrains, --continue extends)" if r.reused else \
+            f"trained in {r.seconds:.0f} s"
+        per_it = f", {r.seconds_per_iteration:.2f} s/iteration" if r.seconds_per_iteration else ""
+        typer.echo(f"fold {f}: {what}; {r.epochs_done} epochs{per_it} -> {r.model_folder / f'fold_{f}'}")
+
+
+@app.command("predict")
+def teacher_predict(
+    features: Path = typer.Option(..., help="A *_features folder (or dataset root) of chips."),
+    masks_out: Optional[Path] = typer.Option(None, help="Write masks {chip_id}.tif (submission format) here."),
+    soft_out: Optional[Path] = typer.Option(None, help="Write soft labels (uint8-quantised probabilities) here."),
+    workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
+    fold: List[int] = typer.Option([], help="Fold(s) to ensemble (default: every trained fold)."),
+    tta: bool = typer.Option(False, help="Mirroring test-time augmentation, as nnU-Net does (4x slower)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    threshold: float = threshold_option(),
+    split_name: Optional[str] = split_option(),
+):
+    """Teacher masks and/or soft labels for a folder of chips (nnU-Net's own inference path)."""
+    from ..data.roots import resolve_split
+    from .model import NnUNetTeacher, predict_folder
+    from .workspace import Workspace, default_device
+
+    if masks_out is None and soft_out is None:
+        fail("nothing to write: give --masks-out and/or --soft-out")
+    dev = default_device() if device == "auto" else device
+    teacher = NnUNetTeacher.from_workspace(Workspace(workdir), folds=fold or None, tta=tta, device=dev)
+    split = resolve_split(features, split_name)
+    r = predict_folder(teacher, split.features_dir, masks_out, soft_out, threshold=threshold)
+    typer.echo(f"{r['n_chips']} chips, {r['ms_per_chip']:.0f} ms/chip inference (folds {list(teacher.folds)}, "
+               f"tta {tta}, {dev})" + (f"; masks -> {masks_out}" if masks_out else "")
+               + (f"; soft labels -> {soft_out}" if soft_out else ""))
+
+
+@app.command("info")
+def teacher_info(
+    workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
+    dataset_id: int = typer.Option(DEFAULT_DATASET_ID, help="nnU-Net dataset id."),
+    configuration: List[str] = typer.Option([], help="Configuration(s) to describe (default: 2d and budgets)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (params, n_stages, features_per_stage, "
+                                                       "patch_size, batch_size, ...)."),
+):
+    """The teacher's plan(s) and parameter counts."""
+    import json as _json
+
+    from .workspace import Workspace
+    from .info import info
+
+    d = info(Workspace(workdir), dataset_id, configuration or None)
+    if as_json:
+        typer.echo(_json.dumps(d, indent=2))
+        return
+    typer.echo(f"{d['dataset']} ({d['plans_file']})")
+    for name, c in d["configurations"].items():
+        typer.echo(f"  {name}: {c['network']} {c['params']:,} params, {c['n_stages']} stages, features "
+                   f"{c['features_per_stage']}, patch {c['patch_size']}, batch {c['batch_size']}")
+    if "teacher" in d:
+        t = d["teacher"]
+        typer.echo(f"trained teacher: {t['configuration']} ({t['trainer']}), folds {t['folds']}")
