@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from cloudkd.data.synthetic import SynthConfig, synthesize
+from cloudkd.data.synth.sentinel2 import SynthConfig, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CHIPS = Path(os.environ.get("CLOUDKD_REAL_CHIPS", REPO.parent / "shared" / "data" / "real_chips"))

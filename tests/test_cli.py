@@ -19,12 +19,45 @@ def invoke(*args):
     return res
 
 
+def global_jaccard(pred_dir, labels_dir, chip_ids=None, counts=False):
+    """The leaderboard metric from the files, in numpy: sum of intersections / sum of unions over the chips
+    (with ``counts``: the two sums as well)."""
+    import tifffile
+    from pathlib import Path
+
+    ids = chip_ids if chip_ids is not None else sorted(p.stem for p in Path(labels_dir).glob("*.tif"))
+    inter = union = 0
+    for c in ids:
+        pred = tifffile.imread(Path(pred_dir) / f"{c}.tif").astype(bool)
+        lab = tifffile.imread(Path(labels_dir) / f"{c}.tif").astype(bool)
+        inter += int((pred & lab).sum())
+        union += int((pred | lab).sum())
+    return (inter / union, inter, union) if counts else inter / union
+
+
 def test_synth_validate_preview(tmp_path):
     out = tmp_path / "gen"
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
     r = invoke("synth", out, "--n-train", 6, "--n-test", 2, "--size", 64, "--workers", 1)
     assert r.exit_code == 0, r.output
-    assert "wrote 8 chips" in r.output and (out / "preview.png").stat().st_size > 1000
-    assert len(list((out / "train_features").iterdir())) == 6
+    assert "wrote 8 chips" in r.output
+    for split, n in (("train", 6), ("test", 2)):
+        chips = sorted((out / f"{split}_features").iterdir())
+        assert len(chips) == n
+        assert sorted(p.stem for p in (out / f"{split}_labels").iterdir()) == [c.name for c in chips]
+        meta = pd.read_csv(out / f"{split}_metadata.csv")
+        assert sorted(meta.chip_id) == [c.name for c in chips]
+        for c in chips:
+            bands = [tifffile.imread(c / f"{b}.tif") for b in ("B02", "B03", "B04", "B08")]
+            assert all(b.shape == (64, 64) and b.dtype == np.uint16 for b in bands)
+            lab = tifffile.imread(out / f"{split}_labels" / f"{c.name}.tif")
+            assert lab.shape == (64, 64) and set(np.unique(lab)) <= {0, 1}
+    with Image.open(out / "preview.png") as im:  # a figure of images, not only titles on a blank page
+        assert im.format == "PNG" and im.width > 200 and im.height > 100
+        assert (np.asarray(im.convert("L")) < 240).mean() > 0.2
     r = invoke("synth", out, "--n-train", 6, "--n-test", 2, "--size", 64)
     assert r.exit_code == 0 and "already holds this dataset" in r.output
     r = invoke("validate", out)
@@ -32,7 +65,9 @@ def test_synth_validate_preview(tmp_path):
     r = invoke("validate", out, "--split", "test", "--size", 512)
     assert r.exit_code == 1 and "wrong shape (64, 64), expected (512, 512)" in r.output
     r = invoke("preview", out, "--out", tmp_path / "p.png", "--n", 2)
-    assert r.exit_code == 0 and (tmp_path / "p.png").is_file()
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.format == "PNG" and (np.asarray(im.convert("L")) < 240).mean() > 0.2
 
 
 def test_synth_rejects_bad_settings(tmp_path):
@@ -76,13 +111,18 @@ def test_folds_threshold_score(small_data, tmp_path):
     r = invoke("baseline", "threshold", "predict", "--model", tmp_path / "t.json",
                "--features", small_data / "train_features", "--out", tmp_path / "pred")
     assert r.exit_code == 0 and "wrote 30 masks" in r.output
+    assert sorted(p.stem for p in (tmp_path / "pred").glob("*.tif")) == sorted(folds.chip_id)
 
     r = invoke("score", "--pred", tmp_path / "pred", "--labels", small_data / "train_labels",
                "--folds", tmp_path / "folds.csv", "--fold", 0, "--json", tmp_path / "s.json")
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "s.json").read_text())
-    assert s["n_chips"] == int((folds.fold == 0).sum()) and s["missing"] == [] and 0 < s["jaccard"] < 1
-    assert "global Jaccard" in r.output
+    assert s["n_chips"] == int((folds.fold == 0).sum()) and s["missing"] == []
+    want, inter, union = global_jaccard(tmp_path / "pred", small_data / "train_labels",
+                                        list(folds.chip_id[folds.fold == 0]), counts=True)
+    assert 0.05 < want < 0.95 and s["jaccard"] == pytest.approx(want, abs=1e-12)
+    assert (s["intersection"], s["union"]) == (inter, union)
+    assert f"global Jaccard {want:.5f}  (intersection {inter}, union {union}" in r.output
     per_loc = pd.read_csv(tmp_path / "pred_score" / "per_location.csv")
     assert set(per_loc.location) == set(folds.location[folds.fold == 0])
 
@@ -115,12 +155,29 @@ def test_demo_quick(tmp_path):
     assert "Global Jaccard" in r.output and "thresholding" in r.output and "nnU-Net teacher" in r.output
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     rows = {row["method"]: row for row in res["rows"]}
-    assert 0.3 < rows["thresholding"]["jaccard"] < 1.0
-    assert 0.0 < rows["nnU-Net teacher"]["jaccard"] <= 1.0 and rows["nnU-Net teacher"]["params"] > 10_000
+    # every row's Jaccard is the leaderboard metric of the masks it wrote, recomputed here from the files
+    labels, pred = tmp_path / "data" / "test_labels", tmp_path / "run" / "predictions"
+    for method, folder in (("thresholding", "threshold"), ("nnU-Net teacher", "teacher"),
+                           ("student unet-s (KD)", "student"), ("student int8 ONNX", "student_int8")):
+        assert len(list((pred / folder).glob("*.tif"))) == 12
+        assert rows[method]["jaccard"] == pytest.approx(global_jaccard(pred / folder, labels), abs=1e-12), method
+    assert 0.3 < rows["thresholding"]["jaccard"] < 1.0 and rows["nnU-Net teacher"]["params"] > 10_000
     assert len(list((tmp_path / "run" / "soft" / "test").glob("*.tif"))) == 12
     student = rows["student unet-s (KD)"]
-    assert student["params"] == 152_841 and 0.0 <= student["jaccard"] <= 1.0
-    assert len(list((tmp_path / "run" / "predictions" / "student").glob("*.tif"))) == 12
+    assert student["params"] == 152_841
+    # the student's masks are its network's cloud logits > 0 (nodata clear), chip by chip
+    import numpy as np
+    import tifffile
+    import torch
+    from cloudkd.data import normalise, read_chip, resolve_split
+    from cloudkd.student.runs import load_student
+
+    model, test = load_student(tmp_path / "run" / "student"), resolve_split(tmp_path / "data", "test")
+    for c in test.chip_ids():
+        refl = read_chip(test.chip_dir(c))
+        with torch.no_grad():
+            want = (model(torch.from_numpy(normalise(refl))[None])[0, 0] > 0).numpy() & ~(refl == 0).all(0)
+        np.testing.assert_array_equal(tifffile.imread(pred / "student" / f"{c}.tif"), want.astype(np.uint8))
     # the packed student, run by main.py in the emulated runtime, scores exactly what the library's predict does
     sub = rows["submission.zip (main.py, emulated runtime)"]
     assert sub["jaccard"] == pytest.approx(student["jaccard"], abs=1e-9)

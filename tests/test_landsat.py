@@ -9,11 +9,14 @@ import tifffile
 from typer.testing import CliRunner
 
 from cloudkd.cli import app
-from cloudkd.data.chips import DataError, load_index, read_chip_dn, read_label, resolve_split, write_band, write_mask
-from cloudkd.data.landsat import (PATCH, PatchName, cut_scene, dn_to_landsat_dn, import_38cloud, landsat_dn_to_dn,
-                                  padding, parse_patch_name, read_gt, read_patch_table, stitch, write_gt)
-from cloudkd.data.synthetic import Landsat38Config, synthesize_38cloud
-from cloudkd.scoring import score_scenes
+from cloudkd.common.errors import DataError
+from cloudkd.data.chips import load_index, read_chip_dn, read_label, write_band, write_mask
+from cloudkd.data.roots import resolve_split
+from cloudkd.data.landsat.reader import (PATCH, PatchName, cut_scene, dn_to_landsat_dn, grid_for, import_38cloud,
+                                         landsat_dn_to_dn, padding, parse_patch_name, read_gt, read_patch_table,
+                                         stitch, write_gt)
+from cloudkd.data.landsat.synth import Landsat38Config, synthesize_38cloud
+from cloudkd.data.landsat.scenes import score_scenes
 
 SCENE_A = "LC08_L1TP_029032_20160720_20170222_01_T1"
 SCENE_B = "LC08_L1TP_064015_20160614_20170221_01_T1"
@@ -63,27 +66,70 @@ def test_ground_truth_0_255_reads_as_0_1_and_bad_values_name_the_file(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # scene <-> patches
 # ----------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", [(700, 1000), (384, 384), (385, 20), (1150, 769)])
-def test_cut_and_stitch_round_trip(shape):
-    rng = np.random.default_rng(shape[0])
-    scene = rng.integers(1, 2 ** 16, shape, dtype=np.uint16)
+# 38-Cloud: a scene is zero-padded to whole 384-px patches, the padding split evenly between the two sides of each
+# axis with the odd pixel at the bottom/right. Worked by hand: (rows, cols), (top, bottom), (left, right).
+PADDING_CASES = [
+    ((700, 1000), (2, 3), (34, 34), (76, 76)),      # 768 - 700 = 68; 1152 - 1000 = 152
+    ((384, 384), (1, 1), (0, 0), (0, 0)),
+    ((385, 20), (2, 1), (191, 192), (182, 182)),    # 768 - 385 = 383: odd, one more at the bottom; 384 - 20 = 364
+    ((1150, 769), (3, 3), (1, 1), (191, 192)),      # 1152 - 1150 = 2; 1152 - 769 = 383
+    ((383, 1), (1, 1), (0, 1), (191, 192)),         # 1 px short: all of it at the bottom
+    ((769, 767), (3, 2), (191, 192), (0, 1)),       # 1152 - 769 = 383; 768 - 767 = 1
+]
+
+
+@pytest.mark.parametrize("shape,grid,vertical,horizontal", PADDING_CASES)
+def test_padding_by_hand_and_cut_stitch_round_trip(shape, grid, vertical, horizontal):
+    h, w = shape
+    rows, cols = grid
+    assert grid_for(shape) == grid
+    assert padding(shape, grid) == (vertical[0], horizontal[0])
+    assert rows * PATCH == h + sum(vertical) and cols * PATCH == w + sum(horizontal)
+    rng = np.random.default_rng(h * w)
+    scene = rng.integers(1, 2 ** 16, shape, dtype=np.uint16)  # never 0: padding is where the zeros are
     patches = cut_scene(scene, SCENE_A)
-    rows, cols = -(-shape[0] // PATCH), -(-shape[1] // PATCH)
-    assert len(patches) == rows * cols
     # row-major numbering from 1, as in the dataset's names
     assert sorted((p.row, p.col, p.n) for p in patches) == \
         [(r, c, (r - 1) * cols + c) for r in range(1, rows + 1) for c in range(1, cols + 1)]
-    # the padding is split evenly (remainder bottom/right) and is zero
-    top, left = padding(shape, (rows, cols))
-    assert (top, left) == ((rows * PATCH - shape[0]) // 2, (cols * PATCH - shape[1]) // 2)
-    first = patches[PatchName(SCENE_A, 1, 1, 1)]
-    assert (first[:top] == 0).all() and (first[:, :left] == 0).all()
-    assert first[top, left] == scene[0, 0]
+    assert all(a.shape == (PATCH, PATCH) for a in patches.values())
+    canvas = np.block([[patches[PatchName(SCENE_A, r, c, (r - 1) * cols + c)] for c in range(1, cols + 1)]
+                       for r in range(1, rows + 1)])
+    top, bottom = vertical
+    left, right = horizontal
+    assert (canvas[:top] == 0).all() and (canvas[rows * PATCH - bottom:] == 0).all()
+    assert (canvas[:, :left] == 0).all() and (canvas[:, cols * PATCH - right:] == 0).all()
+    np.testing.assert_array_equal(canvas[top:top + h, left:left + w], scene)
+    assert (canvas > 0).sum() == h * w
     # patch -> scene -> patch
-    back = stitch(patches, shape, (rows, cols))
+    back = stitch(patches, shape, grid)
     np.testing.assert_array_equal(back, scene)
     again = cut_scene(back, SCENE_A)
     assert all(np.array_equal(again[p], patches[p]) for p in patches)
+
+
+def test_padding_in_a_larger_grid_and_small_patches_by_hand():
+    # a grid larger than needed (38-Cloud's scene tables may say so): 3 x 2 patches around 700 x 700
+    assert padding((700, 700), (3, 2)) == (226, 34)  # 1152 - 700 = 452 -> 226 + 226; 768 - 700 = 68 -> 34 + 34
+    with pytest.raises(ValueError, match="cannot hold"):
+        padding((700, 700), (1, 2))
+    # 4-px patches: a 5 x 3 scene in a 2 x 1 grid, padded by 1 row above, 2 below, 1 column at the right
+    scene = np.arange(1, 16, dtype=np.uint8).reshape(5, 3)
+    assert padding((5, 3), (2, 1), patch=4) == (1, 0)
+    p = cut_scene(scene, SCENE_A, patch=4)
+    assert sorted(p) == [PatchName(SCENE_A, 1, 1, 1), PatchName(SCENE_A, 2, 1, 2)]
+    np.testing.assert_array_equal(p[PatchName(SCENE_A, 1, 1, 1)], [[0, 0, 0, 0],
+                                                                    [1, 2, 3, 0],
+                                                                    [4, 5, 6, 0],
+                                                                    [7, 8, 9, 0]])
+    np.testing.assert_array_equal(p[PatchName(SCENE_A, 2, 1, 2)], [[10, 11, 12, 0],
+                                                                    [13, 14, 15, 0],
+                                                                    [0, 0, 0, 0],
+                                                                    [0, 0, 0, 0]])
+    np.testing.assert_array_equal(stitch(p, (5, 3), (2, 1), patch=4), scene)
+    # a (bands, H, W) stack is cut band by band alike
+    stack = np.stack([scene, scene + 100])
+    q = cut_scene(stack, SCENE_A, patch=4)
+    np.testing.assert_array_equal(q[PatchName(SCENE_A, 2, 1, 2)][1, :2, :3], scene[3:] + 100)
 
 
 def test_stitch_leaves_absent_patches_zero_and_rejects_misfits():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cloudkd.metrics import Confusion, EmptyUnionError, JaccardMeter, confusion, global_jaccard
+from cloudkd.common.metrics import Confusion, EmptyUnionError, JaccardMeter, confusion, global_jaccard
 
 
 def test_confusion_hand_computed():
@@ -34,7 +34,8 @@ def test_chip_with_empty_union_counts_nothing_but_is_fine_globally():
     empty = np.zeros((4, 4), np.uint8)
     full = np.ones((4, 4), np.uint8)
     assert global_jaccard([(empty, empty), (full, full)]) == 1.0
-    assert math.isnan(confusion(empty, empty).iou_or_nan())
+    assert math.isnan(confusion(empty, empty).iou())
+    assert confusion(empty, empty).iou(empty=1.0) == 1.0
 
 
 def test_empty_union_raises_like_the_official_metric():
@@ -68,3 +69,13 @@ def test_torch_numpy_and_meter_agree_with_brute_force():
     m.reset()
     with pytest.raises(EmptyUnionError):
         m.compute()
+
+
+def test_iou_of_two_masks_with_empty_default():
+    """export's int8-vs-fp32 check: the IoU of two mask sets, 1.0 when both are empty."""
+    a = np.zeros((4, 4), bool)
+    b = a.copy()
+    assert confusion(a, b).iou(empty=1.0) == 1.0
+    a[0, :2] = True
+    b[0, 1:3] = True
+    assert confusion(a, b).iou(empty=1.0) == 1 / 3

@@ -15,7 +15,7 @@ from cloudkd.cli import app
 from cloudkd.data import read_label, read_mask
 from cloudkd.evaluate.realchips import (method_folder, onnx_method, peer_method, run_real_bench, student_method,
                                         threshold_method)
-from cloudkd.metrics import Confusion, confusion
+from cloudkd.common.metrics import Confusion, confusion
 from cloudkd.teacher import peer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,8 +40,8 @@ def _by_hand(pred_dir: Path, root: Path) -> float:
 
 
 def test_real_bench_reports_every_method_it_was_given(real_labelled, student, tmp_path):
-    from cloudkd.export import export_onnx
-    from cloudkd.student.models import load_student
+    from cloudkd.onboard.export import export_onnx
+    from cloudkd.student.runs import load_student
 
     bright = tmp_path / "bright.json"
     ThresholdModel(0.25, float("inf")).save(bright)

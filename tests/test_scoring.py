@@ -8,8 +8,8 @@ import pytest
 import tifffile
 
 from cloudkd.data import DataError, write_mask
-from cloudkd.metrics import EmptyUnionError
-from cloudkd.scoring import score_folder
+from cloudkd.common.metrics import EmptyUnionError
+from cloudkd.evaluate.scoring import score_folder
 
 
 @pytest.fixture

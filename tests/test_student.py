@@ -18,14 +18,16 @@ from cloudkd.cli import app
 from cloudkd.data import load_index, normalise, read_chip, resolve_split
 from cloudkd.data.augment import Augment, cloud_paste
 from cloudkd.data.soft import write_soft
-from cloudkd.export import export_onnx
+from cloudkd.onboard.export import export_onnx
 from cloudkd.student.distill import LossConfig, bce_dice, boundary_band, cwd, pixel_kd, prob_to_logit
 from cloudkd.student.models import build_model, list_presets
-from cloudkd.student.train import TrainConfig, fit, load_student
-from cloudkd.student.unet import PRESETS, CompactUNet, count_params
+from cloudkd.student.train import TrainConfig, fit
+from cloudkd.student.runs import load_student
+from cloudkd.student.unet import PRESETS, CompactUNet
+from cloudkd.common.sizes import count_params
 
 runner = CliRunner()
-NNUNET_2D_PARAMS = 46_325_422  # nnU-Net's 2d plan for 4x512x512 chips (test_teacher checks it)
+from cloudkd.teacher.plans import NNUNET_2D_PARAMS  # noqa: E402 - nnU-Net's 2d plan (test_teacher checks it)
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -84,6 +86,37 @@ def test_smp_call_shape_and_variants():
         CompactUNet(norm="layer")
 
 
+def _conv_kind(block):
+    """'standard' (one 3x3 conv) or 'separable' (depthwise 3x3 over every input channel, then 1x1)."""
+    convs = [m for m in block if isinstance(m, torch.nn.Conv2d)]
+    if len(convs) == 1 and convs[0].kernel_size == (3, 3) and convs[0].groups == 1:
+        return "standard"
+    dw, pw = convs
+    assert dw.kernel_size == (3, 3) and dw.groups == dw.in_channels == dw.out_channels
+    assert pw.kernel_size == (1, 1) and pw.in_channels == dw.out_channels
+    return "separable"
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_separable_convs_in_every_stage_but_the_first(name):
+    """conv="separable": the first encoder stage (on the 4 input bands) stays standard, every other encoder and
+    decoder stage is depthwise-separable, whatever its input width (unet-xs's second stage reads 4 channels)."""
+    widths = PRESETS[name]["widths"]
+    for conv in ("separable", "standard"):
+        m = build_model(name, model_kwargs={"conv": conv})
+        kinds = [[_conv_kind(b) for b in stage] for stage in list(m.encoder) + list(m.decoder)]
+        want = [["standard"] * 2] + [[conv] * 2] * (2 * len(widths) - 2)
+        assert kinds == want, (name, conv, kinds)
+    # parameters by hand for unet-xs (4, 8, 16, 32, 32), separable, batch norm, bilinear up (1x1 projections)
+    sep = lambda cin, cout: 9 * cin + cin * cout + 2 * cout  # noqa: E731  depthwise + pointwise + BN
+    std = lambda cin, cout: 9 * cin * cout + 2 * cout  # noqa: E731
+    if name == "unet-xs":
+        enc = std(4, 4) + std(4, 4) + sum(sep(a, b) + sep(b, b) for a, b in ((4, 8), (8, 16), (16, 32), (32, 32)))
+        ups = 32 * 32 + 32 * 16 + 16 * 8 + 8 * 4
+        dec = sum(sep(2 * w, w) + sep(w, w) for w in (32, 16, 8, 4))
+        assert count_params(build_model(name, model_kwargs={"conv": "separable"})) == enc + ups + dec + 4 + 1 == 13_693
+
+
 def test_cli_student_list_json():
     r = runner.invoke(app, ["student", "list", "--json"])
     assert r.exit_code == 0 and json.loads(r.output) == list_presets()
@@ -109,13 +142,39 @@ def test_pixel_kd_hand_computed_and_gradient_direction():
     assert zs.grad.item() < 0  # gradient descent raises the student logit towards the teacher's
 
 
-def test_cwd_gradient_moves_mass_to_where_the_teacher_puts_it():
-    teacher = torch.full((1, 1, 4, 4), -4.0)
-    teacher[..., 0, 0] = 4.0  # the teacher's cloud is in the corner
-    student = torch.zeros(1, 1, 4, 4, requires_grad=True)
-    cwd(student, teacher, 1.0).backward()
-    g = student.grad[0, 0]
-    assert g[0, 0] < 0 and (g.flatten()[1:] > 0).all()
+def _cwd_reference(zs, zt, t):
+    """CWD written out in float64 numpy: for each image and channel c in (z, -z), q = softmax(c_t / T) and
+    p = softmax(c_s / T) over all H x W positions; the loss is T^2 times the mean over (image, channel) of
+    KL(q || p). Its gradient w.r.t. z_s: T / (2 N) * ((p_z - q_z) - (p_-z - q_-z)) per pixel."""
+    n = zs.shape[0]
+    zs, zt = zs.reshape(n, -1).astype(np.float64), zt.reshape(n, -1).astype(np.float64)
+
+    def softmax(a):
+        e = np.exp(a - a.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    loss, grad = 0.0, np.zeros_like(zs)
+    for sign in (1.0, -1.0):
+        q, p = softmax(sign * zt / t), softmax(sign * zs / t)
+        loss += (q * (np.log(q) - np.log(p))).sum()
+        grad += sign * (p - q)
+    return loss / (2 * n) * t * t, grad * t / (2 * n)
+
+
+def test_cwd_value_and_gradient_match_an_independent_reference():
+    g = torch.Generator().manual_seed(0)
+    for shape, t in (((2, 1, 5, 7), 1.0), ((3, 1, 4, 4), 2.0), ((1, 1, 6, 3), 4.0)):
+        zs = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+        zt = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+        want, want_grad = _cwd_reference(zs.numpy(), zt.numpy(), t)
+        x = zs.clone().requires_grad_(True)
+        loss = cwd(x, zt, t)
+        loss.backward()
+        assert loss.item() == pytest.approx(want, rel=1e-10)
+        np.testing.assert_allclose(x.grad.numpy().reshape(shape[0], -1), want_grad, rtol=1e-8, atol=1e-14)
+        assert torch.autograd.gradcheck(lambda a: cwd(a, zt, t), (zs.clone().requires_grad_(True),))
+        # float32 (what training uses) agrees with the float64 reference to float rounding
+        assert cwd(zs.float(), zt.float(), t).item() == pytest.approx(want, rel=1e-4)
 
 
 def test_cwd_hand_computed_at_temperature_t_on_the_logit():
@@ -321,7 +380,7 @@ def _cfg(data, out, **kw):
 def _val_jaccard(run_dir, data, val_fold=0):
     """Global Jaccard of a saved student on the validation fold (whole chips), from scratch."""
     from cloudkd.data.folds import make_folds, split_by_fold
-    from cloudkd.metrics import JaccardMeter
+    from cloudkd.common.metrics import JaccardMeter
     from cloudkd.data import read_label
 
     model = load_student(run_dir)
@@ -401,6 +460,41 @@ def test_offline_distillation_from_soft_labels(small_data, smoothed_soft, tmp_pa
         fit(_cfg(small_data, tmp_path / "kd2", kd_weight=1.0, soft_dir=str(soft)))
 
 
+def test_offline_distillation_on_unlabelled_chips(small_data, smoothed_soft, tmp_path):
+    """--soft DIR --unlabelled DIR2 --label-weight 0: the one soft-label folder covers the labelled training chips
+    and the unlabelled ones; every sample, whichever folder it comes from, carries its own soft label, batches
+    mixing both collate, and a missing soft label of an unlabelled chip is named before training."""
+    import shutil
+
+    from cloudkd.data.datamodule import CloudDataModule
+    from cloudkd.data.soft import read_soft
+
+    soft = shutil.copytree(smoothed_soft, tmp_path / "soft")
+    test = resolve_split(small_data, "test")
+    rng = np.random.default_rng(0)
+    for cid in test.chip_ids():  # the unlabelled chips' soft labels: anything distinct from their labels
+        write_soft(soft / f"{cid}.tif", rng.random((96, 96)))
+    dm = CloudDataModule(small_data, soft_dir=soft, unlabelled=test.features_dir, with_labels=False, augment=False)
+    dm.setup()
+    ids = [dm.train_set[i]["chip_id"] for i in range(len(dm.train_set))]
+    assert set(test.chip_ids()) <= set(ids) and len(ids) == len(dm.train_index) + len(test.chip_ids())
+    for i in (0, len(ids) - 1):  # a labelled chip and an unlabelled one: their own soft labels, no mask
+        sample = dm.train_set[i]
+        assert "mask" not in sample and sample["image"].shape == (4, 96, 96)
+        np.testing.assert_array_equal(sample["soft"][0].numpy(), read_soft(soft / f"{sample['chip_id']}.tif"))
+    r = runner.invoke(app, ["distill", str(small_data), "--out", str(tmp_path / "run"), "--soft", str(soft),
+                            "--unlabelled", str(test.features_dir), "--label-weight", "0", "--model", "unet-xs",
+                            "--epochs", "1", "--batch", "40", "--crop", "64", "--accelerator", "cpu"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    info = json.loads((tmp_path / "run" / "student.json").read_text())
+    assert info["teacher_mode"] == "offline" and info["config"]["unlabelled"] == str(test.features_dir)
+    metrics = pd.read_csv(next((tmp_path / "run" / "logs").rglob("metrics.csv")))
+    assert np.isfinite(metrics["train_kd"].dropna()).all() and "train_hard" not in metrics
+    (soft / f"{test.chip_ids()[3]}.tif").unlink()
+    with pytest.raises(Exception, match=f"no soft label for 1 chip.*{test.chip_ids()[3]}"):
+        CloudDataModule(small_data, soft_dir=soft, unlabelled=test.features_dir, with_labels=False).setup()
+
+
 def test_cli_distill_then_predict_writes_one_valid_mask_per_chip(small_data, smoothed_soft, tmp_path):
     r = runner.invoke(app, ["distill", str(small_data), "--out", str(tmp_path / "run")])
     assert r.exit_code != 0 and "needs a teacher" in r.output
@@ -441,17 +535,11 @@ def test_online_distillation_from_an_onnx_teacher_on_unlabelled_chips(small_data
     assert r.val_jaccard is not None
 
 
-def test_ddp_on_two_cpu_processes_agrees_and_validates_exactly(small_data, tmp_path):
-    """Two gloo processes: same weights on both ranks, and the validation Jaccard equals the single-process
-    leaderboard metric of the final weights on the whole validation fold (an odd number of chips: a padding
-    sampler would count one twice)."""
-    from cloudkd.data.folds import split_by_fold
-    from cloudkd.data import read_label
-    from cloudkd.metrics import JaccardMeter
-    from cloudkd.student.models import lightning_state
-
-    idx = load_index(resolve_split(small_data))
-    val_locs, n = [], 0  # whole locations for validation, until they hold an odd number (>= 5) of chips
+def _odd_validation_folds(data, path):
+    """A folds CSV whose fold 1 is whole locations holding an odd number (>= 5) of chips (a padding sampler
+    would count one twice); the rest is fold 0."""
+    idx = load_index(resolve_split(data))
+    val_locs, n = [], 0
     for loc, count in idx.groupby("location").size().items():
         val_locs.append(loc)
         n += count
@@ -460,8 +548,55 @@ def test_ddp_on_two_cpu_processes_agrees_and_validates_exactly(small_data, tmp_p
     assert n % 2 == 1
     folds = pd.DataFrame({"chip_id": idx["chip_id"], "location": idx["location"],
                           "fold": [1 if loc in val_locs else 0 for loc in idx["location"]]})
+    folds.to_csv(path, index=False)
+    return idx, folds
+
+
+def test_ddp_shards_cover_every_chip_and_keep_step_counts_equal(small_data, tmp_path):
+    """What each of two ranks loads: validation shards disjoint and together every validation chip exactly once
+    (an odd count, so padding would show); training shards of equal length (DDP ranks must take the same
+    number of steps) that together cover every training chip, reshuffled each epoch."""
+    from types import SimpleNamespace
+
+    from cloudkd.data.datamodule import CloudDataModule
+
+    _, folds = _odd_validation_folds(small_data, tmp_path / "folds.csv")
+    val_ids, train_ids = set(folds.chip_id[folds.fold == 1]), set(folds.chip_id[folds.fold == 0])
+
+    def shards(split, world, epoch=0):
+        out = []
+        for rank in range(world):
+            dm = CloudDataModule(small_data, folds=tmp_path / "folds.csv", val_fold=1, batch_size=4, crop=32)
+            dm.setup()
+            dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+            loader, ds = (dm.train_dataloader(), dm.train_set) if split == "train" else (dm.val_dataloader(),
+                                                                                         dm.val_set)
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            out.append([ds.index["chip_id"][i] for i in loader.sampler])
+        return out
+
+    val = shards("val", 2)
+    assert sorted(val[0] + val[1]) == sorted(val_ids) and not set(val[0]) & set(val[1])
+    assert sorted(shards("val", 1)[0]) == sorted(val_ids)
+    train0 = shards("train", 2)
+    assert len(train0[0]) == len(train0[1]) and set(train0[0]) | set(train0[1]) == train_ids
+    assert len(train0[0] + train0[1]) - len(train_ids) <= 1  # at most one chip repeated to even the shards out
+    train1 = shards("train", 2, epoch=1)
+    assert train1 != train0 and set(train1[0]) | set(train1[1]) == train_ids
+
+
+def test_ddp_on_two_cpu_processes_agrees_and_validates_exactly(small_data, tmp_path):
+    """Two gloo processes: same weights on both ranks, and the validation Jaccard equals the single-process
+    leaderboard metric of the final weights on the whole validation fold (an odd number of chips: a padding
+    sampler would count one twice)."""
+    from cloudkd.data.folds import split_by_fold
+    from cloudkd.data import read_label
+    from cloudkd.common.metrics import JaccardMeter
+    from cloudkd.student.runs import lightning_state
+
     folds_csv = tmp_path / "folds.csv"
-    folds.to_csv(folds_csv, index=False)
+    idx, folds = _odd_validation_folds(small_data, folds_csv)
     exe = str(Path(sys.executable).with_name("cloudkd"))
     out = tmp_path / "ddp"
     env = {**os.environ, "PL_DISABLE_FORK": "1"}

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from cloudkd.cli import app
 from cloudkd.data import read_mask, resolve_split
-from cloudkd.predict import predict_folder
-from cloudkd.scoring import score_folder
-from cloudkd.student.models import load_student
+from cloudkd.student.predict import predict_folder
+from cloudkd.evaluate.scoring import score_folder
+from cloudkd.student.runs import load_student
 from cloudkd.submission.emulate import runtime_test
 from cloudkd.submission.pack import MAIN_PY, RUNTIME_MODULES, pack
 from cloudkd.submission.validate import MAX_BYTES, validate
@@ -100,6 +100,98 @@ def test_main_py_output_equals_the_library_prediction(student, packed, small_dat
     assert os.listdir(tmp_path / "root" / "predictions") == [f"{c}.tif" for c in test.chip_ids()] or \
         sorted(os.listdir(tmp_path / "root" / "predictions")) == sorted(f"{c}.tif" for c in test.chip_ids())
     assert not [p for p in (tmp_path / "root").iterdir() if p.name.startswith(".cloudkd-tmp")]
+
+
+def test_main_py_equals_cloudkd_predict_on_chips_with_nodata_wedges_at_a_packed_threshold(student, small_data,
+                                                                                           tmp_path):
+    """The one prediction rule: on chips with nodata wedges (all bands 0), the packed main.py (threshold 0.3, flip
+    TTA) writes the masks `cloudkd student predict --threshold 0.3 --tta` writes, with every wedge pixel clear,
+    although the model alone calls part of the wedges cloud."""
+    from cloudkd.common.infer import masks_from_logits, nodata_mask, predict_logits
+    from cloudkd.data import normalise, read_chip
+    from cloudkd.data.chips import read_chip_dn
+
+    test = resolve_split(small_data, "test")
+    feats = tmp_path / "wedged" / "test_features"
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    wedges = {}
+    for k, cid in enumerate(test.chip_ids()):
+        dn = read_chip_dn(test.chip_dir(cid))
+        wedge = (xx + yy) < SIZE // 2 if k % 2 == 0 else (xx - yy) > SIZE // 3  # corner and side wedges
+        dn[:, wedge] = 0
+        write_chip(feats, cid, dn)
+        wedges[cid] = wedge
+    shutil.copy(test.metadata_csv, tmp_path / "wedged" / "test_metadata.csv")
+    z = tmp_path / "submission.zip"
+    pack(student, z, threshold=0.3, tta=True, batch_size=3, chip_size=SIZE)
+    v = runtime_test(z, tmp_path / "wedged", keep=tmp_path / "root", echo=False)
+    assert v["ok"], v["reasons"]
+    r = runner.invoke(app, ["student", "predict", "--model", str(student), "--features", str(feats), "--out",
+                            str(tmp_path / "lib"), "--threshold", "0.3", "--tta", "--batch", "3"])
+    assert r.exit_code == 0, r.output
+    model = load_student(student)
+    ids = sorted(wedges)
+    refl = np.stack([read_chip(feats / cid) for cid in ids])
+    nodata = nodata_mask(refl)  # the wedges, and any nodata the generator put in these chips
+    assert all(nodata[i][wedges[cid]].all() for i, cid in enumerate(ids))
+    # the model alone, in main.py's batches of 3 (other batch shapes round differently near the threshold)
+    raw = np.concatenate([masks_from_logits(predict_logits(model, torch.from_numpy(normalise(refl[i:i + 3])),
+                                                           tta=True), 0.3) for i in range(0, len(ids), 3)])
+    for i, cid in enumerate(ids):
+        ours = np.array(Image.open(tmp_path / "root" / "predictions" / f"{cid}.tif"))
+        assert np.array_equal(ours, read_mask(tmp_path / "lib" / f"{cid}.tif")), cid
+        assert ours[nodata[i]].max() == 0, cid
+        assert np.array_equal(ours[~nodata[i]], raw[i][~nodata[i]]), cid  # nothing changes outside nodata
+    cloudy_wedge_pixels = int(raw[nodata].sum())
+    assert cloudy_wedge_pixels > 0  # without the nodata rule the wedges would not be all clear
+
+
+def test_threshold_is_checked_on_every_command_that_makes_masks(student, small_data, tmp_path):
+    test = resolve_split(small_data, "test")
+    o = ["--out", str(tmp_path / "o")]
+    for args in (["student", "predict", "--model", str(student), "--features", str(test.features_dir), *o],
+                 ["predict", "--model", str(student), "--features", str(test.features_dir), *o],
+                 ["teacher", "predict", "--features", str(test.features_dir), "--masks-out", str(tmp_path / "o")],
+                 ["onboard", "export", "--checkpoint", str(student), *o], ["onboard", "bench", *o],
+                 ["onboard", "predict-scene", str(tmp_path), "--model", str(student), *o],
+                 ["submission", "pack", "--checkpoint", str(student), *o]):
+        r = runner.invoke(app, args + ["--threshold", "1.5"])
+        assert r.exit_code == 2 and "(0, 1)" in r.output, (args, r.output)
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_smp_model_packs_and_main_py_rebuilds_it_with_segmentation_models_pytorch(small_data, tmp_path):
+    """main.py's smp branch: an smp U-Net (random weights) packed and run by main.py writes the masks the library
+    writes with the same weights."""
+    from cloudkd.student.models import build_model
+
+    torch.manual_seed(0)
+    spec = "smp:Unet:resnet18"
+    model = build_model(spec)
+    for m in model.modules():  # random BatchNorm statistics, so the masks are not all one class
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    run = tmp_path / "smp_run"
+    run.mkdir()
+    torch.save(model.state_dict(), run / "student.pt")
+    (run / "student.json").write_text(json.dumps({"model": spec, "model_kwargs": {}}))
+    z = tmp_path / "smp.zip"
+    r = pack(run, z, threshold=0.5, batch_size=2, chip_size=SIZE)
+    cfg = json.loads(zipfile.ZipFile(z).read("assets/config.json"))
+    assert cfg["model"] == {"arch": "smp", "name": "Unet", "encoder": "resnet18", "kwargs": {}}
+    assert r.params == sum(p.numel() for p in model.parameters())
+    test = resolve_split(small_data, "test")
+    v = runtime_test(z, small_data, keep=tmp_path / "root", echo=False)
+    assert v["ok"], v["reasons"]
+    lib = predict_folder(load_student(run), test.features_dir, tmp_path / "lib", batch_size=2, progress=False)
+    assert lib["n_chips"] == v["n_chips"] == len(test.chip_ids())
+    cloud = 0
+    for cid in test.chip_ids():
+        ours = np.array(Image.open(tmp_path / "root" / "predictions" / f"{cid}.tif"))
+        assert np.array_equal(ours, read_mask(tmp_path / "lib" / f"{cid}.tif")), cid
+        cloud += int(ours.sum())
+    assert 0 < cloud < len(test.chip_ids()) * SIZE * SIZE  # the comparison is not between two blank sets
 
 
 def test_runtime_test_cli_writes_the_verdict(packed, small_data, tmp_path):
@@ -196,7 +288,7 @@ def test_a_band_filled_from_the_others_is_the_mean_of_the_good_bands(packed, tmp
     v = runtime_test(packed, tmp_path / "data" / "test_features", keep=tmp_path / "root", echo=False)
     assert v["ok"]
     from cloudkd.data import normalise
-    from cloudkd.infer import masks_from_logits, predict_logits
+    from cloudkd.common.infer import masks_from_logits, nodata_mask, predict_logits
 
     model = load_student(json.loads((tmp_path / "root" / "assets" / "config.json").read_text())["source_run"])
     refl = arr.astype(np.float32) / 10000

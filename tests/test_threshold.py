@@ -8,7 +8,7 @@ import pytest
 from cloudkd.baselines.threshold import (ThresholdModel, best_brightness_cut, fit_threshold, predict_folder,
                                          spectral_features)
 from cloudkd.data import DataError, load_index, read_label, resolve_split
-from cloudkd.scoring import score_folder
+from cloudkd.evaluate.scoring import score_folder
 
 from conftest import make_dataset
 
@@ -80,7 +80,7 @@ def test_no_cloud_in_training_labels(tmp_path):
 def test_generated_benchmark_is_hard_for_thresholding(tmp_path):
     """Calibration guard: on held-out locations thresholding is useful but far from perfect. Chips of 256 px:
     the annotator's margins (a median of 12 px) would cover most of a 96-px chip and favour 'all cloud'."""
-    from cloudkd.data.synthetic import SynthConfig, synthesize
+    from cloudkd.data.synth.sentinel2 import SynthConfig, synthesize
 
     data = tmp_path / "d"
     synthesize(data, SynthConfig(n_train=24, n_test=12, size=256, seed=1), workers=2, progress=False)
