@@ -12,7 +12,8 @@ reads every chip folder of ``data/test_features`` (B02, B03, B04, B08 GeoTIFFs) 
   spec, threshold, flip TTA and batch size; ``assets/model.pt`` the weights (a plain state dict).
 * Never fails the run for one chip. Fallbacks (each logged with the chip id and the reason):
     - a band that is missing, unreadable, empty, not 2-D or not chip-size x chip-size is replaced by the mean
-      reflectance of the chip's good bands;
+      reflectance of the chip's good bands (size, dims and dtype are checked from the TIFF header, so a wrong
+      band is never decoded);
     - a chip with no good band gets an all-clear mask (0): nothing is thrown away on a guess;
     - NaN / infinite values are treated as nodata (0);
     - nodata pixels (all four bands 0) are clear (0); an all-nodata chip gets an all-clear mask without
@@ -85,7 +86,17 @@ def read_band(path, size):
     try:
         import tifffile
 
-        dn = tifffile.imread(str(path))
+        # the header first: a band of the wrong size, dims or dtype is refused before anything is decoded (a
+        # small compressed file can hold a huge raster)
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0] if tif.series else tif.pages[0]
+            shape = tuple(int(d) for d in series.shape if int(d) != 1)
+            dtype = series.dtype
+            if dtype is None or np.dtype(dtype).kind not in "uif":
+                return None, "unsupported dtype %s" % dtype
+            if shape != (size, size):
+                return None, "wrong shape %s (expected %s); not decoded" % (shape, (size, size))
+            dn = tif.asarray()
     except Exception as exc:  # corrupt, empty, not a TIFF
         return None, "unreadable (%s)" % (str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__)
     dn = np.squeeze(np.asarray(dn))

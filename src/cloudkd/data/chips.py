@@ -34,6 +34,19 @@ from .normalise import BANDS, dn_to_reflectance
 #: Columns the metadata CSV must have (the train file of the challenge also has ``cloudpath``).
 METADATA_COLUMNS = ("chip_id", "location", "datetime")
 
+#: Written into a dataset root by a generator (``cloudkd data synth``, ``cloudkd landsat synth``) before anything
+#: else and removed only after its completion stamp: while it is there the dataset is incomplete, whatever else the
+#: folder holds. Real datasets have neither file.
+UNFINISHED = "generation.unfinished"
+
+
+def unfinished_problem(root: os.PathLike | str) -> Optional[str]:
+    """The problem to report when ``root`` holds an interrupted generation (its :data:`UNFINISHED` marker)."""
+    marker = Path(root) / UNFINISHED
+    if marker.exists():
+        return (f"{marker}: generation did not finish (the generator was interrupted); the dataset is incomplete: "
+                f"run the generator again on this folder")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -225,8 +238,11 @@ def load_index(split: Split, require_labels: Optional[bool] = None) -> pd.DataFr
 
     The metadata CSV and the features folders must list the same chips; with labels (``require_labels`` or,
     when None, whenever the labels folder exists) every chip must have a label file.
-    Raises :class:`DataError` naming the chips that do not match.
+    Raises :class:`DataError` naming the chips that do not match, or when the dataset's generation did not finish.
     """
+    unfinished = unfinished_problem(split.root)
+    if unfinished:
+        raise DataError(unfinished)
     ids = split.chip_ids()
     if split.metadata_csv.is_file():
         meta = read_metadata(split.metadata_csv)
@@ -294,15 +310,19 @@ def validate_split(split: Split, shape: Optional[Tuple[int, int]] = None, labels
                    progress: bool = False) -> ValidationReport:
     """Read every band and label of a split and collect every problem (nothing is raised here).
 
-    Checks: metadata CSV vs folders (both directions), missing band, unreadable/corrupt TIFF, dtype, shape
-    (bands of a chip agree with each other, with the label, and with ``shape`` or else with the first chip's
-    shape: mixed chip sizes are reported), label values outside {0, 1}, missing label files.
+    Checks: an interrupted generation (the :data:`UNFINISHED` marker), metadata CSV vs folders (both directions),
+    missing band, unreadable/corrupt TIFF, dtype, shape (bands of a chip agree with each other, with the label, and
+    with ``shape`` or else with the first chip's shape: mixed chip sizes are reported), label values outside
+    {0, 1}, missing label files.
     """
     errors: List[str] = []
+    unfinished = unfinished_problem(split.root)
+    if unfinished:
+        errors.append(unfinished)
     try:
         ids = split.chip_ids()
     except DataError as exc:
-        return ValidationReport(split, 0, shape, [str(exc)])
+        return ValidationReport(split, 0, shape, errors + [str(exc)])
     try:
         _check_same_chips(split, ids, read_metadata(split.metadata_csv)["chip_id"].tolist())
     except DataError as exc:

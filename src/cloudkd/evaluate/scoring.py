@@ -106,11 +106,19 @@ def score_folder(pred_dir: os.PathLike | str, labels_dir: os.PathLike | str,
     """Score predicted masks ``pred_dir/{chip_id}.tif`` against ``labels_dir/{chip_id}.tif``.
 
     The expected chips are ``chips`` (e.g. one fold) or else every label file. ``metadata`` (a ``*_metadata.csv``;
-    guessed from a ``{split}_labels`` folder when omitted) adds per-location results.
+    guessed from a ``{split}_labels`` folder when omitted) adds per-location results; it lists the split's chips,
+    so without ``chips`` a chip it lists that has no label file is an error (:class:`DataError` naming them).
     """
     t0 = time.perf_counter()
     labels = list_masks(labels_dir)
     preds = list_masks(pred_dir)
+    meta_path = Path(metadata) if metadata is not None else guess_metadata(labels_dir)
+    meta = read_metadata(meta_path).set_index("chip_id") if meta_path is not None else None
+    if meta is not None and chips is None:
+        unlabelled = [c for c in meta.index if c not in labels]
+        if unlabelled:
+            raise DataError(f"{labels_dir}: no label file for {len(unlabelled)} chip(s) listed in {meta_path}: "
+                            f"{', '.join(unlabelled[:10])}{' ...' if len(unlabelled) > 10 else ''}")
     if chips is not None:
         expected = sorted(set(chips))
         no_label = [c for c in expected if c not in labels]
@@ -153,9 +161,7 @@ def score_folder(pred_dir: os.PathLike | str, labels_dir: os.PathLike | str,
     per_chip = _rows_to_table(rows)
 
     per_location = None
-    meta_path = Path(metadata) if metadata is not None else guess_metadata(labels_dir)
-    if meta_path is not None:
-        meta = read_metadata(meta_path).set_index("chip_id")
+    if meta is not None:
         per_chip.insert(1, "location", per_chip.chip_id.map(meta["location"]).fillna("").values)
         per_location = per_group(per_chip, "location")
 

@@ -7,13 +7,17 @@
 3. ``python main.py`` with no arguments, in the root, as a subprocess (``CLOUDKD_ROOT`` points main.py at the
    scratch root instead of /codeexecution);
 4. the runtime's validation (:mod:`cloudkd.submission.validate`): no missing file, no extra file, shape,
-   values, size; with labels, the leaderboard metric (global Jaccard).
+   values, size; with labels, the leaderboard metric (global Jaccard);
+5. the verdict also fails when main.py gave a fallback mask (all-clear, or bands filled in) to a chip whose bands
+   read fine (a sound chip with data: e.g. a zip packed for another chip size), or when labels were given and no
+   score came out.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -33,7 +37,8 @@ from .validate import reasons, validate
 def _read_only(tree: Path) -> None:
     for dirpath, dirnames, filenames in os.walk(tree):
         for f in filenames:
-            os.chmod(os.path.join(dirpath, f), stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            if not os.path.islink(os.path.join(dirpath, f)):  # a link has no mode of its own (it may even loop)
+                os.chmod(os.path.join(dirpath, f), stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         os.chmod(dirpath, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
 
 
@@ -41,7 +46,83 @@ def _writable(tree: Path) -> None:
     for dirpath, dirnames, filenames in os.walk(tree):
         os.chmod(dirpath, stat.S_IRWXU)
         for f in filenames:
-            os.chmod(os.path.join(dirpath, f), stat.S_IRUSR | stat.S_IWUSR)
+            if not os.path.islink(os.path.join(dirpath, f)):
+                os.chmod(os.path.join(dirpath, f), stat.S_IRUSR | stat.S_IWUSR)
+
+
+#: main.py's log line format: ``asctime levelname message`` (asctime holds a space)
+_LOG_LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) (?P<msg>.*)$")
+_DONE = re.compile(r"done: .*\((?P<n>\d+) with a fallback")
+#: what main.py's per-chip warnings say when the chip's mask is a fallback (band problems are ``B0x.tif: ...``);
+#: other per-chip notes (e.g. partial nodata) are not fallbacks
+_FALLBACK_WORDS = ("all-clear", "fallback", "filled", ".tif:")
+
+
+def fallback_chips(log: str, chips) -> tuple:
+    """From main.py's log: ({chip_id: first fallback message}, the fallback count of its final ``done:`` line or
+    None when there is none)."""
+    chips = set(chips)
+    found, count = {}, None
+    for line in log.splitlines():
+        m = _LOG_LINE.match(line.rstrip())
+        if not m:
+            continue
+        msg = m.group("msg")
+        d = _DONE.match(msg)
+        if d:
+            count = int(d.group("n"))
+            continue
+        if m.group("level") not in ("WARNING", "ERROR"):
+            continue
+        cid, sep, rest = msg.partition(": ")
+        if sep and cid in chips and any(w in rest for w in _FALLBACK_WORDS):
+            found.setdefault(cid, rest)
+    return found, count
+
+
+def _chip_is_sound(chip_dir: Path) -> bool:
+    """True when the chip's four bands read cleanly (present, readable, uint16, 2-D, one shape) and hold data: a
+    chip main.py should have predicted rather than given a fallback. The TIFF headers are checked first, so a band
+    of another size is refused without decoding it."""
+    import numpy as np
+    import tifffile
+
+    from ..data.chips import read_chip_dn
+    from ..data.normalise import BANDS
+
+    shapes = set()
+    for band in BANDS:
+        try:
+            with tifffile.TiffFile(chip_dir / f"{band}.tif") as tif:
+                series = tif.series[0]
+                shapes.add(tuple(int(d) for d in series.shape if int(d) != 1))
+                if series.dtype is None or np.dtype(series.dtype) != np.uint16:
+                    return False
+        except Exception:
+            return False
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        return False
+    try:
+        dn = read_chip_dn(chip_dir)
+    except Exception:  # DataError, or an OS error on a broken link
+        return False
+    return bool(dn.any())  # an all-nodata chip is rightly all clear
+
+
+def _fallback_reasons(log: str, features: Path) -> tuple:
+    """(chips main.py gave an unjustified fallback, failure reasons)."""
+    from .validate import expected_chips
+
+    chips = expected_chips(features)
+    found, count = fallback_chips(log, chips)
+    bad = sorted(c for c in found if _chip_is_sound(features / c))
+    out = []
+    if bad:
+        out.append(f"main.py gave a fallback mask to {len(bad)} chip(s) whose bands read fine: {', '.join(bad[:10])}"
+                   f"{' ...' if len(bad) > 10 else ''} (e.g. {bad[0]}: {found[bad[0]][:160]})")
+    elif count and not found:
+        out.append(f"main.py reports {count} fallback mask(s) but its log names no chip for them")
+    return bad, out
 
 
 def runtime_test(zip_path: os.PathLike | str, data: os.PathLike | str, labels: Optional[os.PathLike | str] = None,
@@ -69,7 +150,9 @@ def runtime_test(zip_path: os.PathLike | str, data: os.PathLike | str, labels: O
     verdict = {"ok": False, "n_chips": 0, "missing": [], "extra": [], "invalid": {}, "seconds": None,
                "returncode": None, "jaccard": None, "reasons": [], "root": str(root)}
     try:
-        shutil.copytree(features, root / "data" / "test_features")
+        # links are copied as links, as the runtime would mount them: a broken link or a loop is main.py's to
+        # survive, not a reason for the emulator to stop before main.py runs
+        shutil.copytree(features, root / "data" / "test_features", symlinks=True)
         meta = features.parent / "test_metadata.csv"
         if meta.is_file():
             shutil.copy(meta, root / "data" / "test_metadata.csv")
@@ -104,12 +187,33 @@ def runtime_test(zip_path: os.PathLike | str, data: os.PathLike | str, labels: O
         if proc.returncode != 0:
             verdict["ok"] = False
             verdict["reasons"].insert(0, f"main.py exited with code {proc.returncode} (log: {root / 'main.log'})")
-        if labels is not None and not verdict["missing"] and not verdict["invalid"]:
-            from ..evaluate.scoring import score_folder
+        log_text = (root / "main.log").read_text()
+        verdict["fallback"], why = _fallback_reasons(log_text, root / "data" / "test_features")
+        if why:
+            verdict["ok"] = False
+            verdict["reasons"].extend(why)
+        if labels is not None:
+            no_score = None
+            if verdict["missing"] or verdict["invalid"]:
+                no_score = "the predictions are incomplete or invalid"
+            else:
+                from ..common.metrics import EmptyUnionError
+                from ..evaluate.scoring import score_folder
 
-            report = score_folder(root / "predictions", labels)
-            verdict["jaccard"] = report.jaccard
-        verdict["log"] = (root / "main.log").read_text()[-5000:]
+                try:
+                    report = score_folder(root / "predictions", labels)
+                except (DataError, EmptyUnionError) as exc:
+                    no_score = str(exc).splitlines()[0]
+                else:
+                    verdict["jaccard"] = report.jaccard
+                    if report.jaccard is None:
+                        no_score = "; ".join(
+                            ([f"{len(report.missing)} chip(s) of the labels have no prediction"]
+                             if report.missing else []) + report.invalid[:3])
+            if verdict["jaccard"] is None:
+                verdict["ok"] = False
+                verdict["reasons"].append(f"labels were given ({labels}) but no score came out: {no_score}")
+        verdict["log"] = log_text[-5000:]
         return verdict
     finally:
         if json_out:

@@ -14,7 +14,8 @@ def info(workspace: Workspace, dataset_id: int = DEFAULT_DATASET_ID,
     """The plan(s) of a prepared and planned dataset, with parameter counts, and which folds are trained."""
     pf = plans_file(workspace, dataset_id)
     if not pf.is_file():
-        raise DataError(f"{pf}: no plans yet; run 'cloudkd teacher train' (or 'teacher plan') first")
+        raise DataError(f"{pf}: no plans yet; run 'cloudkd teacher train' first (it plans and preprocesses the "
+                        f"dataset written by 'cloudkd teacher prepare')")
     plans = load_json(pf)
     names = list(configurations) if configurations else [c for c in plans["configurations"]
                                                           if c == BASE_CONFIGURATION or c.startswith("2d_")]

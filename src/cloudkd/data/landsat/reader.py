@@ -41,7 +41,7 @@ import pandas as pd
 import tifffile
 
 from ...common.errors import DataError
-from ..chips import _read_tiff, read_band, write_band, write_mask
+from ..chips import _read_tiff, read_band, unfinished_problem, write_band, write_mask
 from ...common.io import atomic_write
 from ..normalise import BANDS, SCALE
 
@@ -320,6 +320,10 @@ def import_38cloud(root: os.PathLike | str, out: os.PathLike | str, progress: bo
     if not dirs:
         raise DataError(f"{root}: no train_red/ or test_red/ folder (nor 38-Cloud_training/, 38-Cloud_test/): "
                         f"not a 38-Cloud / 95-Cloud dataset")
+    for where in sorted({root, *(d.parent for d in dirs.values())}):  # a generator's root holds 38-Cloud_*/
+        unfinished = unfinished_problem(where)
+        if unfinished:
+            raise DataError(unfinished)
     sig = _signature(root)
     stamp = out / STAMP
     if stamp.is_file() and not force:
@@ -329,6 +333,15 @@ def import_38cloud(root: os.PathLike | str, out: os.PathLike | str, progress: bo
             have = {}
         if have.get("source") == sig:
             return ImportResult(out, have["n_patches"], have["n_empty"], have["n_scenes"], 0.0, True)
+    if out.exists() and not force:
+        # replace only this root's own import (its source changed); anything else in ``out`` is the user's
+        try:
+            owner = json.loads(stamp.read_text()).get("source_root") if stamp.is_file() else None
+        except json.JSONDecodeError:
+            owner = None
+        if owner != str(root.resolve()):
+            raise DataError(f"{out}: exists and is not this dataset's import; choose another --out, or --force to "
+                            f"replace it")
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

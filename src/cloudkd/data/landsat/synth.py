@@ -7,7 +7,6 @@ reader's own cutter (:mod:`cloudkd.data.landsat.reader`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -18,10 +17,10 @@ from typing import Dict, Tuple
 import numpy as np
 import pandas as pd
 
-from ...common.io import atomic_write
 from ..chips import write_band
 from ..normalise import SCALE
-from ..synth.sentinel2 import Location, SynthConfig, SynthResult, claim_root, render_chip, split_locations
+from ..synth.sentinel2 import (Location, SynthConfig, SynthResult, claim_root, finish_root, render_chip,
+                               split_locations)
 from .reader import LANDSAT_BANDS, PATCH, SCENE_GTS, cut_scene, dn_to_landsat_dn, write_gt
 
 @dataclass(frozen=True)
@@ -97,7 +96,8 @@ def synthesize_38cloud(root: os.PathLike | str, cfg: Landsat38Config = Landsat38
     Training: ``train_{red,green,blue,nir,gt}`` patches and ``training_patches_38-cloud_nonempty.csv``; test:
     ``test_{red,green,blue,nir}`` patches and ``Entire_scene_gts/edited_corrected_gts_{scene}.TIF``. Digital
     numbers are Landsat-8 L1 values (DN = (reflectance + 0.1) / 2e-5), truth is 0/255. Train and test scenes come
-    from disjoint locations. Reused when ``synth38.json`` records the same config.
+    from disjoint locations. Reused when ``synth38.json`` records the same config and no
+    ``generation.unfinished`` marker of an interrupted run is left (that folder is generated again).
     """
     root = Path(root)
     stamp = root / "synth38.json"
@@ -150,8 +150,7 @@ def synthesize_38cloud(root: os.PathLike | str, cfg: Landsat38Config = Landsat38
     if cfg.n_test_scenes:
         pd.DataFrame({"Productid": scenes["test"]}).to_csv(dirs["test"] / "test_sceneids_38-Cloud.csv", index=False)
     seconds = time.perf_counter() - t0
-    atomic_write(stamp, lambda tmp: tmp.write_text(json.dumps(
-        {"config": want, "seconds": round(seconds, 2), "scenes": {s: [p[1] for p in plans if p[0] == s]
-                                                                  for s in ("train", "test")},
-         "generator": "cloudkd.data.landsat.synth.synthesize_38cloud"}, indent=2)))
+    finish_root(root, stamp, {"config": want, "seconds": round(seconds, 2),
+                              "scenes": {s: [p[1] for p in plans if p[0] == s] for s in ("train", "test")},
+                              "generator": "cloudkd.data.landsat.synth.synthesize_38cloud"})
     return SynthResult(root, cfg.n_train_scenes, cfg.n_test_scenes, seconds, False, frac)

@@ -39,7 +39,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,7 @@ import pandas as pd
 from .annotator import LABEL_STYLES, AnnotatorStyle, annotator_label, opacity_label
 from ...common.errors import DataError
 from ...common.io import atomic_write
-from ..chips import write_band, write_mask
+from ..chips import UNFINISHED, write_band, write_mask
 from ..normalise import BANDS, SCALE
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -656,10 +656,44 @@ class SynthResult:
     cloud_fraction: Dict[str, float] = field(default_factory=dict)
 
 
+def _running_elsewhere(marker: Path) -> Optional[int]:
+    """The pid of a live process on this host that wrote ``marker`` (a generation still running), else None."""
+    import socket
+
+    try:
+        note = json.loads(marker.read_text())
+        pid = int(note.get("pid", 0))
+        same_host = note.get("host") == socket.gethostname()
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    if not same_host or pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    except OSError:
+        return None
+    return pid
+
+
 def claim_root(root: Path, stamp: Path, want: dict, overwrite: bool) -> bool:
     """Make ``root`` ready for a generator: True when ``stamp`` (written last) records the same config, so the
     dataset is complete and reused; else an empty ``root`` (emptied only with ``overwrite``; a folder holding
-    anything else, or another config, is refused)."""
+    anything else, or another config, is refused) holding only the :data:`~cloudkd.data.chips.UNFINISHED` marker,
+    which :func:`finish_root` removes after writing the stamp.
+
+    A folder still holding the marker is an interrupted generation: never reused (even with a stamp), it is emptied
+    and generated again (everything in it was written by a generator), unless the generation is still running."""
+    marker = root / UNFINISHED
+    if marker.is_file():
+        pid = _running_elsewhere(marker)
+        if pid is not None:
+            raise DataError(f"{root}: another generation (pid {pid}) is still writing this folder ({marker})")
+        overwrite = True  # an interrupted generation: start again from an empty folder
+        stamp.unlink(missing_ok=True)
     if stamp.is_file() and not overwrite:
         try:
             have = json.loads(stamp.read_text()).get("config")
@@ -673,9 +707,23 @@ def claim_root(root: Path, stamp: Path, want: dict, overwrite: bool) -> bool:
         if not overwrite:
             raise DataError(f"{root}: folder is not empty; choose another folder or pass overwrite")
         for sub in root.iterdir():
-            shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
+            if sub.name != UNFINISHED:
+                shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
     root.mkdir(parents=True, exist_ok=True)
+    import socket
+
+    atomic_write(marker, lambda tmp: tmp.write_text(json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "config": want,
+         "note": "a generation is writing this folder; if no generator runs, it was interrupted: run it again"},
+        indent=2)))
     return False
+
+
+def finish_root(root: Path, stamp: Path, info: dict) -> None:
+    """End a generation started by :func:`claim_root`: the stamp (``info``) first, then the marker goes, so a
+    folder is complete exactly when it holds the stamp and no marker."""
+    atomic_write(stamp, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    (root / UNFINISHED).unlink(missing_ok=True)
 
 
 def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), workers: int = 0,
@@ -683,7 +731,8 @@ def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), worker
     """Write the dataset under ``root`` (train_* and test_* in the On Cloud N layout, test labels included).
 
     Re-running with the same config reuses what is there (``synth.json`` is written last, so its presence
-    means the dataset is complete). A folder holding anything else is refused unless ``overwrite``.
+    means the dataset is complete, unless the ``generation.unfinished`` marker of an interrupted run is still
+    there: that folder is generated again). A folder holding anything else is refused unless ``overwrite``.
     """
     import time
 
@@ -737,6 +786,6 @@ def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), worker
                               "regime": [regime[c] for c in df["chip_id"]]})
         atomic_write(root / f"{split}_synth_info.csv", lambda tmp: extra.to_csv(tmp, index=False))
     seconds = time.perf_counter() - t0
-    atomic_write(stamp, lambda tmp: tmp.write_text(json.dumps(
-        {"config": want, "seconds": round(seconds, 2), "generator": "cloudkd.data.synth.sentinel2"}, indent=2)))
+    finish_root(root, stamp, {"config": want, "seconds": round(seconds, 2),
+                              "generator": "cloudkd.data.synth.sentinel2"})
     return SynthResult(root, cfg.n_train, cfg.n_test, seconds, False, frac)
