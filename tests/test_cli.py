@@ -72,7 +72,7 @@ def test_synth_validate_preview(tmp_path):
 
 def test_synth_rejects_bad_settings(tmp_path):
     r = invoke("synth", tmp_path / "x", "--size", 8)
-    assert r.exit_code != 0 and "size must be >= 32" in r.output
+    assert r.exit_code == 2 and "must be between 32 and 4096 pixels, got 8" in r.output
     r = invoke("synth", tmp_path / "x", "--difficulty", 2)
     assert r.exit_code != 0
     r = invoke("synth", tmp_path / "x", "--label-style", "sloppy")

@@ -288,7 +288,7 @@ def test_a_band_filled_from_the_others_is_the_mean_of_the_good_bands(packed, tmp
     v = runtime_test(packed, tmp_path / "data" / "test_features", keep=tmp_path / "root", echo=False)
     assert v["ok"]
     from cloudkd.data import normalise
-    from cloudkd.common.infer import masks_from_logits, nodata_mask, predict_logits
+    from cloudkd.common.infer import masks_from_logits, predict_logits
 
     model = load_student(json.loads((tmp_path / "root" / "assets" / "config.json").read_text())["source_run"])
     refl = arr.astype(np.float32) / 10000

@@ -484,3 +484,30 @@ def test_workspace_restores_the_plot_backend_that_nnunet_switches(tmp_path):
         assert matplotlib.get_backend() == "pdf"
     finally:
         matplotlib.use(before)
+
+
+def test_force_with_a_bad_device_or_fold_deletes_nothing(trained):
+    """`teacher train --fold 0 --device bogus --force` used to delete the trained fold_0 (both checkpoints) and only
+    then fail on the device; `--fold 99` trained on nnU-Net's random split and was listed in teacher.json."""
+    from cloudkd.common.errors import DataError
+    from cloudkd.teacher.plans import Budget
+    from cloudkd.teacher.train import train
+
+    ws = trained["ws"]
+    teacher = json.loads(ws.teacher_json.read_text())
+    folds = teacher["folds"]  # 0, and any fold another test trained in this workspace
+    fold_dir = Path(teacher["model_folder"]) / "fold_0"
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in fold_dir.iterdir())
+    budget = Budget(**teacher["budget"])
+    for device in ("bogus", "cuda:7"):
+        with pytest.raises(DataError, match="device"):
+            train(ws, 501, 0, budget, device=device, force=True)
+    with pytest.raises(DataError, match="fold 99 does not exist.*folds 0..2"):
+        train(ws, 501, 99, budget, device="cpu", force=True)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in fold_dir.iterdir()) == before
+    assert (fold_dir / "checkpoint_final.pth").is_file()
+    assert json.loads(ws.teacher_json.read_text())["folds"] == folds and 99 not in folds
+    r = runner.invoke(app, [str(a) for a in ("teacher", "train", "--workdir", ws.root, "--fold", 0, "--fold", 99,
+                                             "--device", "cpu", "--force", *BUDGET)])
+    assert r.exit_code != 0 and "fold 99 does not exist" in str(r.exception)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in fold_dir.iterdir()) == before  # fold 0 not retrained

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import fail, split_option, stage_app
+from ..common.cli import at_least, fail, output_check, split_option, stage_app
 
 app = stage_app("2. Baselines: classic brightness/whiteness thresholding.")
 threshold_app = stage_app("Classic brightness/whiteness thresholding.")
@@ -17,10 +17,10 @@ app.add_typer(threshold_app, name="threshold")
 @threshold_app.command("fit")
 def threshold_fit(
     data: Path = typer.Argument(..., help="Dataset root or train_features folder (with labels)."),
-    out: Path = typer.Option(..., "--out", help="JSON to write the fitted thresholds to."),
+    out: Path = typer.Option(..., "--out", callback=output_check, help="JSON to write the fitted thresholds to."),
     folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV: fit without the validation fold."),
-    val_fold: Optional[int] = typer.Option(None, help="Fold to leave out of the fit (with --folds)."),
-    stride: int = typer.Option(4, help="Pixel subsampling stride for the fit."),
+    val_fold: Optional[int] = typer.Option(None, callback=at_least(0), help="Fold to leave out of the fit (with --folds)."),
+    stride: int = typer.Option(4, callback=at_least(1), help="Pixel subsampling stride for the fit."),
 ):
     """Fit brightness/whiteness thresholds on training chips to maximise the global Jaccard."""
     from .threshold import fit_threshold
@@ -28,10 +28,12 @@ def threshold_fit(
     from ..data.roots import resolve_split
     from ..data.folds import read_folds, split_by_fold
 
+    if val_fold is not None and folds_csv is None:
+        fail("--val-fold needs --folds (the folds CSV the fold is defined in)", 2)
     idx = load_index(resolve_split(data, "train"), require_labels=True)
     if folds_csv is not None:
         if val_fold is None:
-            fail("--folds needs --val-fold")
+            fail("--folds needs --val-fold", 2)
         idx, _ = split_by_fold(idx, read_folds(folds_csv), val_fold)
     model = fit_threshold(idx["features"], idx["label"], stride=stride, progress=True)
     model.save(out)
@@ -43,14 +45,17 @@ def threshold_fit(
 def threshold_predict(
     model: Path = typer.Option(..., help="Thresholds JSON written by 'baseline threshold fit'."),
     features: Path = typer.Option(..., help="A *_features folder (or dataset root)."),
-    out: Path = typer.Option(..., "--out", help="Folder for the masks {chip_id}.tif (submission format)."),
+    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for the masks {chip_id}.tif (submission format)."),
     split_name: Optional[str] = split_option(),
+    force: bool = typer.Option(False, help="Replace the masks of another model already in OUT."),
 ):
     """Apply fitted thresholds to a folder of chips, writing one mask per chip."""
-    from .threshold import ThresholdModel, predict_folder
+    from ..common.io import claim_masks_folder
     from ..data.roots import resolve_split
+    from .threshold import ThresholdModel, predict_folder
 
     m = ThresholdModel.load(model)
     s = resolve_split(features, split_name)
+    claim_masks_folder(out, f"thresholding {model.resolve()}", force)
     n = predict_folder(m, s.features_dir, out, progress=True)
     typer.echo(f"wrote {n} masks to {out}")

@@ -3,8 +3,11 @@ entry point that turns bad input into a one-line message and exit code 2 instead
 
 from __future__ import annotations
 
+import math
+import os
 import sys
-from typing import List, Optional
+from pathlib import Path
+from typing import Callable, List, Optional
 
 import typer
 
@@ -23,10 +26,118 @@ def split_option():
                                               "when the root has one, else test), e.g. test for a 38-Cloud root.")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Argument checks: one per kind of argument, run by typer before the command does any work. A failing check
+# ends the command with exit code 2 and one line naming the option and the problem.
+# ---------------------------------------------------------------------------------------------------------------
+def check(rule: Callable[[object], Optional[str]]):
+    """A typer callback from ``rule(value) -> problem or None`` (None values, i.e. options not given, pass)."""
+    def callback(value):
+        if value is None:
+            return value
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for v in items:
+            problem = rule(v)
+            if problem:
+                raise typer.BadParameter(problem)
+        return value
+    return callback
+
+
+def at_least(n: float):
+    """An integer or number >= ``n``."""
+    return check(lambda v: None if v >= n else f"must be >= {n}, got {v}")
+
+
+def finite(low: Optional[float] = None, high: Optional[float] = None, open_low: bool = False):
+    """A finite number within [low, high] (``open_low``: strictly above ``low``)."""
+    def rule(v):
+        if not math.isfinite(v):
+            return f"must be a finite number, got {v}"
+        if low is not None and (v <= low if open_low else v < low):
+            return f"must be {'>' if open_low else '>='} {low}, got {v}"
+        if high is not None and v > high:
+            return f"must be <= {high}, got {v}"
+        return None
+    return check(rule)
+
+
 def _check_threshold(value):
-    if value is not None and not 0.0 < value < 1.0:
+    if value is not None and not (math.isfinite(value) and 0.0 < value < 1.0):
         raise typer.BadParameter(f"must be a cloud probability in (0, 1), got {value}")
     return value
+
+
+#: the largest chip / crop / tile side a command accepts (a 512 px chip is the challenge's)
+MAX_SIDE = 4096
+
+
+def side(low: int = 32, multiple: int = 1):
+    """A square side in pixels: ``low`` .. MAX_SIDE, a multiple of ``multiple`` (a U-Net halves it 4 times)."""
+    def rule(v):
+        if not low <= v <= MAX_SIDE:
+            return f"must be between {low} and {MAX_SIDE} pixels, got {v}"
+        if v % multiple:
+            return f"must be a multiple of {multiple} pixels, got {v}"
+        return None
+    return check(rule)
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine (0 where unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 0
+
+
+def check_memory(estimate: float, what: str, share: float = 0.8) -> None:
+    """Refuse (exit 2, one line) work whose estimated peak memory exceeds ``share`` of this machine's RAM."""
+    ram = physical_memory()
+    if ram and estimate > share * ram:
+        fail(f"{what} needs about {estimate / 2**30:.1f} GiB of memory (estimate), more than this machine can "
+             f"give ({ram / 2**30:.1f} GiB of RAM)", 2)
+
+
+def device_problem(device: str) -> Optional[str]:
+    """None when ``device`` (auto, cpu, cuda, cuda:N) exists on this machine, else what is wrong."""
+    if device in ("auto", "cpu"):
+        return None
+    if device == "cuda" or device.startswith("cuda:"):
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            return f"{device!r}: this machine has no CUDA device"
+        index = device[5:]
+        if index and (not index.isdigit() or int(index) >= n):
+            return f"{device!r}: this machine has CUDA devices 0..{n - 1}"
+        return None
+    return f"{device!r} is not a device: use auto, cpu, cuda or cuda:N"
+
+
+device_check = check(lambda v: device_problem(v))
+
+
+def output_problem(path) -> Optional[str]:
+    """None when ``path`` can be written (created if missing), else why not. Never inside a dataset's
+    ``*_labels`` or ``*_features`` folder, where outputs would mix with (or replace) the data."""
+    p = Path(path).absolute()
+    for part in (p, *p.parents):
+        if part.name.endswith(("_labels", "_features")) and (part.parent / f"{part.name.rsplit('_', 1)[0]}"
+                                                                            f"_metadata.csv").is_file():
+            return f"{path}: inside the dataset folder {part}; write outputs elsewhere"
+    probe = p if p.is_dir() else p.parent  # an existing file is replaced in its folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{path}: {probe} is a file, so nothing can be written below it"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{path}: {probe} is not writable"
+    return None
+
+
+output_check = check(output_problem)
 
 
 def threshold_option(help: str = "Cloud probability threshold of the prediction rule (nodata pixels are always "
@@ -44,13 +155,25 @@ def stage_app(help: str) -> typer.Typer:
     return typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=help)
 
 
+#: click's UsageError as typer ships it (bad, missing or unknown options and arguments)
+USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
 def run(app: typer.Typer) -> None:
-    """Run ``app``; a :class:`DataError` ends with a one-line message naming the file, and exit code 2."""
+    """Run ``app``. A user mistake ends with one line and exit code 2: a bad option or argument (named), or a
+    :class:`DataError` (naming the file). Anything else is a bug and keeps its traceback."""
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="cloudkd")
+    except USAGE_ERROR as exc:  # bad / missing / unknown options and arguments
+        where = exc.ctx.command_path if exc.ctx is not None else "cloudkd"
+        typer.secho(f"error: {where}: {exc.format_message()}", fg="red", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
     except DataError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def format_table(rows: List[dict], columns: List[str]) -> str:

@@ -29,3 +29,39 @@ def atomic_write(path: os.PathLike | str, write, suffix: str = "") -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+#: the file in a folder of masks that says which model wrote them
+MASKS_RECORD = ".cloudkd-masks.json"
+
+
+def claim_masks_folder(folder: os.PathLike | str, producer: str, force: bool = False) -> Path:
+    """Make ``folder`` ready for the masks of ``producer`` (a model, named by its path and settings).
+
+    A folder written by another producer is refused unless ``force``, which first removes its masks, so the
+    masks of two models never mix. The folder records its producer in :data:`MASKS_RECORD`.
+    """
+    import json
+
+    from .errors import DataError
+
+    folder = Path(folder)
+    record = folder / MASKS_RECORD
+    if record.is_file():
+        try:
+            have = json.loads(record.read_text()).get("producer")
+        except (ValueError, OSError):
+            have = None
+        if have != producer:
+            if not force:
+                raise DataError(f"{folder}: holds masks of {have}; write elsewhere, or --force to replace them")
+            for p in folder.glob("*.tif"):
+                p.unlink()
+    elif folder.is_dir() and any(folder.glob("*.tif")):
+        if not force:
+            raise DataError(f"{folder}: already holds masks (of an unknown model); write elsewhere, or --force to "
+                            f"replace them")
+        for p in folder.glob("*.tif"):
+            p.unlink()
+    atomic_write(record, lambda t: Path(t).write_text(json.dumps({"producer": producer}) + "\n"))
+    return folder

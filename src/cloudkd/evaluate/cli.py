@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ..common.cli import fail, split_option, stage_app
+from ..common.cli import at_least, fail, output_check, split_option, stage_app
 
 app = stage_app("5. Evaluate: leaderboard scoring of predictions, the real-chip benchmark.")
 
@@ -19,11 +19,11 @@ def score(
     metadata: Optional[Path] = typer.Option(None, help="Metadata CSV for per-location results "
                                                        "(default: the labels folder's sibling *_metadata.csv)."),
     folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV: score one fold only."),
-    fold: Optional[int] = typer.Option(None, help="The fold to score (with --folds)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the summary as JSON here."),
-    report_dir: Optional[Path] = typer.Option(None, help="Where per_chip.csv / per_location.csv go "
+    fold: Optional[int] = typer.Option(None, callback=at_least(0), help="The fold to score (with --folds)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", callback=output_check, help="Write the summary as JSON here."),
+    report_dir: Optional[Path] = typer.Option(None, callback=output_check, help="Where per_chip.csv / per_location.csv go "
                                                          "(default: PRED's sibling PRED_score/)."),
-    workers: int = typer.Option(2, help="Reader threads."),
+    workers: int = typer.Option(2, callback=at_least(1), help="Reader threads."),
 ):
     """Leaderboard metric: one global Jaccard over all pixels of all chips, plus per-chip / per-location CSVs."""
     from ..data.folds import read_folds
@@ -31,13 +31,15 @@ def score(
     from .scoring import score_folder
 
     chips = None
+    if fold is not None and folds_csv is None:
+        fail("--fold needs --folds (the folds CSV the fold is defined in)", 2)
     if folds_csv is not None:
         if fold is None:
-            fail("--folds needs --fold")
+            fail("--folds needs --fold", 2)
         f = read_folds(folds_csv)
         chips = f.loc[f.fold == fold, "chip_id"].tolist()
         if not chips:
-            fail(f"{folds_csv}: fold {fold} has no chips")
+            fail(f"{folds_csv}: fold {fold} has no chips", 2)
     try:
         rep = score_folder(pred, labels, chips=chips, metadata=metadata, workers=workers, progress=True)
     except EmptyUnionError as exc:
@@ -65,7 +67,7 @@ def score(
 @app.command("real-bench")
 def real_bench(
     data: Path = typer.Argument(..., help="Labelled chip folder (On Cloud N layout), e.g. ../shared/data/real_labelled."),
-    out: Path = typer.Option(..., "--out", help="Folder for predictions, per_chip.csv, summary.csv/json, real_chips.png."),
+    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for predictions, per_chip.csv, summary.csv/json, real_chips.png."),
     threshold: Optional[Path] = typer.Option(None, help="A fitted threshold model (threshold.json)."),
     teacher_nnunet: Optional[Path] = typer.Option(None, help="A trained nnU-Net teacher workdir."),
     student: List[Path] = typer.Option([], help="Student run folder(s) (cloudkd train/distill); repeatable."),

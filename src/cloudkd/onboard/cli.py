@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import stage_app, threshold_option
+from ..common.cli import at_least, output_check, side, stage_app, threshold_option
 from .downlink import DEFAULT_THRESHOLDS
 
 app = stage_app("6. On board: export to ONNX / int8, predict whole scenes, downlink savings, benchmark.")
@@ -16,12 +16,12 @@ app = stage_app("6. On board: export to ONNX / int8, predict whole scenes, downl
 @app.command()
 def export(
     checkpoint: Path = typer.Option(..., help="A student run folder (or a file in it)."),
-    out: Path = typer.Option(..., "--out", help="Folder for the ONNX artefacts and export.json."),
+    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for the ONNX artefacts and export.json."),
     calib: Optional[Path] = typer.Option(None, help="Chips (a *_features folder or dataset root) to calibrate int8."),
     heldout: Optional[Path] = typer.Option(None, help="Other chips for the checks (default: more calib chips)."),
-    n_calib: int = typer.Option(16, help="Calibration chips."),
-    n_check: int = typer.Option(8, help="Chips for the checks."),
-    size: int = typer.Option(512, help="Chip side for the fixed-shape model and the cost report."),
+    n_calib: int = typer.Option(16, callback=at_least(1), help="Calibration chips."),
+    n_check: int = typer.Option(8, callback=at_least(1), help="Chips for the checks."),
+    size: int = typer.Option(512, callback=side(32), help="Chip side for the fixed-shape model and the cost report."),
     int8: bool = typer.Option(True, help="Also write the int8 model (needs --calib)."),
     memory: bool = typer.Option(True, help="Measure the peak memory of one inference per artefact."),
     threshold: float = threshold_option("Cloud probability threshold of the checks' masks (use the one you pack)."),
@@ -57,12 +57,12 @@ def export(
 def predict_scene_cmd(
     scene: Path = typer.Argument(..., help="Folder with B02/B03/B04/B08 band files, or one 4-band TIFF."),
     model: Path = typer.Option(..., help="A student run folder, or an exported .onnx model."),
-    out: Path = typer.Option(..., "--out", help="Output mask GeoTIFF (uint8, 1 = cloud)."),
-    tile: int = typer.Option(512, help="Tile side."),
-    overlap: int = typer.Option(64, help="Overlap between tiles (blended)."),
-    batch: int = typer.Option(4, help="Tiles per batch."),
+    out: Path = typer.Option(..., "--out", callback=output_check, help="Output mask GeoTIFF (uint8, 1 = cloud)."),
+    tile: int = typer.Option(512, callback=side(32), help="Tile side."),
+    overlap: int = typer.Option(64, callback=at_least(0), help="Overlap between tiles (blended)."),
+    batch: int = typer.Option(4, callback=at_least(1), help="Tiles per batch."),
     threshold: float = threshold_option(),
-    threads: Optional[int] = typer.Option(None, help="CPU threads."),
+    threads: Optional[int] = typer.Option(None, callback=at_least(1), help="CPU threads."),
 ):
     """Cloud mask of a whole scene by overlapping, blended tiles, in bounded memory."""
     from .scene import onnx_predictor, predict_scene, torch_predictor
@@ -88,10 +88,10 @@ def downlink(
     pred: Path = typer.Option(..., help="A folder of predicted chip masks, or one scene mask TIFF."),
     labels: Optional[Path] = typer.Option(None, help="Labels: a folder (chips) or a mask TIFF (scene)."),
     features: Optional[Path] = typer.Option(None, help="The chips' features folder (bytes from the band files)."),
-    tile: int = typer.Option(512, help="For a scene: chip size the scene is cut into."),
+    tile: int = typer.Option(512, callback=side(32), help="For a scene: chip size the scene is cut into."),
     thresholds: str = typer.Option(",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
                                    help="Cloud-cover thresholds, comma-separated."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for downlink.json and downlink.png."),
+    out: Optional[Path] = typer.Option(None, "--out", callback=output_check, help="Folder for downlink.json and downlink.png."),
 ):
     """Downlink savings of a cloud mask: chips/pixels/bytes discarded per cloud-cover threshold, clear pixels lost."""
     import json as _json
@@ -133,11 +133,11 @@ def bench_cmd(
     resnet34: Optional[Path] = typer.Option(None, help="smp ResNet-34 run (default DEMO/distill/resnet34)."),
     export_dir: Optional[Path] = typer.Option(None, help="cloudkd export folder (default DEMO/export; made if "
                                                          "missing)."),
-    threads: int = typer.Option(2, help="Threads for every method."),
-    batch: int = typer.Option(8, help="Batch size of the throughput pass."),
-    n_latency: int = typer.Option(16, help="Chips timed one by one."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N chips."),
-    out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for bench.md, bench.json, bench.png."),
+    threads: int = typer.Option(2, callback=at_least(1), help="Threads for every method."),
+    batch: int = typer.Option(8, callback=at_least(1), help="Batch size of the throughput pass."),
+    n_latency: int = typer.Option(16, callback=at_least(1), help="Chips timed one by one."),
+    limit: Optional[int] = typer.Option(None, callback=at_least(1), help="Use only the first N chips."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", callback=output_check, help="Folder for bench.md, bench.json, bench.png."),
     threshold: float = threshold_option(),
 ):
     """Thresholding, teacher, ResNet-34, student (PyTorch, ONNX fp32, ONNX int8) side by side."""

@@ -7,8 +7,12 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import fail, split_option, stage_app, threshold_option
+from ..common.cli import (at_least, check_memory, fail, finite, output_check, side, split_option, stage_app,
+                          threshold_option)
 from .config import DISTILL_KD_WEIGHT, TrainConfig as C
+
+#: unet-s training memory per pixel of batch x crop^2 (forward + backward; measured 830-990 B/px)
+TRAIN_BYTES_PER_PIXEL = 1000
 
 app = stage_app("4. Student: presets, train (labels), distill (labels + teacher), predict.")
 
@@ -31,14 +35,31 @@ def student_list(as_json: bool = typer.Option(False, "--json", help="Print {pres
                    f"than nnU-Net's {NNUNET_2D_PARAMS / 1e6:.1f} M 2d plan)")
 
 
+def run_folder(out: Path, resume: bool, force: bool) -> None:
+    """A run folder is new, resumed (--resume: its last checkpoint must exist) or replaced (--force); never
+    silently overwritten, which would also leave the old run's checkpoint for a later --resume."""
+    if resume and force:
+        fail("--resume continues the run in OUT and --force replaces it: give one", 2)
+    last = out / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            fail(f"--resume: {last} does not exist; nothing to resume (drop --resume to start a run)", 2)
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        fail(f"{out}: already holds a run (or other files); --resume continues it, --force replaces it", 2)
+
+
 def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold: int, epochs: int, batch: int,
          crop: int, lr: float, label_weight: float, kd_weight: float, kd: str, temperature: float,
          soft: Optional[Path], teacher_nnunet: Optional[Path], teacher_onnx: Optional[Path], onnx_output: str,
          unlabelled: Optional[Path], steps: Optional[int], accelerator: str, devices: int, num_nodes: int,
          strategy: str, workers: int, seed: int, resume: bool, cloud_paste: float, boundary_ignore: int,
-         threshold: float):
+         threshold: float, force: bool):
     from .train import fit
 
+    # training memory of unet-s, per pixel of batch x crop^2 (measured: 830-990 B/px); wider models need more
+    check_memory(TRAIN_BYTES_PER_PIXEL * batch * crop * crop, f"training with --batch {batch} --crop {crop}")
+    run_folder(out, resume, force)
     cfg = C(data=str(data), out=str(out), model=model, folds=str(folds_csv) if folds_csv else None,
                       val_fold=val_fold, epochs=epochs, batch_size=batch, crop=crop, lr=lr,
                       label_weight=label_weight, kd_weight=kd_weight, kd=kd, temperature=temperature,
@@ -51,14 +72,14 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
     try:
         r = fit(cfg)
     except ValueError as exc:
-        fail(str(exc))
+        fail(str(exc), 2)
     if r.val_jaccard is not None:
         typer.echo(f"{model}: {r.params:,} params; best val global Jaccard {r.val_jaccard:.4f} (fold {val_fold}); "
                    f"{r.seconds:.0f} s; -> {out / 'student.pt'}")
 
 
 _DATA = typer.Argument(..., help="Labelled dataset root (train split, On Cloud N layout).")
-_OUT = typer.Option(..., "--out", help="Run folder (checkpoints, logs, student.pt, student.json).")
+_OUT = typer.Option(..., "--out", callback=output_check, help="Run folder (checkpoints, logs, student.pt, student.json).")
 _FOLDS = typer.Option(None, "--folds", help="Folds CSV (default: location folds made from the data).")
 
 
@@ -66,35 +87,36 @@ def _train_options(distill: bool):
     """The shared options of 'train' and 'distill' (they differ in the defaults of the loss weights)."""
     return dict(
         model=typer.Option(C.model, help="Preset (cloudkd student list), unet:W1-W2-..., or smp:Arch:encoder."),
-        val_fold=typer.Option(C.val_fold, help="Validation fold (whole locations)."),
-        epochs=typer.Option(C.epochs, help="Epochs."),
-        batch=typer.Option(C.batch_size, help="Batch size per device."),
-        crop=typer.Option(C.crop, help="Random crop size for training."),
-        lr=typer.Option(C.lr, help="AdamW learning rate (cosine schedule)."),
-        label_weight=typer.Option(C.label_weight, help="Weight of BCE + Dice on labels (0: distil without labels)."),
-        kd_weight=typer.Option(DISTILL_KD_WEIGHT if distill else C.kd_weight, help="Weight of the distillation loss."),
+        val_fold=typer.Option(C.val_fold, callback=at_least(0), help="Validation fold (whole locations)."),
+        epochs=typer.Option(C.epochs, callback=at_least(1), help="Epochs."),
+        batch=typer.Option(C.batch_size, callback=at_least(1), help="Batch size per device."),
+        crop=typer.Option(C.crop, callback=side(32, multiple=16), help="Random crop size for training."),
+        lr=typer.Option(C.lr, callback=finite(0.0, open_low=True), help="AdamW learning rate (cosine schedule)."),
+        label_weight=typer.Option(C.label_weight, callback=finite(0.0), help="Weight of BCE + Dice on labels (0: distil without labels)."),
+        kd_weight=typer.Option(DISTILL_KD_WEIGHT if distill else C.kd_weight, callback=finite(0.0), help="Weight of the distillation loss."),
         kd=typer.Option(C.kd, help="Distillation loss: pixel (temperature KL per pixel) or cwd "
                                       "(channel-wise spatial distribution)."),
-        temperature=typer.Option(C.temperature, help="Distillation temperature."),
+        temperature=typer.Option(C.temperature, callback=finite(0.0, open_low=True), help="Distillation temperature."),
         soft=typer.Option(None, help="Offline teacher: folder of soft labels for the training chips (and the "
                                      "--unlabelled chips)."),
         teacher_nnunet=typer.Option(None, help="Online teacher: a trained nnU-Net workdir (cloudkd teacher)."),
         teacher_onnx=typer.Option(None, help="Online teacher: any ONNX segmentation model (normalised input)."),
         onnx_output=typer.Option(C.teacher_onnx_output, help="What the ONNX teacher outputs: logits or probabilities."),
         unlabelled=typer.Option(None, help="Extra unlabelled chips to distil on (needs --label-weight 0)."),
-        steps=typer.Option(None, help="Training steps per epoch (default: one pass over the chips)."),
+        steps=typer.Option(None, callback=at_least(1), help="Training steps per epoch (default: one pass over the chips)."),
         accelerator=typer.Option(C.accelerator, help="auto, cpu, gpu."),
-        devices=typer.Option(C.devices, help="Devices (processes) per node."),
-        num_nodes=typer.Option(C.num_nodes, help="Nodes."),
+        devices=typer.Option(C.devices, callback=at_least(1), help="Devices (processes) per node."),
+        num_nodes=typer.Option(C.num_nodes, callback=at_least(1), help="Nodes."),
         strategy=typer.Option(C.strategy, help="Lightning strategy, e.g. ddp."),
-        workers=typer.Option(C.num_workers, help="Data loader workers."),
-        seed=typer.Option(C.seed, help="Random seed."),
-        resume=typer.Option(C.resume, help="Resume from OUT/checkpoints/last.ckpt."),
-        cloud_paste=typer.Option(C.cloud_paste, help="Cloud paste: probability that a low-cover chip of a batch receives a "
+        workers=typer.Option(C.num_workers, callback=at_least(0), help="Data loader workers."),
+        seed=typer.Option(C.seed, callback=at_least(0), help="Random seed."),
+        resume=typer.Option(C.resume, help="Resume the run in OUT from OUT/checkpoints/last.ckpt."),
+        force=typer.Option(False, help="Replace the run already in OUT (its checkpoints, logs and weights)."),
+        cloud_paste=typer.Option(C.cloud_paste, callback=finite(0.0, 1.0), help="Cloud paste: probability that a low-cover chip of a batch receives a "
                                            "cloudy batch-mate's labelled cloud (0 = off)."),
         threshold=threshold_option("Cloud probability threshold of the prediction rule: validation (and so the "
                                    "best checkpoint) scores at it, and 'pack' ships it by default."),
-        boundary_ignore=typer.Option(C.boundary_ignore, help="Boundary-tolerant loss: px on both sides of label outlines left out "
+        boundary_ignore=typer.Option(C.boundary_ignore, callback=at_least(0), help="Boundary-tolerant loss: px on both sides of label outlines left out "
                                              "of BCE + Dice (0 = off)."),
     )
 
@@ -113,7 +135,7 @@ def train(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _FOL
           onnx_output: str = _T["onnx_output"], unlabelled: Optional[Path] = _T["unlabelled"],
           steps: Optional[int] = _T["steps"], accelerator: str = _T["accelerator"], devices: int = _T["devices"],
           num_nodes: int = _T["num_nodes"], strategy: str = _T["strategy"], workers: int = _T["workers"],
-          seed: int = _T["seed"], resume: bool = _T["resume"],
+          seed: int = _T["seed"], resume: bool = _T["resume"], force: bool = _T["force"],
           cloud_paste: float = _T["cloud_paste"], boundary_ignore: int = _T["boundary_ignore"],
           threshold: float = _T["threshold"]):
     """Train a student or any smp model on labels (add a teacher to distil; see 'distill')."""
@@ -130,12 +152,12 @@ def distill(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _F
             onnx_output: str = _D["onnx_output"], unlabelled: Optional[Path] = _D["unlabelled"],
             steps: Optional[int] = _D["steps"], accelerator: str = _D["accelerator"], devices: int = _D["devices"],
             num_nodes: int = _D["num_nodes"], strategy: str = _D["strategy"], workers: int = _D["workers"],
-            seed: int = _D["seed"], resume: bool = _D["resume"],
+            seed: int = _D["seed"], resume: bool = _D["resume"], force: bool = _D["force"],
             cloud_paste: float = _D["cloud_paste"], boundary_ignore: int = _D["boundary_ignore"],
             threshold: float = _D["threshold"]):
     """Distil a teacher into a student: offline (--soft) or online (--teacher-nnunet / --teacher-onnx)."""
     if not (soft or teacher_nnunet or teacher_onnx):
-        fail("distill needs a teacher: --soft DIR (offline) or --teacher-nnunet WORKDIR / --teacher-onnx FILE")
+        fail("distill needs a teacher: --soft DIR (offline) or --teacher-nnunet WORKDIR / --teacher-onnx FILE", 2)
     _fit(**locals())
 
 
@@ -143,18 +165,21 @@ def distill(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _F
 def predict(
     model: Path = typer.Option(..., help="A student run folder (student.json + student.pt)."),
     features: Path = typer.Option(..., help="A *_features folder (or dataset root)."),
-    out: Path = typer.Option(..., "--out", help="Folder for the masks {chip_id}.tif (submission format)."),
-    batch: int = typer.Option(8, help="Chips per batch."),
+    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for the masks {chip_id}.tif (submission format)."),
+    batch: int = typer.Option(8, callback=at_least(1), help="Chips per batch."),
     tta: bool = typer.Option(False, help="Average logits over flips."),
     threshold: float = threshold_option(),
     split_name: Optional[str] = split_option(),
+    force: bool = typer.Option(False, help="Replace the masks of another model already in OUT."),
 ):
     """Masks for a folder of chips from a trained student."""
+    from ..common.io import claim_masks_folder
     from ..data.roots import resolve_split
     from .predict import predict_folder
     from .runs import load_student
 
-    r = predict_folder(load_student(model), resolve_split(features, split_name).features_dir, out, batch_size=batch,
-                       tta=tta, threshold=threshold)
+    net, feats = load_student(model), resolve_split(features, split_name).features_dir
+    claim_masks_folder(out, f"student {model.resolve()} (threshold {threshold}, tta {tta})", force)
+    r = predict_folder(net, feats, out, batch_size=batch, tta=tta, threshold=threshold)
     typer.echo(f"{r['n_chips']} masks -> {out}; {r['ms_per_chip']:.1f} ms/chip model, "
                f"{r['wall_ms_per_chip']:.1f} ms/chip with I/O")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,8 +59,15 @@ def fit(cfg: TrainConfig) -> FitResult:
     mode = cfg.teacher_mode
     if cfg.kd_weight > 0 and mode == "none":
         raise DataError("distillation (kd_weight > 0) needs --soft (offline) or --teacher-nnunet / --teacher-onnx")
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.out)
+    last = out / "checkpoints" / "last.ckpt"
+    if cfg.resume and not last.is_file():
+        raise DataError(f"resume: {last} does not exist; nothing to resume")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if not cfg.resume and (out / "checkpoints").is_dir():
+        # a new run in this folder: the previous run's checkpoints must not be resumed or versioned beside it
+        # (the command line asks for --force before it gets here)
+        shutil.rmtree(out / "checkpoints")
     out.mkdir(parents=True, exist_ok=True)
     dm = CloudDataModule(cfg.data, cfg.folds, cfg.val_fold, batch_size=cfg.batch_size, crop=cfg.crop,
                          soft_dir=cfg.soft_dir if mode == "offline" else None, unlabelled=cfg.unlabelled,
@@ -84,9 +92,8 @@ def fit(cfg: TrainConfig) -> FitResult:
                          enable_progress_bar=cfg.progress, enable_model_summary=False, log_every_n_steps=1,
                          limit_train_batches=cfg.limit_train_batches, deterministic=False,
                          use_distributed_sampler=False)  # the data module splits (validation without padding)
-    last = out / "checkpoints" / "last.ckpt"
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if cfg.resume else None)
     seconds = time.perf_counter() - t0
 
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None

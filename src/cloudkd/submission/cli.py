@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import stage_app, threshold_option
+from ..common.cli import at_least, fail, output_check, side, stage_app, threshold_option
 
 app = stage_app("7. Submission: pack a model with the frozen main.py, emulate the On Cloud N runtime.")
 
@@ -15,16 +15,22 @@ app = stage_app("7. Submission: pack a model with the frozen main.py, emulate th
 @app.command()
 def pack(
     checkpoint: Path = typer.Option(..., help="A student run folder (or its student.pt / a Lightning .ckpt in it)."),
-    out: Path = typer.Option(Path("submission/submission.zip"), "--out", help="The zip to write."),
+    out: Path = typer.Option(Path("submission/submission.zip"), "--out", callback=output_check, help="The zip to write."),
     threshold: Optional[float] = threshold_option("Cloud probability threshold main.py applies (default: the "
                                                   "run's training threshold, which its validation scored at).",
                                                   default=None),
     tta: bool = typer.Option(False, help="Average logits over flips in main.py."),
-    batch: int = typer.Option(8, help="Chips per batch in main.py."),
-    chip_size: int = typer.Option(512, help="Chip side in pixels (512 in the challenge)."),
+    batch: int = typer.Option(8, callback=at_least(1), help="Chips per batch in main.py."),
+    chip_size: int = typer.Option(512, callback=side(32, multiple=16), help="Chip side in pixels (512 in the challenge)."),
+    force: bool = typer.Option(False, help="Replace an existing zip at OUT."),
 ):
     """Pack a trained model with the frozen submission/main.py into a submission zip."""
     from .pack import pack as do_pack
+
+    if out.is_dir():
+        fail(f"{out}: is a folder; --out names the zip to write (e.g. {out / 'submission.zip'})", 2)
+    if out.exists() and not force:
+        fail(f"{out}: exists; --force replaces it", 2)
 
     r = do_pack(checkpoint, out, threshold=threshold, tta=tta, batch_size=batch, chip_size=chip_size)
     typer.echo(f"{r.zip_path}: {r.bytes:,} bytes ({r.bytes / 1024:.0f} KiB); model {r.config['model']['name']} "
@@ -36,13 +42,17 @@ def runtime_test(
     zip_path: Path = typer.Option(..., "--zip", help="The submission zip."),
     data: Path = typer.Option(..., help="Chips to run on: a dataset root (its test split) or a *_features folder."),
     labels: Optional[Path] = typer.Option(None, help="Labels folder (or dataset root) to score the predictions."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the verdict as JSON here."),
-    size: Optional[int] = typer.Option(None, help="Expected mask side (default: the packed chip size)."),
-    keep: Optional[Path] = typer.Option(None, help="Use (and keep) this folder as the emulated /codeexecution."),
+    json_out: Optional[Path] = typer.Option(None, "--json", callback=output_check, help="Write the verdict as JSON here."),
+    size: Optional[int] = typer.Option(None, callback=side(32), help="Expected mask side (default: the packed chip size)."),
+    keep: Optional[Path] = typer.Option(None, callback=output_check, help="Use (and keep) this folder as the emulated /codeexecution."),
     quiet: bool = typer.Option(False, help="Do not echo main.py's log."),
+    force: bool = typer.Option(False, help="Let --keep empty an existing folder first."),
 ):
     """Emulate the On Cloud N runtime: unzip, run main.py with no arguments, validate, score."""
     from .emulate import runtime_test as emulate
+
+    if keep is not None and keep.exists() and not force:
+        fail(f"--keep {keep}: exists; runtime-test would empty it: choose a new folder, or --force", 2)
 
     v = emulate(zip_path, data, labels=labels, json_out=json_out, size=size, keep=keep, echo=not quiet)
     for line in v["reasons"]:

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..common.cli import fail, split_option, stage_app, threshold_option
+from ..common.cli import (at_least, check, device_check, fail, output_check, side, split_option, stage_app,
+                          threshold_option)
 from ..common.errors import DataError
 from .plans import Budget as B
 from .workspace import DEFAULT_DATASET_ID, DEFAULT_NAME
@@ -15,18 +16,20 @@ from .workspace import DEFAULT_DATASET_ID, DEFAULT_NAME
 app = stage_app("3. Teacher: the nnU-Net v2 teacher: prepare, train (budget or nnU-Net defaults), predict, info.")
 
 
+#: nnU-Net dataset ids have three digits
+DATASET_ID = check(lambda v: None if 1 <= v <= 999 else f"nnU-Net dataset ids have three digits (1-999), got {v}")
 WORKDIR_HELP = "Teacher workspace (nnU-Net raw / preprocessed / results live inside)."
 
 
 @app.command("prepare")
 def teacher_prepare(
     data: Path = typer.Argument(..., help="Dataset root (On Cloud N layout, with train_labels)."),
-    workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
-    dataset_id: int = typer.Option(DEFAULT_DATASET_ID, help="nnU-Net dataset id (3 digits)."),
+    workdir: Path = typer.Option(Path("runs/nnunet"), callback=output_check, help=WORKDIR_HELP),
+    dataset_id: int = typer.Option(DEFAULT_DATASET_ID, callback=DATASET_ID, help="nnU-Net dataset id (3 digits)."),
     name: str = typer.Option(DEFAULT_NAME, help="nnU-Net dataset name."),
     folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV (default: make --k location folds)."),
-    k: int = typer.Option(5, help="Number of location-grouped folds when no --folds is given."),
-    seed: int = typer.Option(0, help="Seed for the folds."),
+    k: int = typer.Option(5, callback=at_least(2), help="Number of location-grouped folds when no --folds is given."),
+    seed: int = typer.Option(0, callback=at_least(0), help="Seed for the folds."),
 ):
     """Convert a labelled dataset into an nnU-Net raw dataset and write splits_final.json from the folds."""
     from ..data.folds import read_folds
@@ -42,20 +45,20 @@ def teacher_prepare(
 
 @app.command("train")
 def teacher_train(
-    workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
-    dataset_id: int = typer.Option(DEFAULT_DATASET_ID, help="nnU-Net dataset id."),
-    fold: List[int] = typer.Option([0], help="Fold(s) to train (repeat the option for several)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    workdir: Path = typer.Option(Path("runs/nnunet"), callback=output_check, help=WORKDIR_HELP),
+    dataset_id: int = typer.Option(DEFAULT_DATASET_ID, callback=DATASET_ID, help="nnU-Net dataset id."),
+    fold: List[int] = typer.Option([0], callback=at_least(0), help="Fold(s) to train (repeat the option for several)."),
+    device: str = typer.Option("auto", callback=device_check, help="auto, cpu, cuda or cuda:N."),
     nnunet_defaults: bool = typer.Option(False, help="nnU-Net's own trainer and defaults, unchanged (with its "
                                                      "brightness/contrast/gamma augmentation; unseeded)."),
-    epochs: Optional[int] = typer.Option(None, help=f"Budget: epochs (CPU default {B.epochs})."),
-    iters: Optional[int] = typer.Option(None, help=f"Budget: training iterations per epoch (CPU default {B.iters_per_epoch})."),
-    val_iters: Optional[int] = typer.Option(None, help=f"Budget: validation iterations per epoch (default {B.val_iters})."),
-    patch: Optional[int] = typer.Option(None, help=f"Budget: square patch size (default {B.patch})."),
-    batch: Optional[int] = typer.Option(None, help=f"Budget: batch size (default {B.batch})."),
-    base_features: Optional[int] = typer.Option(None, help=f"Budget: features of the first stage (default {B.base_features}, nnU-Net's)."),
-    max_features: Optional[int] = typer.Option(None, help=f"Budget: feature cap (default {B.max_features}, nnU-Net's)."),
-    seed: Optional[int] = typer.Option(None, help="Random seed (CPU budgets: default 0, reproducible runs; on a GPU "
+    epochs: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: epochs (CPU default {B.epochs})."),
+    iters: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: training iterations per epoch (CPU default {B.iters_per_epoch})."),
+    val_iters: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: validation iterations per epoch (default {B.val_iters})."),
+    patch: Optional[int] = typer.Option(None, callback=side(32, multiple=32), help=f"Budget: square patch size (default {B.patch})."),
+    batch: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: batch size (default {B.batch})."),
+    base_features: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: features of the first stage (default {B.base_features}, nnU-Net's)."),
+    max_features: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: feature cap (default {B.max_features}, nnU-Net's)."),
+    seed: Optional[int] = typer.Option(None, callback=at_least(0), help="Random seed (CPU budgets: default 0, reproducible runs; on a GPU "
                                                   "it seeds nnU-Net's schedule without making it a budget)."),
     norm: Optional[str] = typer.Option(None, help="Budget: normalisation layers, batch (default: keeps absolute "
                                                   "brightness) or instance (nnU-Net's)."),
@@ -67,7 +70,7 @@ def teacher_train(
 ):
     """Plan + preprocess (2d) if needed, then train the teacher within a budget (CPU) or nnU-Net's defaults."""
     from .workspace import Workspace, default_device
-    from .train import resolve_budget, train
+    from .train import check_fold, resolve_budget, train
 
     dev = default_device() if device == "auto" else device
     ws = Workspace(workdir)
@@ -84,6 +87,8 @@ def teacher_train(
         typer.echo(f"device {dev}; nnU-Net's 2d plan and schedule, " + (
             "nnUNetTrainer unchanged" if stock else
             f"nnUNetTrainerCloudKD (no intensity augmentation), seed {run_seed}"))
+    for f in fold:  # every fold checked before any is trained (or, with --force, deleted)
+        check_fold(ws, dataset_id, f)
     for f in fold:
         r = train(ws, dataset_id, f, budget, device=dev, continue_training=resume, force=force, validate=validate,
                   seed=run_seed, stock=stock)
@@ -96,25 +101,31 @@ def teacher_train(
 @app.command("predict")
 def teacher_predict(
     features: Path = typer.Option(..., help="A *_features folder (or dataset root) of chips."),
-    masks_out: Optional[Path] = typer.Option(None, help="Write masks {chip_id}.tif (submission format) here."),
-    soft_out: Optional[Path] = typer.Option(None, help="Write soft labels (uint8-quantised probabilities) here."),
-    workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
-    fold: List[int] = typer.Option([], help="Fold(s) to ensemble (default: every trained fold)."),
+    masks_out: Optional[Path] = typer.Option(None, callback=output_check, help="Write masks {chip_id}.tif (submission format) here."),
+    soft_out: Optional[Path] = typer.Option(None, callback=output_check, help="Write soft labels (uint8-quantised probabilities) here."),
+    workdir: Path = typer.Option(Path("runs/nnunet"), callback=output_check, help=WORKDIR_HELP),
+    fold: List[int] = typer.Option([], callback=at_least(0), help="Fold(s) to ensemble (default: every trained fold)."),
     tta: bool = typer.Option(False, help="Mirroring test-time augmentation, as nnU-Net does (4x slower)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", callback=device_check, help="auto, cpu, cuda or cuda:N."),
     threshold: float = threshold_option(),
     split_name: Optional[str] = split_option(),
+    force: bool = typer.Option(False, help="Replace the masks of another model already in the output folder(s)."),
 ):
     """Teacher masks and/or soft labels for a folder of chips (nnU-Net's own inference path)."""
+    from ..common.io import claim_masks_folder
     from ..data.roots import resolve_split
     from .model import NnUNetTeacher, predict_folder
     from .workspace import Workspace, default_device
 
     if masks_out is None and soft_out is None:
-        fail("nothing to write: give --masks-out and/or --soft-out")
+        fail("nothing to write: give --masks-out and/or --soft-out", 2)
     dev = default_device() if device == "auto" else device
     teacher = NnUNetTeacher.from_workspace(Workspace(workdir), folds=fold or None, tta=tta, device=dev)
     split = resolve_split(features, split_name)
+    who = f"teacher {workdir.resolve()} folds {list(teacher.folds)} (threshold {threshold}, tta {tta})"
+    for folder in (masks_out, soft_out):
+        if folder is not None:
+            claim_masks_folder(folder, who, force)
     r = predict_folder(teacher, split.features_dir, masks_out, soft_out, threshold=threshold)
     typer.echo(f"{r['n_chips']} chips, {r['ms_per_chip']:.0f} ms/chip inference (folds {list(teacher.folds)}, "
                f"tta {tta}, {dev})" + (f"; masks -> {masks_out}" if masks_out else "")
@@ -123,8 +134,8 @@ def teacher_predict(
 
 @app.command("info")
 def teacher_info(
-    workdir: Path = typer.Option(Path("runs/nnunet"), help=WORKDIR_HELP),
-    dataset_id: int = typer.Option(DEFAULT_DATASET_ID, help="nnU-Net dataset id."),
+    workdir: Path = typer.Option(Path("runs/nnunet"), callback=output_check, help=WORKDIR_HELP),
+    dataset_id: int = typer.Option(DEFAULT_DATASET_ID, callback=DATASET_ID, help="nnU-Net dataset id."),
     configuration: List[str] = typer.Option([], help="Configuration(s) to describe (default: 2d and budgets)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (params, n_stages, features_per_stage, "
                                                        "patch_size, batch_size, ...)."),

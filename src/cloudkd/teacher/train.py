@@ -25,6 +25,17 @@ from .workspace import BASE_CONFIGURATION, BUDGET_TRAINER, DEFAULT_DATASET_ID, D
 #: budget fields that shape the run (a GPU uses nnU-Net's schedule and plan unless one of them is given)
 SHAPE_FIELDS = ("epochs", "iters_per_epoch", "val_iters", "patch", "batch", "base_features", "max_features", "norm")
 
+def check_fold(workspace: Workspace, dataset_id: int, fold: int) -> None:
+    """A fold must be one of the location-grouped folds ``teacher prepare`` wrote to splits_final.json (nnU-Net
+    would otherwise train fold 99 on a random 80:20 split that ignores locations)."""
+    splits = workspace.preprocessed / workspace.dataset_name(dataset_id) / "splits_final.json"
+    if not splits.is_file():
+        raise DataError(f"{splits}: missing; run 'cloudkd teacher prepare' first")
+    n = len(load_json(splits))
+    if not 0 <= fold < n:
+        raise DataError(f"teacher train: fold {fold} does not exist; {splits} has folds 0..{n - 1}")
+
+
 def training_record(workspace: Workspace) -> Optional[dict]:
     """The settings of the last training started in ``workspace`` (``WORKDIR/training.json``), or None."""
     path = workspace.root / "training.json"
@@ -92,8 +103,15 @@ def train(workspace: Workspace, dataset_id: int = DEFAULT_DATASET_ID, fold: int 
     """
     import torch
 
+    from ..common.cli import device_problem
+
     if stock and (budget is not None or seed is not None):
         raise ValueError("nnU-Net's own trainer (stock) takes neither a budget nor a seed")
+    # everything that can be wrong with the arguments is checked before anything is planned, written or deleted
+    problem = device_problem(device) if device else None
+    if problem:
+        raise DataError(f"teacher train: device {problem}")
+    check_fold(workspace, dataset_id, fold)
     plan_and_preprocess(workspace, dataset_id, processes=processes)
     configuration = add_budget_configuration(workspace, dataset_id, budget) if budget else BASE_CONFIGURATION
     trainer_name = DEFAULT_TRAINER if stock else BUDGET_TRAINER
