@@ -19,7 +19,8 @@ def threshold_fit(
     data: Path = typer.Argument(..., help="Dataset root or train_features folder (with labels)."),
     out: Path = typer.Option(..., "--out", callback=output_check, help="JSON to write the fitted thresholds to."),
     folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV: fit without the validation fold."),
-    val_fold: Optional[int] = typer.Option(None, callback=at_least(0), help="Fold to leave out of the fit (with --folds)."),
+    val_fold: Optional[int] = typer.Option(None, callback=at_least(0), help="Fold to leave out of the fit (with "
+                                                                            "--folds)."),
     stride: int = typer.Option(4, callback=at_least(1), help="Pixel subsampling stride for the fit."),
 ):
     """Fit brightness/whiteness thresholds on training chips to maximise the global Jaccard."""
@@ -45,7 +46,8 @@ def threshold_fit(
 def threshold_predict(
     model: Path = typer.Option(..., help="Thresholds JSON written by 'baseline threshold fit'."),
     features: Path = typer.Option(..., help="A *_features folder (or dataset root)."),
-    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for the masks {chip_id}.tif (submission format)."),
+    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for the masks {chip_id}.tif "
+                                                                       "(submission format)."),
     split_name: Optional[str] = split_option(),
     force: bool = typer.Option(False, help="Replace the masks of another model already in OUT."),
 ):

@@ -17,16 +17,20 @@ app = stage_app("1. Data: generate a benchmark, preview, validate, make location
 
 @app.command()
 def synth(
-    out: Path = typer.Argument(..., callback=output_check, help="Folder to write the dataset to (On Cloud N layout)."),
+    out: Path = typer.Argument(..., callback=output_check, help="Folder to write the dataset to (On Cloud N "
+                                                                "layout)."),
     n_train: int = typer.Option(200, callback=at_least(0), help="Chips in the train split (with labels)."),
-    n_test: int = typer.Option(60, callback=at_least(0), help="Chips in the test split (held-out locations; labels in test_labels/)."),
+    n_test: int = typer.Option(60, callback=at_least(0), help="Chips in the test split (held-out locations; labels in "
+                                                              ""
+                                                              "test_labels/)."),
     size: int = typer.Option(512, callback=side(32), help="Chip size in pixels."),
     seed: int = typer.Option(0, callback=at_least(0), help="Random seed: equal settings give identical files."),
     difficulty: float = typer.Option(0.7, min=0.0, max=1.0, help="0 easy .. 1 hard (0.7 = calibrated default)."),
     label_style: str = typer.Option("annotator", help="How clouds are labelled: annotator (generous smooth outlines, "
                                                       "the style measured on real labels) or opacity (the rule "
                                                       "before: smoothed opacity >= --label-threshold)."),
-    label_threshold: float = typer.Option(0.3, callback=finite(0.0, 1.0, open_low=True), help="The opacity rule's level (with --label-style opacity)."),
+    label_threshold: float = typer.Option(0.3, callback=finite(0.0, 1.0, open_low=True),
+                                          help="The opacity rule's level (with --label-style opacity)."),
     workers: int = typer.Option(0, callback=at_least(0), help="Processes (0 = one per core)."),
     overwrite: bool = typer.Option(False, help="Replace whatever is in OUT."),
     preview: bool = typer.Option(True, help="Write OUT/preview.png with sample chips."),
@@ -81,7 +85,8 @@ def preview(
 def validate(
     data: Path = typer.Argument(..., help="Dataset root or *_features folder."),
     split: Optional[str] = typer.Option(None, help="train or test (default: train if present)."),
-    size: Optional[int] = typer.Option(None, callback=side(32), help="Required chip size (default: the first chip's)."),
+    size: Optional[int] = typer.Option(None, callback=side(32), help="Required chip size (default: the first "
+                                                                     "chip's)."),
 ):
     """Read every chip and label of a split and list every problem (exit 1 if any)."""
     from .roots import resolve_split

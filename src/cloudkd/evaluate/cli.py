@@ -1,4 +1,5 @@
-"""``cloudkd evaluate``: the leaderboard metric on a prediction folder, and every method side by side on labelled (real) chips."""
+"""``cloudkd evaluate``: the leaderboard metric on a prediction folder, and every method side by side on labelled
+(real) chips."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ def score(
                                                        "(default: the labels folder's sibling *_metadata.csv)."),
     folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV: score one fold only."),
     fold: Optional[int] = typer.Option(None, callback=at_least(0), help="The fold to score (with --folds)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", callback=output_check, help="Write the summary as JSON here."),
-    report_dir: Optional[Path] = typer.Option(None, callback=output_check, help="Where per_chip.csv / per_location.csv go "
+    json_path: Optional[Path] = typer.Option(None, "--json", callback=output_check, help="Write the summary as JSON "
+                                                                                         "here."),
+    report_dir: Optional[Path] = typer.Option(None, callback=output_check, help="Where per_chip.csv / "
+                                                                                "per_location.csv go "
                                                          "(default: PRED's sibling PRED_score/)."),
     workers: int = typer.Option(2, callback=at_least(1), help="Reader threads."),
 ):
@@ -66,8 +69,10 @@ def score(
 
 @app.command("real-bench")
 def real_bench(
-    data: Path = typer.Argument(..., help="Labelled chip folder (On Cloud N layout), e.g. ../shared/data/real_labelled."),
-    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for predictions, per_chip.csv, summary.csv/json, real_chips.png."),
+    data: Path = typer.Argument(..., help="Labelled chip folder (On Cloud N layout), e.g. "
+                                          "../shared/data/real_labelled."),
+    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for predictions, per_chip.csv, "
+                                                                       "summary.csv/json, real_chips.png."),
     threshold: Optional[Path] = typer.Option(None, help="A fitted threshold model (threshold.json)."),
     teacher_nnunet: Optional[Path] = typer.Option(None, help="A trained nnU-Net teacher workdir."),
     student: List[Path] = typer.Option([], help="Student run folder(s) (cloudkd train/distill); repeatable."),

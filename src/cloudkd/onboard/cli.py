@@ -1,4 +1,5 @@
-"""``cloudkd onboard``: what runs on the satellite: ONNX / int8 export, whole scenes, downlink savings, the side-by-side benchmark."""
+"""``cloudkd onboard``: what runs on the satellite: ONNX / int8 export, whole scenes, downlink savings, the
+side-by-side benchmark."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ app = stage_app("6. On board: export to ONNX / int8, predict whole scenes, downl
 @app.command()
 def export(
     checkpoint: Path = typer.Option(..., help="A student run folder (or a file in it)."),
-    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for the ONNX artefacts and export.json."),
+    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for the ONNX artefacts and "
+                                                                       "export.json."),
     calib: Optional[Path] = typer.Option(None, help="Chips (a *_features folder or dataset root) to calibrate int8."),
     heldout: Optional[Path] = typer.Option(None, help="Other chips for the checks (default: more calib chips)."),
     n_calib: int = typer.Option(16, callback=at_least(1), help="Calibration chips."),
@@ -91,7 +93,8 @@ def downlink(
     tile: int = typer.Option(512, callback=side(32), help="For a scene: chip size the scene is cut into."),
     thresholds: str = typer.Option(",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
                                    help="Cloud-cover thresholds, comma-separated."),
-    out: Optional[Path] = typer.Option(None, "--out", callback=output_check, help="Folder for downlink.json and downlink.png."),
+    out: Optional[Path] = typer.Option(None, "--out", callback=output_check, help="Folder for downlink.json and "
+                                                                                  "downlink.png."),
 ):
     """Downlink savings of a cloud mask: chips/pixels/bytes discarded per cloud-cover threshold, clear pixels lost."""
     import json as _json
@@ -137,7 +140,8 @@ def bench_cmd(
     batch: int = typer.Option(8, callback=at_least(1), help="Batch size of the throughput pass."),
     n_latency: int = typer.Option(16, callback=at_least(1), help="Chips timed one by one."),
     limit: Optional[int] = typer.Option(None, callback=at_least(1), help="Use only the first N chips."),
-    out: Path = typer.Option(Path("runs/bench"), "--out", callback=output_check, help="Folder for bench.md, bench.json, bench.png."),
+    out: Path = typer.Option(Path("runs/bench"), "--out", callback=output_check, help="Folder for bench.md, "
+                                                                                      "bench.json, bench.png."),
     threshold: float = threshold_option(),
 ):
     """Thresholding, teacher, ResNet-34, student (PyTorch, ONNX fp32, ONNX int8) side by side."""

@@ -79,7 +79,8 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
 
 
 _DATA = typer.Argument(..., help="Labelled dataset root (train split, On Cloud N layout).")
-_OUT = typer.Option(..., "--out", callback=output_check, help="Run folder (checkpoints, logs, student.pt, student.json).")
+_OUT = typer.Option(..., "--out", callback=output_check, help="Run folder (checkpoints, logs, student.pt, "
+                                                              "student.json).")
 _FOLDS = typer.Option(None, "--folds", help="Folds CSV (default: location folds made from the data).")
 
 
@@ -92,18 +93,23 @@ def _train_options(distill: bool):
         batch=typer.Option(C.batch_size, callback=at_least(1), help="Batch size per device."),
         crop=typer.Option(C.crop, callback=side(32, multiple=16), help="Random crop size for training."),
         lr=typer.Option(C.lr, callback=finite(0.0, open_low=True), help="AdamW learning rate (cosine schedule)."),
-        label_weight=typer.Option(C.label_weight, callback=finite(0.0), help="Weight of BCE + Dice on labels (0: distil without labels)."),
-        kd_weight=typer.Option(DISTILL_KD_WEIGHT if distill else C.kd_weight, callback=finite(0.0), help="Weight of the distillation loss."),
+        label_weight=typer.Option(C.label_weight, callback=finite(0.0), help="Weight of BCE + Dice on labels (0: "
+                                                                             "distil without labels)."),
+        kd_weight=typer.Option(DISTILL_KD_WEIGHT if distill else C.kd_weight, callback=finite(0.0),
+                               help="Weight of the distillation loss."),
         kd=typer.Option(C.kd, help="Distillation loss: pixel (temperature KL per pixel) or cwd "
                                       "(channel-wise spatial distribution)."),
-        temperature=typer.Option(C.temperature, callback=finite(0.0, open_low=True), help="Distillation temperature."),
+        temperature=typer.Option(C.temperature, callback=finite(0.0, open_low=True), help="Distillation "
+                                                                                          "temperature."),
         soft=typer.Option(None, help="Offline teacher: folder of soft labels for the training chips (and the "
                                      "--unlabelled chips)."),
         teacher_nnunet=typer.Option(None, help="Online teacher: a trained nnU-Net workdir (cloudkd teacher)."),
         teacher_onnx=typer.Option(None, help="Online teacher: any ONNX segmentation model (normalised input)."),
-        onnx_output=typer.Option(C.teacher_onnx_output, help="What the ONNX teacher outputs: logits or probabilities."),
+        onnx_output=typer.Option(C.teacher_onnx_output, help="What the ONNX teacher outputs: logits or "
+                                                             "probabilities."),
         unlabelled=typer.Option(None, help="Extra unlabelled chips to distil on (needs --label-weight 0)."),
-        steps=typer.Option(None, callback=at_least(1), help="Training steps per epoch (default: one pass over the chips)."),
+        steps=typer.Option(None, callback=at_least(1), help="Training steps per epoch (default: one pass over the "
+                                                            "chips)."),
         accelerator=typer.Option(C.accelerator, help="auto, cpu, gpu."),
         devices=typer.Option(C.devices, callback=at_least(1), help="Devices (processes) per node."),
         num_nodes=typer.Option(C.num_nodes, callback=at_least(1), help="Nodes."),
@@ -112,12 +118,14 @@ def _train_options(distill: bool):
         seed=typer.Option(C.seed, callback=at_least(0), help="Random seed."),
         resume=typer.Option(C.resume, help="Resume the run in OUT from OUT/checkpoints/last.ckpt."),
         force=typer.Option(False, help="Replace the run already in OUT (its checkpoints, logs and weights)."),
-        cloud_paste=typer.Option(C.cloud_paste, callback=finite(0.0, 1.0), help="Cloud paste: probability that a low-cover chip of a batch receives a "
+        cloud_paste=typer.Option(C.cloud_paste, callback=finite(0.0, 1.0), help="Cloud paste: probability that a "
+                                                                                "low-cover chip of a batch receives a "
                                            "cloudy batch-mate's labelled cloud (0 = off)."),
         threshold=threshold_option("Cloud probability threshold of the prediction rule: validation (and so the "
                                    "best checkpoint) scores at it, and 'pack' ships it by default."),
-        boundary_ignore=typer.Option(C.boundary_ignore, callback=at_least(0), help="Boundary-tolerant loss: px on both sides of label outlines left out "
-                                             "of BCE + Dice (0 = off)."),
+        boundary_ignore=typer.Option(C.boundary_ignore, callback=at_least(0),
+                                     help="Boundary-tolerant loss: px on both sides of label outlines left out of "
+                                          "BCE + Dice (0 = off)."),
     )
 
 
@@ -165,7 +173,8 @@ def distill(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _F
 def predict(
     model: Path = typer.Option(..., help="A student run folder (student.json + student.pt)."),
     features: Path = typer.Option(..., help="A *_features folder (or dataset root)."),
-    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for the masks {chip_id}.tif (submission format)."),
+    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for the masks {chip_id}.tif "
+                                                                       "(submission format)."),
     batch: int = typer.Option(8, callback=at_least(1), help="Chips per batch."),
     tta: bool = typer.Option(False, help="Average logits over flips."),
     threshold: float = threshold_option(),

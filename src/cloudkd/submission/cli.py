@@ -15,13 +15,15 @@ app = stage_app("7. Submission: pack a model with the frozen main.py, emulate th
 @app.command()
 def pack(
     checkpoint: Path = typer.Option(..., help="A student run folder (or its student.pt / a Lightning .ckpt in it)."),
-    out: Path = typer.Option(Path("submission/submission.zip"), "--out", callback=output_check, help="The zip to write."),
+    out: Path = typer.Option(Path("submission/submission.zip"), "--out", callback=output_check, help="The zip to "
+                                                                                                     "write."),
     threshold: Optional[float] = threshold_option("Cloud probability threshold main.py applies (default: the "
                                                   "run's training threshold, which its validation scored at).",
                                                   default=None),
     tta: bool = typer.Option(False, help="Average logits over flips in main.py."),
     batch: int = typer.Option(8, callback=at_least(1), help="Chips per batch in main.py."),
-    chip_size: int = typer.Option(512, callback=side(32, multiple=16), help="Chip side in pixels (512 in the challenge)."),
+    chip_size: int = typer.Option(512, callback=side(32, multiple=16), help="Chip side in pixels (512 in the "
+                                                                            "challenge)."),
     force: bool = typer.Option(False, help="Replace an existing zip at OUT."),
 ):
     """Pack a trained model with the frozen submission/main.py into a submission zip."""
@@ -42,9 +44,13 @@ def runtime_test(
     zip_path: Path = typer.Option(..., "--zip", help="The submission zip."),
     data: Path = typer.Option(..., help="Chips to run on: a dataset root (its test split) or a *_features folder."),
     labels: Optional[Path] = typer.Option(None, help="Labels folder (or dataset root) to score the predictions."),
-    json_out: Optional[Path] = typer.Option(None, "--json", callback=output_check, help="Write the verdict as JSON here."),
-    size: Optional[int] = typer.Option(None, callback=side(32), help="Expected mask side (default: the packed chip size)."),
-    keep: Optional[Path] = typer.Option(None, callback=output_check, help="Use (and keep) this folder as the emulated /codeexecution."),
+    json_out: Optional[Path] = typer.Option(None, "--json", callback=output_check, help="Write the verdict as JSON "
+                                                                                        "here."),
+    size: Optional[int] = typer.Option(None, callback=side(32), help="Expected mask side (default: the packed chip "
+                                                                     "size)."),
+    keep: Optional[Path] = typer.Option(None, callback=output_check, help="Use (and keep) this folder as the emulated "
+                                                                          ""
+                                                                          "/codeexecution."),
     quiet: bool = typer.Option(False, help="Do not echo main.py's log."),
     force: bool = typer.Option(False, help="Let --keep empty an existing folder first."),
 ):

@@ -47,18 +47,28 @@ def teacher_prepare(
 def teacher_train(
     workdir: Path = typer.Option(Path("runs/nnunet"), callback=output_check, help=WORKDIR_HELP),
     dataset_id: int = typer.Option(DEFAULT_DATASET_ID, callback=DATASET_ID, help="nnU-Net dataset id."),
-    fold: List[int] = typer.Option([0], callback=at_least(0), help="Fold(s) to train (repeat the option for several)."),
+    fold: List[int] = typer.Option([0], callback=at_least(0), help="Fold(s) to train (repeat the option for "
+                                                                   "several)."),
     device: str = typer.Option("auto", callback=device_check, help="auto, cpu, cuda or cuda:N."),
     nnunet_defaults: bool = typer.Option(False, help="nnU-Net's own trainer and defaults, unchanged (with its "
                                                      "brightness/contrast/gamma augmentation; unseeded)."),
-    epochs: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: epochs (CPU default {B.epochs})."),
-    iters: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: training iterations per epoch (CPU default {B.iters_per_epoch})."),
-    val_iters: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: validation iterations per epoch (default {B.val_iters})."),
-    patch: Optional[int] = typer.Option(None, callback=side(32, multiple=32), help=f"Budget: square patch size (default {B.patch})."),
+    epochs: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: epochs (CPU default "
+                                                                           f"{B.epochs})."),
+    iters: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: training iterations per epoch (CPU "
+                                                                          f""
+                                                                          f"default {B.iters_per_epoch})."),
+    val_iters: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: validation iterations per "
+                                                                              f"epoch (default {B.val_iters})."),
+    patch: Optional[int] = typer.Option(None, callback=side(32, multiple=32), help=f"Budget: square patch size "
+                                                                                    f"(default {B.patch})."),
     batch: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: batch size (default {B.batch})."),
-    base_features: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: features of the first stage (default {B.base_features}, nnU-Net's)."),
-    max_features: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: feature cap (default {B.max_features}, nnU-Net's)."),
-    seed: Optional[int] = typer.Option(None, callback=at_least(0), help="Random seed (CPU budgets: default 0, reproducible runs; on a GPU "
+    base_features: Optional[int] = typer.Option(None, callback=at_least(1),
+                                                help=f"Budget: features of the first stage (default "
+                                                     f"{B.base_features}, nnU-Net's)."),
+    max_features: Optional[int] = typer.Option(None, callback=at_least(1), help=f"Budget: feature cap (default "
+                                                                                 f"{B.max_features}, nnU-Net's)."),
+    seed: Optional[int] = typer.Option(None, callback=at_least(0), help="Random seed (CPU budgets: default 0, "
+                                                                        "reproducible runs; on a GPU "
                                                   "it seeds nnU-Net's schedule without making it a budget)."),
     norm: Optional[str] = typer.Option(None, help="Budget: normalisation layers, batch (default: keeps absolute "
                                                   "brightness) or instance (nnU-Net's)."),
@@ -101,10 +111,14 @@ def teacher_train(
 @app.command("predict")
 def teacher_predict(
     features: Path = typer.Option(..., help="A *_features folder (or dataset root) of chips."),
-    masks_out: Optional[Path] = typer.Option(None, callback=output_check, help="Write masks {chip_id}.tif (submission format) here."),
-    soft_out: Optional[Path] = typer.Option(None, callback=output_check, help="Write soft labels (uint8-quantised probabilities) here."),
+    masks_out: Optional[Path] = typer.Option(None, callback=output_check, help="Write masks {chip_id}.tif (submission "
+                                                                               ""
+                                                                               "format) here."),
+    soft_out: Optional[Path] = typer.Option(None, callback=output_check, help="Write soft labels (uint8-quantised "
+                                                                              "probabilities) here."),
     workdir: Path = typer.Option(Path("runs/nnunet"), callback=output_check, help=WORKDIR_HELP),
-    fold: List[int] = typer.Option([], callback=at_least(0), help="Fold(s) to ensemble (default: every trained fold)."),
+    fold: List[int] = typer.Option([], callback=at_least(0), help="Fold(s) to ensemble (default: every trained "
+                                                                  "fold)."),
     tta: bool = typer.Option(False, help="Mirroring test-time augmentation, as nnU-Net does (4x slower)."),
     device: str = typer.Option("auto", callback=device_check, help="auto, cpu, cuda or cuda:N."),
     threshold: float = threshold_option(),

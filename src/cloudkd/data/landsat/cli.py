@@ -9,15 +9,21 @@ import typer
 
 from ...common.cli import at_least, fail, output_check, stage_app
 
-app = stage_app("Landsat-8 (38-Cloud / 95-Cloud): generate, import, scene-level scoring. Other commands take a 38-Cloud root as --data / features as they are.")
+app = stage_app("Landsat-8 (38-Cloud / 95-Cloud): generate, import, scene-level scoring. Other commands "
+                "take a 38-Cloud root as --data / features as they are.")
 
 
 @app.command("synth")
 def landsat_synth(
-    out: Path = typer.Argument(..., callback=output_check, help="Folder to write 38-Cloud_training/ and 38-Cloud_test/ to."),
-    train_scenes: int = typer.Option(6, callback=at_least(0), help="Training scenes (patches + per-patch gt + non-empty list)."),
-    test_scenes: int = typer.Option(3, callback=at_least(0), help="Test scenes (patches + whole-scene gts), at unseen locations."),
-    min_grid: int = typer.Option(2, callback=at_least(1), help="Fewest patches per scene side (scenes are ~384 px x this)."),
+    out: Path = typer.Argument(..., callback=output_check, help="Folder to write 38-Cloud_training/ and "
+                                                                "38-Cloud_test/ to."),
+    train_scenes: int = typer.Option(6, callback=at_least(0), help="Training scenes (patches + per-patch gt + "
+                                                                   "non-empty list)."),
+    test_scenes: int = typer.Option(3, callback=at_least(0), help="Test scenes (patches + whole-scene gts), at unseen "
+                                                                  ""
+                                                                  "locations."),
+    min_grid: int = typer.Option(2, callback=at_least(1), help="Fewest patches per scene side (scenes are ~384 px x "
+                                                               "this)."),
     max_grid: int = typer.Option(3, callback=at_least(1), help="Most patches per scene side."),
     seed: int = typer.Option(0, callback=at_least(0), help="Random seed: equal settings give identical files."),
     difficulty: float = typer.Option(0.7, min=0.0, max=1.0, help="0 easy .. 1 hard."),
@@ -41,7 +47,8 @@ def landsat_synth(
 @app.command("import")
 def landsat_import(
     root: Path = typer.Argument(..., help="A 38-Cloud / 95-Cloud root (or one of its *_training / *_test folders)."),
-    out: Optional[Path] = typer.Option(None, callback=output_check, help="Where the On Cloud N view goes (default: ROOT.oncloudn beside "
+    out: Optional[Path] = typer.Option(None, callback=output_check, help="Where the On Cloud N view goes (default: "
+                                                                         "ROOT.oncloudn beside "
                                                   "ROOT, or $CLOUDKD_LANDSAT_CACHE/ROOT.oncloudn)."),
     force: bool = typer.Option(False, help="Import again even when the source is unchanged, replacing what is in "
                                            "OUT."),
@@ -63,10 +70,13 @@ def landsat_score(
                                         "predict / baseline threshold predict)."),
     data: Path = typer.Option(..., help="The 38-Cloud root (or its import) whose test split was predicted."),
     split: str = typer.Option("test", help="Split to score."),
-    report_dir: Optional[Path] = typer.Option(None, callback=output_check, help="Where per_scene.csv goes (default PRED's sibling "
+    report_dir: Optional[Path] = typer.Option(None, callback=output_check, help="Where per_scene.csv goes (default "
+                                                                                "PRED's sibling "
                                                          "PRED_scenes/)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", callback=output_check, help="Write the summary as JSON here."),
-    masks: Optional[Path] = typer.Option(None, callback=output_check, help="Also write the stitched scene masks {scene}.tif here."),
+    json_path: Optional[Path] = typer.Option(None, "--json", callback=output_check, help="Write the summary as JSON "
+                                                                                         "here."),
+    masks: Optional[Path] = typer.Option(None, callback=output_check, help="Also write the stitched scene masks "
+                                                                           "{scene}.tif here."),
 ):
     """The 38-Cloud protocol: stitch patches into scenes; precision, recall, specificity, Jaccard, accuracy per
     scene, averaged over scenes."""
