@@ -146,8 +146,19 @@ def test_export_cli_reports_and_flags_int8(student, small_data, tmp_path, monkey
     monkeypatch.setattr(ex, "INT8_MIN_IOU", 1.01)  # an unreachable target: the command must say so
     r = runner.invoke(app, ["export", "--checkpoint", str(student), "--out", str(tmp_path / "e"), "--calib",
                             str(small_data), "--n-calib", "4", "--n-check", "4", "--size", "96", "--no-memory"])
-    assert r.exit_code == 0, r.output
+    # the int8 model is written and reported, but export refuses to call it the on-board artefact: exit 1, fp32 named
+    assert r.exit_code == 1, r.output
     assert "onnx_int8" in r.output and "152,841" in r.output and "BELOW the 1.01 target" in r.output
+    assert f"use the fp32 model {tmp_path / 'e' / 'model_fp32_b1.onnx'}" in r.output
+    rep = json.loads((tmp_path / "e" / "export.json").read_text())
+    assert rep["int8_ok"] is False and rep["onboard_artefact"] == "model_fp32_b1.onnx"
+    assert (tmp_path / "e" / "model_int8.onnx").is_file()
+    monkeypatch.setattr(ex, "INT8_MIN_IOU", 0.0)  # a target any int8 model meets: int8 is the artefact, exit 0
+    r = runner.invoke(app, ["export", "--checkpoint", str(student), "--out", str(tmp_path / "e2"), "--calib",
+                            str(small_data), "--n-calib", "4", "--n-check", "4", "--size", "96", "--no-memory"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e2" / "export.json").read_text())["onboard_artefact"] == "model_int8.onnx"
+    assert f"on-board artefact: {tmp_path / 'e2' / 'model_int8.onnx'}" in r.output
 
 
 # ---------------------------------------------------------------------------------------------------- scenes

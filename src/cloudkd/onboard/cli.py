@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import at_least, output_check, side, stage_app, threshold_option
+from ..common.cli import at_least, fail, output_check, side, stage_app, threshold_option
 from .downlink import DEFAULT_THRESHOLDS
 
 app = stage_app("6. On board: export to ONNX / int8, predict whole scenes, downlink savings, benchmark.")
@@ -47,12 +47,16 @@ def export(
         typer.echo(f"ONNX fp32 vs PyTorch on {c['n_check_chips']} chips: max abs logit diff "
                    f"{c['onnx_fp32_max_abs_diff']:.2e}, mask agreement {c['onnx_fp32_mask_agreement']:.6f}")
     if rep.int8_ok is not None:
-        verdict = "OK" if rep.int8_ok else f"BELOW the {INT8_MIN_IOU} target: keep the fp32 model"
+        verdict = "OK" if rep.int8_ok else f"BELOW the {INT8_MIN_IOU} target"
         typer.echo(f"int8 vs fp32 mask IoU {c['int8_vs_fp32_mask_iou']:.4f} on {c['n_check_chips']} held-out chips "
                    f"(calibrated on {c['n_calib_chips']}): {verdict}")
     elif calib is None:
         typer.echo("no --calib chips: int8 export and the checks on real inputs were skipped")
+    typer.echo(f"on-board artefact: {out / rep.onboard_artefact}")
     typer.echo(f"report: {out / 'export.json'}")
+    if rep.int8_ok is False:  # the int8 model exists but must not be flown
+        fail(f"the int8 model missed its check against fp32 (mask IoU {c['int8_vs_fp32_mask_iou']:.4f} < "
+             f"{INT8_MIN_IOU}); use the fp32 model {out / rep.onboard_artefact}", 1)
 
 
 @app.command("predict-scene")

@@ -175,7 +175,13 @@ class ExportReport:
 
     def to_json(self) -> dict:
         return {"out": str(self.out), "artefacts": self.artefacts, "checks": self.checks, "int8_ok": self.int8_ok,
-                "int8_min_iou": INT8_MIN_IOU}
+                "int8_min_iou": INT8_MIN_IOU, "onboard_artefact": self.onboard_artefact}
+
+    @property
+    def onboard_artefact(self) -> str:
+        """What a flight computer should load: the int8 model only when it passed its check against fp32 (mask
+        IoU >= INT8_MIN_IOU), else the fixed-shape fp32 model."""
+        return "model_int8.onnx" if self.int8_ok else "model_fp32_b1.onnx"
 
 
 def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optional[os.PathLike | str] = None,
