@@ -334,7 +334,7 @@ def test_downlink_cli_on_predicted_chips(small_data, tmp_path):
 # ---------------------------------------------------------------------------------------------------- bench
 def test_bench_rows_for_student_backends_and_thresholding(student, small_data, tmp_path):
     from cloudkd.baselines.threshold import fit_threshold
-    from cloudkd.onboard.bench import bench, to_markdown
+    from cloudkd.onboard.bench import REFERENCE, bench, reference_model, to_markdown
     from cloudkd.data import load_index
     from cloudkd.common.metrics import JaccardMeter
 
@@ -343,14 +343,30 @@ def test_bench_rows_for_student_backends_and_thresholding(student, small_data, t
     test = resolve_split(small_data, "test")
     export(student, tmp_path / "exp", calib=small_data / "train_features", heldout=test.features_dir, n_calib=8,
            n_check=4, size=96, measure_memory=False)
+    ref = reference_model(tmp_path / "ref", test.features_dir)
     rows = bench({"thresholding": str(tmp_path / "thr.json"), "student_torch": str(student),
                   "student_onnx_fp32": str(tmp_path / "exp" / "model_fp32.onnx"),
-                  "student_onnx_int8": str(tmp_path / "exp" / "model_int8.onnx")},
+                  "student_onnx_int8": str(tmp_path / "exp" / "model_int8.onnx"), REFERENCE: str(ref)},
                  str(test.features_dir), str(test.labels_dir), threads=1, batch=4, n_latency=3, progress=False)
     by = {r["name"]: r for r in rows}
-    assert list(by) == ["thresholding", "student_torch", "student_onnx_fp32", "student_onnx_int8"]
+    assert list(by) == [REFERENCE, "thresholding", "student_torch", "student_onnx_fp32", "student_onnx_int8"]
+    # the speed reference in the same run, and the distance to the machine's measured peak
+    assert by[REFERENCE]["x_reference"] == 1.0 and by[REFERENCE]["jaccard"] is None
+    assert by[REFERENCE]["macs"] == _unet_macs((8, 16, 24, 32, 72), 512)
     for r in rows:
-        for k in ("name", "params", "bytes", "ms_per_chip_median", "chips_per_s", "jaccard", "peak_rss_mb"):
+        assert r["x_reference"] == r["chips_per_s"] / by[REFERENCE]["chips_per_s"]
+        if r["macs"]:
+            assert r["gmacs_per_s"] == r["macs"] * r["chips_per_s"] / 1e9
+            peak = r["peak_gmacs_per_s"]
+            assert r["peak_share"] == r["gmacs_per_s"] / peak
+        else:
+            assert r["gmacs_per_s"] is None and r["peak_share"] is None  # thresholding counts no MACs
+    assert by["student_onnx_int8"]["peak_gmacs_per_s"] == by[REFERENCE]["peak_gmacs_per_s"]
+    assert by["student_torch"]["peak_gmacs_per_s"] == by["student_onnx_fp32"]["peak_gmacs_per_s"] > 1
+    assert by[REFERENCE]["peak_gmacs_per_s"] > by["student_torch"]["peak_gmacs_per_s"]  # VNNI: int8 > fp32
+    for r in rows:
+        for k in ("name", "params", "bytes", "ms_per_chip_median", "chips_per_s", "jaccard", "peak_rss_mb",
+                  "x_reference", "gmacs_per_s", "peak_share"):
             assert k in r
         assert r["ms_per_chip_median"] > 0 and r["chips_per_s"] > 0 and r["n_chips"] == 10
     # the student's Jaccard is the leaderboard metric of its masks, whatever the backend

@@ -26,8 +26,68 @@ import numpy as np
 
 from ..common.infer import DEFAULT_THRESHOLD
 
-METHODS = ("thresholding", "nnunet_teacher", "smp_resnet34", "student_torch", "student_onnx_fp32",
-           "student_onnx_int8")
+METHODS = ("reference_unet_s_int8", "thresholding", "nnunet_teacher", "smp_resnet34", "student_torch",
+           "student_onnx_fp32", "student_onnx_int8")
+#: the speed reference kept in every run: today's unet-s as int8 ONNX (fixed random weights: its speed, not its
+#: masks, is what it is for), so speed-ups are ratios measured side by side, whatever the machine's drift
+REFERENCE = "reference_unet_s_int8"
+
+
+def reference_model(out: os.PathLike | str, calib_features: os.PathLike | str, n_calib: int = 4) -> Path:
+    """Write (or reuse) the reference: unet-s with seed-0 weights, exported and quantised like a student."""
+    import torch
+
+    from ..data.normalise import normalise
+    from ..student.unet import from_preset
+    from .export import export_onnx, load_chips, quantize_int8
+
+    out = Path(out)
+    q = out / "reference_unet_s_int8.onnx"
+    if q.is_file():
+        return q
+    torch.manual_seed(0)
+    fp32 = export_onnx(from_preset("unet-s").eval(), out / "reference_unet_s_fp32.onnx", dynamic=True)
+    return quantize_int8(fp32, q, [normalise(r) for r in load_chips(calib_features, n_calib)])
+
+
+def machine_peak(threads: int, seconds: float = 1.0) -> Dict[str, float]:
+    """Measured peak multiply-accumulate rates of this machine with ``threads`` threads (G MAC/s): ``fp32`` (a
+    1024x1024 torch matmul) and ``int8`` (a 1024x1024 uint8 x int8 MatMulInteger in ONNX Runtime, the kernel
+    family of the int8 models)."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ..common.onnx import ort_session
+
+    n = 1024
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+
+    def rate(step) -> float:
+        step()
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            step()
+            reps += 1
+        return n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+    fp32 = rate(lambda: torch.mm(a, b))
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["x", "w"], ["y"])], "peak",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
+        initializer=[numpy_helper.from_array(rng.integers(-128, 128, (n, n)).astype(np.int8), "w")])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "peak.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+        sess = ort_session(path, threads)
+        x = rng.integers(0, 256, (n, n)).astype(np.uint8)
+        int8 = rate(lambda: sess.run(None, {"x": x}))
+    return {"fp32": fp32, "int8": int8}
 
 
 def _load(method: str, path: str, threads: int, threshold: float = DEFAULT_THRESHOLD):
@@ -36,6 +96,7 @@ def _load(method: str, path: str, threads: int, threshold: float = DEFAULT_THRES
     import torch
 
     from ..common.infer import masks_from_logits, nodata_mask, predict_masks
+    from ..common.onnx import ort_logits, ort_session
 
     from ..data.normalise import normalise
     from .export import count_macs
@@ -70,9 +131,15 @@ def _load(method: str, path: str, threads: int, threshold: float = DEFAULT_THRES
         return (lambda refl: predict_masks(m, torch.from_numpy(normalise(refl)), nodata_mask(refl), threshold)), \
             count_params(m), (Path(path) / "student.pt").stat().st_size, \
             count_macs(m, 512)
-    if method in ("student_onnx_fp32", "student_onnx_int8"):
-        from ..common.onnx import ort_logits, ort_session
+    if method == REFERENCE:
+        from ..common.sizes import count_params
+        from ..student.unet import from_preset
 
+        sess = ort_session(path, threads)
+        ref = from_preset("unet-s")
+        return (lambda refl: masks_from_logits(ort_logits(sess, normalise(refl)), threshold, nodata_mask(refl))), \
+            count_params(ref), Path(path).stat().st_size, count_macs(ref, 512)
+    if method in ("student_onnx_fp32", "student_onnx_int8"):
         sess = ort_session(path, threads)
         info = json.loads((Path(path).parent / "export.json").read_text())
         art = info["artefacts"]["onnx_int8" if method.endswith("int8") else "onnx_fp32"]
@@ -113,8 +180,12 @@ def run_worker(method: str, path: str, features: str, labels: str, threads: int,
 
 def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, batch: int = 8,
           n_latency: int = 16, limit: Optional[int] = None, progress: bool = True,
-          threshold: float = DEFAULT_THRESHOLD) -> List[dict]:
-    """Run every method of ``models`` (method -> path) in its own process; rows in METHODS order."""
+          threshold: float = DEFAULT_THRESHOLD, peak: bool = True) -> List[dict]:
+    """Run every method of ``models`` (method -> path) in its own process; rows in METHODS order.
+
+    With the reference in ``models`` every row gets ``x_reference`` (its chips/s over the reference's, measured
+    in the same run); with ``peak`` every row gets ``gmacs_per_s`` (MACs per chip x chips/s) and ``peak_share``
+    (that over the machine's measured peak: int8 rows against the int8 peak, the others against fp32)."""
     rows = []
     for method in [m for m in METHODS if m in models]:
         args = json.dumps({"method": method, "path": str(models[method]), "features": str(features),
@@ -128,14 +199,32 @@ def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, 
         rows.append(row)
         if progress:
             print(f"  {method}: {row['ms_per_chip_median']:.1f} ms/chip median, {row['chips_per_s']:.2f} chips/s, "
-                  f"Jaccard {row['jaccard']:.4f}", flush=True)
+                  + (f"Jaccard {row['jaccard']:.4f}" if method != REFERENCE else "(speed reference)"), flush=True)
+    ref = next((r for r in rows if r["name"] == REFERENCE), None)
+    peaks = None
+    if peak:
+        p = subprocess.run([sys.executable, "-m", "cloudkd.onboard.bench", json.dumps({"peak": threads})],
+                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        if p.returncode != 0:
+            raise RuntimeError(f"bench peak measurement failed:\n{p.stderr[-3000:]}")
+        peaks = json.loads(p.stdout.strip().splitlines()[-1])
+    for r in rows:
+        if r["name"] == REFERENCE:
+            r["jaccard"] = None  # random weights: a speed reference only
+        r["x_reference"] = r["chips_per_s"] / ref["chips_per_s"] if ref else None
+        r["gmacs_per_s"] = r["macs"] * r["chips_per_s"] / 1e9 if r["macs"] else None
+        if peaks is not None:
+            kind = "int8" if r["name"].endswith("int8") else "fp32"
+            r["peak_gmacs_per_s"] = peaks[kind]
+            r["peak_share"] = r["gmacs_per_s"] / peaks[kind] if r["gmacs_per_s"] else None
     return rows
 
 
 def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34: Optional[Path] = None,
                 export_dir: Optional[Path] = None, threshold: float = DEFAULT_THRESHOLD, log=print) -> Dict[str, Path]:
     """The models ``make demo`` left in ``demo_dir`` (method -> path, those present), with the student exported to
-    ONNX first when its export is missing (calibrated on the training split of ``split``'s root)."""
+    ONNX first when its export is missing (calibrated on the training split of ``split``'s root), and the speed
+    reference (made once in DEMO/bench_reference)."""
     from ..data.roots import resolve_split
     from .export import export
 
@@ -151,6 +240,7 @@ def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34:
                threshold=threshold)
     models["student_onnx_fp32"] = export_dir / "model_fp32.onnx"
     models["student_onnx_int8"] = export_dir / "model_int8.onnx"
+    models[REFERENCE] = reference_model(export_dir.parent / "bench_reference", split.features_dir)
     for k, v in models.items():
         if not Path(v).exists():
             log(f"skipping {k}: {v} not found")
@@ -158,11 +248,17 @@ def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34:
 
 
 COLUMNS = ["name", "params", "bytes", "macs", "ms_per_chip_median", "ms_per_chip_p90", "chips_per_s",
-           "peak_rss_mb", "jaccard"]
+           "x_reference", "gmacs_per_s", "peak_share", "peak_rss_mb", "jaccard"]
 
 
 def to_markdown(rows: List[dict]) -> str:
     def fmt(c, v):
+        if v is None:
+            return "-"
+        if c == "x_reference":
+            return f"{v:.2f}x"
+        if c == "peak_share":
+            return f"{100 * v:.0f} %"
         if c == "macs":
             return f"{v / 1e9:.2f} G" if v else "-"
         if c in ("params", "bytes"):
@@ -173,11 +269,11 @@ def to_markdown(rows: List[dict]) -> str:
             return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
         return str(v)
 
-    head = ["method", "params", "bytes", "MACs/chip", "median ms/chip", "p90 ms/chip", "chips/s", "peak RSS MB",
-            "Jaccard"]
+    head = ["method", "params", "bytes", "MACs/chip", "median ms/chip", "p90 ms/chip", "chips/s", "vs reference",
+            "G MAC/s", "of peak", "peak RSS MB", "Jaccard"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join(fmt(c, r[c]) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(fmt(c, r.get(c)) for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -187,7 +283,7 @@ def plot(rows: List[dict], path: os.PathLike | str) -> Path:
     from ..common.viz import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, r in enumerate(rows):
+    for i, r in enumerate(r for r in rows if r["jaccard"] is not None):  # the speed reference has no Jaccard
         for ax, x in zip(axes, (max(r["bytes"], 1), r["ms_per_chip_median"])):
             ax.scatter(x, r["jaccard"], s=40)
             ax.annotate(r["name"], (x, r["jaccard"]), fontsize=8, xytext=(4, 4 - 11 * (i % 3)),
@@ -205,5 +301,8 @@ def plot(rows: List[dict], path: os.PathLike | str) -> Path:
 
 if __name__ == "__main__":
     a = json.loads(sys.argv[1])
+    if "peak" in a:
+        print(json.dumps(machine_peak(int(a["peak"]))))
+        sys.exit(0)
     print(json.dumps(run_worker(a["method"], a["path"], a["features"], a["labels"], a["threads"], a["batch"],
                                 a["n_latency"], a.get("limit"), a.get("threshold", DEFAULT_THRESHOLD))))
