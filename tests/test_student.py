@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -619,3 +620,35 @@ def test_ddp_on_two_cpu_processes_agrees_and_validates_exactly(small_data, tmp_p
         for f, lab in zip(*[split_by_fold(idx, folds, 1)[1][c] for c in ("features", "label")]):
             m.update(model(torch.from_numpy(normalise(read_chip(f))[None]))[0, 0] > 0, read_label(lab))
     assert ranks[0]["val_jaccard"] == pytest.approx(m.compute(), abs=1e-6)  # logged as float32
+
+
+def test_space_to_depth_stem_is_the_same_unet_on_folded_input_with_upsampled_logits():
+    """stem=2: PixelUnshuffle folds 4 bands into 16 channels at half resolution, the U-Net runs there, and its
+    logits are upsampled bilinearly; the same weights in a stem-less U-Net on the folded input give the same
+    logits before upsampling. The config rebuilds it (pack / main.py), and it exports to ONNX exactly."""
+    import torch.nn.functional as F
+
+    from cloudkd.common.onnx import ort_logits, ort_session
+    from cloudkd.onboard.export import count_macs, export_onnx
+    from cloudkd.student.unet import CompactUNet
+
+    torch.manual_seed(0)
+    m = CompactUNet(widths=(8, 16, 24), stem=2).eval()
+    inner = CompactUNet(in_channels=16, widths=(8, 16, 24)).eval()
+    inner.load_state_dict(m.state_dict())  # the stem has no weights of its own
+    x = torch.randn(2, 4, 64, 48)
+    folded = torch.stack([x[:, :, i::2, j::2] for i in range(2) for j in range(2)], dim=2).reshape(2, 16, 32, 24)
+    with torch.no_grad():
+        want = F.interpolate(inner(folded), size=(64, 48), mode="bilinear", align_corners=False)
+        got = m(x)
+    assert got.shape == (2, 1, 64, 48)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert count_macs(m, 512) == count_macs(inner, 256, in_channels=16) and count_params(m) == count_params(inner)
+    assert m.config["stem"] == 2 and "stem" not in CompactUNet().config  # old configs unchanged
+    again = CompactUNet(**m.config)
+    again.load_state_dict(m.state_dict())
+    path = export_onnx(m, Path(tempfile.mkdtemp()) / "s2d.onnx", size=64)
+    onnx_out = ort_logits(ort_session(path), x.numpy())
+    assert np.abs(onnx_out - got.numpy()).max() < 1e-4
+    with pytest.raises(ValueError, match="stem"):
+        CompactUNet(stem=3)

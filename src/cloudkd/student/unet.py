@@ -4,7 +4,10 @@ A plain U-Net: each stage is two 3x3 conv -> norm -> ReLU blocks; 2x2 max-poolin
 decoder upsamples (bilinear + 1x1 conv, or a 2x2 transposed conv), concatenates the skip and applies two conv
 blocks; a 1x1 head gives ``classes`` logits. Configurable: stage widths (depth = their number), normalisation
 (``batch``, ``group``, ``none``), upsampling (``bilinear``, ``transpose``) and convolutions (``standard`` or
-depthwise-``separable``, far fewer multiply-accumulates for on-board use).
+depthwise-``separable``, far fewer multiply-accumulates for on-board use), and a space-to-depth ``stem``: with
+``stem=2`` (or 4) the input is folded into 2x2 (4x4) blocks (``PixelUnshuffle``: 4 bands -> 16 (64) channels at
+half (quarter) resolution), the whole U-Net runs at that resolution, and the logits are upsampled bilinearly to
+the input size, which removes the costly full-resolution layers.
 
 This module imports only torch: it travels inside the submission zip unchanged (Python 3.9, torch 1.8).
 """
@@ -79,15 +82,20 @@ class CompactUNet(nn.Module):
     nhwc_on_cpu = True
 
     def __init__(self, in_channels: int = 4, classes: int = 1, widths: Sequence[int] = (8, 16, 24, 32, 72),
-                 norm: str = "batch", up: str = "bilinear", conv: str = "standard"):
+                 norm: str = "batch", up: str = "bilinear", conv: str = "standard", stem: int = 1):
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) < 2 or min(widths) < 1:
             raise ValueError(f"widths needs >= 2 positive stage widths, got {widths}")
+        if stem not in (1, 2, 4):
+            raise ValueError(f"stem must be 1 (none), 2 or 4 (space-to-depth factor), got {stem}")
         self.config = {"in_channels": in_channels, "classes": classes, "widths": widths, "norm": norm, "up": up,
                        "conv": conv}
+        if stem != 1:  # runs without a stem keep the config (and main.py kwargs) they always had
+            self.config["stem"] = stem
+        self.stem = nn.PixelUnshuffle(stem) if stem > 1 else None
         self.encoder = nn.ModuleList()
-        cin = in_channels
+        cin = in_channels * stem * stem
         for i, w in enumerate(widths):
             # the first stage stays standard whatever ``conv`` asks: a depthwise 3x3 on the few input bands
             # cannot mix them, and that stage costs little; every later stage follows ``conv``
@@ -110,6 +118,9 @@ class CompactUNet(nn.Module):
             # NHWC: oneDNN's kernels for these narrow layers are about 2x faster in it than in NCHW, in training
             # and inference (benchmarks/student_layout.py); the arithmetic is the same up to float rounding
             x = x.contiguous(memory_format=torch.channels_last)
+        size = x.shape[-2:]
+        if self.stem is not None:
+            x = self.stem(x)
         skips = []
         for i, stage in enumerate(self.encoder):
             x = stage(x if i == 0 else F.max_pool2d(x, 2))
@@ -118,7 +129,10 @@ class CompactUNet(nn.Module):
         for up, dec in zip(self.ups, self.decoder):
             skip = skips.pop()
             x = dec(torch.cat([up(x, skip.shape[-2:]), skip], dim=1))
-        return self.head(x)
+        logits = self.head(x)
+        if self.stem is not None:  # predicted at 1/stem resolution: upsample the logits, not the features
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
 
 
 def from_preset(name: str, in_channels: int = 4, classes: int = 1, **overrides) -> CompactUNet:
