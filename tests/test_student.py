@@ -37,6 +37,7 @@ def test_presets_sizes_and_shapes():
     assert list(sizes) == list(PRESETS)
     assert sizes["unet-s"] <= 165_000 and NNUNET_2D_PARAMS / sizes["unet-s"] >= 280
     assert sizes["unet-xs"] < sizes["unet-s"] < sizes["unet-m"] < sizes["unet-l"]
+    assert sizes["unet-s2d2"] <= 165_000 and sizes["unet-s2d4"] <= 165_000  # the on-board candidates' bound
     for name, n in sizes.items():
         m = build_model(name)
         assert count_params(m) == n

@@ -194,6 +194,29 @@ def test_an_smp_model_packs_and_main_py_rebuilds_it_with_segmentation_models_pyt
     assert 0 < cloud < len(test.chip_ids()) * SIZE * SIZE  # the comparison is not between two blank sets
 
 
+def test_a_space_to_depth_student_packs_and_main_py_runs_it(small_data, tmp_path):
+    """main.py rebuilds a compact U-Net from its config, the space-to-depth stem included, and writes the masks
+    the library writes with the same weights."""
+    from cloudkd.student.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("unet-s2d4")
+    run = tmp_path / "s2d4"
+    run.mkdir()
+    torch.save(model.state_dict(), run / "student.pt")
+    (run / "student.json").write_text(json.dumps({"model": "unet-s2d4", "model_kwargs": {}}))
+    z = tmp_path / "s2d4.zip"
+    pack(run, z, threshold=0.5, batch_size=3, chip_size=SIZE)
+    assert json.loads(zipfile.ZipFile(z).read("assets/config.json"))["model"]["kwargs"]["stem"] == 4
+    test = resolve_split(small_data, "test")
+    v = runtime_test(z, small_data, keep=tmp_path / "root", echo=False)
+    assert v["ok"], v["reasons"]
+    predict_folder(load_student(run), test.features_dir, tmp_path / "lib", batch_size=3, progress=False)
+    for cid in test.chip_ids():
+        ours = np.array(Image.open(tmp_path / "root" / "predictions" / f"{cid}.tif"))
+        assert np.array_equal(ours, read_mask(tmp_path / "lib" / f"{cid}.tif")), cid
+
+
 def test_runtime_test_cli_writes_the_verdict(packed, small_data, tmp_path):
     r = runner.invoke(app, ["runtime-test", "--zip", str(packed), "--data", str(small_data / "test_features"),
                             "--labels", str(small_data / "test_labels"), "--json", str(tmp_path / "v.json"),

@@ -25,6 +25,9 @@ PRESETS: Dict[str, dict] = {
     "unet-s": {"widths": (8, 16, 24, 32, 72)},
     "unet-m": {"widths": (16, 32, 48, 64, 128)},
     "unet-l": {"widths": (24, 48, 96, 128, 192)},
+    # on-board candidates (benchmarks/student_candidates.py): the U-Net at 1/2 or 1/4 resolution, <= 165,000 params
+    "unet-s2d2": {"widths": (16, 24, 32, 72), "stem": 2},
+    "unet-s2d4": {"widths": (24, 32, 72), "stem": 4},
 }
 
 
