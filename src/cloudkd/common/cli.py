@@ -150,6 +150,17 @@ def threshold_option(help: str = "Cloud probability threshold of the prediction 
                         callback=_check_threshold)
 
 
+def refuse_incomplete(rep, what: str, items: str, limit: int = 50) -> None:
+    """Print a scoring report's missing and invalid predictions and fail (exit 1) unless ``rep.ok``: the same
+    refusal for chip folders (``evaluate score``) and Landsat scenes (``landsat score``)."""
+    if rep.missing:
+        typer.echo(f"refused: {len(rep.missing)} {items} have no prediction: {rep.missing[:limit]}")
+    for msg in rep.invalid[:limit]:
+        typer.echo(f"invalid: {msg}")
+    if not rep.ok:
+        fail(f"incomplete or invalid {what} ({len(rep.missing)} missing, {len(rep.invalid)} invalid)")
+
+
 def stage_app(help: str) -> typer.Typer:
     """A stage's typer sub-app (help shown, no shell completion, plain tracebacks for real bugs)."""
     return typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=help)

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ..common.cli import at_least, fail, output_check, split_option, stage_app
+from ..common.cli import at_least, fail, output_check, refuse_incomplete, split_option, stage_app
 
 app = stage_app("5. Evaluate: leaderboard scoring of predictions, the real-chip benchmark.")
 
@@ -52,12 +52,7 @@ def score(
     s = rep.summary()
     if rep.extra:
         typer.echo(f"warning: {len(rep.extra)} extra file(s) not among the expected chips: {rep.extra[:10]}")
-    if rep.missing:
-        typer.echo(f"refused: {len(rep.missing)} chip(s) have no prediction: {rep.missing[:50]}")
-    for msg in rep.invalid[:50]:
-        typer.echo(f"invalid: {msg}")
-    if not rep.ok:
-        fail(f"incomplete or invalid submission ({len(rep.missing)} missing, {len(rep.invalid)} invalid)")
+    refuse_incomplete(rep, "submission", "chip(s)")
     typer.echo(f"global Jaccard {s['jaccard']:.5f}  (intersection {s['intersection']}, union {s['union']}, "
                f"precision {s['precision']:.4f}, recall {s['recall']:.4f})")
     typer.echo(f"{s['n_chips']} chips in {s['seconds']:.2f} s ({s['chips_per_s']} chips/s); "

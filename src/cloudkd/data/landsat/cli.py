@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ...common.cli import at_least, fail, output_check, stage_app
+from ...common.cli import at_least, fail, output_check, refuse_incomplete, stage_app
 
 app = stage_app("Landsat-8 (38-Cloud / 95-Cloud): generate, import, scene-level scoring. Other commands "
                 "take a 38-Cloud root as --data / features as they are.")
@@ -85,12 +85,7 @@ def landsat_score(
     rep = score_scenes(pred, data, split, masks_out=masks, progress=True)
     report_dir = report_dir or pred.parent / f"{pred.name}_scenes"
     rep.write(report_dir, json_path)
-    if rep.missing:
-        typer.echo(f"refused: {len(rep.missing)} non-empty patch(es) have no prediction: {rep.missing[:20]}")
-    for msg in rep.invalid[:20]:
-        typer.echo(f"invalid: {msg}")
-    if not rep.ok:
-        fail(f"incomplete or invalid predictions ({len(rep.missing)} missing, {len(rep.invalid)} invalid)")
+    refuse_incomplete(rep, "predictions", "non-empty patch(es)", limit=20)
     table = rep.per_scene[["scene", "height", "width", *SCENE_METRICS]]
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{100 * v:.2f}"))
     m = rep.means
