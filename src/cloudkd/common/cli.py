@@ -12,6 +12,7 @@ from typing import Callable, List, Optional
 import typer
 
 from .errors import DataError
+from .infer import DEFAULT_THRESHOLD
 
 
 def fail(msg: str, code: int = 1):
@@ -62,10 +63,8 @@ def finite(low: Optional[float] = None, high: Optional[float] = None, open_low: 
     return check(rule)
 
 
-def _check_threshold(value):
-    if value is not None and not (math.isfinite(value) and 0.0 < value < 1.0):
-        raise typer.BadParameter(f"must be a cloud probability in (0, 1), got {value}")
-    return value
+_check_threshold = check(lambda v: None if math.isfinite(v) and 0.0 < v < 1.0 else
+                         f"must be a cloud probability in (0, 1), got {v}")
 
 
 #: the largest chip / crop / tile side a command accepts (a 512 px chip is the challenge's)
@@ -116,7 +115,7 @@ def device_problem(device: str) -> Optional[str]:
     return f"{device!r} is not a device: use auto, cpu, cuda or cuda:N"
 
 
-device_check = check(lambda v: device_problem(v))
+device_check = check(device_problem)
 
 
 def output_problem(path) -> Optional[str]:
@@ -141,13 +140,10 @@ output_check = check(output_problem)
 
 
 def threshold_option(help: str = "Cloud probability threshold of the prediction rule (nodata pixels are always "
-                                 "clear).", default: Optional[float] = -1.0):
-    """``--threshold``: the same option, default and check on every command that makes masks (``default`` -1:
-    the rule's own default; None: the command decides, e.g. from the trained run)."""
-    from .infer import DEFAULT_THRESHOLD
-
-    return typer.Option(DEFAULT_THRESHOLD if default == -1.0 else default, "--threshold", help=help,
-                        callback=_check_threshold)
+                                 "clear).", default: Optional[float] = DEFAULT_THRESHOLD):
+    """``--threshold``: the same option, default and check on every command that makes masks (``default`` None:
+    the command decides, e.g. from the trained run)."""
+    return typer.Option(default, "--threshold", help=help, callback=_check_threshold)
 
 
 def refuse_incomplete(rep, what: str, items: str, limit: int = 50) -> None:

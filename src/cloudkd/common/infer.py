@@ -2,15 +2,14 @@
 probability exceeds the threshold -> nodata pixels (0 in every band) clear.
 
 Used by ``cloudkd student predict``, ``teacher predict``, the demo, bench, export checks, whole scenes and
-``submission/main.py``. It imports only numpy and torch
-and parses as Python 3.9, so it travels unchanged inside the submission zip (``cloudkd pack`` copies it byte for
+``submission/main.py``. It imports only numpy (and torch when a model runs, so that a command line reading
+``DEFAULT_THRESHOLD`` does not load torch) and parses as Python 3.9, so it travels unchanged inside the submission zip (``cloudkd pack`` copies it byte for
 byte, and a test checks the copy).
 """
 
 import math
 
 import numpy as np
-import torch
 
 #: the cloud probability above which a pixel is cloud, unless a command is given another
 DEFAULT_THRESHOLD = 0.5
@@ -21,6 +20,8 @@ def predict_logits(model, x, tta=False):
 
     ``tta`` averages the logits of the batch as is, flipped left-right and flipped up-down (each flipped back).
     """
+    import torch
+
     with torch.no_grad():
         if not tta:
             return model(x)

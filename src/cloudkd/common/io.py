@@ -47,21 +47,17 @@ def claim_masks_folder(folder: os.PathLike | str, producer: str, force: bool = F
 
     folder = Path(folder)
     record = folder / MASKS_RECORD
+    masks = sorted(folder.glob("*.tif")) if folder.is_dir() else []
+    have = producer if not masks else "an unknown model"  # masks without a record: nobody can vouch for them
     if record.is_file():
         try:
             have = json.loads(record.read_text()).get("producer")
         except (ValueError, OSError):
             have = None
-        if have != producer:
-            if not force:
-                raise DataError(f"{folder}: holds masks of {have}; write elsewhere, or --force to replace them")
-            for p in folder.glob("*.tif"):
-                p.unlink()
-    elif folder.is_dir() and any(folder.glob("*.tif")):
+    if have != producer:
         if not force:
-            raise DataError(f"{folder}: already holds masks (of an unknown model); write elsewhere, or --force to "
-                            f"replace them")
-        for p in folder.glob("*.tif"):
+            raise DataError(f"{folder}: holds masks of {have}; write elsewhere, or --force to replace them")
+        for p in masks:
             p.unlink()
     atomic_write(record, lambda t: Path(t).write_text(json.dumps({"producer": producer}) + "\n"))
     return folder

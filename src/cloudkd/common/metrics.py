@@ -12,19 +12,13 @@ from dataclasses import dataclass
 
 
 def ratio(num, den):
-    """``num / den`` for counts: Python numbers, numpy arrays or pandas Series, NaN where ``den`` is 0.
+    """``num / den`` for counts: Python numbers or pandas Series, NaN where ``den`` is 0.
 
     Every rate of the project (Jaccard, precision, recall, specificity, accuracy, per chip, per location, per
     scene, in training) is one of the ratios of :class:`Confusion`, computed here.
     """
     if hasattr(den, "where"):  # pandas Series
         return (num / den.where(den > 0)).astype(float)
-    if hasattr(den, "shape") and getattr(den, "ndim", 0):  # numpy array
-        import numpy as np
-
-        den = np.asarray(den, dtype=float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(den > 0, np.asarray(num, dtype=float) / np.where(den > 0, den, 1.0), math.nan)
     return num / den if den else math.nan
 
 
