@@ -416,6 +416,48 @@ def test_bench_worker_times_chips_on_a_known_clock(small_data, monkeypatch):
     assert (row["params"], row["bytes"], row["macs"], row["n_chips"]) == (7, 8, 9, 10)
 
 
+def test_bench_peer_row_uses_the_installed_peer_and_clears_nodata(small_data, tmp_path, monkeypatch):
+    """The optional ukis-csmask row: the worker predicts each chip with the peer (here a stand-in that calls every
+    pixel cloud), clears nodata pixels like every other row, and reports the peer's parameters and file size;
+    demo_models adds the row only when the peer is installed and asked for, and says why when it is not."""
+    import cloudkd.onboard.bench as bench_mod
+    from cloudkd.data import read_label
+    from cloudkd.teacher import peer
+
+    onnx_file = tmp_path / "peer.onnx"
+    onnx_file.write_bytes(b"x" * 123)
+    seen = []
+
+    def predict_chip(refl, threads=0):
+        seen.append((refl.shape, threads))
+        return np.ones(refl.shape[1:], np.uint8)
+
+    monkeypatch.setattr(peer, "predict_chip", predict_chip)
+    monkeypatch.setattr(peer, "params", lambda: 19_000_000)
+    monkeypatch.setattr(peer, "model_file", lambda: onnx_file)
+    test = resolve_split(small_data, "test")
+    ids = test.chip_ids()
+    row = bench_mod.run_worker("csmask_peer", str(onnx_file), str(test.features_dir), str(test.labels_dir),
+                               threads=1, batch=4, n_latency=2)
+    assert (row["params"], row["bytes"], row["macs"]) == (19_000_000, 123, 0)
+    assert seen[0] == ((4, 96, 96), 1) and len(seen) == 1 + 2 + len(ids)  # warm-up, latency, every chip
+    refl = np.stack([read_chip(test.chip_dir(c)) for c in ids])
+    pred = ~(refl == 0).all(axis=1)  # all cloud, but nodata clear
+    lab = np.stack([read_label(test.label_path(c)) for c in ids]) > 0
+    assert (~pred).any()  # the small set has nodata wedges, so the clearing is exercised
+    assert row["jaccard"] == pytest.approx((pred & lab).sum() / (pred | lab).sum(), abs=1e-12)
+
+    ref_dir = tmp_path / "demo" / "bench_reference"
+    ref_dir.mkdir(parents=True)
+    (ref_dir / "reference_unet_s_int8.onnx").write_bytes(b"ref")  # reused as is: no export needed here
+    logs = []
+    for installed, ask in ((True, True), (True, False), (False, True)):
+        monkeypatch.setattr(peer, "available", lambda: installed)
+        got = bench_mod.demo_models(test, tmp_path / "demo", peer=ask, log=logs.append)
+        assert ("csmask_peer" in got) == (installed and ask)
+    assert any("skipping csmask_peer" in m and peer.INSTALL in m for m in logs)
+
+
 def test_predict_scene_with_the_exported_onnx_model_equals_the_pytorch_path(student, small_data, tmp_path):
     """The README's example, 'cloudkd predict-scene SCENE --model model.onnx --out mask.tif', on a 288 x 288
     scene: the same mask as the PyTorch student, except where the blended logit is within float rounding of the

@@ -41,7 +41,8 @@ def nodata_mask(refl):
     return (np.asarray(refl) == 0).all(axis=-3)
 
 
-def _clear_nodata(masks, nodata):
+def clear_nodata(masks, nodata):
+    """``masks`` with the ``nodata`` pixels (see nodata_mask; None: none) set clear, in place."""
     if nodata is not None:
         masks[np.asarray(nodata)] = 0
     return masks
@@ -53,13 +54,13 @@ def masks_from_logits(logits, threshold=DEFAULT_THRESHOLD, nodata=None):
     clear."""
     above = logits[:, 0] > logit_threshold(threshold)
     above = above.cpu().numpy() if hasattr(above, "cpu") else np.asarray(above)
-    return _clear_nodata(above.astype(np.uint8), nodata)
+    return clear_nodata(above.astype(np.uint8), nodata)
 
 
 def masks_from_probabilities(prob, threshold=DEFAULT_THRESHOLD, nodata=None):
     """The same rule for models that give probabilities (N, H, W) (nnU-Net's own inference path)."""
     logit_threshold(threshold)  # the same check of the threshold
-    return _clear_nodata((np.asarray(prob) > threshold).astype(np.uint8), nodata)
+    return clear_nodata((np.asarray(prob) > threshold).astype(np.uint8), nodata)
 
 
 def predict_masks(model, x, nodata=None, threshold=DEFAULT_THRESHOLD, tta=False):

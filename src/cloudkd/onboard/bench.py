@@ -1,7 +1,8 @@
 """``cloudkd bench``: every method side by side on the same chips with the same threads.
 
-Rows: thresholding, the nnU-Net teacher, the smp U-Net/ResNet-34 baseline, the student in PyTorch, ONNX fp32 and
-ONNX int8. Each method runs in its own fresh process (so its peak resident memory is its own) on the same
+Rows: the speed reference (unet-s int8, see REFERENCE), thresholding, the nnU-Net teacher, the real-trained peer
+ukis-csmask when it is installed (optional), the smp U-Net/ResNet-34 baseline, the student in PyTorch, ONNX fp32
+and ONNX int8. Each method runs in its own fresh process (so its peak resident memory is its own) on the same
 held-out chips, preloaded in memory (reading is not timed):
 
 * latency: ``n_latency`` chips one at a time after one warm-up chip -> median and p90 ms/chip;
@@ -26,7 +27,7 @@ import numpy as np
 
 from ..common.infer import DEFAULT_THRESHOLD
 
-METHODS = ("reference_unet_s_int8", "thresholding", "nnunet_teacher", "smp_resnet34", "student_torch",
+METHODS = ("reference_unet_s_int8", "thresholding", "nnunet_teacher", "csmask_peer", "smp_resnet34", "student_torch",
            "student_onnx_fp32", "student_onnx_int8")
 #: the speed reference kept in every run: today's unet-s as int8 ONNX (fixed random weights: its speed, not its
 #: masks, is what it is for), so speed-ups are ratios measured side by side, whatever the machine's drift
@@ -95,7 +96,7 @@ def _load(method: str, path: str, threads: int, threshold: float = DEFAULT_THRES
     one prediction rule at ``threshold`` (nodata pixels clear)."""
     import torch
 
-    from ..common.infer import masks_from_logits, nodata_mask, predict_masks
+    from ..common.infer import clear_nodata, masks_from_logits, nodata_mask, predict_masks
     from ..common.onnx import ort_logits, ort_session
 
     from ..data.normalise import normalise
@@ -123,6 +124,11 @@ def _load(method: str, path: str, threads: int, threshold: float = DEFAULT_THRES
         return (lambda refl: masks_from_logits(t.logits(torch.from_numpy(normalise(refl))), threshold,
                                                nodata_mask(refl))), t.n_params, \
             state_dict_bytes(t.network), macs
+    if method == "csmask_peer":
+        from ..teacher import peer
+
+        return (lambda refl: clear_nodata(np.stack([peer.predict_chip(r, threads) for r in refl]),
+                                           nodata_mask(refl))), peer.params(), peer.model_file().stat().st_size, 0
     if method in ("smp_resnet34", "student_torch"):
         from ..student.runs import load_student
         from ..common.sizes import count_params
@@ -221,10 +227,11 @@ def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, 
 
 
 def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34: Optional[Path] = None,
-                export_dir: Optional[Path] = None, threshold: float = DEFAULT_THRESHOLD, log=print) -> Dict[str, Path]:
+                export_dir: Optional[Path] = None, threshold: float = DEFAULT_THRESHOLD, peer: bool = True,
+                log=print) -> Dict[str, Path]:
     """The models ``make demo`` left in ``demo_dir`` (method -> path, those present), with the student exported to
-    ONNX first when its export is missing (calibrated on the training split of ``split``'s root), and the speed
-    reference (made once in DEMO/bench_reference)."""
+    ONNX first when its export is missing (calibrated on the training split of ``split``'s root), the speed
+    reference (made once in DEMO/bench_reference), and with ``peer`` the ukis-csmask peer when it is installed."""
     from ..data.roots import resolve_split
     from .export import export
 
@@ -241,6 +248,13 @@ def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34:
     models["student_onnx_fp32"] = export_dir / "model_fp32.onnx"
     models["student_onnx_int8"] = export_dir / "model_int8.onnx"
     models[REFERENCE] = reference_model(export_dir.parent / "bench_reference", split.features_dir)
+    if peer:
+        from ..teacher import peer as peer_mod
+
+        if peer_mod.available():
+            models["csmask_peer"] = peer_mod.model_file()
+        else:
+            log(f"skipping csmask_peer: {peer_mod.NAME} is not installed ({peer_mod.INSTALL})")
     for k, v in models.items():
         if not Path(v).exists():
             log(f"skipping {k}: {v} not found")

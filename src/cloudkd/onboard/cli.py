@@ -147,15 +147,19 @@ def bench_cmd(
     out: Path = typer.Option(Path("runs/bench"), "--out", callback=output_check, help="Folder for bench.md, "
                                                                                       "bench.json, bench.png."),
     threshold: float = threshold_option(),
+    peer: bool = typer.Option(True, "--peer/--no-peer", help="Add the real-trained ukis-csmask peer when it is "
+                                                             "installed (about 1.3 s per chip on 2 cores)."),
 ):
-    """Thresholding, teacher, ResNet-34, student (PyTorch, ONNX fp32, ONNX int8) side by side."""
+    """Speed reference, thresholding, teacher, peer, ResNet-34, student (PyTorch, ONNX fp32, ONNX int8) side by
+    side."""
     import json as _json
 
     from ..data.roots import resolve_split
     from .bench import bench, demo_models, plot, to_markdown
 
     split = resolve_split(data, "test") if not data.name.endswith("_features") else resolve_split(data)
-    present = demo_models(split, demo_dir, student, resnet34, export_dir, threshold, log=typer.echo)
+    present = demo_models(split, demo_dir, student, resnet34, export_dir, threshold, peer=peer,
+                          log=typer.echo)
     rows = bench({k: str(v) for k, v in present.items()}, str(split.features_dir), str(split.labels_dir),
                  threads=threads, batch=batch, n_latency=n_latency, limit=limit, threshold=threshold)
     out.mkdir(parents=True, exist_ok=True)
