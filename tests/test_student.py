@@ -38,6 +38,8 @@ def test_presets_sizes_and_shapes():
     assert sizes["unet-s"] <= 165_000 and NNUNET_2D_PARAMS / sizes["unet-s"] >= 280
     assert sizes["unet-xs"] < sizes["unet-s"] < sizes["unet-m"] < sizes["unet-l"]
     assert sizes["unet-s2d2"] <= 165_000 and sizes["unet-s2d4"] <= 165_000  # the on-board candidates' bound
+    # the exact counts the README and benchmarks/results quote (a changed preset must change them there too)
+    assert (sizes["unet-s"], sizes["unet-s2d2"], sizes["unet-s2d4"]) == (152_841, 151_217, 149_561)
     for name, n in sizes.items():
         m = build_model(name)
         assert count_params(m) == n
@@ -621,6 +623,32 @@ def test_ddp_on_two_cpu_processes_agrees_and_validates_exactly(small_data, tmp_p
         for f, lab in zip(*[split_by_fold(idx, folds, 1)[1][c] for c in ("features", "label")]):
             m.update(model(torch.from_numpy(normalise(read_chip(f))[None]))[0, 0] > 0, read_label(lab))
     assert ranks[0]["val_jaccard"] == pytest.approx(m.compute(), abs=1e-6)  # logged as float32
+
+
+@pytest.mark.parametrize("preset,stem,inner_hw", [("unet-s2d2", 2, 256), ("unet-s2d4", 4, 128)])
+def test_space_to_depth_presets_run_at_a_fraction_of_the_resolution_and_export_exactly(preset, stem, inner_hw):
+    """The on-board candidates: a 512x512 chip is folded to 4*stem^2 channels at 512/stem, the deepest stage runs
+    at 512/stem/2^(depth-1), the logits come back at 512x512, and the fp32 ONNX export gives PyTorch's logits to
+    float rounding on a 512x512 chip."""
+    from cloudkd.common.onnx import ort_logits, ort_session
+    from cloudkd.onboard.export import count_macs, export_onnx
+
+    torch.manual_seed(1)
+    m = build_model(preset).eval()
+    seen = []
+    hooks = [s.register_forward_hook(lambda mod, i, o: seen.append(tuple(o.shape[1:]))) for s in m.encoder]
+    x = torch.randn(1, 4, 512, 512)
+    with torch.no_grad():
+        got = m(x)
+    for h in hooks:
+        h.remove()
+    widths = PRESETS[preset]["widths"]
+    assert seen == [(w, inner_hw >> i, inner_hw >> i) for i, w in enumerate(widths)]
+    assert m.encoder[0][0][0].in_channels == 4 * stem * stem and got.shape == (1, 1, 512, 512)
+    # far fewer multiply-accumulates than unet-s (2.09 G) at the same parameter bound
+    assert count_macs(m, 512) < 0.7 * count_macs(build_model("unet-s"), 512)
+    path = export_onnx(m, Path(tempfile.mkdtemp()) / f"{preset}.onnx", size=512)
+    assert np.abs(ort_logits(ort_session(path), x.numpy()) - got.numpy()).max() < 1e-3
 
 
 def test_space_to_depth_stem_is_the_same_unet_on_folded_input_with_upsampled_logits():

@@ -194,20 +194,21 @@ def test_an_smp_model_packs_and_main_py_rebuilds_it_with_segmentation_models_pyt
     assert 0 < cloud < len(test.chip_ids()) * SIZE * SIZE  # the comparison is not between two blank sets
 
 
-def test_a_space_to_depth_student_packs_and_main_py_runs_it(small_data, tmp_path):
+@pytest.mark.parametrize("preset,stem", [("unet-s2d2", 2), ("unet-s2d4", 4)])
+def test_a_space_to_depth_student_packs_and_main_py_runs_it(small_data, tmp_path, preset, stem):
     """main.py rebuilds a compact U-Net from its config, the space-to-depth stem included, and writes the masks
     the library writes with the same weights."""
     from cloudkd.student.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("unet-s2d4")
-    run = tmp_path / "s2d4"
+    model = build_model(preset)
+    run = tmp_path / preset
     run.mkdir()
     torch.save(model.state_dict(), run / "student.pt")
-    (run / "student.json").write_text(json.dumps({"model": "unet-s2d4", "model_kwargs": {}}))
-    z = tmp_path / "s2d4.zip"
+    (run / "student.json").write_text(json.dumps({"model": preset, "model_kwargs": {}}))
+    z = tmp_path / f"{preset}.zip"
     pack(run, z, threshold=0.5, batch_size=3, chip_size=SIZE)
-    assert json.loads(zipfile.ZipFile(z).read("assets/config.json"))["model"]["kwargs"]["stem"] == 4
+    assert json.loads(zipfile.ZipFile(z).read("assets/config.json"))["model"]["kwargs"]["stem"] == stem
     test = resolve_split(small_data, "test")
     v = runtime_test(z, small_data, keep=tmp_path / "root", echo=False)
     assert v["ok"], v["reasons"]
