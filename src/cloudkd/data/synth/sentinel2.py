@@ -23,7 +23,8 @@ Composite: ``toa = ground * (1 - shadow) * (1 - alpha) + a_thick * R_thick + a_t
 outlines around the whole cloud, thin and semi-transparent parts included, a margin outside the visible edge,
 small holes filled and specks dropped, with parameters measured on real labels (``data/README.md``). The rule
 before, ``label = gaussian(alpha, 1.5 px) >= label_threshold`` (0.3), stays selectable with
-``label_style="opacity"``. Shadows, haze and bright ground are never cloud.
+``label_style="opacity"``. Shadows, haze and bright ground are never cloud. ``label_noise`` makes a share of the
+train labels wrong on purpose, the way real labels are (:func:`apply_label_noise`), to score label audits.
 
 **Difficulty** in [0, 1] raises the share of thin clouds, the haze, the softness of cloud edges and the weight
 of bright, white ground (snow, desert, bright roofs). The default (0.7) is calibrated so that the fitted
@@ -47,7 +48,7 @@ import pandas as pd
 from .annotator import LABEL_STYLES, AnnotatorStyle, annotator_label, opacity_label
 from ...common.errors import DataError
 from ...common.io import atomic_write
-from ..chips import UNFINISHED, write_band, write_mask
+from ..chips import UNFINISHED, read_chip_dn, read_label, write_band, write_mask
 from ..normalise import BANDS, SCALE
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -155,6 +156,11 @@ class SynthConfig:
     p_clear: float = 0.15
     p_overcast: float = 0.15
     p_nodata: float = 0.02
+    #: share of the TRAIN chips (round(label_noise * n_train), chosen by their own random stream) given a wrong
+    #: label of a real kind: "swap" (another chip's label, same location), "shift" (moved 8-15 % of the chip),
+    #: "empty" (cloud fraction >= 0.3), "full" (<= 0.05), "nodata" (nodata wedge labelled cloud); see
+    #: :func:`apply_label_noise`. Test labels stay clean. 0 (the default) writes exactly what it wrote before.
+    label_noise: float = 0.0
 
     def __post_init__(self):
         if self.size < 32:
@@ -171,6 +177,8 @@ class SynthConfig:
             raise ValueError("need at least one chip (n_train + n_test > 0)")
         if self.n_train + self.n_test > 26 ** 4:
             raise ValueError("at most 26^4 chips (ids are 4 lower-case letters)")
+        if not 0.0 <= self.label_noise <= 0.5:  # NaN fails too
+            raise ValueError(f"label_noise must be in [0, 0.5], got {self.label_noise}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -626,7 +634,8 @@ def plan_dataset(cfg: SynthConfig) -> List[ChipPlan]:
 _LOC_BY_NAME = {loc.name: loc for loc in LOCATIONS}
 
 
-def _write_chip(args) -> Tuple[str, float, str]:
+def _write_chip(args) -> Tuple[str, float, str, int]:
+    """Render and write one chip: (chip id, cloud fraction of its label, regime, nodata pixels)."""
     plan, cfg, root = args
     out = render_chip(plan.seed, _LOC_BY_NAME[plan.location], cfg)
     tags = geotiff_tags(_LOC_BY_NAME[plan.location].epsg, plan.easting, plan.northing)
@@ -643,7 +652,132 @@ def _write_chip(args) -> Tuple[str, float, str]:
         shutil.rmtree(final)
     os.replace(tmp, final)
     write_mask(Path(root) / f"{plan.split}_labels" / f"{plan.chip_id}.tif", out["label"], tags)
-    return plan.chip_id, float(out["label"].mean()), str(out["regime"])
+    return plan.chip_id, float(out["label"].mean()), str(out["regime"]), int(np.count_nonzero(out["dn"][0] == 0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Label noise (SynthConfig.label_noise): wrong train labels of the kinds real annotators make, for scoring audits
+# ----------------------------------------------------------------------------------------------------------------
+#: the kinds of label noise, in the order they take turns
+NOISE_KINDS = ("swap", "shift", "empty", "full", "nodata")
+#: a swap takes the label of another chip of the same location that overlaps the chip's own by less than this (IoU)
+SWAP_MAX_IOU = 0.5
+#: "empty" goes on chips at least this cloudy, "full" on chips at most this cloudy (true cloud fraction)
+EMPTY_MIN_CLOUD, FULL_MAX_CLOUD = 0.3, 0.05
+#: a "shift" moves the label by this share of the chip side, in a random direction
+SHIFT_RANGE = (0.08, 0.15)
+#: the noise's own random stream (seeded with (seed, this)), so every other stream is untouched
+NOISE_STREAM = int.from_bytes(b"label_noise", "big")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+def shift_label(label: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``label`` moved by (dy, dx) pixels (down, right); the pixels it leaves are 0."""
+    h, w = label.shape
+    out = np.zeros_like(label)
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        label[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def apply_label_noise(root: os.PathLike | str, cfg: SynthConfig, plans: List[ChipPlan], frac: Dict[str, float],
+                      nodata: Dict[str, int]) -> Dict[str, Tuple[str, str]]:
+    """Replace the written labels of ``round(cfg.label_noise * n_train)`` train chips by wrong ones; returns
+    ``{chip_id: (kind, source chip id or "")}``. Features, test labels and every other chip stay as written.
+
+    The chips are drawn from the noise's own stream (:data:`NOISE_STREAM`); the kinds then take turns in the order
+    of :data:`NOISE_KINDS`, each turn giving the next chosen chip that suits the kind (a kind no chosen chip suits
+    gives its turn to the next), so every kind appears when the count and the chips allow:
+
+    * ``swap``: the clean label of another chip of the same location (another acquisition when there is one) whose
+      label overlaps the chip's by IoU < :data:`SWAP_MAX_IOU`; ``source`` names it.
+    * ``shift``: the label moved by 8-15 % of the chip side in a random direction, the vacated pixels 0; chips of
+      one location all move by the same offset (a misregistered scene moves all its labels).
+    * ``empty``: all clear, on a chip whose true cloud fraction is >= 0.3; ``full``: all cloud, on one <= 0.05.
+    * ``nodata``: the nodata pixels (0 in every band) labelled cloud, only on chips that have some.
+
+    Every noisy label differs from the clean one (checked). ``frac`` and ``nodata`` are the chips' true cloud
+    fractions and nodata pixel counts (from :func:`_write_chip`).
+    """
+    from collections import defaultdict
+
+    train = [p for p in plans if p.split == "train"]
+    n = int(round(cfg.label_noise * len(train)))
+    if n == 0:
+        return {}
+    root = Path(root)
+    rng = np.random.default_rng([cfg.seed, NOISE_STREAM])
+    chosen = [train[int(i)] for i in rng.choice(len(train), size=n, replace=False)]
+    label_path = lambda cid: root / "train_labels" / f"{cid}.tif"  # noqa: E731
+
+    # swap partners of every chosen chip, reading each label of those locations once
+    by_loc = defaultdict(list)
+    for p in train:
+        by_loc[p.location].append(p)
+    partners: Dict[str, List[str]] = {}
+    for loc in sorted({p.location for p in chosen}):
+        mine = {p.chip_id: read_label(label_path(p.chip_id)).astype(bool) for p in chosen if p.location == loc}
+        fits = {cid: ([], []) for cid in mine}  # (other acquisition, same acquisition)
+        date = {p.chip_id: p.datetime for p in by_loc[loc]}
+        for q in by_loc[loc]:
+            other = mine.get(q.chip_id)
+            if other is None:
+                other = read_label(label_path(q.chip_id)).astype(bool)
+            for cid, lab in mine.items():
+                if cid != q.chip_id and _iou(lab, other) < SWAP_MAX_IOU:
+                    fits[cid][date[cid] == q.datetime].append(q.chip_id)
+        partners.update({cid: a or b for cid, (a, b) in fits.items()})
+
+    suits = {"swap": lambda p: bool(partners[p.chip_id]),
+             "shift": lambda p: frac[p.chip_id] > 0,
+             "empty": lambda p: frac[p.chip_id] >= EMPTY_MIN_CLOUD,
+             "full": lambda p: frac[p.chip_id] <= FULL_MAX_CLOUD,
+             "nodata": lambda p: nodata[p.chip_id] > 0}
+    kinds: Dict[str, str] = {}
+    pending, turn = list(chosen), 0
+    while pending:
+        for step in range(len(NOISE_KINDS)):
+            kind = NOISE_KINDS[(turn + step) % len(NOISE_KINDS)]
+            pick = next((p for p in pending if suits[kind](p)), None)
+            if pick is not None:
+                break
+        else:  # cannot happen: a chip with cloud can be shifted, one without can be made full
+            raise AssertionError(f"no kind of label noise suits chips {[p.chip_id for p in pending]}")
+        kinds[pick.chip_id] = kind
+        pending.remove(pick)
+        turn = (turn + step + 1) % len(NOISE_KINDS)
+
+    offsets: Dict[str, Tuple[int, int]] = {}  # one shift per location
+    out: Dict[str, Tuple[str, str]] = {}
+    for p in chosen:
+        kind, source = kinds[p.chip_id], ""
+        clean = read_label(label_path(p.chip_id))
+        if kind == "swap":
+            source = str(rng.choice(partners[p.chip_id]))
+            noisy = read_label(label_path(source))
+        elif kind == "shift":
+            if p.location not in offsets:
+                mag = rng.uniform(*SHIFT_RANGE) * cfg.size
+                ang = rng.uniform(0, 2 * math.pi)
+                offsets[p.location] = (int(round(mag * math.sin(ang))), int(round(mag * math.cos(ang))))
+            noisy = shift_label(clean, *offsets[p.location])
+        elif kind == "empty":
+            noisy = np.zeros_like(clean)
+        elif kind == "full":
+            noisy = np.ones_like(clean)
+        else:  # nodata
+            dn = read_chip_dn(root / "train_features" / p.chip_id)
+            noisy = clean | (dn == 0).all(axis=0).astype(np.uint8)
+        if np.array_equal(noisy, clean):
+            raise AssertionError(f"label noise {kind!r} left chip {p.chip_id}'s label unchanged")
+        tags = geotiff_tags(_LOC_BY_NAME[p.location].epsg, p.easting, p.northing)
+        write_mask(label_path(p.chip_id), noisy, tags)
+        out[p.chip_id] = (kind, source)
+    return out
 
 
 @dataclass
@@ -733,12 +867,18 @@ def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), worker
     Re-running with the same config reuses what is there (``synth.json`` is written last, so its presence
     means the dataset is complete, unless the ``generation.unfinished`` marker of an interrupted run is still
     there: that folder is generated again). A folder holding anything else is refused unless ``overwrite``.
+
+    With ``cfg.label_noise`` > 0 the labels of some train chips are then replaced by wrong ones
+    (:func:`apply_label_noise`); ``train_synth_info.csv`` gains the columns ``label_noise`` (the kind, '' when
+    clean) and ``noise_source`` (a swap's source chip), while ``cloud_fraction`` stays the true one.
     """
     import time
 
     root = Path(root)
     stamp = root / "synth.json"
     want = asdict(cfg)
+    if not cfg.label_noise:  # recorded only when used: clean datasets keep the stamp (and reuse) they had before
+        del want["label_noise"]
     if claim_root(root, stamp, want, overwrite):
         return SynthResult(root, cfg.n_train, cfg.n_test, 0.0, True)
 
@@ -768,8 +908,11 @@ def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), worker
             pool.close()
             pool.join()
 
-    frac = {cid: f for cid, f, _ in results}
-    regime = {cid: g for cid, _, g in results}
+    frac = {cid: f for cid, f, _, _ in results}
+    regime = {cid: g for cid, _, g, _ in results}
+    # label noise last: it needs other chips' labels; before the stamp, so an interrupted run stays unfinished
+    noise = apply_label_noise(root, cfg, plans, frac, {cid: k for cid, _, _, k in results}) \
+        if cfg.label_noise else {}
     for split in ("train", "test"):
         rows = [p for p in plans if p.split == split]
         if not rows:
@@ -784,6 +927,9 @@ def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), worker
         extra = pd.DataFrame({"chip_id": df["chip_id"], "location": df["location"],
                               "cloud_fraction": [round(frac[c], 5) for c in df["chip_id"]],
                               "regime": [regime[c] for c in df["chip_id"]]})
+        if cfg.label_noise and split == "train":  # the kind of wrong label ('' = clean) and a swap's source
+            extra["label_noise"] = [noise.get(c, ("", ""))[0] for c in df["chip_id"]]
+            extra["noise_source"] = [noise.get(c, ("", ""))[1] for c in df["chip_id"]]
         atomic_write(root / f"{split}_synth_info.csv", lambda tmp: extra.to_csv(tmp, index=False))
     seconds = time.perf_counter() - t0
     finish_root(root, stamp, {"config": want, "seconds": round(seconds, 2),
