@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import at_least, fail, output_check, split_option, stage_app
+from ..common.cli import at_least, exclude_option, fail, output_check, split_option, stage_app
 
 app = stage_app("2. Baselines: classic brightness/whiteness thresholding.")
 threshold_app = stage_app("Classic brightness/whiteness thresholding.")
@@ -22,20 +22,31 @@ def threshold_fit(
     val_fold: Optional[int] = typer.Option(None, callback=at_least(0), help="Fold to leave out of the fit (with "
                                                                             "--folds)."),
     stride: int = typer.Option(4, callback=at_least(1), help="Pixel subsampling stride for the fit."),
+    exclude: Optional[Path] = exclude_option(),
 ):
     """Fit brightness/whiteness thresholds on training chips to maximise the global Jaccard."""
     from .threshold import fit_threshold
     from ..data.chips import load_index
     from ..data.roots import resolve_split
-    from ..data.folds import read_folds, split_by_fold
+    from ..data.exclude import apply_exclude, exclude_message
+    from ..data.folds import excluded_by_folds, folds_exclusion_message, read_folds, split_by_fold
 
     if val_fold is not None and folds_csv is None:
         fail("--val-fold needs --folds (the folds CSV the fold is defined in)", 2)
-    idx = load_index(resolve_split(data, "train"), require_labels=True)
+    if folds_csv is not None and val_fold is None:
+        fail("--folds needs --val-fold", 2)
+    split = resolve_split(data, "train")
+    idx = load_index(split, require_labels=True)
+    if exclude is not None:
+        kept, n = apply_exclude(idx, exclude, split.features_dir)
+        typer.echo(exclude_message(n, len(idx), exclude))
+        idx = kept
     if folds_csv is not None:
-        if val_fold is None:
-            fail("--folds needs --val-fold", 2)
-        idx, _ = split_by_fold(idx, read_folds(folds_csv), val_fold)
+        folds = read_folds(folds_csv)
+        left_out = excluded_by_folds(idx, folds)
+        if len(left_out):
+            typer.echo(folds_exclusion_message(len(left_out), len(idx), folds_csv))
+        idx, _ = split_by_fold(idx, folds, val_fold)
     model = fit_threshold(idx["features"], idx["label"], stride=stride, progress=True)
     model.save(out)
     typer.echo(f"brightness > {model.brightness_min:.4f} and whiteness < {model.whiteness_max:.4f}: "

@@ -27,6 +27,14 @@ def split_option():
                                               "when the root has one, else test), e.g. test for a 38-Cloud root.")
 
 
+def exclude_option():
+    """``--exclude FILE``: chips to leave out of a training set (read and checked by
+    :func:`cloudkd.data.exclude.read_exclude` / ``apply_exclude`` before any work)."""
+    return typer.Option(None, "--exclude",
+                        help="Chip ids to leave out (one per line, e.g. from `cloudkd evaluate audit --exclude-out`); "
+                             "an id not in the dataset is an error.")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Argument checks: one per kind of argument, run by typer before the command does any work. A failing check
 # ends the command with exit code 2 and one line naming the option and the problem.

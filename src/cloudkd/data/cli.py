@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ..common.cli import at_least, check_memory, fail, finite, output_check, side, stage_app
+from ..common.cli import at_least, check_memory, exclude_option, fail, finite, output_check, side, stage_app
 
 #: peak memory of rendering one chip, per pixel (measured: 310-314 B/px at 512 and 1024 px)
 SYNTH_BYTES_PER_PIXEL = 320
@@ -31,6 +31,10 @@ def synth(
                                                       "before: smoothed opacity >= --label-threshold)."),
     label_threshold: float = typer.Option(0.3, callback=finite(0.0, 1.0, open_low=True),
                                           help="The opacity rule's level (with --label-style opacity)."),
+    label_noise: float = typer.Option(0.0, callback=finite(0.0, 0.5),
+                                      help="Share of train chips (0-0.5) given a wrong label of a real kind (swap, "
+                                           "shift, empty, full, nodata), recorded per chip in "
+                                           "train_synth_info.csv; test labels stay clean. 0 = none."),
     workers: int = typer.Option(0, callback=at_least(0), help="Processes (0 = one per core)."),
     overwrite: bool = typer.Option(False, help="Replace whatever is in OUT."),
     preview: bool = typer.Option(True, help="Write OUT/preview.png with sample chips."),
@@ -42,7 +46,7 @@ def synth(
 
     try:
         cfg = SynthConfig(n_train=n_train, n_test=n_test, size=size, seed=seed, difficulty=difficulty,
-                          label_style=label_style, label_threshold=label_threshold)
+                          label_style=label_style, label_threshold=label_threshold, label_noise=label_noise)
     except ValueError as exc:
         fail(str(exc), 2)
     import os
@@ -107,13 +111,28 @@ def folds(
     out: Path = typer.Option(..., "--out", callback=output_check, help="CSV to write (chip_id, location, fold)."),
     k: int = typer.Option(5, callback=at_least(2), help="Number of folds."),
     seed: int = typer.Option(0, callback=at_least(0), help="Seed for tie-breaking."),
+    exclude: Optional[Path] = exclude_option(),
 ):
-    """Location-grouped K folds (no location in two folds), written to a CSV."""
-    from .chips import load_index
-    from .roots import resolve_split
-    from .folds import make_folds, write_folds
+    """Location-grouped K folds (no location in two folds), written to a CSV (--exclude: fold -1 for those chips,
+    the folds made from the others)."""
+    import pandas as pd
 
-    f = make_folds(load_index(resolve_split(data, "train"), require_labels=False), k=k, seed=seed)
+    from .chips import load_index
+    from .exclude import apply_exclude, exclude_message
+    from .roots import resolve_split
+    from .folds import EXCLUDED, make_folds, write_folds
+
+    split = resolve_split(data, "train")
+    index = load_index(split, require_labels=False)
+    kept = index
+    if exclude is not None:
+        kept, n = apply_exclude(index, exclude, split.features_dir)
+        typer.echo(exclude_message(n, len(index), exclude))
+    f = make_folds(kept, k=k, seed=seed)
+    left_out = index[~index["chip_id"].isin(set(kept["chip_id"]))]
+    if len(left_out):  # still listed, so that a reader of the folds knows them: in no fold
+        f = pd.concat([f, left_out[["chip_id", "location"]].assign(fold=EXCLUDED)])
+        f = f.sort_values("chip_id").reset_index(drop=True)
     write_folds(f, out)
     counts = f.groupby("fold").agg(chips=("chip_id", "size"), locations=("location", "nunique"))
     typer.echo(counts.to_string())

@@ -5,7 +5,8 @@ distillation; offline, ``soft_dir`` then holds the soft labels of those chips to
 training chips, e.g. ``cloudkd teacher predict --soft-out DIR`` run on both feature folders), with
 :class:`cloudkd.data.augment.Augment` (random crop, flips, rot90, light affine) applied to image, label and soft
 label together. Validation uses the whole chips of ``val_fold`` (locations never seen
-in training) without augmentation.
+in training) without augmentation. ``exclude`` (a file of chip ids, :mod:`cloudkd.data.exclude`) and chips of
+fold -1 in the folds file are neither trained on nor validated on; each leaves one logged line.
 
 Seeding: the augmentation draws from a generator seeded with ``seed`` (and the process rank), and every
 DataLoader worker reseeds it (:func:`cloudkd.data.augment.seed_worker`), so a seeded run repeats exactly and
@@ -32,7 +33,16 @@ from ..common.errors import DataError
 from .chips import load_index
 from .roots import resolve_split
 from .dataset import ChipDataset
-from .folds import make_folds, read_folds, split_by_fold
+from .exclude import apply_exclude, exclude_message
+from .folds import excluded_by_folds, folds_exclusion_message, make_folds, read_folds, split_by_fold
+
+
+def _log(msg: str) -> None:
+    """One line on the console, from the first process only (every DDP process reads the same tables)."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(msg, flush=True)
 
 
 class ShardSampler(Sampler):
@@ -55,8 +65,12 @@ class CloudDataModule(pl.LightningDataModule):
                  k: int = 5, batch_size: int = 8, val_batch_size: int = 4, crop: Optional[int] = 256,
                  soft_dir: Optional[os.PathLike | str] = None, unlabelled: Optional[os.PathLike | str] = None,
                  with_labels: bool = True,
-                 num_workers: int = 0, augment: bool = True, seed: int = 0):
+                 num_workers: int = 0, augment: bool = True, seed: int = 0,
+                 exclude: Optional[os.PathLike | str] = None):
         super().__init__()
+        self.exclude = exclude
+        #: the chips left out (``exclude`` and fold -1), once :meth:`setup_index` ran
+        self.excluded: Optional[list] = None
         self.data, self.folds_path, self.val_fold, self.k = data, folds, val_fold, k
         self.batch_size, self.val_batch_size, self.crop = batch_size, val_batch_size, crop
         self.soft_dir, self.unlabelled = soft_dir, unlabelled
@@ -66,12 +80,35 @@ class CloudDataModule(pl.LightningDataModule):
         self.train_index: Optional[pd.DataFrame] = None
         self.val_index: Optional[pd.DataFrame] = None
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup_index(self) -> None:
+        """The training and validation chip tables (no chip is read: cheap). ``setup`` calls it; a trainer calls it
+        first, so that bad input (e.g. an unknown id in ``exclude``) fails before anything is written."""
         if self.train_index is not None:
             return
-        index = load_index(resolve_split(self.data, "train"), require_labels=True)
+        split = resolve_split(self.data, "train")
+        index = load_index(split, require_labels=True)
+        excluded = []
+        if self.exclude is not None:
+            kept, n = apply_exclude(index, self.exclude, split.features_dir)
+            _log(exclude_message(n, len(index), self.exclude))
+            excluded = sorted(set(index["chip_id"]) - set(kept["chip_id"]))
+            index = kept
         folds = read_folds(self.folds_path) if self.folds_path else make_folds(index, k=self.k, seed=self.seed)
-        self.train_index, self.val_index = split_by_fold(index, folds, self.val_fold)
+        left_out = excluded_by_folds(index, folds)
+        if len(left_out):
+            _log(folds_exclusion_message(len(left_out), len(index), self.folds_path))
+            excluded = sorted(excluded + list(left_out["chip_id"]))
+        train, val = split_by_fold(index, folds, self.val_fold)
+        for part, rows in (("training", train), ("validation", val)):
+            if rows.empty and excluded:
+                raise DataError(f"no {part} chip left (fold {self.val_fold} validates) after leaving out "
+                                f"{len(excluded)} chip(s)")
+        self.train_index, self.val_index, self.excluded = train, val, excluded
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if getattr(self, "train_set", None) is not None:
+            return
+        self.setup_index()
         tf = Augment(self.crop, seed=self.seed + 100_003 * self._rank_world()[0]) if self.augment else None
         sets = [ChipDataset(self.train_index, transform=tf, with_labels=self.with_labels, soft_dir=self.soft_dir)]
         if self.unlabelled is not None:

@@ -1,7 +1,8 @@
 """Location-grouped K folds: no location is ever in two folds, so validation always means unseen places.
 
 Folds are written to / read from a CSV (``chip_id,location,fold``) so that every experiment (threshold, teacher,
-student) uses the same split.
+student) uses the same split. Fold :data:`EXCLUDED` (-1) marks chips left out of every fold (``cloudkd data folds
+--exclude``): they are in neither part of any split, and no location check counts them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import pandas as pd
 
 from ..common.errors import DataError
 from ..common.io import atomic_write
+
+#: the fold of chips left out of every fold (``data folds --exclude``): never trained on, never validated on
+EXCLUDED = -1
 
 
 def make_folds(index: pd.DataFrame, k: int = 5, seed: int = 0) -> pd.DataFrame:
@@ -51,13 +55,19 @@ def make_folds(index: pd.DataFrame, k: int = 5, seed: int = 0) -> pd.DataFrame:
 
 
 def check_folds(folds: pd.DataFrame, source: str = "folds") -> None:
-    """Raise :class:`DataError` if a location appears in more than one fold or a chip is listed twice."""
+    """Raise :class:`DataError` if a location appears in more than one fold, a chip is listed twice or a fold is
+    not a whole number >= 0 or :data:`EXCLUDED` (-1: left out; its chips share locations with any fold)."""
     for col in ("chip_id", "location", "fold"):
         if col not in folds.columns:
             raise DataError(f"{source}: missing column '{col}' (expected chip_id, location, fold)")
     dup = folds["chip_id"][folds["chip_id"].duplicated()].unique().tolist()
     if dup:
         raise DataError(f"{source}: chip(s) listed twice: {dup[:10]}")
+    fold = pd.to_numeric(folds["fold"], errors="coerce")
+    bad = folds["chip_id"][fold.isna() | (fold != fold.round()) | (fold < EXCLUDED)].tolist()
+    if bad:
+        raise DataError(f"{source}: fold must be a whole number >= 0 (or {EXCLUDED}: left out) for chip(s) {bad[:10]}")
+    folds = folds[fold != EXCLUDED]
     per_loc = folds.groupby("location")["fold"].nunique()
     leaks = per_loc[per_loc > 1]
     if len(leaks):
@@ -80,13 +90,30 @@ def read_folds(path: os.PathLike | str) -> pd.DataFrame:
     return df
 
 
+def excluded_by_folds(index: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+    """The chips of ``index`` that ``folds`` leaves out of every fold (fold :data:`EXCLUDED`)."""
+    left_out = set(folds["chip_id"][folds["fold"] == EXCLUDED])
+    return index[index["chip_id"].isin(left_out)].reset_index(drop=True)
+
+
+def folds_exclusion_message(n: int, total: int, source: os.PathLike | str) -> str:
+    """The one line a reader of a folds file logs for the chips it leaves out (fold -1)."""
+    return f"excluding {n} of {total} chips left out of every fold (fold {EXCLUDED}) in {source}"
+
+
 def split_by_fold(index: pd.DataFrame, folds: pd.DataFrame, val_fold: int) -> Tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, validation) parts of a chip table: validation = chips of ``val_fold``. Every chip must be in folds."""
+    """(train, validation) parts of a chip table: validation = chips of ``val_fold``. Every chip must be in folds;
+    chips of fold :data:`EXCLUDED` (-1) are in neither part (:func:`excluded_by_folds` lists them)."""
     fold_of = folds.set_index("chip_id")["fold"]
     missing = sorted(set(index["chip_id"]) - set(fold_of.index))
     if missing:
         raise DataError(f"{len(missing)} chip(s) have no fold assigned: {missing[:10]}")
-    if val_fold not in set(fold_of.values):
-        raise DataError(f"fold {val_fold} does not exist (folds: {sorted(set(fold_of.values))})")
+    real = sorted(int(v) for v in set(fold_of.values) if v != EXCLUDED)
+    if val_fold == EXCLUDED:
+        raise DataError(f"fold {EXCLUDED} marks the chips left out of every fold; it cannot be the validation fold "
+                        f"(folds: {real})")
+    if val_fold not in real:
+        raise DataError(f"fold {val_fold} does not exist (folds: {real})")
     f = index["chip_id"].map(fold_of)
-    return index[f != val_fold].reset_index(drop=True), index[f == val_fold].reset_index(drop=True)
+    train = (f != val_fold) & (f != EXCLUDED)
+    return index[train].reset_index(drop=True), index[f == val_fold].reset_index(drop=True)

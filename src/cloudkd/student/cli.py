@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import (at_least, check_memory, fail, finite, output_check, side, split_option, stage_app,
-                          threshold_option)
+from ..common.cli import (at_least, check_memory, exclude_option, fail, finite, output_check, side, split_option,
+                          stage_app, threshold_option)
 from .config import DISTILL_KD_WEIGHT, TrainConfig as C
 
 #: unet-s training memory per pixel of batch x crop^2 (forward + backward; measured 830-990 B/px)
@@ -54,7 +54,7 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
          soft: Optional[Path], teacher_nnunet: Optional[Path], teacher_onnx: Optional[Path], onnx_output: str,
          unlabelled: Optional[Path], steps: Optional[int], accelerator: str, devices: int, num_nodes: int,
          strategy: str, workers: int, seed: int, resume: bool, cloud_paste: float, boundary_ignore: int,
-         threshold: float, force: bool):
+         threshold: float, force: bool, exclude: Optional[Path] = None):
     from .train import fit
 
     # training memory of unet-s, per pixel of batch x crop^2 (measured: 830-990 B/px); wider models need more
@@ -68,7 +68,8 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
                       teacher_onnx_output=onnx_output, unlabelled=str(unlabelled) if unlabelled else None,
                       limit_train_batches=steps, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                       strategy=strategy, num_workers=workers, seed=seed, resume=resume, cloud_paste=cloud_paste,
-                      boundary_ignore=boundary_ignore, threshold=threshold)
+                      boundary_ignore=boundary_ignore, threshold=threshold,
+                      exclude=str(exclude) if exclude else None)
     try:
         r = fit(cfg)
     except ValueError as exc:
@@ -82,6 +83,7 @@ _DATA = typer.Argument(..., help="Labelled dataset root (train split, On Cloud N
 _OUT = typer.Option(..., "--out", callback=output_check, help="Run folder (checkpoints, logs, student.pt, "
                                                               "student.json).")
 _FOLDS = typer.Option(None, "--folds", help="Folds CSV (default: location folds made from the data).")
+_EXCLUDE = exclude_option()
 
 
 def _train_options(distill: bool):
@@ -145,7 +147,7 @@ def train(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _FOL
           num_nodes: int = _T["num_nodes"], strategy: str = _T["strategy"], workers: int = _T["workers"],
           seed: int = _T["seed"], resume: bool = _T["resume"], force: bool = _T["force"],
           cloud_paste: float = _T["cloud_paste"], boundary_ignore: int = _T["boundary_ignore"],
-          threshold: float = _T["threshold"]):
+          threshold: float = _T["threshold"], exclude: Optional[Path] = _EXCLUDE):
     """Train a student or any smp model on labels (add a teacher to distil; see 'distill')."""
     _fit(**locals())
 
@@ -162,7 +164,7 @@ def distill(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _F
             num_nodes: int = _D["num_nodes"], strategy: str = _D["strategy"], workers: int = _D["workers"],
             seed: int = _D["seed"], resume: bool = _D["resume"], force: bool = _D["force"],
             cloud_paste: float = _D["cloud_paste"], boundary_ignore: int = _D["boundary_ignore"],
-            threshold: float = _D["threshold"]):
+            threshold: float = _D["threshold"], exclude: Optional[Path] = _EXCLUDE):
     """Distil a teacher into a student: offline (--soft) or online (--teacher-nnunet / --teacher-onnx)."""
     if not (soft or teacher_nnunet or teacher_onnx):
         fail("distill needs a teacher: --soft DIR (offline) or --teacher-nnunet WORKDIR / --teacher-onnx FILE", 2)

@@ -26,6 +26,7 @@ class TrainConfig:
     model: str = "unet-s"
     folds: Optional[str] = None
     val_fold: int = 0
+    exclude: Optional[str] = None  # file of chip ids left out of training and validation (cloudkd.data.exclude)
     epochs: int = 10
     batch_size: int = 8
     crop: int = 256

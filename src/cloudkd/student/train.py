@@ -64,14 +64,16 @@ def fit(cfg: TrainConfig) -> FitResult:
     if cfg.resume and not last.is_file():
         raise DataError(f"resume: {last} does not exist; nothing to resume")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = CloudDataModule(cfg.data, cfg.folds, cfg.val_fold, batch_size=cfg.batch_size, crop=cfg.crop,
+                         soft_dir=cfg.soft_dir if mode == "offline" else None, unlabelled=cfg.unlabelled,
+                         with_labels=cfg.label_weight > 0, num_workers=cfg.num_workers, seed=cfg.seed,
+                         exclude=cfg.exclude)
+    dm.setup_index()  # the chip tables (and --exclude) checked before anything in ``out`` is touched
     if not cfg.resume and (out / "checkpoints").is_dir():
         # a new run in this folder: the previous run's checkpoints must not be resumed or versioned beside it
         # (the command line asks for --force before it gets here)
         shutil.rmtree(out / "checkpoints")
     out.mkdir(parents=True, exist_ok=True)
-    dm = CloudDataModule(cfg.data, cfg.folds, cfg.val_fold, batch_size=cfg.batch_size, crop=cfg.crop,
-                         soft_dir=cfg.soft_dir if mode == "offline" else None, unlabelled=cfg.unlabelled,
-                         with_labels=cfg.label_weight > 0, num_workers=cfg.num_workers, seed=cfg.seed)
     module = StudentModule(cfg.model, None, cfg.label_weight, cfg.kd_weight, cfg.kd, cfg.temperature, mode,
                            cfg.lr, cfg.weight_decay, cfg.epochs, cfg.cloud_paste, cfg.boundary_ignore, cfg.seed,
                            cfg.threshold)
@@ -105,13 +107,14 @@ def fit(cfg: TrainConfig) -> FitResult:
             "val_jaccard": None if final is None else float(final),
             "weights_sha256": _weights_checksum(module.model)})))
     if trainer.is_global_zero:
-        export_best(module, best, out, cfg, score, seconds)
+        export_best(module, best, out, cfg, score, seconds, excluded=dm.excluded)
     return FitResult(out, best, score, count_params(module.model), seconds, trainer.current_epoch)
 
 
 def export_best(module: StudentModule, best: Optional[Path], out: Path, cfg: TrainConfig,
-                score: Optional[float], seconds: float) -> None:
-    """Write the best weights as a plain state dict + a JSON describing how to rebuild the model."""
+                score: Optional[float], seconds: float, excluded: Optional[list] = None) -> None:
+    """Write the best weights as a plain state dict + a JSON describing how to rebuild the model (``excluded``:
+    the chips left out of training and validation, by ``cfg.exclude`` and fold -1)."""
     state = module.model.state_dict()
     if best is not None and best.is_file():
         state = lightning_state(best)
@@ -119,4 +122,6 @@ def export_best(module: StudentModule, best: Optional[Path], out: Path, cfg: Tra
     info = {"model": cfg.model, "model_kwargs": {}, "params": count_params(module.model),
             "val_jaccard": score, "val_fold": cfg.val_fold, "train_seconds": round(seconds, 1),
             "teacher_mode": cfg.teacher_mode, "config": asdict(cfg)}
+    if excluded:
+        info["excluded"] = {"n_chips": len(excluded), "chip_ids": list(excluded)}
     atomic_write(out / "student.json", lambda t: Path(t).write_text(json.dumps(info, indent=2)))

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..common.cli import (at_least, check, device_check, fail, output_check, side, split_option, stage_app,
-                          threshold_option)
+from ..common.cli import (at_least, check, device_check, exclude_option, fail, output_check, side, split_option,
+                          stage_app, threshold_option)
 from ..common.errors import DataError
 from .plans import Budget as B
 from .workspace import DEFAULT_DATASET_ID, DEFAULT_NAME
@@ -30,6 +30,7 @@ def teacher_prepare(
     folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV (default: make --k location folds)."),
     k: int = typer.Option(5, callback=at_least(2), help="Number of location-grouped folds when no --folds is given."),
     seed: int = typer.Option(0, callback=at_least(0), help="Seed for the folds."),
+    exclude: Optional[Path] = exclude_option(),
 ):
     """Convert a labelled dataset into an nnU-Net raw dataset and write splits_final.json from the folds."""
     from ..data.folds import read_folds
@@ -37,9 +38,12 @@ def teacher_prepare(
     from .convert import prepare
 
     folds = read_folds(folds_csv) if folds_csv is not None else None
-    r = prepare(data, Workspace(workdir), dataset_id, name, folds=folds, k=k, seed=seed)
+    r = prepare(data, Workspace(workdir), dataset_id, name, folds=folds, k=k, seed=seed, exclude=exclude,
+                folds_source=str(folds_csv))
     verb = "already prepared (same data and folds)" if r.reused else f"prepared in {r.seconds:.1f} s"
     typer.echo(f"{r.dataset_name}: {r.n_chips} chips of {r.shape[0]}x{r.shape[1]} {verb} -> {r.raw_dir}")
+    if r.excluded:
+        typer.echo(f"left out {len(r.excluded)} chip(s), listed in {r.raw_dir / 'dataset.json'} (cloudkd_excluded)")
     typer.echo(f"splits: {r.splits_file}")
 
 

@@ -1,6 +1,9 @@
 """``teacher prepare``: a labelled On Cloud N-layout split -> an nnU-Net raw dataset and ``splits_final.json``
 written from the project's location-grouped folds (no location in the training and validation part of a fold).
 
+Chips listed in an ``exclude`` file (:mod:`cloudkd.data.exclude`) and chips of fold -1 in the folds are not
+converted; ``dataset.json`` records them (``numTraining`` counts the rest, ``cloudkd_excluded`` lists them).
+
 The raw dataset holds the project's own normalised inputs (``normalise(read_chip(...))``, float32, one compressed
 TIFF per band), so the teacher, the student and ``submission/main.py`` see exactly the same inputs.
 """
@@ -22,7 +25,8 @@ import tifffile
 from ..common.errors import DataError
 from ..common.io import atomic_write
 from ..data.chips import BANDS, load_index, read_chip, read_label, validate_split
-from ..data.folds import make_folds
+from ..data.exclude import apply_exclude, check_exclude, exclude_message, read_exclude
+from ..data.folds import EXCLUDED, excluded_by_folds, folds_exclusion_message, make_folds
 from ..data.normalise import MEAN, REFL_MAX, STD, normalise
 from ..data.roots import resolve_split
 from .workspace import DEFAULT_DATASET_ID, DEFAULT_NAME, FILE_ENDING, Workspace, dataset_name, dump_json, load_json
@@ -37,6 +41,7 @@ class PrepareResult:
     seconds: float
     raw_dir: Path
     splits_file: Path
+    excluded: tuple = ()  # chips not converted: listed in ``exclude`` or in fold -1
 
 def _fingerprint(source: Path, index: pd.DataFrame, folds: pd.DataFrame, shape) -> dict:
     ids = sorted(index.chip_id)
@@ -58,29 +63,47 @@ def _write_case(args) -> None:
 
 def prepare(data: os.PathLike | str, workspace: Workspace, dataset_id: int = DEFAULT_DATASET_ID,
             name: str = DEFAULT_NAME, folds: Optional[pd.DataFrame] = None, k: int = 5, seed: int = 0,
-            workers: int = 2, progress: bool = True) -> PrepareResult:
+            workers: int = 2, progress: bool = True, exclude: Optional[os.PathLike | str] = None,
+            folds_source: str = "the folds") -> PrepareResult:
     """Convert a labelled On Cloud N-layout split into an nnU-Net raw dataset and write its splits.
 
     Every chip and label is validated first (missing labels, mixed chip sizes, missing/extra-dimensional bands
     fail here, before any nnU-Net code runs). Idempotent: the same data and folds reuse the existing dataset;
     a different dataset under the same id is refused.
+
+    ``exclude``: a file of chip ids left out (checked against the split before anything is read or written);
+    chips of fold -1 in ``folds`` (read from ``folds_source``) are left out too; each prints one line.
     """
     t0 = time.perf_counter()
     split = resolve_split(data, "train")
     if not split.labels_dir.is_dir():
         raise DataError(f"teacher prepare: {split.labels_dir}: labels folder does not exist; the teacher needs "
                         f"labelled chips (nothing was written)")
+    drop_ids = []
+    if exclude is not None:  # before the long validation: an unknown id fails at once
+        drop_ids = read_exclude(exclude)
+        check_exclude(drop_ids, split.chip_ids(), exclude, split.features_dir)
     report = validate_split(split, labels=True, progress=progress)
     if not report.ok:
         report.raise_if_failed(context="teacher prepare: ", after="; nothing was written")
     index = load_index(split, require_labels=True)
+    excluded = []
+    if exclude is not None:
+        kept, n = apply_exclude(index, exclude, split.features_dir, ids=drop_ids)
+        print(exclude_message(n, len(index), exclude), flush=True)
+        excluded, index = sorted(drop_ids), kept
     if folds is None:
         folds = make_folds(index, k=k, seed=seed)
     else:
         missing = sorted(set(index.chip_id) - set(folds.chip_id))
         if missing:
             raise DataError(f"teacher prepare: {len(missing)} chip(s) have no fold: {missing[:10]}")
-        folds = folds[folds.chip_id.isin(set(index.chip_id))]
+        left_out = excluded_by_folds(index, folds)
+        if len(left_out):
+            print(folds_exclusion_message(len(left_out), len(index), folds_source), flush=True)
+            excluded = sorted(excluded + list(left_out.chip_id))
+            index = index[~index.chip_id.isin(set(left_out.chip_id))].reset_index(drop=True)
+        folds = folds[folds.chip_id.isin(set(index.chip_id)) & (folds.fold != EXCLUDED)]
     ds_name = dataset_name(dataset_id, name)
     fp = _fingerprint(split.root.resolve(), index, folds, report.shape)
     raw_dir = workspace.raw / ds_name
@@ -99,7 +122,7 @@ def prepare(data: os.PathLike | str, workspace: Workspace, dataset_id: int = DEF
                             f"--dataset-id or delete that folder")
         if splits_file.is_file():
             return PrepareResult(ds_name, len(index), report.shape, True, time.perf_counter() - t0, raw_dir,
-                                 splits_file)
+                                 splits_file, tuple(excluded))
 
     else:
         tmp = workspace.raw / f".{ds_name}.partial"
@@ -126,6 +149,9 @@ def prepare(data: os.PathLike | str, workspace: Workspace, dataset_id: int = DEF
                            "float32; plans use NoNormalization.",
             "cloudkd": fp,
         }
+        if excluded:  # the chips of the source split that are not in this dataset
+            dataset_json["cloudkd_excluded"] = {"n_chips": len(excluded), "chip_ids": excluded,
+                                                "exclude_file": str(exclude) if exclude is not None else None}
         dump_json(tmp / "dataset.json", dataset_json)
         os.replace(tmp, raw_dir)
 
@@ -136,4 +162,5 @@ def prepare(data: os.PathLike | str, workspace: Workspace, dataset_id: int = DEF
     splits_file.parent.mkdir(parents=True, exist_ok=True)
     dump_json(splits_file, splits)
     atomic_write(workspace.root / f"{ds_name}_folds.csv", lambda t: folds.to_csv(t, index=False))
-    return PrepareResult(ds_name, len(index), report.shape, False, time.perf_counter() - t0, raw_dir, splits_file)
+    return PrepareResult(ds_name, len(index), report.shape, False, time.perf_counter() - t0, raw_dir, splits_file,
+                         tuple(excluded))
