@@ -380,6 +380,11 @@ def test_every_command_runs_on_a_38cloud_root(landsat, tmp_path, monkeypatch):
     r = invoke("landsat", "score", "--pred", tmp_path / "pred_student", "--data", landsat)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "pred_student_scenes" / "per_scene.csv").is_file()
+    # the label audit of the training patches
+    r = invoke("audit", landsat, "--model", tmp_path / "student", "--out", tmp_path / "audit", "--top", 2)
+    assert r.exit_code == 0, r.output
+    audited = pd.read_csv(tmp_path / "audit" / "audit.csv")
+    assert sorted(audited["chip_id"]) == resolve_split(landsat, "train").chip_ids()
 
     # teacher: prepare (scenes as locations), train a tiny budget, predict the test patches, score
     w = tmp_path / "nnunet"

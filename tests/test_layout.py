@@ -82,7 +82,7 @@ def test_help_lists_the_stages_in_pipeline_order_and_hides_the_old_spellings():
 def test_every_old_spelling_runs_the_stage_command(alias):
     """`cloudkd train` is `cloudkd student train`: the same function, the same options."""
     group = {"synth": "data", "preview": "data", "validate": "data", "folds": "data", "train": "student",
-             "distill": "student", "predict": "student", "score": "evaluate", "real-bench": "evaluate",
+             "distill": "student", "predict": "student", "score": "evaluate", "real-bench": "evaluate", "audit": "evaluate",
              "export": "onboard", "predict-scene": "onboard", "downlink": "onboard", "bench": "onboard",
              "pack": "submission", "runtime-test": "submission"}[alias]
     runner = CliRunner()

@@ -37,7 +37,7 @@ for _name, _module in STAGES:
 ALIASES = {
     "synth": data.synth, "preview": data.preview, "validate": data.validate, "folds": data.folds,
     "train": student.train, "distill": student.distill, "predict": student.predict,
-    "score": evaluate.score, "real-bench": evaluate.real_bench,
+    "score": evaluate.score, "real-bench": evaluate.real_bench, "audit": evaluate.audit,
     "export": onboard.export, "predict-scene": onboard.predict_scene_cmd, "downlink": onboard.downlink,
     "bench": onboard.bench_cmd,
     "pack": submission.pack, "runtime-test": submission.runtime_test,

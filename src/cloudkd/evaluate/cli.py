@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from ..common.cli import at_least, fail, output_check, refuse_incomplete, split_option, stage_app
+from ..common.cli import (at_least, fail, finite, output_check, refuse_incomplete, side, split_option, stage_app,
+                          threshold_option)
 
 app = stage_app("5. Evaluate: leaderboard scoring of predictions, the real-chip benchmark.")
 
@@ -94,3 +95,99 @@ def real_bench(
 
     typer.echo(format_table(r.rows, list(r.summary.columns)))
     typer.echo(f"-> {out / 'summary.csv'}, {out / 'per_chip.csv'}, {r.figure}")
+
+
+@app.command("audit")
+def audit(
+    data: Path = typer.Argument(..., help="Dataset root (On Cloud N layout or a 38-Cloud root) whose labelled "
+                                          "split is audited, or a *_features folder."),
+    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for audit.csv and audit.png."),
+    model: Optional[Path] = typer.Option(None, help="The judge: a student run folder (cloudkd train/distill), its "
+                                                    "student.pt / a .ckpt, or an .onnx model."),
+    teacher_nnunet: Optional[Path] = typer.Option(None, help="The judge: a trained nnU-Net teacher workdir."),
+    folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Out of fold (with --train): one student per "
+                                                                   "fold of this CSV, trained without it, judges it."),
+    train: bool = typer.Option(False, "--train", help="Train the out-of-fold students (needs --folds)."),
+    student_model: str = typer.Option("unet-s", "--student-model", help="Model of the out-of-fold students."),
+    epochs: int = typer.Option(10, callback=at_least(1), help="Out-of-fold students: epochs."),
+    batch: int = typer.Option(8, callback=at_least(1), help="Out-of-fold students: batch size; also the "
+                                                            "prediction batch."),
+    crop: int = typer.Option(256, callback=side(32), help="Out-of-fold students: training crop."),
+    steps: Optional[int] = typer.Option(None, callback=at_least(1), help="Out-of-fold students: steps per epoch "
+                                                                         "(default: one pass)."),
+    seed: int = typer.Option(0, callback=at_least(0), help="Out-of-fold students: seed."),
+    top: int = typer.Option(16, callback=at_least(1), help="Chips on the contact sheet audit.png."),
+    exclude_out: Optional[Path] = typer.Option(None, callback=output_check,
+                                               help="Write the ids of chips with suspicion above --above here (one "
+                                                    "per line), for --exclude."),
+    above: float = typer.Option(0.5, callback=finite(0.0, 1.0), help="Suspicion above which --exclude-out lists "
+                                                                      "a chip."),
+    threshold: float = threshold_option(),
+    split: Optional[str] = split_option(),
+    force: bool = typer.Option(False, help="Replace an existing audit in --out."),
+):
+    """Rank every labelled chip by how likely its label is wrong (audit.csv), show the worst (audit.png)."""
+    import time
+
+    from ..common.io import atomic_write
+    from ..data.chips import load_index
+    from ..data.roots import resolve_split
+    from . import audit as A
+
+    if train and folds_csv is None:
+        fail("--train needs --folds (the location-grouped folds the out-of-fold students are trained on)", 2)
+    if folds_csv is not None and not train:
+        fail("--folds is the out-of-fold mode: add --train (or leave --folds out to audit with --model)", 2)
+    if train and (model is not None or teacher_nnunet is not None):
+        fail("--train trains its own students: leave out --model / --teacher-nnunet", 2)
+    if not train and (model is None) == (teacher_nnunet is None):
+        fail("give one judge: --model RUN (a student run folder or an .onnx file), --teacher-nnunet WORKDIR, or "
+             "--folds FOLDS --train", 2)
+    if (out / "audit.csv").exists() and not force:
+        fail(f"{out / 'audit.csv'}: exists; pass --force to replace it", 2)
+    sp = resolve_split(data, split or ("train" if not str(data).endswith("_features") else None))
+    index = load_index(sp, require_labels=True)
+    if index.empty:
+        fail(f"{sp.features_dir}: no chips to audit", 2)
+    t0 = time.perf_counter()
+    if train:
+        from ..data.folds import read_folds, split_by_fold
+        from ..student.config import TrainConfig
+
+        folds = read_folds(folds_csv)
+        missing = sorted(set(index["chip_id"]) - set(folds["chip_id"]))
+        if missing:
+            fail(f"{folds_csv}: {len(missing)} chip(s) of {sp.features_dir} have no fold, e.g. {missing[:5]}", 2)
+        base = TrainConfig(data=str(sp.root), out="", model=student_model, epochs=epochs, batch_size=batch,
+                           crop=crop, limit_train_batches=steps, seed=seed, threshold=threshold)
+        runs = A.train_fold_models(sp.root, folds_csv, out / "oof", base, log=typer.echo)
+        models = {k: A.load_model(r) for k, r in runs.items()}
+        rows = []
+        t0 = time.perf_counter()  # chips/s counts the audit, not the training
+        for k, m in models.items():
+            _, part = split_by_fold(index, folds, k)
+            rows += A.audit_chips(part, m, threshold, batch, progress=False, fold=k)
+        fold_of = folds.set_index("chip_id")["fold"]
+        left_out = index[index["chip_id"].map(fold_of) < 0]  # excluded from every fold: no model has seen them
+        if len(left_out):
+            models[-1] = next(iter(models.values()))
+            rows += A.audit_chips(left_out, models[-1], threshold, batch, progress=False, fold=-1)
+        judge, source = next(iter(models.values())), f"out of fold, {len(models)} {student_model} students"
+    else:
+        judge = A.load_model(model, teacher_nnunet)
+        models, source = None, judge.name
+        rows = A.audit_chips(index, judge, threshold, batch)
+    seconds = time.perf_counter() - t0
+    table = A.rank(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "audit.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.5g"))
+    sheet = A.contact_sheet(table, index, judge, out / "audit.png", top=top, threshold=threshold,
+                            models_by_fold=models)
+    typer.echo(f"audited {len(table)} chips of {sp.features_dir} with {source}: {len(table) / seconds:.1f} chips/s")
+    typer.echo(table.head(min(10, len(table)))[["rank", "chip_id", "location", "suspicion", "label_iou",
+                                                 "label_fraction", "pred_fraction"]]
+               .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if exclude_out is not None:
+        n = A.write_exclude(table, exclude_out, above, source)
+        typer.echo(f"-> {exclude_out}: {n} chip(s) with suspicion > {above}")
+    typer.echo(f"-> {out / 'audit.csv'}, {sheet}")

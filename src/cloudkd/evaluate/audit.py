@@ -1,0 +1,281 @@
+"""``cloudkd evaluate audit``: rank the chips of a labelled split by how likely their label is wrong.
+
+A trained model predicts every chip once (in batches); each label is compared with the model's mask
+and with the chip's own pixels. The evidence per chip (columns of ``audit.csv``):
+
+* ``label_iou``: IoU of the label with the model's mask (the prediction rule at ``threshold``; 1 when both are
+  empty);
+* ``label_fraction`` / ``pred_fraction``: the cloud fraction of the label and of the model's mask;
+* ``label_on_dark``: the share of labelled cloud on nodata pixels (0 in every band) or dark pixels (mean visible
+  reflectance below ``DARK``, darker than any cloud);
+* ``bright_unlabelled``: the share of the chip's pixels that are bright (mean visible reflectance above ``BRIGHT``)
+  yet labelled clear (snow and bright ground do this too: evidence for a human, not proof);
+* ``best_shift_px`` / ``shift_gain``: the translation of the label (up to ``MAX_SHIFT`` of the chip size) that
+  best matches the model's mask, and how much the smoothed IoU gains by it (a label drawn for a shifted grid
+  gains a lot; a right one gains almost nothing).
+
+``suspicion`` (in [0, 1], higher = label more likely wrong) is ``1 -`` the smoothed IoU of label and mask,
+``1 - (|label & mask| + s) / (|label | mask| + s) = |label ^ mask| / (|label | mask| + s)`` with ``s`` =
+``SMOOTH`` (a tenth) of the chip's pixels: the area where label and model disagree, against the cloud at stake but
+never against less than a tenth of the chip, so that a model's scattered false alarms on a clear chip or a few
+pixels of outline on a small cloud do not look like a wrong label. No weight in it is fitted to any labels. A label that matches the model only after a shift is as wrong as one that
+never matches; its shift is reported beside it for the human who looks.
+
+Out of fold (:func:`train_fold_models`): one model per location-grouped fold, each trained without that fold's
+chips, so every chip is judged by a model that never learnt its label.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..common.errors import DataError
+from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits, nodata_mask
+
+#: smoothing of the IoU behind ``suspicion``, as a share of the chip's pixels
+SMOOTH = 0.1
+#: mean visible (B02, B03, B04) reflectance below which a pixel is darker than any cloud
+DARK = 0.06
+#: mean visible reflectance above which a pixel is as bright as thick cloud
+BRIGHT = 0.3
+#: the largest label shift searched, as a share of the chip's side
+MAX_SHIFT = 0.2
+#: the shift search runs on masks averaged down to at most this many pixels a side
+SHIFT_GRID = 128
+COLUMNS = ["rank", "chip_id", "location", "suspicion", "label_iou", "label_fraction", "pred_fraction",
+           "label_on_dark", "bright_unlabelled", "best_shift_px", "shift_gain", "fold"]
+
+
+@dataclass
+class AuditModel:
+    """A model as the audit uses it: normalised batch (N, 4, H, W) torch tensor -> cloud logits (N, 1, H, W)."""
+
+    name: str
+    kind: str
+    logits: Callable
+
+
+def load_model(model: Optional[os.PathLike | str] = None, teacher_nnunet: Optional[os.PathLike | str] = None,
+               threads: Optional[int] = None) -> AuditModel:
+    """Any model the project can load: a student run folder (or its student.pt / a .ckpt), an ``.onnx`` file,
+    or (``teacher_nnunet``) an nnU-Net work folder. Errors name the path and what was expected."""
+    if (model is None) == (teacher_nnunet is None):
+        raise DataError("give one model: --model RUN (a student run folder or an .onnx file) or "
+                        "--teacher-nnunet WORKDIR")
+    if teacher_nnunet is not None:
+        from ..teacher.model import NnUNetTeacher
+        from ..teacher.workspace import Workspace
+
+        t = NnUNetTeacher.from_workspace(Workspace(teacher_nnunet), device="cpu")
+        return AuditModel(f"nnU-Net teacher ({teacher_nnunet})", "nnunet", t.logits)
+    p = Path(model)
+    if not p.exists():
+        raise DataError(f"{p}: model not found")
+    if p.is_file() and p.suffix == ".onnx":
+        from ..common.onnx import OnnxModel
+
+        return AuditModel(f"ONNX {p}", "onnx", OnnxModel(p, threads))
+    if (p.is_dir() and (p / "student.json").is_file()) or p.suffix in (".pt", ".ckpt"):
+        import torch
+
+        from ..common.infer import predict_logits
+        from ..student.runs import load_student
+
+        if threads:
+            torch.set_num_threads(threads)
+        net = load_student(p)
+        return AuditModel(f"student {p}", "student", lambda x: predict_logits(net, x))
+    raise DataError(f"{p}: unknown model kind: expected a student run folder (with student.json), its student.pt "
+                    f"or a .ckpt, or an .onnx file (an nnU-Net work folder goes to --teacher-nnunet)")
+
+
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    h, w = (a.shape[0] // f) * f, (a.shape[1] // f) * f
+    return a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+
+
+def shift_search(label: np.ndarray, mask: np.ndarray, smooth: float = SMOOTH, max_shift: float = MAX_SHIFT):
+    """(best shift in pixels, smoothed IoU at no shift, smoothed IoU at the best shift) of ``label`` against
+    ``mask`` over every translation up to ``max_shift`` of the side, by FFT cross-correlation of the masks
+    block-averaged to at most SHIFT_GRID pixels a side."""
+    f = max(1, int(np.ceil(max(label.shape) / SHIFT_GRID)))
+    lab, pr = _block_mean(label.astype(np.float32), f), _block_mean(mask.astype(np.float32), f)
+    h, w = lab.shape
+    r = max(1, int(round(max_shift * max(h, w))))
+    shape = (h + r, w + r)  # zero padding >= r: no wrap-around for shifts up to r
+    corr = np.fft.irfft2(np.fft.rfft2(pr, shape) * np.conj(np.fft.rfft2(lab, shape)), shape)
+    dy = np.r_[0:r + 1, -r:0]
+    dx = np.r_[0:r + 1, -r:0]
+    inter = corr[np.ix_(dy % shape[0], dx % shape[1])]  # inter[i, j]: label moved by (dy[i], dx[j])
+    k = smooth * h * w
+    iou = (inter + k) / (lab.sum() + pr.sum() - inter + k)
+    i, j = np.unravel_index(int(np.argmax(iou)), iou.shape)
+    return float(f * np.hypot(dy[i], dx[j])), float(iou[0, 0]), float(iou[i, j])
+
+
+def chip_evidence(refl: np.ndarray, label: np.ndarray, mask: np.ndarray) -> dict:
+    """The evidence of one chip: reflectance (4, H, W), label and the model's mask, {0, 1} (H, W)."""
+    lab = label > 0
+    pred = mask > 0
+    n = lab.size
+    nodata = nodata_mask(refl)
+    vis = refl[:3].mean(axis=0)
+    inter, union = int(np.logical_and(lab, pred).sum()), int(np.logical_or(lab, pred).sum())
+    smoothed = (inter + SMOOTH * n) / (union + SMOOTH * n)
+    shift_px, grid_iou, best_iou = shift_search(lab, pred)
+    return {
+        "label_iou": inter / union if union else 1.0,
+        "label_fraction": float(lab.mean()),
+        "pred_fraction": float(pred.mean()),
+        "label_on_dark": float((lab & (nodata | (vis < DARK))).sum() / lab.sum()) if lab.any() else 0.0,
+        "bright_unlabelled": float((~lab & (vis > BRIGHT) & ~nodata).sum() / n),
+        "best_shift_px": shift_px,
+        "shift_gain": max(0.0, best_iou - grid_iou),
+        "suspicion": float(np.clip(1.0 - smoothed, 0.0, 1.0)),
+    }
+
+
+def audit_chips(index: pd.DataFrame, model: AuditModel, threshold: float = DEFAULT_THRESHOLD, batch: int = 8,
+                progress: bool = True, fold: Optional[int] = None) -> List[dict]:
+    """One evidence row per chip of ``index`` (a :func:`cloudkd.data.chips.load_index` table with labels), each
+    chip read once and predicted in batches."""
+    import torch
+
+    from ..data.chips import read_chip, read_label
+    from ..data.normalise import normalise
+
+    rows = []
+    starts = range(0, len(index), batch)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"audit ({model.kind})", unit="batch")
+    for s in starts:
+        part = index.iloc[s:s + batch]
+        first = read_chip(part["features"].iloc[0])
+        refl = np.stack([first] + [read_chip(f, shape=first.shape[1:]) for f in part["features"].iloc[1:]])
+        labels = [read_label(p, shape=refl.shape[2:]) for p in part["label"]]
+        with torch.no_grad():
+            logits = model.logits(torch.from_numpy(normalise(refl)))
+        logits = logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
+        masks = masks_from_logits(logits, threshold, nodata_mask(refl))
+        for (_, r), x, lab, m in zip(part.iterrows(), refl, labels, masks):
+            rows.append({"chip_id": r["chip_id"], "location": r.get("location", ""), "fold": fold,
+                         **chip_evidence(x, lab, m)})
+    return rows
+
+
+def rank(rows: Sequence[dict]) -> pd.DataFrame:
+    """The audit table: most suspicious first (ties by chip id), with a 1-based ``rank``."""
+    df = pd.DataFrame(list(rows))
+    df = df.sort_values(["suspicion", "chip_id"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    if df["fold"].isna().all():
+        df = df.drop(columns="fold")
+    return df[[c for c in COLUMNS if c in df.columns]]
+
+
+def average_precision(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """Average precision of a ranking by ``scores`` (higher first) for the ``positive`` items (e.g. injected
+    noisy labels): the mean of the precision at the rank of each positive."""
+    s = np.asarray(scores, float)
+    pos = np.asarray(positive, bool)
+    if not pos.any():
+        raise ValueError("average precision needs at least one positive")
+    order = np.argsort(-s, kind="mergesort")
+    hits = pos[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def contact_sheet(table: pd.DataFrame, index: pd.DataFrame, model: AuditModel, path: os.PathLike | str,
+                  top: int = 16, threshold: float = DEFAULT_THRESHOLD, models_by_fold: Optional[Dict] = None) -> Path:
+    """A PNG of the ``top`` most suspicious chips for human review: true colour, label, model mask (the model of
+    each chip's fold when ``models_by_fold`` is given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from ..common.viz import save_figure, true_colour
+    from ..data.chips import read_chip, read_label
+    from ..data.normalise import normalise
+
+    rows = table.head(top)
+    by_id = index.set_index("chip_id")
+    per_row = 2
+    n_rows = max(1, int(np.ceil(len(rows) / per_row)))
+    fig, axes = plt.subplots(n_rows, 3 * per_row, figsize=(3 * per_row * 2.1, n_rows * 2.3), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (_, r) in enumerate(rows.iterrows()):
+        refl = read_chip(by_id.loc[r["chip_id"], "features"])
+        lab = read_label(by_id.loc[r["chip_id"], "label"])
+        m = model
+        if models_by_fold is not None and "fold" in r and not pd.isna(r["fold"]):
+            m = models_by_fold[int(r["fold"])]
+        with torch.no_grad():
+            z = m.logits(torch.from_numpy(normalise(refl[None])))
+        z = z.detach().cpu().numpy() if hasattr(z, "detach") else np.asarray(z)
+        pred = masks_from_logits(z, threshold, nodata_mask(refl[None]))[0]
+        row, col = divmod(i, per_row)
+        a = axes[row, 3 * col:3 * col + 3]
+        a[0].imshow(true_colour(refl))
+        a[0].set_title(f"#{r['rank']} {r['chip_id']} ({r['location']})", fontsize=7)
+        a[1].imshow(lab, cmap="gray", vmin=0, vmax=1)
+        a[1].set_title(f"label {100 * r['label_fraction']:.0f}%  susp {r['suspicion']:.2f}", fontsize=7)
+        a[2].imshow(pred, cmap="gray", vmin=0, vmax=1)
+        a[2].set_title(f"model {100 * r['pred_fraction']:.0f}%  IoU {r['label_iou']:.2f}", fontsize=7)
+    fig.suptitle(f"cloudkd audit: the {len(rows)} most suspicious labels (RGB | label | model)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    return save_figure(fig, path)
+
+
+def write_exclude(table: pd.DataFrame, path: os.PathLike | str, above: float, source: str) -> int:
+    """Write the plain list of chip ids with suspicion above ``above`` (the format ``--exclude`` reads)."""
+    from ..common.io import atomic_write
+
+    ids = table.loc[table["suspicion"] > above, "chip_id"].tolist()
+    text = f"# cloudkd evaluate audit: {len(ids)} chip(s) with suspicion > {above} ({source})\n" + \
+        "".join(f"{c}\n" for c in ids)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+    return len(ids)
+
+
+def train_fold_models(data: os.PathLike | str, folds_csv: os.PathLike | str, out: os.PathLike | str,
+                      base: "object", log=print) -> Dict[int, Path]:
+    """Out of fold: for every fold k of ``folds_csv``, a student trained on the other folds (``base``, a
+    :class:`cloudkd.student.config.TrainConfig` whose data / out / folds / val_fold are set here) in
+    ``out/fold{k}``; a finished run with the same config is reused. Fold k's labels choose the best epoch only
+    (validation); they are never trained on."""
+    from dataclasses import asdict, replace
+
+    from ..data.folds import read_folds
+    from ..student.train import fit
+
+    folds = sorted(int(f) for f in set(read_folds(folds_csv)["fold"]) if int(f) >= 0)
+    runs = {}
+    for k in folds:
+        run = Path(out) / f"fold{k}"
+        cfg = replace(base, data=str(data), out=str(run), folds=str(folds_csv), val_fold=k, progress=False)
+        stamp = run / "audit_fold.json"
+        want = {k2: v for k2, v in asdict(cfg).items() if k2 not in ("progress", "resume")}
+        if stamp.is_file() and json.loads(stamp.read_text()) == want and (run / "student.pt").is_file():
+            log(f"fold {k}: reusing {run}")
+        else:
+            t0 = time.perf_counter()
+            log(f"fold {k}: training {cfg.model} on the other folds -> {run}")
+            fit(cfg)
+            stamp.write_text(json.dumps(want, indent=2))
+            log(f"fold {k}: trained in {time.perf_counter() - t0:.0f} s")
+        runs[k] = run
+    return runs
