@@ -21,7 +21,12 @@ Writes (a finished run+seed already in the CSV is reused):
   labelled real chips, ``distill_seeds_real.csv`` beside the CSV (``run, seed, real_jaccard, precision, recall``)
   and a column in the ``.md``.
 
-Optional runs: ``resnet34`` (the smp U-Net/ResNet-34 benchmark model, labels only).
+Optional runs: ``resnet34`` (the smp U-Net/ResNet-34 benchmark model, labels only); ``online_cwd_s2d2`` and
+``online_cwd_s2d4``, ``online_cwd_s2d2r``, the on-board candidates (space-to-depth stems) with the demo student's recipe, which
+``benchmarks/student_candidates.py --seeds-csv`` puts on its Pareto front:
+
+    python benchmarks/distill_compare.py --runs online_cwd online_cwd_s2d2 online_cwd_s2d4 --seeds 0 1 2 \
+        --csv benchmarks/results/student_candidates_seeds.csv --png docs/student_candidates_seeds.png
 """
 
 import argparse
@@ -49,6 +54,10 @@ RUNS = {
     "online_cwd": dict(model="unet-s", online=True, kd="cwd"),
     "offline": dict(model="unet-s", soft=True, kd="pixel"),
     "resnet34": dict(model="smp:Unet:resnet34", kd_weight=0.0),
+    # the on-board candidates of issue 18 with the demo student's recipe (online CWD from the teacher)
+    "online_cwd_s2d2": dict(model="unet-s2d2", online=True, kd="cwd"),
+    "online_cwd_s2d4": dict(model="unet-s2d4", online=True, kd="cwd"),
+    "online_cwd_s2d2r": dict(model="unet-s2d2r", online=True, kd="cwd"),
 }
 COLUMNS = ["run", "seed", "params", "teacher_test_jaccard", "val_jaccard", "test_jaccard", "train_s"]
 

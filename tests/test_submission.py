@@ -194,7 +194,7 @@ def test_an_smp_model_packs_and_main_py_rebuilds_it_with_segmentation_models_pyt
     assert 0 < cloud < len(test.chip_ids()) * SIZE * SIZE  # the comparison is not between two blank sets
 
 
-@pytest.mark.parametrize("preset,stem", [("unet-s2d2", 2), ("unet-s2d4", 4)])
+@pytest.mark.parametrize("preset,stem", [("unet-s2d2", 2), ("unet-s2d4", 4), ("unet-s2d2r", 2)])
 def test_a_space_to_depth_student_packs_and_main_py_runs_it(small_data, tmp_path, preset, stem):
     """main.py rebuilds a compact U-Net from its config, the space-to-depth stem included, and writes the masks
     the library writes with the same weights."""

@@ -7,7 +7,9 @@ blocks; a 1x1 head gives ``classes`` logits. Configurable: stage widths (depth =
 depthwise-``separable``, far fewer multiply-accumulates for on-board use), and a space-to-depth ``stem``: with
 ``stem=2`` (or 4) the input is folded into 2x2 (4x4) blocks (``PixelUnshuffle``: 4 bands -> 16 (64) channels at
 half (quarter) resolution), the whole U-Net runs at that resolution, and the logits are upsampled bilinearly to
-the input size, which removes the costly full-resolution layers.
+the input size, which removes the costly full-resolution layers. ``refine=C`` (with a stem) adds a light
+full-resolution head after that upsampling: a 3x3 conv on the input bands and the upsampled logits (C channels),
+ReLU, 1x1 back to ``classes``, added to the logits, so outlines can follow the full-resolution pixels again.
 
 This module imports only torch: it travels inside the submission zip unchanged (Python 3.9, torch 1.8).
 """
@@ -28,6 +30,7 @@ PRESETS: Dict[str, dict] = {
     # on-board candidates (benchmarks/student_candidates.py): the U-Net at 1/2 or 1/4 resolution, <= 165,000 params
     "unet-s2d2": {"widths": (16, 24, 32, 72), "stem": 2},
     "unet-s2d4": {"widths": (24, 32, 72), "stem": 4},
+    "unet-s2d2r": {"widths": (16, 24, 32, 72), "stem": 2, "refine": 8},
 }
 
 
@@ -85,7 +88,8 @@ class CompactUNet(nn.Module):
     nhwc_on_cpu = True
 
     def __init__(self, in_channels: int = 4, classes: int = 1, widths: Sequence[int] = (8, 16, 24, 32, 72),
-                 norm: str = "batch", up: str = "bilinear", conv: str = "standard", stem: int = 1):
+                 norm: str = "batch", up: str = "bilinear", conv: str = "standard", stem: int = 1,
+                 refine: int = 0):
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) < 2 or min(widths) < 1:
@@ -94,8 +98,15 @@ class CompactUNet(nn.Module):
             raise ValueError(f"stem must be 1 (none), 2 or 4 (space-to-depth factor), got {stem}")
         self.config = {"in_channels": in_channels, "classes": classes, "widths": widths, "norm": norm, "up": up,
                        "conv": conv}
+        if refine and stem == 1:
+            raise ValueError("refine needs a space-to-depth stem (stem=2 or 4): without one the U-Net already "
+                             "predicts at full resolution")
+        if refine < 0:
+            raise ValueError(f"refine must be >= 0 channels, got {refine}")
         if stem != 1:  # runs without a stem keep the config (and main.py kwargs) they always had
             self.config["stem"] = stem
+        if refine:
+            self.config["refine"] = refine
         self.stem = nn.PixelUnshuffle(stem) if stem > 1 else None
         self.encoder = nn.ModuleList()
         cin = in_channels * stem * stem
@@ -111,6 +122,8 @@ class CompactUNet(nn.Module):
             self.decoder.append(Stage(2 * w_skip, w_skip, norm, conv))
             cin = w_skip
         self.head = nn.Conv2d(cin, classes, 1)
+        self.refine = nn.Sequential(nn.Conv2d(in_channels + classes, refine, 3, padding=1), nn.ReLU(inplace=True),
+                                    nn.Conv2d(refine, classes, 1)) if refine else None
 
     @property
     def depth(self) -> int:
@@ -122,6 +135,7 @@ class CompactUNet(nn.Module):
             # and inference (benchmarks/student_layout.py); the arithmetic is the same up to float rounding
             x = x.contiguous(memory_format=torch.channels_last)
         size = x.shape[-2:]
+        bands = x
         if self.stem is not None:
             x = self.stem(x)
         skips = []
@@ -131,10 +145,12 @@ class CompactUNet(nn.Module):
         x = skips.pop()
         for up, dec in zip(self.ups, self.decoder):
             skip = skips.pop()
-            x = dec(torch.cat([up(x, skip.shape[-2:]), skip], dim=1))
+            x = dec(torch.concat([up(x, skip.shape[-2:]), skip], dim=1))
         logits = self.head(x)
         if self.stem is not None:  # predicted at 1/stem resolution: upsample the logits, not the features
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if self.refine is not None:
+            logits = logits + self.refine(torch.cat([bands, logits], dim=1))
         return logits
 
 
