@@ -145,7 +145,7 @@ class CompactUNet(nn.Module):
         x = skips.pop()
         for up, dec in zip(self.ups, self.decoder):
             skip = skips.pop()
-            x = dec(torch.concat([up(x, skip.shape[-2:]), skip], dim=1))
+            x = dec(torch.cat([up(x, skip.shape[-2:]), skip], dim=1))
         logits = self.head(x)
         if self.stem is not None:  # predicted at 1/stem resolution: upsample the logits, not the features
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
