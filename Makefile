@@ -9,13 +9,20 @@ STAMP := $(VENV)/.cloudkd-installed
 # pip prints one harmless warning per package about this machine's local mirrors; keep the log readable
 PIPQUIET := { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: demo test install clean-runs
+# the On Cloud N runtime's Python 3.9 + torch 1.8.0 (scripts/runtime_env.sh), built once per machine outside the
+# clone and linked as .runtime-py39; the tests run the packed main.py under it
+RUNTIME_LINK := .runtime-py39
+
+.PHONY: demo test install runtime-env clean-runs
 
 demo: $(STAMP)
 	$(BIN)/cloudkd demo
 
-test: $(STAMP)
+test: $(STAMP) runtime-env
 	$(BIN)/python -m pytest -q
+
+runtime-env: $(STAMP)
+	bash scripts/runtime_env.sh --link $(RUNTIME_LINK) $(BIN)/python
 
 install: $(STAMP)
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import at_least, fail, output_check, side, stage_app, threshold_option
+from ..common.cli import at_least, check, fail, output_check, side, stage_app, threshold_option
 
 app = stage_app("7. Submission: pack a model with the frozen main.py, emulate the On Cloud N runtime.")
 
@@ -39,6 +39,18 @@ def pack(
                f"({r.params:,} params), threshold {r.config['threshold']}, tta {tta}")
 
 
+def _interpreter_problem(path: str):
+    import os
+    import shutil
+
+    found = shutil.which(path) if os.sep not in path else (path if os.path.exists(path) else None)
+    if not found:
+        return f"{path}: no such interpreter"
+    if os.path.isdir(found) or not os.access(found, os.X_OK):
+        return f"{path}: not an executable file"
+    return None
+
+
 @app.command("runtime-test")
 def runtime_test(
     zip_path: Path = typer.Option(..., "--zip", help="The submission zip."),
@@ -51,20 +63,28 @@ def runtime_test(
     keep: Optional[Path] = typer.Option(None, callback=output_check, help="Use (and keep) this folder as the emulated "
                                                                           ""
                                                                           "/codeexecution."),
+    python: Optional[str] = typer.Option(None, "--python", callback=check(_interpreter_problem),
+                                         help="The interpreter that runs main.py (default: the runtime's Python 3.9 + "
+                                              "torch 1.8.0 of `make runtime-env` when built, else this one)."),
     quiet: bool = typer.Option(False, help="Do not echo main.py's log."),
     force: bool = typer.Option(False, help="Let --keep empty an existing folder first."),
 ):
     """Emulate the On Cloud N runtime: unzip, run main.py with no arguments, validate, score."""
-    from .emulate import runtime_test as emulate
+    from .emulate import default_python, describe_versions, runtime_test as emulate
 
     if keep is not None and keep.exists() and not force:
         fail(f"--keep {keep}: exists; runtime-test would empty it: choose a new folder, or --force", 2)
 
-    v = emulate(zip_path, data, labels=labels, json_out=json_out, size=size, keep=keep, echo=not quiet)
+    if python is None:
+        python, why = default_python()
+        typer.echo(f"runtime-test: main.py runs under {why}")
+    v = emulate(zip_path, data, labels=labels, json_out=json_out, size=size, keep=keep, echo=not quiet,
+                python=python)
     for line in v["reasons"]:
         typer.echo(f"FAIL: {line}")
     score = f"; global Jaccard {v['jaccard']:.4f}" if v["jaccard"] is not None else ""
     typer.echo(f"runtime-test {'passed' if v['ok'] else 'FAILED'}: {v['n_chips']} chips, {len(v['missing'])} "
                f"missing, {len(v['extra'])} extra, {len(v['invalid'])} invalid, main.py {v['seconds']} s{score}")
+    typer.echo(f"  under {v['python']}: {describe_versions(v['versions'])}")
     if not v["ok"]:
         raise typer.Exit(1)

@@ -5,7 +5,9 @@
 2. the zip is unpacked into the root (its top level lands there, as ``unzip ./submission/submission.zip -d ./``);
    the run fails if there is no ``main.py`` or no ``*.tif`` under ``data/test_features``;
 3. ``python main.py`` with no arguments, in the root, as a subprocess (``CLOUDKD_ROOT`` points main.py at the
-   scratch root instead of /codeexecution);
+   scratch root instead of /codeexecution), under the interpreter ``python`` (the command line's default: the
+   runtime's Python 3.9 + torch 1.8.0 built by ``make runtime-env`` when it exists, see :func:`default_python`);
+   the verdict names it and the versions of the libraries it imports (:func:`interpreter_versions`);
 4. the runtime's validation (:mod:`cloudkd.submission.validate`): no missing file, no extra file, shape,
    values, size; with labels, the leaderboard metric (global Jaccard);
 5. the verdict also fails when main.py gave a fallback mask (all-clear, or bands filled in) to a chip whose bands
@@ -125,6 +127,83 @@ def _fallback_reasons(log: str, features: Path) -> tuple:
     return bad, out
 
 
+#: ``make runtime-env`` (scripts/runtime_env.sh) links the runtime's environment here, in the repository root
+RUNTIME_LINK = Path(__file__).resolve().parents[3] / ".runtime-py39"
+
+#: what the verdict reports of an interpreter: python, then each library's import name -> distribution name
+_LIBRARIES = {"torch": "torch", "numpy": "numpy", "tifffile": "tifffile", "pillow": "pillow", "pandas": "pandas",
+              "segmentation_models_pytorch": "segmentation-models-pytorch", "timm": "timm"}
+# Python 3 of any age: importlib.metadata where there is one, the module's __version__ otherwise; never imports
+# torch when its metadata answers (seconds saved per run)
+_PROBE = """
+import json, sys
+out = {"python": sys.version.split()[0], "executable": sys.executable}
+libs = json.loads(sys.argv[1])
+try:
+    from importlib.metadata import version
+except ImportError:
+    version = None
+for mod, dist in libs.items():
+    v = None
+    if version is not None:
+        try:
+            v = version(dist)
+        except Exception:
+            v = None
+    if v is None:
+        try:
+            v = str(getattr(__import__(mod), "__version__", "unknown"))
+        except Exception:
+            v = None
+    out[mod] = v
+print(json.dumps(out))
+"""
+
+
+def runtime_env_python() -> Optional[Path]:
+    """The interpreter of the runtime's environment (``$CLOUDKD_RUNTIME_ENV``, else the repository's
+    ``.runtime-py39``) when it has been built, else None."""
+    env = os.environ.get("CLOUDKD_RUNTIME_ENV")
+    root = Path(env) if env else RUNTIME_LINK
+    py = root / "bin" / "python"
+    return py if (root / ".cloudkd-runtime-env").is_file() and os.access(py, os.X_OK) else None
+
+
+def default_python() -> tuple:
+    """(interpreter, why): the runtime's environment when built, else the current interpreter."""
+    py = runtime_env_python()
+    if py is not None:
+        return str(py), f"the runtime's environment {py} (make runtime-env)"
+    return sys.executable, (f"the current interpreter {sys.executable}: the runtime's environment is not built "
+                            f"(make runtime-env builds it)")
+
+
+def interpreter_versions(python: str) -> dict:
+    """{'python': '3.9.2', 'executable': ..., 'torch': '1.8.0', ... (None: not installed)} of an interpreter.
+    DataError when it does not run."""
+    try:
+        p = subprocess.run([python, "-c", _PROBE, json.dumps(_LIBRARIES)], capture_output=True, text=True,
+                           timeout=120)
+    except OSError as exc:
+        raise DataError(f"{python}: cannot run it as a Python interpreter ({exc.strerror or exc})") from None
+    except subprocess.TimeoutExpired:
+        raise DataError(f"{python}: did not answer within 120 s when asked for its version") from None
+    try:
+        out = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
+    except (ValueError, IndexError):
+        out = None
+    if not isinstance(out, dict):
+        why = (p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1][:200]
+        raise DataError(f"{python}: is not a working Python interpreter ({why})")
+    return out
+
+
+def describe_versions(v: dict) -> str:
+    """'Python 3.9.2, torch 1.8.0, numpy 1.20.3, ...' (libraries that are not installed are left out)."""
+    names = {"segmentation_models_pytorch": "smp"}
+    return ", ".join([f"Python {v.get('python')}"] + [f"{names.get(k, k)} {v[k]}" for k in _LIBRARIES if v.get(k)])
+
+
 def runtime_test(zip_path: os.PathLike | str, data: os.PathLike | str, labels: Optional[os.PathLike | str] = None,
                  json_out: Optional[os.PathLike | str] = None, size: Optional[int] = None,
                  keep: Optional[os.PathLike | str] = None, python: str = sys.executable,
@@ -142,13 +221,15 @@ def runtime_test(zip_path: os.PathLike | str, data: os.PathLike | str, labels: O
         labels = labels / "test_labels" if (labels / "test_labels").is_dir() else labels
         if not labels.is_dir():
             raise DataError(f"{labels}: labels folder does not exist")
+    versions = interpreter_versions(python)  # the interpreter is checked before anything is written
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="cloudkd-runtime-"))
     if keep and root.exists():
         _writable(root)
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     verdict = {"ok": False, "n_chips": 0, "missing": [], "extra": [], "invalid": {}, "seconds": None,
-               "returncode": None, "jaccard": None, "reasons": [], "root": str(root)}
+               "returncode": None, "jaccard": None, "reasons": [], "root": str(root), "python": str(python),
+               "versions": versions}
     try:
         # links are copied as links, as the runtime would mount them: a broken link or a loop is main.py's to
         # survive, not a reason for the emulator to stop before main.py runs
@@ -171,6 +252,10 @@ def runtime_test(zip_path: os.PathLike | str, data: os.PathLike | str, labels: O
             cfg_path = root / "assets" / "config.json"
             size = json.loads(cfg_path.read_text()).get("chip_size", 512) if cfg_path.is_file() else 512
         env = {**os.environ, "CLOUDKD_ROOT": str(root)}
+        if os.path.realpath(str(python)) != os.path.realpath(sys.executable):
+            # another interpreter (the runtime's Python 3.9) must not see this one's module paths
+            for var in ("PYTHONPATH", "PYTHONHOME"):
+                env.pop(var, None)
         t0 = time.perf_counter()
         with open(root / "main.log", "w") as logf:
             proc = subprocess.Popen([python, "main.py"], cwd=root, env=env, stdout=subprocess.PIPE,
