@@ -66,6 +66,17 @@ def test_evidence_of_hand_made_labels():
     assert ev["label_on_dark"] == 1.0
     dark[:, :, 64:] = 0.5  # the right half is now bright: only the nodata half counts
     assert A.chip_evidence(dark, lab, np.zeros_like(lab))["label_on_dark"] == pytest.approx(0.5)
+    # disagreement counts by how sure the model is: an empty label under cloud the model calls 0.99 is more
+    # suspicious than under cloud it calls 0.6 (weights 0.98 and 0.2 at threshold 0.5), and at threshold 0.3 the
+    # same 0.6 is surer (0.3 / 0.7)
+    sure, unsure = (A.chip_evidence(refl, np.zeros_like(cloud), np.where(cloud > 0, p, 0.0))
+                    for p in (0.99, 0.6))
+    assert sure["suspicion"] == pytest.approx(0.98 * 3600 / (0.98 * 3600 + k))
+    assert unsure["suspicion"] == pytest.approx(0.2 * 3600 / (0.2 * 3600 + k))
+    at03 = A.chip_evidence(refl, np.zeros_like(cloud), np.where(cloud > 0, 0.6, 0.0), threshold=0.3)
+    w = 0.3 / 0.7
+    assert at03["suspicion"] == pytest.approx(w * 3600 / (w * 3600 + k))
+    assert sure["label_iou"] == unsure["label_iou"] == 0.0
 
 
 def test_average_precision():
@@ -153,18 +164,29 @@ def test_audit_ranks_wrong_labels_first_and_writes_csv_sheet_and_list(noisy, stu
     # this briefly trained student over-calls cloud, so its ranking is not tested here (see the next test and
     # benchmarks/label_audit.py for rankings by good judges); the errors still sit above the median
     assert table.loc[table["chip_id"].isin(wrong), "rank"].median() < len(ids) / 2
-    # the evidence is the model's: recompute one chip from its prediction
-    from cloudkd.data import read_chip
+    # the evidence is the model's: recompute two chips from its probabilities; the label IoU is the one of
+    # student predict's masks
+    import torch
+
+    from cloudkd.data import normalise, read_chip
     from cloudkd.student.predict import predict_folder
     from cloudkd.student.runs import load_student
 
-    predict_folder(load_student(student), root / "train_features", tmp_path / "pred", progress=False)
-    c = table["chip_id"].iloc[0]
+    net = load_student(student)
+    predict_folder(net, root / "train_features", tmp_path / "pred", progress=False)
     split = resolve_split(root, "train")
-    ev = A.chip_evidence(read_chip(split.chip_dir(c)), read_label(split.label_path(c)),
-                         read_label(tmp_path / "pred" / f"{c}.tif"))
-    assert table["suspicion"].iloc[0] == pytest.approx(ev["suspicion"], abs=1e-4)
-    assert table["label_iou"].iloc[0] == pytest.approx(ev["label_iou"], abs=1e-4)
+    for i in (0, len(table) // 2):
+        c = table["chip_id"].iloc[i]
+        refl = read_chip(split.chip_dir(c))
+        with torch.no_grad():
+            prob = torch.sigmoid(net(torch.from_numpy(normalise(refl))[None]))[0, 0].numpy()
+        lab = read_label(split.label_path(c))
+        ev = A.chip_evidence(refl, lab, prob)
+        assert table["suspicion"].iloc[i] == pytest.approx(ev["suspicion"], abs=1e-4)
+        mask = read_label(tmp_path / "pred" / f"{c}.tif") > 0
+        union = ((lab > 0) | mask).sum()
+        assert table["label_iou"].iloc[i] == pytest.approx(((lab > 0) & mask).sum() / union if union else 1.0,
+                                                           abs=1e-4)
     # the exclusion list: exactly the chips above the chosen suspicion, after a comment line
     lines = (tmp_path / "exclude.txt").read_text().splitlines()
     assert lines[0].startswith("#")

@@ -14,12 +14,15 @@ and with the chip's own pixels. The evidence per chip (columns of ``audit.csv``)
   best matches the model's mask, and how much the smoothed IoU gains by it (a label drawn for a shifted grid
   gains a lot; a right one gains almost nothing).
 
-``suspicion`` (in [0, 1], higher = label more likely wrong) is ``1 -`` the smoothed IoU of label and mask,
-``1 - (|label & mask| + s) / (|label | mask| + s) = |label ^ mask| / (|label | mask| + s)`` with ``s`` =
-``SMOOTH`` (a tenth) of the chip's pixels: the area where label and model disagree, against the cloud at stake but
-never against less than a tenth of the chip, so that a model's scattered false alarms on a clear chip or a few
-pixels of outline on a small cloud do not look like a wrong label. No weight in it is fitted to any labels. A label that matches the model only after a shift is as wrong as one that
-never matches; its shift is reported beside it for the human who looks.
+``suspicion`` (in [0, 1], higher = label more likely wrong) is the area where label and model disagree, each pixel
+weighted by how sure the model is there (``w = |p - t| / max(t, 1 - t)`` for probability ``p`` and threshold
+``t``: 1 where it is certain, 0 on the fence), against the weighted union of label and mask, but never against
+less than ``SMOOTH`` (a tenth) of the chip: ``sum(w * (label ^ mask)) / (sum(w * (label | mask)) + SMOOTH * n)``.
+So a label that contradicts a confident model (an empty label under thick cloud, a full one on clear ground, a
+scene's labels shifted off its clouds) ranks above the honest disagreement of thin haze the model is unsure of,
+and a model's scattered false alarms on a clear chip or a few pixels of outline on a small cloud do not look like
+a wrong label. No weight in it is fitted to any labels. A label that matches the model only after a shift is as
+wrong as one that never matches; its shift is reported beside it for the human who looks.
 
 Out of fold (:func:`train_fold_models`): one model per location-grouped fold, each trained without that fold's
 chips, so every chip is judged by a model that never learnt its label.
@@ -38,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from ..common.errors import DataError
-from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits, nodata_mask
+from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits, masks_from_probabilities, nodata_mask
 
 #: smoothing of the IoU behind ``suspicion``, as a share of the chip's pixels
 SMOOTH = 0.1
@@ -121,15 +124,18 @@ def shift_search(label: np.ndarray, mask: np.ndarray, smooth: float = SMOOTH, ma
     return float(f * np.hypot(dy[i], dx[j])), float(iou[0, 0]), float(iou[i, j])
 
 
-def chip_evidence(refl: np.ndarray, label: np.ndarray, mask: np.ndarray) -> dict:
-    """The evidence of one chip: reflectance (4, H, W), label and the model's mask, {0, 1} (H, W)."""
+def chip_evidence(refl: np.ndarray, label: np.ndarray, prob: np.ndarray,
+                  threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """The evidence of one chip: reflectance (4, H, W), label {0, 1} (H, W) and the model's cloud probability
+    (H, W); the model's mask is the prediction rule's (probability above ``threshold``, nodata clear)."""
     lab = label > 0
-    pred = mask > 0
-    n = lab.size
     nodata = nodata_mask(refl)
+    pred = masks_from_probabilities(prob[None], threshold, nodata[None])[0] > 0
+    n = lab.size
     vis = refl[:3].mean(axis=0)
     inter, union = int(np.logical_and(lab, pred).sum()), int(np.logical_or(lab, pred).sum())
-    smoothed = (inter + SMOOTH * n) / (union + SMOOTH * n)
+    sure = np.where(nodata, 1.0, np.abs(prob - threshold) / np.where(prob > threshold, 1 - threshold, threshold))
+    weighted = float((sure * (lab ^ pred)).sum()) / (float((sure * (lab | pred)).sum()) + SMOOTH * n)
     shift_px, grid_iou, best_iou = shift_search(lab, pred)
     return {
         "label_iou": inter / union if union else 1.0,
@@ -139,7 +145,7 @@ def chip_evidence(refl: np.ndarray, label: np.ndarray, mask: np.ndarray) -> dict
         "bright_unlabelled": float((~lab & (vis > BRIGHT) & ~nodata).sum() / n),
         "best_shift_px": shift_px,
         "shift_gain": max(0.0, best_iou - grid_iou),
-        "suspicion": float(np.clip(1.0 - smoothed, 0.0, 1.0)),
+        "suspicion": float(np.clip(weighted, 0.0, 1.0)),
     }
 
 
@@ -166,10 +172,10 @@ def audit_chips(index: pd.DataFrame, model: AuditModel, threshold: float = DEFAU
         with torch.no_grad():
             logits = model.logits(torch.from_numpy(normalise(refl)))
         logits = logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
-        masks = masks_from_logits(logits, threshold, nodata_mask(refl))
-        for (_, r), x, lab, m in zip(part.iterrows(), refl, labels, masks):
+        prob = 1.0 / (1.0 + np.exp(-np.clip(logits[:, 0].astype(np.float32), -30, 30)))
+        for (_, r), x, lab, p in zip(part.iterrows(), refl, labels, prob):
             rows.append({"chip_id": r["chip_id"], "location": r.get("location", ""), "fold": fold,
-                         **chip_evidence(x, lab, m)})
+                         **chip_evidence(x, lab, p, threshold)})
     return rows
 
 
