@@ -36,9 +36,11 @@ def logit_threshold(threshold):
     return math.log(threshold / (1.0 - threshold))
 
 
-def nodata_mask(refl):
-    """Boolean (..., H, W): pixels with no data (0) in every band of a (..., 4, H, W) chip or batch."""
-    return (np.asarray(refl) == 0).all(axis=-3)
+def nodata_mask(refl, value=0):
+    """Boolean (..., H, W): pixels with no data (0) in every band of a (..., 4, H, W) chip or batch. ``value``: the
+    no-data value when the array holds a product's digital numbers (Sentinel-2's NODATA is 0 there too, while
+    its reflectance after a radiometric offset is not)."""
+    return (np.asarray(refl) == value).all(axis=-3)
 
 
 def clear_nodata(masks, nodata):

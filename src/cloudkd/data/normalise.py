@@ -25,9 +25,21 @@ MEAN = (0.30, 0.30, 0.30, 0.33)
 STD = (0.30, 0.27, 0.25, 0.21)
 
 
-def dn_to_reflectance(dn):
-    """Digital numbers (any numeric array) -> float32 surface reflectance."""
-    return np.asarray(dn).astype(np.float32) / np.float32(SCALE)
+def dn_to_reflectance(dn, offset=0.0, scale=SCALE):
+    """Digital numbers (any numeric array) -> float32 reflectance ``(dn + offset) / scale``.
+
+    ``scale`` is the digital numbers per unit reflectance (a Sentinel-2 product's quantification value, 10000);
+    ``offset`` is added first: one number, or one per band of a ``(..., 4, H, W)`` array. Sentinel-2 products of
+    processing baseline 04.00 and later (since 25 January 2022) carry ``BOA_ADD_OFFSET`` = -1000 (L1C:
+    ``RADIO_ADD_OFFSET``); the On Cloud N chips (2018-2020) carry none, hence the default 0.
+    """
+    refl = np.asarray(dn).astype(np.float32)
+    off = np.asarray(offset, np.float32)
+    if off.ndim:  # one per band
+        refl += off.reshape(off.shape + (1, 1))
+    elif off != 0:
+        refl += off
+    return refl / np.float32(scale)
 
 
 def normalise(refl):

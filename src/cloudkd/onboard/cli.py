@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import at_least, fail, output_check, side, stage_app, threshold_option
+from ..common.cli import at_least, fail, finite, output_check, side, stage_app, threshold_option
 from .downlink import DEFAULT_THRESHOLDS
 
 app = stage_app("6. On board: export to ONNX / int8, predict whole scenes, downlink savings, benchmark.")
@@ -61,32 +61,72 @@ def export(
 
 @app.command("predict-scene")
 def predict_scene_cmd(
-    scene: Path = typer.Argument(..., help="Folder with B02/B03/B04/B08 band files, or one 4-band TIFF."),
+    scene: Path = typer.Argument(..., help="A Sentinel-2 .SAFE product folder (L2A or L1C), a folder of B02/B03/B04/"
+                                           "B08 band files (GeoTIFF, COG, JPEG 2000 ...), or one multi-band file."),
     model: Path = typer.Option(..., help="A student run folder, or an exported .onnx model."),
-    out: Path = typer.Option(..., "--out", callback=output_check, help="Output mask GeoTIFF (uint8, 1 = cloud)."),
+    out: Path = typer.Option(..., "--out", callback=output_check, help="Output mask: a Cloud-Optimised GeoTIFF "
+                                                                       "(uint8, 1 = cloud) on the input's grid."),
+    prob_out: Optional[Path] = typer.Option(None, "--prob-out", callback=output_check,
+                                            help="Also the cloud probability, a second COG (uint8, round(255 p))."),
+    chip_report: Optional[Path] = typer.Option(None, "--chip-report", callback=output_check,
+                                               help="CSV of the 512x512 chip grid with each chip's cloud fraction."),
+    offset: Optional[float] = typer.Option(None, "--offset", callback=finite(),
+                                           help="Added to the digital numbers before --scale: needed for products "
+                                                "without their MTD_MSIL*.xml (-1000 from processing baseline 04.00, "
+                                                "25 January 2022, on); overrides the product's."),
+    scale: Optional[float] = typer.Option(None, "--scale", callback=finite(0, open_low=True),
+                                          help="Digital numbers per unit reflectance (the quantification value, "
+                                               "10000 for Sentinel-2); overrides the product's."),
     tile: int = typer.Option(512, callback=side(32), help="Tile side."),
     overlap: int = typer.Option(64, callback=at_least(0), help="Overlap between tiles (blended)."),
     batch: int = typer.Option(4, callback=at_least(1), help="Tiles per batch."),
     threshold: float = threshold_option(),
     threads: Optional[int] = typer.Option(None, callback=at_least(1), help="CPU threads."),
 ):
-    """Cloud mask of a whole scene by overlapping, blended tiles, in bounded memory."""
+    """Cloud mask of a whole scene or Sentinel-2 product by overlapping, blended tiles, in bounded memory: a
+    georeferenced Cloud-Optimised GeoTIFF, optionally the probability and a per-chip cloud report."""
+    import warnings
+
+    from .products import ProductWarning, open_scene
     from .scene import onnx_predictor, predict_scene, torch_predictor
 
-    if threads:
-        import torch
+    if overlap >= tile:
+        fail(f"--overlap must be smaller than --tile, got {overlap} for tile {tile}", 2)
+    outputs = [o for o in (out, prob_out, chip_report) if o is not None]
+    if len({o.absolute() for o in outputs}) != len(outputs):
+        fail(f"--out, --prob-out and --chip-report must be different files, got {', '.join(map(str, outputs))}", 2)
+    for o in outputs:
+        if o.is_dir():
+            fail(f"{o}: is a folder; give a file name", 2)
+    with warnings.catch_warnings():  # printed below as one line each
+        warnings.simplefilter("ignore", ProductWarning)
+        sc = open_scene(scene, offset=offset, scale=scale)  # bad input: one line naming the file, before any work
+    try:
+        for msg in sc.warnings:
+            typer.secho(f"warning: {msg}", fg="yellow", err=True)
+        typer.echo(sc.describe())
+        if threads:
+            import torch
 
-        torch.set_num_threads(threads)
-    if model.suffix == ".onnx":
-        fn = onnx_predictor(model, threads)
-    else:
-        from ..student.runs import load_student
+            torch.set_num_threads(threads)
+        if model.suffix == ".onnx":
+            fn = onnx_predictor(model, threads)
+        else:
+            from ..student.runs import load_student
 
-        fn = torch_predictor(load_student(model))
-    r = predict_scene(scene, out, fn, tile=tile, overlap=overlap, batch_size=batch,
-                      threshold=threshold)
-    typer.echo(f"{r['height']}x{r['width']} scene, {r['tiles']} tiles in {r['seconds']:.1f} s -> {out}"
-               + (" (georeferenced)" if r["georeferenced"] else ""))
+            fn = torch_predictor(load_student(model))
+        r = predict_scene(sc, out, fn, tile=tile, overlap=overlap, batch_size=batch, threshold=threshold,
+                          prob_out=prob_out, chip_report=chip_report, tags={"CLOUDKD_MODEL": str(model)})
+    finally:
+        sc.close()
+    area = f", {r['km2']:,.0f} km², {r['km2'] / r['seconds']:,.0f} km²/s" if r["km2"] else ""
+    typer.echo(f"{r['height']}x{r['width']} scene, {r['tiles']} tiles in {r['seconds']:.1f} s{area} -> {out}"
+               + (" (georeferenced COG)" if r["georeferenced"] else " (COG)"))
+    if prob_out is not None:
+        typer.echo(f"cloud probability -> {prob_out}")
+    if chip_report is not None:
+        typer.echo(f"chip report: {r['n_chips']} chips of 512x512 (edge chips smaller), mean cloud fraction "
+                   f"{r['mean_cloud_fraction']:.3f} -> {chip_report}")
 
 
 @app.command()

@@ -1,136 +1,48 @@
 """``cloudkd predict-scene``: a cloud mask for a whole raster (e.g. a 10980 x 10980 Sentinel-2 tile) in bounded
 memory.
 
-Input: a folder holding the four band files as GeoTIFFs (``B02.tif, B03.tif, B04.tif, B08.tif``, or ``*_B02.tif``
-...; L2A products ship JPEG 2000 files: convert them first, e.g. with gdal_translate) or one multi-band TIFF
-((4, H, W) planar or (H, W, 4) interleaved), uint16 reflectance x 10000.
+Input (:mod:`cloudkd.onboard.products`): a ``.SAFE`` product folder (L2A or L1C), a folder of per-band files in any
+format GDAL reads (GeoTIFF, COG, JPEG 2000), or one multi-band file, read through rasterio window by window, with
+the product's radiometry (reflectance = (DN + offset) / quantification value, from ``MTD_MSIL2A.xml`` /
+``MTD_MSIL1C.xml``; plain GeoTIFF bands: DN / 10000).
 
 Method: overlapping ``tile`` x ``tile`` windows (stride ``tile - overlap``) are predicted in batches; their
-logits are blended with weights that ramp linearly over the overlap (so seams vanish) and the weighted mean is
-thresholded. The scene is processed one row of tiles at a time: only that row's input strip (4 x tile x W)
-and one accumulation strip are in memory; finished rows stream to the output file as compressed tiles. Memory
-therefore grows with the scene's width but not with its height. Input TIFFs are read segment by segment
-(strips or tiles, any compression tifffile decodes), never as a whole.
+logits are blended with weights that ramp linearly over the overlap (so seams vanish) and the weighted mean goes
+through the one prediction rule (threshold, no-data pixels clear). The scene is processed one row of tiles at a
+time: only that row's input strip (4 x tile x W) and one accumulation strip are in memory, and GDAL's block
+cache is capped to the blocks one strip touches (:func:`gdal_cache_bytes`); finished rows stream to a temporary tiled GeoTIFF in bands of
+:data:`OUT_TILE` rows. Memory therefore grows with the scene's width but not with its height.
 
-Output: a single-band uint8 mask (1 = cloud) GeoTIFF-readable by tifffile, with the input's georeferencing tags
-(ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams) copied.
+Output: a Cloud-Optimised GeoTIFF, single-band uint8 mask (1 = cloud; 0 = clear or no data), tiled 512 x 512,
+deflate-compressed, with overviews (mode) and the input's CRS and transform. Optionally the cloud probability
+as a second COG (uint8 ``round(255 p)`` as the soft labels, 0 on no data; overviews averaged) and a chip report:
+the On Cloud N grid of 512 x 512 chips (edge chips smaller) with each chip's cloud fraction, CSV. All outputs
+appear together, only when the whole scene succeeded.
 """
 
 from __future__ import annotations
 
+import csv
 import os
+import tempfile
+import warnings
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-import tifffile
 
-from ..common.errors import DataError
 from ..common.io import atomic_write
-from ..data.normalise import BANDS, dn_to_reflectance, normalise
-from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits, nodata_mask
+from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits
+from ..data.normalise import normalise
+from .products import BandWindows, ProductWarning, Scene, open_scene  # noqa: F401  (re-exported)
 
-GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
-OUT_TILE = 256  # the output is written as 256 x 256 compressed tiles, streamed row of tiles by row of tiles
-
-
-class BandWindows:
-    """Row windows of one band of a TIFF, decoded segment by segment (bounded memory)."""
-
-    def __init__(self, path: os.PathLike | str, band: Optional[int] = None):
-        self.path = Path(path)
-        try:
-            self.tif = tifffile.TiffFile(self.path)
-            page = self.tif.pages[0]
-        except Exception as exc:
-            raise DataError(f"{self.path}: not a readable TIFF ({exc})") from None
-        self.page = page
-        shape = page.shape
-        self.band = band
-        self.separate = False
-        if len(shape) == 2:
-            if band not in (None, 0):
-                raise DataError(f"{self.path}: single band, but band {band} was asked for")
-            self.height, self.width = shape
-        elif len(shape) == 3 and page.planarconfig == 2:  # (S, H, W)
-            self.separate = True
-            self.samples, self.height, self.width = shape
-        elif len(shape) == 3:  # (H, W, S)
-            self.height, self.width, self.samples = shape
-        else:
-            raise DataError(f"{self.path}: unsupported TIFF layout with shape {shape}")
-        if len(shape) == 3 and (band is None or band >= self.samples):
-            raise DataError(f"{self.path}: has {self.samples} bands; band {band} not available")
-        self.dtype = page.dtype
-        if page.is_tiled:
-            self.seg_h, self.seg_w = page.tilelength, page.tilewidth
-        else:
-            self.seg_h, self.seg_w = min(page.rowsperstrip or self.height, self.height), self.width
-        self.ny = -(-self.height // self.seg_h)
-        self.nx = -(-self.width // self.seg_w)
-        # uncompressed contiguous data (often one huge strip): map it instead of decoding whole segments
-        self.mm = tifffile.memmap(self.path, mode="r") if page.is_memmappable else None
-
-    def close(self) -> None:
-        self.mm = None
-        self.tif.close()
-
-    def geo_extratags(self) -> list:
-        out = []
-        for code in GEO_TAGS:
-            tag = self.page.tags.get(code)
-            if tag is not None:
-                out.append((tag.code, int(tag.dtype), tag.count, tag.value, True))
-        return out
-
-    def rows(self, y0: int, y1: int) -> np.ndarray:
-        """Rows [y0, y1) of the band, (y1 - y0, W)."""
-        if self.mm is not None:
-            if self.mm.ndim == 2:
-                return np.array(self.mm[y0:y1])
-            return np.array(self.mm[self.band, y0:y1] if self.separate else self.mm[y0:y1, :, self.band])
-        out = np.zeros((y1 - y0, self.width), self.dtype)
-        fh = self.tif.filehandle
-        plane = self.band if self.separate else 0
-        for iy in range(y0 // self.seg_h, (y1 - 1) // self.seg_h + 1):
-            for ix in range(self.nx):
-                index = (plane * self.ny + iy) * self.nx + ix
-                offset, count = self.page.dataoffsets[index], self.page.databytecounts[index]
-                if count == 0:
-                    continue  # sparse segment: zeros
-                fh.seek(offset)
-                seg, _, _ = self.page.decode(fh.read(count), index)
-                seg = seg[0] if seg.ndim == 4 else seg  # (h, w, samples)
-                seg = seg[..., 0 if (self.separate or self.band is None) else self.band]
-                sy, sx = iy * self.seg_h, ix * self.seg_w
-                a, b = max(y0, sy), min(y1, sy + seg.shape[0], self.height)
-                w = min(seg.shape[1], self.width - sx)
-                if b > a:
-                    out[a - y0:b - y0, sx:sx + w] = seg[a - sy:b - sy, :w]
-        return out
-
-
-def open_scene(path: os.PathLike | str) -> List[BandWindows]:
-    """The four bands of a scene (folder of band files, or one multi-band TIFF) in the project's band order."""
-    p = Path(path)
-    if p.is_dir():
-        bands = []
-        for b in BANDS:
-            hits = [p / f"{b}.tif"] if (p / f"{b}.tif").is_file() else sorted(p.glob(f"*_{b}.tif")) + \
-                sorted(p.glob(f"*_{b}_*.tif"))
-            if not hits:
-                jp2 = " (JPEG 2000 band files of L2A products: convert them to GeoTIFF first, e.g. gdal_translate)" \
-                    if list(p.glob(f"*{b}*.jp2")) else ""
-                raise DataError(f"{p}: no {b}.tif (or *_{b}.tif) band file{jp2}")
-            bands.append(BandWindows(hits[0]))
-    elif p.is_file():
-        bands = [BandWindows(p, band=i) for i in range(4)]
-    else:
-        raise DataError(f"{p}: scene not found")
-    shapes = {(b.height, b.width) for b in bands}
-    if len(shapes) != 1:
-        raise DataError(f"{p}: bands have different sizes {sorted(shapes)}")
-    return bands
+#: output blocks, and the chip grid of the chip report: the On Cloud N chip size
+OUT_TILE = 512
+#: GDAL's block cache beyond what one strip of tiles needs (bytes)
+CACHE_MARGIN = 8 * 2 ** 20
+#: the chip report's columns
+REPORT_COLUMNS = ("chip_id", "row", "col", "y", "x", "height", "width", "cloud_fraction", "nodata_fraction",
+                  "cloud_fraction_of_valid", "left", "bottom", "right", "top")
 
 
 def _positions(n: int, tile: int, stride: int) -> List[int]:
@@ -150,36 +62,177 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
     return w
 
 
-def predict_scene(scene: os.PathLike | str, out: os.PathLike | str, predict: Callable[[np.ndarray], np.ndarray],
-                  tile: int = 512, overlap: int = 64, batch_size: int = 4, threshold: float = DEFAULT_THRESHOLD,
-                  progress: bool = True) -> dict:
-    """Write the scene's cloud mask to ``out``; ``predict`` maps a normalised (N, 4, h, w) float32 batch to
-    (N, 1, h, w) logits. The blended logits go through the one prediction rule (``threshold``, nodata pixels
-    clear). Returns the scene size, tiles and seconds."""
+class _StreamedCog:
+    """A single-band uint8 raster received as successive bands of rows: a temporary tiled GeoTIFF beside ``dst``,
+    which :meth:`finish` turns into a Cloud-Optimised GeoTIFF at ``dst`` (GDAL's COG driver: 512 x 512 tiles,
+    deflate, overviews computed block by block)."""
+
+    def __init__(self, dst: Path, scene: Scene, resampling: str, tags: Dict[str, str]):
+        import rasterio
+
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".stream.tif", dir=dst.parent)
+        os.close(fd)
+        self.tmp, self.dst, self.resampling, self.y = Path(tmp), dst, resampling, 0
+        geo = dict(crs=scene.crs, transform=scene.transform) if scene.georeferenced else {}
+        try:
+            self.ds = rasterio.open(self.tmp, "w", driver="GTiff", height=scene.height, width=scene.width, count=1,
+                                    dtype="uint8", tiled=True, blockxsize=OUT_TILE, blockysize=OUT_TILE,
+                                    compress="deflate", BIGTIFF="IF_SAFER", **geo)
+            self.ds.update_tags(**tags)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+
+    def write(self, rows: np.ndarray) -> None:
+        from rasterio.windows import Window
+
+        self.ds.write(rows[None], window=Window(0, self.y, rows.shape[1], rows.shape[0]))
+        self.y += rows.shape[0]
+
+    def finish(self) -> None:
+        import rasterio.shutil
+
+        self.ds.close()
+        rasterio.shutil.copy(self.tmp, self.dst, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=OUT_TILE,
+                             OVERVIEW_RESAMPLING=self.resampling, BIGTIFF="IF_SAFER")
+
+    def discard(self) -> None:
+        if not self.ds.closed:
+            self.ds.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def gdal_cache_bytes(scene: Scene, rows: int) -> int:
+    """GDAL's block cache while ``scene`` is predicted ``rows`` rows at a time: the blocks a strip of ``rows``
+    rows touches in each band (so that the next, overlapping strip finds them decoded), one row of output blocks
+    for the mask and the probability, and a margin. It grows with the scene's width, never with its height
+    (a 10980-wide product in 1024 x 1024 JPEG 2000 blocks: 4 bands x 2 x 11 blocks of 2 MiB, about 200 MB)."""
+    total = CACHE_MARGIN + 2 * OUT_TILE * OUT_TILE * -(-scene.width // OUT_TILE)
+    for b in scene.bands:
+        bh, bw = b.block_shape
+        total += ((rows - 1) // bh + 2) * bh * bw * -(-b.width // bw) * b.dtype.itemsize
+    return int(total)
+
+
+def _atomic_all(paths: Sequence[Path], write: Callable[[List[Path]], object]):
+    """``write(temporary paths)`` for several outputs; they are renamed into place only when it succeeded."""
+    if not paths:
+        return write([])
+    result = []
+    atomic_write(paths[0], lambda tmp: result.append(_atomic_all(paths[1:], lambda rest: write([tmp, *rest]))))
+    return result[0]
+
+
+def chip_rows(mask: np.ndarray, nodata: np.ndarray, y0: int, transform=None) -> List[dict]:
+    """The chip report's rows for one band of mask rows starting at scene row ``y0`` (at most OUT_TILE rows):
+    each OUT_TILE-wide chip's cloud fraction (the downlink's :func:`chip_stats`), no-data fraction, cloud
+    fraction of its valid pixels and, on a georeferenced grid, its bounds."""
+    from .downlink import chip_stats
+
+    out = []
+    for x in range(0, mask.shape[1], OUT_TILE):
+        m, nd = mask[:, x:x + OUT_TILE], nodata[:, x:x + OUT_TILE]
+        st = chip_stats(m, f"r{y0}_c{x}")
+        valid = st.pixels - int(nd.sum())
+        row = {"chip_id": st.chip_id, "row": y0 // OUT_TILE, "col": x // OUT_TILE, "y": y0, "x": x,
+               "height": m.shape[0], "width": m.shape[1], "cloud_fraction": st.cloud_pred / st.pixels,
+               "nodata_fraction": float(nd.mean()),
+               "cloud_fraction_of_valid": st.cloud_pred / valid if valid else None}
+        if transform is not None:
+            xy = [transform @ c for c in ((x, y0), (x + m.shape[1], y0), (x, y0 + m.shape[0]),
+                                          (x + m.shape[1], y0 + m.shape[0]))]
+            row.update(left=min(c[0] for c in xy), bottom=min(c[1] for c in xy), right=max(c[0] for c in xy),
+                       top=max(c[1] for c in xy))
+        out.append(row)
+    return out
+
+
+def predict_scene(scene: os.PathLike | str | Scene, out: os.PathLike | str,
+                  predict: Callable[[np.ndarray], np.ndarray], tile: int = 512, overlap: int = 64,
+                  batch_size: int = 4, threshold: float = DEFAULT_THRESHOLD, progress: bool = True,
+                  prob_out: Optional[os.PathLike | str] = None, chip_report: Optional[os.PathLike | str] = None,
+                  offset: Optional[float] = None, scale: Optional[float] = None,
+                  tags: Optional[Dict[str, str]] = None) -> dict:
+    """Write the scene's cloud mask to ``out`` (a COG); ``predict`` maps a normalised (N, 4, h, w) float32 batch to
+    (N, 1, h, w) logits. The blended logits go through the one prediction rule (``threshold``, no-data pixels
+    clear). ``scene``: a path (opened with :func:`open_scene`, ``offset`` / ``scale`` as there) or an open
+    :class:`Scene` (left open). ``prob_out``: also the cloud probability; ``chip_report``: the 512 x 512 chip grid's
+    cloud fractions (CSV); ``tags``: metadata written into the rasters. Returns the scene size, tiles, seconds
+    (and their split between reading, the model and writing) and the area in km² where the grid is in metres."""
     import time
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from ..data.soft import quantise
 
     if overlap < 0 or overlap >= tile:
         raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
-    bands = open_scene(scene)
-    h, w = bands[0].height, bands[0].width
+    outputs = [Path(out)] + [Path(q) for q in (prob_out, chip_report) if q is not None]
+    if len({q.absolute() for q in outputs}) != len(outputs):
+        raise ValueError(f"the outputs must be different files, got {[str(q) for q in outputs]}")
+    own = not isinstance(scene, Scene)
+    sc = open_scene(scene, offset=offset, scale=scale) if own else scene
+    h, w = sc.height, sc.width
     th, tw = min(tile, h), min(tile, w)
     ys, xs = _positions(h, th, th - overlap), _positions(w, tw, tw - overlap)
     wy, wx = _ramp(th, overlap), _ramp(tw, overlap)
     weight = wy[:, None] * wx[None, :]
-    geo = bands[0].geo_extratags()
+    tags = {"CLOUDKD_THRESHOLD": f"{threshold:g}", "CLOUDKD_RADIOMETRY": sc.radiometry.describe(), **(tags or {})}
     t0 = time.perf_counter()
+    clock = {"read": 0.0, "model": 0.0, "write": 0.0}
+    chips: List[dict] = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(ys) * len(xs), desc="scene tiles", unit="tile")
 
-    def strips() -> Iterator[np.ndarray]:
+    def run(tmps: List[Path]) -> None:
+        mask_out = _StreamedCog(tmps[0], sc, "MODE", {"CLOUDKD_MASK": "1 = cloud, 0 = clear or no data", **tags})
+        prob_sink = None
+        try:
+            if prob_out is not None:
+                prob_sink = _StreamedCog(tmps[1], sc, "AVERAGE", {"CLOUDKD_PROBABILITY": "cloud probability "
+                                                                  "round(255 p), 0 on no data", **tags})
+            rows(mask_out, prob_sink)
+            t = time.perf_counter()
+            for sink in (mask_out, prob_sink):
+                if sink is not None:
+                    sink.finish()
+            clock["write"] += time.perf_counter() - t
+        finally:
+            for sink in (mask_out, prob_sink):
+                if sink is not None:
+                    sink.discard()
+        if chip_report is not None:
+            with open(tmps[-1], "w", newline="") as f:
+                wr = csv.DictWriter(f, REPORT_COLUMNS, extrasaction="ignore")
+                wr.writeheader()
+                wr.writerows(chips)
+
+    def rows(mask_out: _StreamedCog, prob_sink: Optional[_StreamedCog]) -> None:
         acc = np.zeros((th, w), np.float32)  # weighted logits of rows [base, base + th)
         wsum = np.zeros((th, w), np.float32)
         nodata = np.zeros((th, w), bool)
         base = 0
-        pending = np.zeros((0, w), np.uint8)
+        pend_mask, pend_prob, pend_nodata = np.zeros((0, w), np.uint8), np.zeros((0, w), np.uint8), \
+            np.zeros((0, w), bool)
+        done_rows = 0
+
+        def emit(n: int) -> None:  # the first n pending rows (a full band of OUT_TILE rows, or the last one)
+            nonlocal pend_mask, pend_prob, pend_nodata, done_rows
+            t = time.perf_counter()
+            mask_out.write(pend_mask[:n])
+            if prob_sink is not None:
+                prob_sink.write(pend_prob[:n])
+            if chip_report is not None:
+                chips.extend(chip_rows(pend_mask[:n], pend_nodata[:n], done_rows,
+                                       sc.transform if sc.georeferenced else None))
+            pend_mask, pend_prob, pend_nodata = pend_mask[n:], pend_prob[n:], pend_nodata[n:]
+            done_rows += n
+            clock["write"] += time.perf_counter() - t
+
         for i, y in enumerate(ys):
             if y > base:  # shift the accumulators: rows [base, y) are final
                 k = y - base
@@ -187,12 +240,16 @@ def predict_scene(scene: os.PathLike | str, out: os.PathLike | str, predict: Cal
                 wsum = np.concatenate([wsum[k:], np.zeros((k, w), np.float32)])
                 nodata = np.concatenate([nodata[k:], np.zeros((k, w), bool)])
                 base = y
-            dn = np.stack([b.rows(y, y + th) for b in bands])  # (4, th, W) as stored (uint16): the big buffer
-            nodata[:] = nodata_mask(dn)
+            t = time.perf_counter()
+            dn = sc.rows(y, y + th)  # (4, th, W) as stored (e.g. uint16): the big buffer
+            nodata[:] = sc.nodata(dn)
+            clock["read"] += time.perf_counter() - t
             for j in range(0, len(xs), batch_size):
                 group = xs[j:j + batch_size]
-                batch = np.stack([normalise(dn_to_reflectance(dn[:, :, x:x + tw])) for x in group])
+                t = time.perf_counter()
+                batch = np.stack([normalise(sc.reflectance(dn[:, :, x:x + tw])) for x in group])
                 logits = np.asarray(predict(batch), np.float32)[:, 0]
+                clock["model"] += time.perf_counter() - t
                 for x, z in zip(group, logits):
                     acc[:, x:x + tw] += z * weight
                     wsum[:, x:x + tw] += weight
@@ -202,35 +259,38 @@ def predict_scene(scene: os.PathLike | str, out: os.PathLike | str, predict: Cal
             done = nxt - y  # rows [y, nxt) receive no further tile
             blended = acc[:done] / np.maximum(wsum[:done], 1e-12)
             mask = masks_from_logits(blended[None, None], threshold, nodata[None, :done])[0]
-            pending = np.concatenate([pending, mask])
-            while len(pending) >= OUT_TILE:
-                yield from _tiles(pending[:OUT_TILE])
-                pending = pending[OUT_TILE:]
-        if len(pending):
-            yield from _tiles(pending)
-
-    def _tiles(rows: np.ndarray) -> Iterator[np.ndarray]:
-        """One row of output tiles, left to right, padded to OUT_TILE x OUT_TILE."""
-        for x in range(0, w, OUT_TILE):
-            t = np.zeros((OUT_TILE, OUT_TILE), np.uint8)
-            part = rows[:, x:x + OUT_TILE]
-            t[:part.shape[0], :part.shape[1]] = part
-            yield t
-
-    def write(tmp: Path) -> None:
-        with tifffile.TiffWriter(tmp, bigtiff=h * w > 2 ** 31) as tw_:
-            tw_.write(strips(), shape=(h, w), dtype=np.uint8, tile=(OUT_TILE, OUT_TILE), compression="zlib",
-                      photometric="minisblack", extratags=geo, metadata=None)
+            pend_mask = np.concatenate([pend_mask, mask])
+            pend_nodata = np.concatenate([pend_nodata, nodata[:done]])
+            if prob_sink is not None:
+                prob = quantise(0.5 + 0.5 * np.tanh(0.5 * blended))  # the sigmoid, without overflow
+                prob[nodata[:done]] = 0
+                pend_prob = np.concatenate([pend_prob, prob])
+            while len(pend_mask) >= OUT_TILE:
+                emit(OUT_TILE)
+        if len(pend_mask):
+            emit(len(pend_mask))
 
     try:
-        out = atomic_write(out, write)
+        with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(sc, th)), warnings.catch_warnings():  # bytes, for rasterio
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            _atomic_all(outputs, run)
     finally:
-        for b in bands:
-            b.close()
+        if own:
+            sc.close()
         if bar is not None:
             bar.close()
-    return {"height": h, "width": w, "tiles": len(ys) * len(xs), "seconds": time.perf_counter() - t0,
-            "out": str(out), "georeferenced": bool(geo)}
+    seconds = time.perf_counter() - t0
+    px = sc.pixel_km2()
+    result = {"height": h, "width": w, "tiles": len(ys) * len(xs), "seconds": seconds,
+              "seconds_read": clock["read"], "seconds_model": clock["model"], "seconds_write": clock["write"],
+              "out": str(out), "georeferenced": sc.georeferenced, "km2": None if px is None else px * h * w,
+              "radiometry": sc.radiometry.describe(), "warnings": list(sc.warnings)}
+    if prob_out is not None:
+        result["prob_out"] = str(prob_out)
+    if chip_report is not None:
+        result.update(chip_report=str(chip_report), n_chips=len(chips),
+                      mean_cloud_fraction=float(np.mean([c["cloud_fraction"] for c in chips])))
+    return result
 
 
 def torch_predictor(model, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
