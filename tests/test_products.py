@@ -200,6 +200,13 @@ def test_command_writes_a_georeferenced_cog_probability_and_chip_report(tmp_path
     assert f"{h}x{w} scene" in text and "georeferenced COG" in text and "km²/s" in text, text
     assert "Sentinel-2 L2A product" in text and "reflectance = (DN - 1000) / 10000" in text, text
     assert sorted(p.name for p in out.parent.iterdir()) == ["chips.csv", "mask.tif", "prob.tif"]  # no temporaries
+    # existing outputs are kept unless --force
+    before = {p: p.read_bytes() for p in (out, prob, report)}
+    again = ["onboard", "predict-scene", safe, "--model", brightness_onnx, "--out", out, "--prob-out", prob,
+             "--chip-report", report, "--threshold", _threshold(bias)]
+    code, text2 = invoke(again, capsys)
+    assert code == 2 and "--force" in text2 and all(p.read_bytes() == b for p, b in before.items()), text2
+    assert invoke(again + ["--force"], capsys)[0] == 0
 
     with rasterio.open(out) as m, rasterio.open(next(safe.glob("GRANULE/*/IMG_DATA/R10m/*_B02_10m.jp2"))) as b:
         assert m.crs == b.crs == DEFAULT_CRS and m.transform == b.transform == GEO["transform"]

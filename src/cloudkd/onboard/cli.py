@@ -82,6 +82,7 @@ def predict_scene_cmd(
     batch: int = typer.Option(4, callback=at_least(1), help="Tiles per batch."),
     threshold: float = threshold_option(),
     threads: Optional[int] = typer.Option(None, callback=at_least(1), help="CPU threads."),
+    force: bool = typer.Option(False, help="Replace existing output files."),
 ):
     """Cloud mask of a whole scene or Sentinel-2 product by overlapping, blended tiles, in bounded memory: a
     georeferenced Cloud-Optimised GeoTIFF, optionally the probability and a per-chip cloud report."""
@@ -98,6 +99,8 @@ def predict_scene_cmd(
     for o in outputs:
         if o.is_dir():
             fail(f"{o}: is a folder; give a file name", 2)
+        if o.exists() and not force:
+            fail(f"{o}: exists; pass --force to replace it", 2)
     with warnings.catch_warnings():  # printed below as one line each
         warnings.simplefilter("ignore", ProductWarning)
         sc = open_scene(scene, offset=offset, scale=scale)  # bad input: one line naming the file, before any work
