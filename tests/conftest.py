@@ -70,3 +70,31 @@ def make_dataset(root: Path, chips: dict, split: str = "train", labels: dict = N
                   "datetime": ["2020-04-29T08:20:47Z"] * len(ids)}).to_csv(root / f"{split}_metadata.csv",
                                                                           index=False)
     return root
+
+
+def invoke(args, capsys):
+    """Run the console entry point as a user would (``cloudkd ARGS``): (exit code, stdout + stderr)."""
+    import sys
+    from unittest import mock
+
+    from cloudkd.cli import main
+
+    capsys.readouterr()
+    with mock.patch.object(sys, "argv", ["cloudkd", *map(str, args)]):
+        with pytest.raises(SystemExit) as e:
+            main()
+    out = capsys.readouterr()
+    return e.value.code, out.out + out.err
+
+
+def snapshot(*roots):
+    """Every file and folder below ``roots`` with its size and modification time."""
+    import os
+
+    seen = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                st = (Path(dirpath) / name).lstat()
+                seen[str(Path(dirpath) / name)] = (st.st_size, st.st_mtime_ns)
+    return seen

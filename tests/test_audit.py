@@ -3,8 +3,6 @@ sheet, the exclusion list, the out-of-fold mode, and bad input."""
 
 import re
 import shutil
-import sys
-from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -12,20 +10,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from cloudkd.cli import main
 from cloudkd.data import read_label, resolve_split
 from cloudkd.evaluate import audit as A
 
-from conftest import make_dataset
-
-
-def invoke(args, capsys):
-    capsys.readouterr()
-    with mock.patch.object(sys, "argv", ["cloudkd", *map(str, args)]):
-        with pytest.raises(SystemExit) as e:
-            main()
-    out = capsys.readouterr()
-    return e.value.code, out.out + out.err
+from conftest import invoke, make_dataset
 
 
 # ---------------------------------------------------------------------------------------------------- evidence

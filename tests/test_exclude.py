@@ -2,45 +2,21 @@
 chips really left out of what each command uses, fold -1 in a folds file, and an unknown id refused up front."""
 
 import json
-import os
-import sys
-from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from cloudkd.baselines.threshold import ThresholdModel, fit_threshold
-from cloudkd.cli import main
 from cloudkd.data import DataError, apply_exclude, load_index, read_exclude, read_label, resolve_split
 from cloudkd.data.datamodule import CloudDataModule
 from cloudkd.data.folds import EXCLUDED, make_folds, read_folds, split_by_fold, write_folds
 from cloudkd.data.soft import write_soft
 
+from conftest import invoke, snapshot
+
 #: tiny trainings: one step of the smallest student on small crops
 TINY = ["--model", "unet-xs", "--epochs", "1", "--steps", "1", "--batch", "2", "--crop", "32", "--accelerator", "cpu"]
-
-
-def invoke(args, capsys):
-    """Run the console entry point as a user would (``cloudkd ARGS``): (exit code, stdout + stderr)."""
-    capsys.readouterr()
-    with mock.patch.object(sys, "argv", ["cloudkd", *map(str, args)]):
-        with pytest.raises(SystemExit) as e:
-            main()
-    out = capsys.readouterr()
-    return e.value.code, out.out + out.err
-
-
-def snapshot(*roots):
-    """Every file and folder below ``roots`` with its size and modification time."""
-    seen = {}
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in dirnames + filenames:
-                st = (Path(dirpath) / name).lstat()
-                seen[str(Path(dirpath) / name)] = (st.st_size, st.st_mtime_ns)
-    return seen
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -15,12 +14,13 @@ import rasterio
 import torch
 from affine import Affine
 
-from cloudkd.cli import main
 from cloudkd.common.errors import DataError
 from cloudkd.data.normalise import BANDS, dn_to_reflectance, normalise
 from cloudkd.onboard.products import ProductWarning, open_scene, read_product_metadata
 from cloudkd.onboard.scene import predict_scene
 from cloudkd.onboard.synthproduct import DEFAULT_CRS, DEFAULT_TRANSFORM, write_safe
+
+from conftest import invoke
 
 GEO = dict(crs=DEFAULT_CRS, transform=Affine(*DEFAULT_TRANSFORM))
 #: a pixelwise "model" on the normalised bands: bands weigh differently (a swapped band changes the mask) and a
@@ -70,16 +70,6 @@ def _mask(scene, tmp_path, bias, name, **kw):
     out = tmp_path / f"{name}.tif"
     predict_scene(scene, out, _pixelwise(bias), tile=256, overlap=32, batch_size=4, progress=False, **kw)
     return _read(out)
-
-
-def invoke(args, capsys):
-    """``cloudkd ARGS`` as a user runs it: (exit code, stdout + stderr)."""
-    capsys.readouterr()
-    with mock.patch.object(sys, "argv", ["cloudkd", *map(str, args)]):
-        with pytest.raises(SystemExit) as e:
-            main()
-    out = capsys.readouterr()
-    return e.value.code, out.out + out.err
 
 
 @pytest.fixture(scope="module")

@@ -3,36 +3,10 @@ nothing changed on disk. Then the data-loss and wrong-result cases, each of whic
 
 import os
 import shutil
-import sys
-from pathlib import Path
-from unittest import mock
 
 import pytest
 
-from cloudkd.cli import main
-
-
-
-def invoke(args, capsys):
-    """Run the console entry point as a user would (``cloudkd ARGS``): (exit code, stdout + stderr)."""
-    capsys.readouterr()
-    with mock.patch.object(sys, "argv", ["cloudkd", *map(str, args)]):
-        with pytest.raises(SystemExit) as e:
-            main()
-    out = capsys.readouterr()
-    return e.value.code, out.out + out.err
-
-
-def snapshot(*roots):
-    """Every file and folder below ``roots`` with its size and modification time."""
-    seen = {}
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in dirnames + filenames:
-                p = Path(dirpath) / name
-                st = p.lstat()
-                seen[str(p)] = (st.st_size, st.st_mtime_ns)
-    return seen
+from conftest import invoke, snapshot
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -27,8 +25,8 @@ from cloudkd.student.runs import load_student
 from cloudkd.submission.emulate import RUNTIME_LINK, interpreter_versions, runtime_env_python, runtime_test
 from cloudkd.submission.pack import pack
 
-from conftest import write_chip
-from test_submission import _broken_features
+from conftest import invoke, write_chip
+from test_submission import _broken_features, smp_run
 
 SIZE = 96  # the small generated chips
 runner = CliRunner()
@@ -134,19 +132,7 @@ def test_broken_chips_each_get_a_valid_mask_and_a_log_line_under_the_runtime(pac
 def test_an_smp_resnet34_unet_packs_and_runs_under_smp_021(small_data, runtime_python, tmp_path):
     """A model trained with this project's segmentation-models-pytorch, rebuilt by main.py with the runtime's
     smp 0.2.1 / timm 0.4.12 / torch 1.8.0 from the packed state dict, writes the library's masks."""
-    from cloudkd.student.models import build_model
-
-    torch.manual_seed(0)
-    spec = "smp:Unet:resnet34"
-    model = build_model(spec)
-    for m in model.modules():  # random BatchNorm statistics, so the masks are not all one class
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    run = tmp_path / "smp_run"
-    run.mkdir()
-    torch.save(model.state_dict(), run / "student.pt")
-    (run / "student.json").write_text(json.dumps({"model": spec, "model_kwargs": {}}))
+    run = smp_run(tmp_path, "smp:Unet:resnet34")
     z = tmp_path / "smp.zip"
     pack(run, z, threshold=0.5, batch_size=2, chip_size=SIZE)
     assert json.loads(zipfile.ZipFile(z).read("assets/config.json"))["model"]["encoder"] == "resnet34"
@@ -206,14 +192,8 @@ def test_runtime_test_cli_names_the_interpreter_and_versions(packed_tta, small_d
 
 def _cloudkd(args, capsys):
     """``cloudkd ARGS`` through the console entry point: (exit code, the non-empty lines of stdout + stderr)."""
-    from cloudkd.cli import main
-
-    capsys.readouterr()
-    with mock.patch.object(sys, "argv", ["cloudkd", *map(str, args)]):
-        with pytest.raises(SystemExit) as e:
-            main()
-    out = capsys.readouterr()
-    return e.value.code, [line for line in (out.out + out.err).splitlines() if line.strip()]
+    code, text = invoke(args, capsys)
+    return code, [line for line in text.splitlines() if line.strip()]
 
 
 def test_runtime_test_refuses_a_python_that_is_not_one(packed_tta, small_data, tmp_path, capsys):

@@ -160,15 +160,14 @@ def test_threshold_is_checked_on_every_command_that_makes_masks(student, small_d
     assert not (tmp_path / "o").exists()
 
 
-def test_an_smp_model_packs_and_main_py_rebuilds_it_with_segmentation_models_pytorch(small_data, tmp_path):
-    """main.py's smp branch: an smp U-Net (random weights) packed and run by main.py writes the masks the library
-    writes with the same weights."""
+def smp_run(tmp_path, spec):
+    """A student run folder holding an smp model with seed-0 random weights and random BatchNorm statistics (so
+    its masks are not all one class)."""
     from cloudkd.student.models import build_model
 
     torch.manual_seed(0)
-    spec = "smp:Unet:resnet18"
     model = build_model(spec)
-    for m in model.modules():  # random BatchNorm statistics, so the masks are not all one class
+    for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
@@ -176,11 +175,18 @@ def test_an_smp_model_packs_and_main_py_rebuilds_it_with_segmentation_models_pyt
     run.mkdir()
     torch.save(model.state_dict(), run / "student.pt")
     (run / "student.json").write_text(json.dumps({"model": spec, "model_kwargs": {}}))
+    return run
+
+
+def test_an_smp_model_packs_and_main_py_rebuilds_it_with_segmentation_models_pytorch(small_data, tmp_path):
+    """main.py's smp branch: an smp U-Net (random weights) packed and run by main.py writes the masks the library
+    writes with the same weights."""
+    run = smp_run(tmp_path, "smp:Unet:resnet18")
     z = tmp_path / "smp.zip"
     r = pack(run, z, threshold=0.5, batch_size=2, chip_size=SIZE)
     cfg = json.loads(zipfile.ZipFile(z).read("assets/config.json"))
     assert cfg["model"] == {"arch": "smp", "name": "Unet", "encoder": "resnet18", "kwargs": {}}
-    assert r.params == sum(p.numel() for p in model.parameters())
+    assert r.params == sum(p.numel() for p in load_student(run).parameters())
     test = resolve_split(small_data, "test")
     v = runtime_test(z, small_data, keep=tmp_path / "root", echo=False)
     assert v["ok"], v["reasons"]
