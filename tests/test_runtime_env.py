@@ -150,7 +150,7 @@ def test_an_smp_resnet34_unet_packs_and_runs_under_smp_021(small_data, runtime_p
     assert 0 < cloud < len(test.chip_ids()) * SIZE * SIZE
 
 
-@pytest.mark.parametrize("preset", ["unet-s2d2", "unet-s2d4"])
+@pytest.mark.parametrize("preset", ["unet-s2d2", "unet-s2d4", "unet-s2d2r"])
 def test_a_space_to_depth_student_runs_under_torch18(small_data, runtime_python, tmp_path, preset):
     """The stem's nn.PixelUnshuffle first appeared in torch 1.8.0: main.py rebuilds it there and writes the
     library's masks."""
