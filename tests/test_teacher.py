@@ -515,19 +515,23 @@ def test_force_with_a_bad_device_or_fold_deletes_nothing(trained):
 
 def test_audit_with_the_teacher_as_judge(trained, tmp_path):
     """`cloudkd evaluate audit --teacher-nnunet WORKDIR`: every labelled chip of the split judged by the teacher;
-    each chip's label IoU is the one of the teacher's own masks (teacher predict) against the label."""
+    each chip's label IoU is the one of the in-process teacher's masks (the prediction rule on its logits)."""
     import pandas as pd
 
-    work, data, ws = trained["work"], trained["data"], trained["ws"]
+    from cloudkd.common.infer import masks_from_logits
+
+    data, ws = trained["data"], trained["ws"]
     cli("evaluate", "audit", data, "--split", "test", "--teacher-nnunet", ws.root, "--out", tmp_path / "a",
         "--top", 2)
     table = pd.read_csv(tmp_path / "a" / "audit.csv")
     test = resolve_split(data, "test")
     assert sorted(table["chip_id"]) == test.chip_ids()
+    teacher = NnUNetTeacher.from_workspace(ws)
     for _, r in table.iterrows():
+        refl = read_chip(test.chip_dir(r["chip_id"]))
+        mask = masks_from_logits(teacher.logits(torch.from_numpy(normalise(refl)[None])), 0.5,
+                                 nodata_mask(refl[None]))[0] > 0
         lab = read_label(test.label_path(r["chip_id"])) > 0
-        mask = read_label(work / "masks" / f"{r['chip_id']}.tif") > 0
         union = (lab | mask).sum()
-        iou = (lab & mask).sum() / union if union else 1.0
-        # the in-process logits and nnU-Net's own path differ in a few patch-corner pixels (see above)
-        assert r["label_iou"] == pytest.approx(iou, abs=0.02), r["chip_id"]
+        # a few pixels may flip at the threshold between batch sizes (float rounding): 1e-3 is ~5 of 9,216
+        assert r["label_iou"] == pytest.approx((lab & mask).sum() / union if union else 1.0, abs=1e-3), r["chip_id"]
