@@ -147,7 +147,7 @@ def pareto(speed: pd.DataFrame, seeds_csv: Path, md_path: Path, png: Path):
         for i, r in enumerate(rows):
             r[f"{key}_front"] = "yes" if i in front else "no"
             if ref is not None and col in r and col in ref:
-                # paired by seed: the same seeds, the same data order for every model
+                # difference of the means over the same seeds (the same data order for every model)
                 r[f"{key}_minus_ref"] = round(r[col] - ref[col], 4)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     md = format_table([{k: r.get(k) for k in cols} for r in rows], cols)
@@ -172,8 +172,9 @@ def pareto(speed: pd.DataFrame, seeds_csv: Path, md_path: Path, png: Path):
         front = sorted((x, y) for r, x, y in zip(rows, xs, ys) if r[f"{key}_front"] == "yes")
         ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="tab:green", label="Pareto front")
         for r, x, y in zip(rows, xs, ys):
-            ax.annotate(f"{r['model']}\n{r['params']:,} p, {r['int8_x_ref']:.1f}x", (x, y), textcoords="offset points",
-                        xytext=(6, 6), fontsize=8)
+            ax.annotate(f"{r['model']}\n{r['params']:,} p, {r['int8_x_ref']:.1f}x, n={r['seeds']}", (x, y),
+                        textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.margins(x=0.15, y=0.15)
         ax.axvline(75, color="tab:red", ls=":", label="75 chips/s (Sentinel-2 real time)")
         ax.set_xlabel("int8 ONNX chips/s, 2 threads (one run, side by side)")
         ax.set_ylabel("global Jaccard (mean +- sd over seeds)")
