@@ -7,7 +7,6 @@ newer-API call this file exists to catch."""
 
 import json
 import os
-import shutil
 import subprocess
 import zipfile
 
@@ -19,14 +18,13 @@ from typer.testing import CliRunner
 
 from cloudkd.cli import app
 from cloudkd.data import read_mask, resolve_split
-from cloudkd.data.chips import read_chip_dn
 from cloudkd.student.predict import predict_folder
 from cloudkd.student.runs import load_student
 from cloudkd.submission.emulate import RUNTIME_LINK, interpreter_versions, runtime_env_python, runtime_test
 from cloudkd.submission.pack import pack
 
-from conftest import invoke, write_chip
-from test_submission import _broken_features, smp_run
+from conftest import invoke
+from test_submission import _broken_features, smp_run, wedged_copy
 
 SIZE = 96  # the small generated chips
 runner = CliRunner()
@@ -76,16 +74,8 @@ def test_packed_student_under_python39_torch18_writes_the_library_masks_on_chips
     """main.py + the packed unet.py / normalise.py / infer.py under torch 1.8 / numpy 1.20 / Python 3.9 write,
     byte for byte, the masks the library writes under this project's versions, on chips with nodata wedges."""
     test = resolve_split(small_data, "test")
+    wedges = wedged_copy(test, tmp_path / "wedged")
     feats = tmp_path / "wedged" / "test_features"
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    wedges = {}
-    for k, cid in enumerate(test.chip_ids()):
-        dn = read_chip_dn(test.chip_dir(cid))
-        wedge = (xx + yy) < SIZE // 2 if k % 2 == 0 else (xx - yy) > SIZE // 3
-        dn[:, wedge] = 0
-        write_chip(feats, cid, dn)
-        wedges[cid] = wedge
-    shutil.copy(test.metadata_csv, tmp_path / "wedged" / "test_metadata.csv")
     v = runtime_test(packed_tta, tmp_path / "wedged", keep=tmp_path / "root", echo=False, python=runtime_python)
     assert v["ok"], (v["reasons"], v["log"][-2000:])
     _ran_under_the_runtime(v)

@@ -102,6 +102,23 @@ def test_main_py_output_equals_the_library_prediction(student, packed, small_dat
     assert not [p for p in (tmp_path / "root").iterdir() if p.name.startswith(".cloudkd-tmp")]
 
 
+def wedged_copy(test, root):
+    """The test split's chips under ``root`` with a nodata wedge (all bands 0) in each, a corner wedge on every
+    other chip and a side wedge on the rest; returns {chip_id: boolean wedge mask}."""
+    from cloudkd.data.chips import read_chip_dn
+
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    wedges = {}
+    for k, cid in enumerate(test.chip_ids()):
+        dn = read_chip_dn(test.chip_dir(cid))
+        wedge = (xx + yy) < SIZE // 2 if k % 2 == 0 else (xx - yy) > SIZE // 3
+        dn[:, wedge] = 0
+        write_chip(Path(root) / "test_features", cid, dn)
+        wedges[cid] = wedge
+    shutil.copy(test.metadata_csv, Path(root) / "test_metadata.csv")
+    return wedges
+
+
 def test_main_py_equals_cloudkd_predict_on_chips_with_nodata_wedges_at_a_packed_threshold(student, small_data,
                                                                                            tmp_path):
     """The one prediction rule: on chips with nodata wedges (all bands 0), the packed main.py (threshold 0.3, flip
@@ -109,19 +126,10 @@ def test_main_py_equals_cloudkd_predict_on_chips_with_nodata_wedges_at_a_packed_
     although the model alone calls part of the wedges cloud."""
     from cloudkd.common.infer import masks_from_logits, nodata_mask, predict_logits
     from cloudkd.data import normalise, read_chip
-    from cloudkd.data.chips import read_chip_dn
 
     test = resolve_split(small_data, "test")
+    wedges = wedged_copy(test, tmp_path / "wedged")
     feats = tmp_path / "wedged" / "test_features"
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    wedges = {}
-    for k, cid in enumerate(test.chip_ids()):
-        dn = read_chip_dn(test.chip_dir(cid))
-        wedge = (xx + yy) < SIZE // 2 if k % 2 == 0 else (xx - yy) > SIZE // 3  # corner and side wedges
-        dn[:, wedge] = 0
-        write_chip(feats, cid, dn)
-        wedges[cid] = wedge
-    shutil.copy(test.metadata_csv, tmp_path / "wedged" / "test_metadata.csv")
     z = tmp_path / "submission.zip"
     pack(student, z, threshold=0.3, tta=True, batch_size=3, chip_size=SIZE)
     v = runtime_test(z, tmp_path / "wedged", keep=tmp_path / "root", echo=False)
