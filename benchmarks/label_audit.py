@@ -31,7 +31,7 @@ import pandas as pd
 
 from cloudkd.common.cli import format_table
 from cloudkd.data.chips import load_index
-from cloudkd.data.folds import make_folds, split_by_fold, write_folds
+from cloudkd.data.folds import make_folds, read_folds, write_folds
 from cloudkd.data.roots import resolve_split
 from cloudkd.data.synth.sentinel2 import SynthConfig, synthesize
 from cloudkd.demo import DemoConfig, StudentBudget
@@ -111,11 +111,9 @@ def main():
           time.perf_counter() - t0)
     # 2b. out of fold, on the noisy labels
     runs = A.train_fold_models(roots["noisy"], folds_csv, work / "oof", base)
+    models = {k: A.load_model(run) for k, run in runs.items()}
     t0 = time.perf_counter()
-    oof_rows = []
-    folds = pd.read_csv(folds_csv)
-    for k, run in runs.items():
-        oof_rows += A.audit_chips(split_by_fold(index, folds, k)[1], A.load_model(run), progress=False, fold=k)
+    oof_rows = A.audit_out_of_fold(index, read_folds(folds_csv), models)
     oof = audit("audit out of fold", oof_rows, time.perf_counter() - t0)
     exclude = work / "exclude.txt"
     n_excluded = A.write_exclude(oof, exclude, a.above, "out of fold")

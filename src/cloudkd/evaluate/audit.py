@@ -179,6 +179,24 @@ def audit_chips(index: pd.DataFrame, model: AuditModel, threshold: float = DEFAU
     return rows
 
 
+def audit_out_of_fold(index: pd.DataFrame, folds: pd.DataFrame, models: Dict[int, AuditModel],
+                      threshold: float = DEFAULT_THRESHOLD, batch: int = 8) -> List[dict]:
+    """Evidence rows of every chip of ``index``, each judged by the model of its fold (``models``: fold -> model
+    trained without it); chips a folds file left out (fold -1) were in no model's training and are judged by the
+    first fold's model. ``models`` gains that -1 entry, so the contact sheet finds each row's judge."""
+    from ..data.folds import split_by_fold
+
+    rows = []
+    for k, m in list(models.items()):
+        rows += audit_chips(split_by_fold(index, folds, k)[1], m, threshold, batch, progress=False, fold=k)
+    fold_of = folds.set_index("chip_id")["fold"]
+    left_out = index[index["chip_id"].map(fold_of) < 0]
+    if len(left_out):
+        models[-1] = next(iter(models.values()))
+        rows += audit_chips(left_out, models[-1], threshold, batch, progress=False, fold=-1)
+    return rows
+
+
 def rank(rows: Sequence[dict]) -> pd.DataFrame:
     """The audit table: most suspicious first (ties by chip id), with a 1-based ``rank``."""
     df = pd.DataFrame(list(rows))

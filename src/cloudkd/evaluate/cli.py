@@ -151,7 +151,7 @@ def audit(
         fail(f"{sp.features_dir}: no chips to audit", 2)
     t0 = time.perf_counter()
     if train:
-        from ..data.folds import read_folds, split_by_fold
+        from ..data.folds import read_folds
         from ..student.config import TrainConfig
 
         folds = read_folds(folds_csv)
@@ -162,17 +162,10 @@ def audit(
                            crop=crop, limit_train_batches=steps, seed=seed, threshold=threshold)
         runs = A.train_fold_models(sp.root, folds_csv, out / "oof", base, log=typer.echo)
         models = {k: A.load_model(r) for k, r in runs.items()}
-        rows = []
+        source = f"out of fold, {len(models)} {student_model} students"
         t0 = time.perf_counter()  # chips/s counts the audit, not the training
-        for k, m in models.items():
-            _, part = split_by_fold(index, folds, k)
-            rows += A.audit_chips(part, m, threshold, batch, progress=False, fold=k)
-        fold_of = folds.set_index("chip_id")["fold"]
-        left_out = index[index["chip_id"].map(fold_of) < 0]  # excluded from every fold: no model has seen them
-        if len(left_out):
-            models[-1] = next(iter(models.values()))
-            rows += A.audit_chips(left_out, models[-1], threshold, batch, progress=False, fold=-1)
-        judge, source = next(iter(models.values())), f"out of fold, {len(models)} {student_model} students"
+        rows = A.audit_out_of_fold(index, folds, models, threshold, batch)
+        judge = next(iter(models.values()))
     else:
         judge = A.load_model(model, teacher_nnunet)
         models, source = None, judge.name
