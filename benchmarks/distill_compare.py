@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_rows
 from cloudkd.data import load_index, resolve_split
 from cloudkd.data.folds import read_folds, split_by_fold
 from cloudkd.common.cli import format_table
@@ -150,20 +151,13 @@ def main():
             rows.append({"run": name, "seed": seed, "params": r.params, "teacher_test_jaccard": round(t_jac, 4),
                          "val_jaccard": round(r.val_jaccard, 4), "test_jaccard": round(rep.jaccard, 4),
                          "train_s": round(train_s)})
-            csv_path.parent.mkdir(parents=True, exist_ok=True)
-            with csv_path.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=COLUMNS)
-                w.writeheader()
-                w.writerows(rows)
+            write_rows(csv_path, rows, COLUMNS)
             if real is not None:
                 predict_folder(load_student(run_dir), real.features_dir, run_dir / "real_pred", progress=False)
                 rr = score_folder(run_dir / "real_pred", real.labels_dir)
                 real_rows.append({"run": name, "seed": seed, "real_jaccard": round(rr.jaccard, 4),
                                   "precision": round(rr.total.precision, 4), "recall": round(rr.total.recall, 4)})
-                with real_csv.open("w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=list(real_rows[0]))
-                    w.writeheader()
-                    w.writerows(real_rows)
+                write_rows(real_csv, real_rows)
             print(format_table(rows[-1:], COLUMNS), flush=True)
     summary = summarise(rows)
     for srow in summary:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from _results import write_rows
 from cloudkd.common.cli import format_table
 from cloudkd.data.chips import load_index
 from cloudkd.data.folds import make_folds, read_folds, write_folds
@@ -80,11 +81,7 @@ def main():
 
     def save(row):
         rows.append(row)
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with csv_path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
+        write_rows(csv_path, rows, COLUMNS)
         print(format_table([row], COLUMNS), flush=True)
 
     tables = {}

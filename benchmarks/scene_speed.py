@@ -25,7 +25,6 @@ Results: ``benchmarks/results/scene_speed.md`` and ``.csv`` (one row per model).
 """
 
 import argparse
-import csv
 import os
 import platform
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_rows
 from cloudkd.onboard.scene import _positions, onnx_predictor, predict_scene, torch_predictor
 from cloudkd.onboard.synthproduct import write_safe
 
@@ -129,11 +129,7 @@ def main():
             "load_avg_1min": round(os.getloadavg()[0], 1)})
     if not rows:
         raise SystemExit("no model found: run make demo first, or give --models")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.results.with_suffix(".csv"), "w", newline="") as f:
-        wr = csv.DictWriter(f, list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
+    write_rows(args.results.with_suffix(".csv"), rows)
     cols = list(rows[0])
     md = [f"# predict-scene speed ({platform.processor() or platform.machine()}, {args.threads} threads, "
           f"{time.strftime('%Y-%m-%d')})", "",

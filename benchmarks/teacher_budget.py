@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from _results import write_rows
 from cloudkd.data import resolve_split
 from cloudkd.common.cli import format_table
 from cloudkd.demo import DemoConfig
@@ -79,11 +80,7 @@ def main():
                "test_jaccard": round(rep.jaccard, 4), "precision": round(rep.total.precision, 4),
                "recall": round(rep.total.recall, 4)}
         rows.append(row)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
+        write_rows(out, rows, COLUMNS)
         print(format_table([row], COLUMNS), flush=True)
     print(format_table(rows, COLUMNS))
     print(f"-> {out}; budget of each variant: the demo's ({asdict(DemoConfig().teacher_budget)}) with the changes "
