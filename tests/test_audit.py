@@ -23,7 +23,6 @@ def _chip(h=128, w=128, value=0.05):
 
 def test_evidence_of_hand_made_labels():
     n = 128 * 128
-    k = A.SMOOTH * n
     refl = _chip()
     cloud = np.zeros((128, 128), np.uint8)
     cloud[20:80, 30:90] = 1
@@ -31,20 +30,33 @@ def test_evidence_of_hand_made_labels():
     same = A.chip_evidence(refl, cloud, cloud)
     assert same["suspicion"] == 0.0 and same["label_iou"] == 1.0 and same["shift_gain"] == 0.0
     assert same["best_shift_px"] == 0.0 and same["label_on_dark"] == 0.0 and same["bright_unlabelled"] == 0.0
-    # an empty label on the cloud: nothing shared, the union is the cloud
+    # an empty label on the cloud: nothing shared; the 3600 cloud pixels are wrong, the model sure of each
     empty = A.chip_evidence(refl, np.zeros_like(cloud), cloud)
-    assert empty["label_iou"] == 0.0 and empty["suspicion"] == pytest.approx(1 - k / (3600 + k))
+    assert empty["label_iou"] == 0.0 and empty["suspicion"] == pytest.approx(3600 / n)
     assert empty["bright_unlabelled"] == pytest.approx(3600 / n)
     # both clear: IoU 1, nothing suspicious
     clear = A.chip_evidence(_chip(), np.zeros_like(cloud), np.zeros_like(cloud))
     assert clear["label_iou"] == 1.0 and clear["suspicion"] == 0.0
-    # a label shifted by 16 px down: found by the shift search, and its IoU gain reported
+    # a label shifted by 16 px down: found by the shift search. Moved back up, it matches the model exactly over
+    # the window it then covers (rows 0-111); as it lies it shares 44 of its 60 rows with the model there. The
+    # gain of the move adds to the disagreement as it lies (every pixel certain: weight 1)
     shifted = np.roll(cloud, 16, axis=0)
     ev = A.chip_evidence(refl, shifted, cloud)
     inter = 3600 - 16 * 60
     assert ev["label_iou"] == pytest.approx(inter / (2 * 3600 - inter))
     assert ev["best_shift_px"] == pytest.approx(16.0)
-    assert ev["shift_gain"] == pytest.approx(1 - (inter + k) / (2 * 3600 - inter + k), abs=1e-4)
+    k_win = A.SMOOTH * 112 * 128
+    gain = 1 - (inter + k_win) / (2 * 3600 - inter + k_win)
+    assert ev["shift_gain"] == pytest.approx(gain, abs=1e-5)
+    assert ev["suspicion"] == pytest.approx((2 * 3600 - 2 * inter) / n + gain, abs=1e-5)
+    # a model that misses the 20 columns of a cloud at the chip's edge: cropping that edge away would agree better,
+    # but no move of the label does, so it is no shift
+    edge, missed = np.zeros((128, 128), np.uint8), np.zeros((128, 128), np.uint8)
+    edge[30:90, 60:] = 1
+    missed[30:90, 60:108] = 1
+    assert A.shift_search(edge, missed) == (0.0, 0.0)
+    # a full or empty label gains nothing from a move either
+    assert A.shift_search(np.ones_like(cloud), cloud) == A.shift_search(np.zeros_like(cloud), cloud) == (0.0, 0.0)
     # labelled cloud on nodata and on dark ground
     dark = _chip(value=0.02)
     dark[:, :, :64] = 0.0  # left half nodata
@@ -59,11 +71,11 @@ def test_evidence_of_hand_made_labels():
     # same 0.6 is surer (0.3 / 0.7)
     sure, unsure = (A.chip_evidence(refl, np.zeros_like(cloud), np.where(cloud > 0, p, 0.0))
                     for p in (0.99, 0.6))
-    assert sure["suspicion"] == pytest.approx(0.98 * 3600 / (0.98 * 3600 + k))
-    assert unsure["suspicion"] == pytest.approx(0.2 * 3600 / (0.2 * 3600 + k))
+    assert sure["suspicion"] == pytest.approx(0.98 * 3600 / n)
+    assert unsure["suspicion"] == pytest.approx(0.2 * 3600 / n)
     at03 = A.chip_evidence(refl, np.zeros_like(cloud), np.where(cloud > 0, 0.6, 0.0), threshold=0.3)
     w = 0.3 / 0.7
-    assert at03["suspicion"] == pytest.approx(w * 3600 / (w * 3600 + k))
+    assert at03["suspicion"] == pytest.approx(w * 3600 / n)
     assert sure["label_iou"] == unsure["label_iou"] == 0.0
 
 
@@ -142,7 +154,7 @@ def test_audit_ranks_wrong_labels_first_and_writes_csv_sheet_and_list(noisy, stu
     root, wrong = noisy
     out = tmp_path / "audit"
     code, text = invoke(["evaluate", "audit", root, "--model", student, "--out", out, "--top", 5,
-                         "--exclude-out", tmp_path / "exclude.txt", "--above", 0.5], capsys)
+                         "--exclude-out", tmp_path / "exclude.txt"], capsys)
     assert code == 0, text
     table = pd.read_csv(out / "audit.csv")
     ids = resolve_split(root, "train").chip_ids()
@@ -175,10 +187,10 @@ def test_audit_ranks_wrong_labels_first_and_writes_csv_sheet_and_list(noisy, stu
         union = ((lab > 0) | mask).sum()
         assert table["label_iou"].iloc[i] == pytest.approx(((lab > 0) & mask).sum() / union if union else 1.0,
                                                            abs=1e-4)
-    # the exclusion list: exactly the chips above the chosen suspicion, after a comment line
+    # the exclusion list: exactly the chips above the default suspicion, after a comment line
     lines = (tmp_path / "exclude.txt").read_text().splitlines()
     assert lines[0].startswith("#")
-    assert lines[1:] == table.loc[table["suspicion"] > 0.5, "chip_id"].tolist()
+    assert len(lines) > 1 and lines[1:] == table.loc[table["suspicion"] > A.EXCLUDE_ABOVE, "chip_id"].tolist()
     from cloudkd.data.exclude import read_exclude
 
     assert read_exclude(tmp_path / "exclude.txt") == lines[1:]  # what train / folds / prepare --exclude read

@@ -10,6 +10,7 @@ import typer
 
 from ..common.cli import (at_least, fail, finite, output_check, refuse_incomplete, side, split_option, stage_app,
                           threshold_option)
+from .audit import EXCLUDE_ABOVE
 
 app = stage_app("5. Evaluate: leaderboard scoring of predictions, the real-chip benchmark.")
 
@@ -120,8 +121,9 @@ def audit(
     exclude_out: Optional[Path] = typer.Option(None, callback=output_check,
                                                help="Write the ids of chips with suspicion above --above here (one "
                                                     "per line), for --exclude."),
-    above: float = typer.Option(0.5, callback=finite(0.0, 1.0), help="Suspicion above which --exclude-out lists "
-                                                                      "a chip."),
+    above: float = typer.Option(EXCLUDE_ABOVE, callback=finite(0.0, 1.0),
+                                help="Suspicion above which --exclude-out lists a chip (a fifth of its pixels "
+                                     "confidently wrong)."),
     threshold: float = threshold_option(),
     split: Optional[str] = split_option(),
     force: bool = typer.Option(False, help="Replace an existing audit in --out."),
