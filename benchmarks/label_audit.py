@@ -10,7 +10,9 @@
 2. Audits of the noisy train split, each scored by the average precision of its ranking for the injected noise:
    * ``clean judge``: a student trained on the clean labels of the other chips (``cloudkd evaluate audit --model``);
    * ``out of fold``: one student per location-grouped fold, trained on the noisy labels of the other folds
-     (``cloudkd evaluate audit --folds --train``).
+     (``cloudkd evaluate audit --folds --train``);
+   * ``held-out``: the same ``--noise`` injected into the judge's chips (another seed: other chips, other noise),
+     each judged by every out-of-fold student (none saw them): five more rankings, for the mean and spread of AP.
 3. Training (unet-s, labels only, the demo student's budget, best epoch on fold 0), scored on the clean held-out
    test split: ``noisy`` (every chip), ``audited`` (the chips the out-of-fold audit puts above ``--above`` left
    out, as ``--exclude`` does) and ``clean`` (the oracle: true labels). Recovery = (audited - noisy) / (clean -
@@ -52,7 +54,8 @@ def main():
     ap.add_argument("--noise", type=float, default=0.08)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--epochs", type=int, default=sb.epochs)
-    ap.add_argument("--above", type=float, default=0.5, help="suspicion above which the audit excludes a chip")
+    ap.add_argument("--above", type=float, default=A.EXCLUDE_ABOVE,
+                    help="suspicion above which the audit excludes a chip")
     ap.add_argument("--work", default="runs/label_audit")
     ap.add_argument("--csv", default="benchmarks/results/label_audit.csv")
     ap.add_argument("--png", default="docs/label_audit.png")
@@ -61,10 +64,11 @@ def main():
     base_cfg = SynthConfig(n_train=demo.n_train, n_test=demo.n_test, size=demo.size, seed=demo.seed,
                            difficulty=demo.difficulty)
     roots = {"clean": Path(demo.data), "noisy": work / "data" / f"noisy{a.noise:g}",
-             "judge": work / "data" / "judge"}
+             "judge": work / "data" / "judge", "held": work / "data" / f"held_noisy{a.noise:g}"}
     synthesize(roots["clean"], base_cfg, progress=False)
     synthesize(roots["noisy"], replace(base_cfg, label_noise=a.noise), progress=False)
     synthesize(roots["judge"], replace(base_cfg, seed=base_cfg.seed + 1000), progress=False)
+    synthesize(roots["held"], replace(base_cfg, seed=base_cfg.seed + 1000, label_noise=a.noise), progress=False)
     info = pd.read_csv(roots["noisy"] / "train_synth_info.csv").fillna("")
     noisy_ids = set(info.loc[info["label_noise"] != "", "chip_id"])
     split = resolve_split(roots["noisy"], "train")
@@ -114,6 +118,22 @@ def main():
     oof = audit("audit out of fold", oof_rows, time.perf_counter() - t0)
     exclude = work / "exclude.txt"
     n_excluded = A.write_exclude(oof, exclude, a.above, "out of fold")
+    # 2c. held out: the same noise on the judge's chips (another seed), judged by each out-of-fold student, none of
+    # which saw them: five more rankings, on other chips and other noise
+    held_info = pd.read_csv(roots["held"] / "train_synth_info.csv").fillna("")
+    held_ids = set(held_info.loc[held_info["label_noise"] != "", "chip_id"])
+    held_index = load_index(resolve_split(roots["held"], "train"), require_labels=True)
+    for k, m in models.items():
+        what = f"audit held-out fold{k}"
+        if k < 0 or (what, 0) in done:
+            continue
+        t0 = time.perf_counter()
+        table = A.rank(A.audit_chips(held_index, m, progress=False))
+        flagged = set(table.loc[table["suspicion"] > a.above, "chip_id"])
+        save({"what": what, "seed": 0, "n_chips": len(table), "n_noisy": len(held_ids),
+              "n_excluded": len(flagged), "noisy_excluded": len(flagged & held_ids),
+              "average_precision": round(A.average_precision(table["suspicion"], table["chip_id"].isin(held_ids)), 4),
+              "val_jaccard": "", "test_jaccard": "", "seconds": round(time.perf_counter() - t0, 1)})
 
     # 3. training: noisy, audited, clean
     for seed in a.seeds:
@@ -136,10 +156,16 @@ def main():
 
     df = pd.DataFrame(rows)
     summary = []
+    df["what"] = df["what"].str.replace(r"^audit held-out fold\d+$", "audit held-out (each fold's student)",
+                                        regex=True)
     for what, g in df.groupby("what", sort=False):
         s = {"what": what, "runs": len(g)}
         if what.startswith("audit"):
-            s.update({k: g.iloc[0][k] for k in ("n_noisy", "n_excluded", "noisy_excluded", "average_precision")})
+            v = g["average_precision"].astype(float)
+            s["n_noisy"] = g.iloc[0]["n_noisy"]
+            s.update({k: round(g[k].astype(float).mean(), 1) for k in ("n_excluded", "noisy_excluded")})
+            s["average_precision"] = round(v.mean(), 4) if len(v) == 1 else \
+                f"{v.mean():.4f} (min {v.min():.4f}, max {v.max():.4f})"
         else:
             v = g["test_jaccard"].astype(float)
             s.update({"test_jaccard_mean": round(v.mean(), 4),
