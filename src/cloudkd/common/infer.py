@@ -59,6 +59,13 @@ def masks_from_logits(logits, threshold=DEFAULT_THRESHOLD, nodata=None):
     return clear_nodata(above.astype(np.uint8), nodata)
 
 
+def probabilities_from_logits(logits):
+    """Cloud probabilities (float32 numpy) of logits (torch or numpy): the sigmoid, written with tanh so that no
+    logit overflows."""
+    z = logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
+    return 0.5 + 0.5 * np.tanh(0.5 * z.astype(np.float32))
+
+
 def masks_from_probabilities(prob, threshold=DEFAULT_THRESHOLD, nodata=None):
     """The same rule for models that give probabilities (N, H, W) (nnU-Net's own inference path)."""
     logit_threshold(threshold)  # the same check of the threshold

@@ -10,8 +10,9 @@ Method: overlapping ``tile`` x ``tile`` windows (stride ``tile - overlap``) are 
 logits are blended with weights that ramp linearly over the overlap (so seams vanish) and the weighted mean goes
 through the one prediction rule (threshold, no-data pixels clear). The scene is processed one row of tiles at a
 time: only that row's input strip (4 x tile x W) and one accumulation strip are in memory, and GDAL's block
-cache is capped to the blocks one strip touches (:func:`gdal_cache_bytes`); finished rows stream to a temporary tiled GeoTIFF in bands of
-:data:`OUT_TILE` rows. Memory therefore grows with the scene's width but not with its height.
+cache is capped to the blocks one strip touches (:func:`gdal_cache_bytes`); finished rows stream to a temporary
+tiled GeoTIFF in bands of :data:`OUT_TILE` rows. Memory therefore grows with the scene's width but not with its
+height.
 
 Output: a Cloud-Optimised GeoTIFF, single-band uint8 mask (1 = cloud; 0 = clear or no data), tiled 512 x 512,
 deflate-compressed, with overviews (mode) and the input's CRS and transform. Optionally the cloud probability
@@ -32,9 +33,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..common.io import atomic_write
-from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits
+from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits, probabilities_from_logits
 from ..data.normalise import normalise
-from .products import BandWindows, ProductWarning, Scene, open_scene  # noqa: F401  (re-exported)
+from .products import Scene, open_scene
 
 #: output blocks, and the chip grid of the chip report: the On Cloud N chip size
 OUT_TILE = 512
@@ -262,7 +263,7 @@ def predict_scene(scene: os.PathLike | str | Scene, out: os.PathLike | str,
             pend_mask = np.concatenate([pend_mask, mask])
             pend_nodata = np.concatenate([pend_nodata, nodata[:done]])
             if prob_sink is not None:
-                prob = quantise(0.5 + 0.5 * np.tanh(0.5 * blended))  # the sigmoid, without overflow
+                prob = quantise(probabilities_from_logits(blended))
                 prob[nodata[:done]] = 0
                 pend_prob = np.concatenate([pend_prob, prob])
             while len(pend_mask) >= OUT_TILE:
