@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ..common.infer import nodata_mask
 from ..data.normalise import BANDS
 
 #: Sentinel-2's 13 bands in band_id order
@@ -144,7 +145,7 @@ def write_safe(parent: Union[os.PathLike, str], dn: np.ndarray, level: str = "L2
     if offset is None:
         offset = -1000.0 if float(baseline) >= 4.0 else None
     per_band = None if offset is None else np.broadcast_to(np.asarray(offset, np.float64), (4,))
-    valid = ~(dn == 0).all(axis=0)
+    valid = ~nodata_mask(dn)
     out = dn.astype(np.int64)
     if per_band is not None:
         out = np.where(valid, out - per_band.reshape(4, 1, 1).astype(np.int64), 0)
