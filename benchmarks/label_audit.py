@@ -93,17 +93,20 @@ def main():
 
     tables = {}
 
+    def save_audit(what, table, wrong, seconds):
+        """One audit's row: its AP for the ``wrong`` chip ids, and what it would exclude."""
+        flagged = set(table.loc[table["suspicion"] > a.above, "chip_id"])
+        save({"what": what, "seed": 0, "n_chips": len(table), "n_noisy": len(wrong),
+              "n_excluded": len(flagged), "noisy_excluded": len(flagged & wrong),
+              "average_precision": round(A.average_precision(table["suspicion"], table["chip_id"].isin(wrong)), 4),
+              "val_jaccard": "", "test_jaccard": "", "seconds": round(seconds, 1)})
+
     def audit(what, judge_rows, seconds):
         table = A.rank(judge_rows)
         table.to_csv(work / f"audit_{what.replace(' ', '_')}.csv", index=False)
         tables[what] = table
         if (what, 0) not in done:
-            flagged = set(table.loc[table["suspicion"] > a.above, "chip_id"])
-            save({"what": what, "seed": 0, "n_chips": len(table), "n_noisy": len(noisy_ids),
-                  "n_excluded": len(flagged), "noisy_excluded": len(flagged & noisy_ids),
-                  "average_precision": round(A.average_precision(table["suspicion"],
-                                                                 table["chip_id"].isin(noisy_ids)), 4),
-                  "val_jaccard": "", "test_jaccard": "", "seconds": round(seconds, 1)})
+            save_audit(what, table, noisy_ids, seconds)
         return table
 
     # 2a. the clean judge: trained on the clean labels of other chips
@@ -134,16 +137,10 @@ def main():
             n_excluded = A.write_exclude(oof, exclude, a.above, "out of fold")
         for k, m in models.items():
             what = f"audit held-out{tag} fold{k}"
-            if k < 0 or (what, 0) in done:
-                continue
-            t0 = time.perf_counter()
-            held = A.rank(A.audit_chips(held_index, m, progress=False))
-            flagged = set(held.loc[held["suspicion"] > a.above, "chip_id"])
-            save({"what": what, "seed": 0, "n_chips": len(held), "n_noisy": len(held_ids),
-                  "n_excluded": len(flagged), "noisy_excluded": len(flagged & held_ids),
-                  "average_precision": round(A.average_precision(held["suspicion"],
-                                                                 held["chip_id"].isin(held_ids)), 4),
-                  "val_jaccard": "", "test_jaccard": "", "seconds": round(time.perf_counter() - t0, 1)})
+            if (what, 0) not in done:
+                t0 = time.perf_counter()
+                held = A.rank(A.audit_chips(held_index, m, progress=False))
+                save_audit(what, held, held_ids, time.perf_counter() - t0)
 
     # 3. training: noisy, audited, clean
     for seed in a.seeds:

@@ -44,7 +44,8 @@ import numpy as np
 import pandas as pd
 
 from ..common.errors import DataError
-from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits, masks_from_probabilities, nodata_mask
+from ..common.infer import (DEFAULT_THRESHOLD, masks_from_logits, masks_from_probabilities, nodata_mask,
+                            probabilities_from_logits)
 
 #: smoothing of the IoU the shift search compares, as a share of the window's pixels
 SMOOTH = 0.1
@@ -123,7 +124,7 @@ def shift_search(label: np.ndarray, mask: np.ndarray, smooth: float = SMOOTH, ma
     h, w = lab.shape
     r = max(1, int(round(max_shift * max(h, w))))
     shape = (h + r, w + r)  # zero padding >= r: no wrap-around for shifts up to r
-    dy, dx = np.r_[0:r + 1, -r:0], np.r_[0:r + 1, -r:0]
+    dy = dx = np.r_[0:r + 1, -r:0]
     at = np.ix_(dy % shape[0], dx % shape[1])
     ones = np.ones_like(lab)
     spec = {name: np.fft.rfft2(a, shape) for name, a in
@@ -191,8 +192,7 @@ def audit_chips(index: pd.DataFrame, model: AuditModel, threshold: float = DEFAU
         labels = [read_label(p, shape=refl.shape[2:]) for p in part["label"]]
         with torch.no_grad():
             logits = model.logits(torch.from_numpy(normalise(refl)))
-        logits = logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
-        prob = 1.0 / (1.0 + np.exp(-np.clip(logits[:, 0].astype(np.float32), -30, 30)))
+        prob = probabilities_from_logits(logits)[:, 0]
         for (_, r), x, lab, p in zip(part.iterrows(), refl, labels, prob):
             rows.append({"chip_id": r["chip_id"], "location": r.get("location", ""), "fold": fold,
                          **chip_evidence(x, lab, p, threshold)})
@@ -203,17 +203,16 @@ def audit_out_of_fold(index: pd.DataFrame, folds: pd.DataFrame, models: Dict[int
                       threshold: float = DEFAULT_THRESHOLD, batch: int = 8) -> List[dict]:
     """Evidence rows of every chip of ``index``, each judged by the model of its fold (``models``: fold -> model
     trained without it); chips a folds file left out (fold -1) were in no model's training and are judged by the
-    first fold's model. ``models`` gains that -1 entry, so the contact sheet finds each row's judge."""
+    first fold's model (as :func:`contact_sheet` shows them)."""
     from ..data.folds import split_by_fold
 
     rows = []
-    for k, m in list(models.items()):
+    for k, m in models.items():
         rows += audit_chips(split_by_fold(index, folds, k)[1], m, threshold, batch, progress=False, fold=k)
     fold_of = folds.set_index("chip_id")["fold"]
     left_out = index[index["chip_id"].map(fold_of) < 0]
     if len(left_out):
-        models[-1] = next(iter(models.values()))
-        rows += audit_chips(left_out, models[-1], threshold, batch, progress=False, fold=-1)
+        rows += audit_chips(left_out, next(iter(models.values())), threshold, batch, progress=False, fold=-1)
     return rows
 
 
@@ -266,7 +265,7 @@ def contact_sheet(table: pd.DataFrame, index: pd.DataFrame, model: AuditModel, p
         lab = read_label(by_id.loc[r["chip_id"], "label"])
         m = model
         if models_by_fold is not None and "fold" in r and not pd.isna(r["fold"]):
-            m = models_by_fold[int(r["fold"])]
+            m = models_by_fold.get(int(r["fold"]), model)  # fold -1 (left out of every fold): ``model``
         with torch.no_grad():
             z = m.logits(torch.from_numpy(normalise(refl[None])))
         z = z.detach().cpu().numpy() if hasattr(z, "detach") else np.asarray(z)
