@@ -103,13 +103,15 @@ class BandWindows:
     def close(self) -> None:
         self.ds.close()
 
-    def rows(self, y0: int, y1: int) -> np.ndarray:
-        """Rows [y0, y1) of the band, (y1 - y0, W)."""
+    def rows(self, y0: int, y1: int, indexes: Optional[Sequence[int]] = None) -> np.ndarray:
+        """Rows [y0, y1) of the band, (y1 - y0, W); or of the bands ``indexes`` (GDAL's, from 1) of its file, in
+        one read, (len(indexes), y1 - y0, W)."""
         from rasterio.errors import RasterioError
         from rasterio.windows import Window
 
         try:
-            return self.ds.read(self.index, window=Window(0, y0, self.width, y1 - y0))
+            return self.ds.read(self.index if indexes is None else list(indexes),
+                                window=Window(0, y0, self.width, y1 - y0))
         except (RasterioError, OSError) as exc:
             why = exc.__cause__ or exc  # rasterio's "Read failed": GDAL's own words are in the cause
             raise DataError(f"{self.path}: rows {y0}-{y1} cannot be read ({why})") from None
@@ -334,7 +336,11 @@ class Scene:
         return abs(self.transform.a * self.transform.e - self.transform.b * self.transform.d) / 1e6
 
     def rows(self, y0: int, y1: int) -> np.ndarray:
-        """Digital numbers of rows [y0, y1), (4, y1 - y0, W), as stored."""
+        """Digital numbers of rows [y0, y1), (4, y1 - y0, W), as stored. The bands of one multi-band file come in
+        one read, so a pixel-interleaved file's blocks are decoded once, not once per band."""
+        first = self.bands[0]
+        if all(b.path == first.path and b.dtype == first.dtype for b in self.bands[1:]):
+            return first.rows(y0, y1, [b.index for b in self.bands])
         return np.stack([b.rows(y0, y1) for b in self.bands])
 
     def reflectance(self, dn: np.ndarray) -> np.ndarray:
