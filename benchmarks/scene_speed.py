@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from _results import write_rows
-from cloudkd.onboard.scene import _positions, onnx_predictor, predict_scene, torch_predictor
+from cloudkd.onboard.scene import _positions, load_predictor, predict_scene
 from cloudkd.onboard.synthproduct import write_safe
 
 FULL_TILE = 10980  # pixels of a Sentinel-2 tile at 10 m
@@ -69,17 +69,6 @@ def product(work: Path, data: Path, size: int) -> Path:
     return safe
 
 
-def predictor(model: Path, threads: int):
-    if model.suffix == ".onnx":
-        return onnx_predictor(model, threads)
-    import torch
-
-    from cloudkd.student.runs import load_student
-
-    torch.set_num_threads(threads)
-    return torch_predictor(load_student(model))
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=3000, help="Side of the product in pixels.")
@@ -100,7 +89,7 @@ def main():
         if not model.exists():
             print(f"skipping {model}: not found (make demo trains and exports it)")
             continue
-        fn = predictor(model, args.threads)
+        fn = load_predictor(model, args.threads)
         best = None
         for i in range(args.repeats):
             out = args.work / f"mask_{model.stem}.tif"
@@ -121,7 +110,8 @@ def main():
             "model": str(model), "threads": args.threads, "product_px": f"{r['height']}x{r['width']}",
             "km2": round(r["km2"], 1), "tiles": r["tiles"], "seconds": round(r["seconds"], 2),
             "read_s": round(r["seconds_read"], 2), "model_s": round(r["seconds_model"], 2),
-            "write_s": round(r["seconds_write"], 2), "cpu_s": round(r["cpu_s"], 2), "km2_per_s": round(r["km2"] / r["seconds"], 1),
+            "write_s": round(r["seconds_write"], 2), "cpu_s": round(r["cpu_s"], 2),
+            "km2_per_s": round(r["km2"] / r["seconds"], 1),
             "full_tile_s": round(full_s, 1), "full_tile_km2_per_s": round(full_km2 / full_s, 1),
             "share_of_acquisition_rate": round(full_km2 / full_s / ACQUISITION_KM2_S, 3),
             "full_tile_without_decoding_s": round(raw_s, 1),

@@ -89,7 +89,7 @@ def predict_scene_cmd(
     import warnings
 
     from .products import ProductWarning, open_scene
-    from .scene import onnx_predictor, predict_scene, torch_predictor
+    from .scene import load_predictor, predict_scene
 
     if overlap >= tile:
         fail(f"--overlap must be smaller than --tile, got {overlap} for tile {tile}", 2)
@@ -108,17 +108,7 @@ def predict_scene_cmd(
         for msg in sc.warnings:
             typer.secho(f"warning: {msg}", fg="yellow", err=True)
         typer.echo(sc.describe())
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        if model.suffix == ".onnx":
-            fn = onnx_predictor(model, threads)
-        else:
-            from ..student.runs import load_student
-
-            fn = torch_predictor(load_student(model))
-        r = predict_scene(sc, out, fn, tile=tile, overlap=overlap, batch_size=batch, threshold=threshold,
+        r = predict_scene(sc, out, load_predictor(model, threads), tile=tile, overlap=overlap, batch_size=batch, threshold=threshold,
                           prob_out=prob_out, chip_report=chip_report, tags={"CLOUDKD_MODEL": str(model)})
     finally:
         sc.close()

@@ -308,3 +308,17 @@ def onnx_predictor(path: os.PathLike | str, threads: Optional[int] = None) -> Ca
 
     sess = ort_session(path, threads)
     return lambda b: ort_logits(sess, b)
+
+
+def load_predictor(model: os.PathLike | str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
+    """The ``predict`` of :func:`predict_scene` for a model file: an exported ``.onnx`` model (ONNX Runtime on
+    ``threads``) or a student run folder / checkpoint (PyTorch on ``threads``)."""
+    if Path(model).suffix == ".onnx":
+        return onnx_predictor(model, threads)
+    import torch
+
+    from ..student.runs import load_student
+
+    if threads:
+        torch.set_num_threads(threads)
+    return torch_predictor(load_student(model))
