@@ -478,9 +478,35 @@ def render_clouds(rng: np.random.Generator, sp: _Spectral, cfg: SynthConfig, clo
             "r_thick": r_thick.astype(np.float32), "r_thin": r_thin.astype(np.float32)}
 
 
-def render_chip(seed: int, location: Location, cfg: SynthConfig) -> Dict[str, object]:
+#: the annotator's own random stream: the chip of seed ``s`` is labelled from ``np.random.default_rng([s, 1])``
+ANNOTATOR_STREAM = 1
+
+
+def chip_label(canvas: Dict[str, object], cfg: SynthConfig, stream: int = ANNOTATOR_STREAM,
+               style: Optional[AnnotatorStyle] = None) -> np.ndarray:
+    """The label (uint8, size x size) of a chip from its padded canvas (``render_chip(..., canvas=True)["canvas"]``):
+    the label rule of ``cfg`` on the whole canvas, cropped to the chip, 0 on the nodata wedge. With the defaults it
+    is the chip's own label (the one :func:`render_chip` returns and the dataset holds); another annotator ``stream``
+    is an independent draw of the same annotator, another ``style`` another annotator (annotator rule only)."""
+    sl = canvas["crop"]
+    if cfg.label_style == "opacity":
+        if stream != ANNOTATOR_STREAM or style is not None:
+            raise ValueError("the opacity label rule draws nothing and has no style: stream and style are for "
+                             "label_style='annotator'")
+        label = opacity_label(canvas["alpha"], cfg.label_threshold)[sl].astype(np.uint8)
+    else:  # the annotator draws from its own random stream: both rules label the very same image
+        label = annotator_label(canvas["alpha"], np.random.default_rng([canvas["seed"], stream]),
+                                style or cfg.annotator, canvas["brightening"])[sl].astype(np.uint8)
+    if canvas["nodata"] is not None:
+        label[canvas["nodata"]] = 0
+    return label
+
+
+def render_chip(seed: int, location: Location, cfg: SynthConfig, canvas: bool = False) -> Dict[str, object]:
     """One chip: ``dn`` uint16 (4, size, size), ``label`` uint8 (size, size), ``alpha``, ``shadow``, ``cover``,
-    ``deck`` (where a deck is in the shadow of higher cloud, 0-1) and ``regime``."""
+    ``deck`` (where a deck is in the shadow of higher cloud, 0-1) and ``regime``. With ``canvas``, also
+    ``canvas``: what the label is drawn from, for :func:`chip_label` (``seed``, the padded canvas's ``alpha`` and
+    ``brightening``, the ``crop`` slices of the chip in it and the ``nodata`` wedge, a (size, size) mask or None)."""
     rng = np.random.default_rng(seed)
     size = cfg.size
     pad = max(16, size // 6)
@@ -514,23 +540,22 @@ def render_chip(seed: int, location: Location, cfg: SynthConfig) -> Dict[str, ob
     # crop the canvas to the chip
     sl = (slice(pad, pad + size), slice(pad, pad + size))
     toa = toa[(slice(None),) + sl]
-    if cfg.label_style == "opacity":
-        label = opacity_label(alpha, cfg.label_threshold)[sl].astype(np.uint8)
-    else:  # the annotator draws from its own random stream: both rules label the very same image
-        label = annotator_label(alpha, np.random.default_rng([seed, 1]), cfg.annotator,
-                                brightening)[sl].astype(np.uint8)
     dn = np.clip(np.rint(toa * SCALE), 1, 65535).astype(np.uint16)
 
     # rare nodata wedge (swath edge): DN 0 in every band, label 0
+    wedge = None
     if rng.random() < cfg.p_nodata:
         yy, xx = np.mgrid[0:size, 0:size]
         a = rng.uniform(0, 2 * math.pi)
         off = rng.uniform(0.55, 0.85) * size
         wedge = (xx - size / 2) * math.cos(a) + (yy - size / 2) * math.sin(a) > off - size / 2
         dn[:, wedge] = 0
-        label[wedge] = 0
-    return {"dn": dn, "label": label, "alpha": alpha[sl], "shadow": shadow[sl], "cover": cover_map[sl],
-            "deck": cl["deck"][sl], "regime": cl["regime"]}
+    view = {"seed": seed, "alpha": alpha, "brightening": brightening, "crop": sl, "nodata": wedge}
+    out = {"dn": dn, "label": chip_label(view, cfg), "alpha": alpha[sl], "shadow": shadow[sl],
+           "cover": cover_map[sl], "deck": cl["deck"][sl], "regime": cl["regime"]}
+    if canvas:
+        out["canvas"] = view
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
