@@ -69,6 +69,11 @@ class DemoConfig:
     #: the student's budget (``cloudkd distill`` options): online KD from the teacher by default
     student: StudentBudget = field(default_factory=lambda: StudentBudget())
 
+    def synth_config(self) -> SynthConfig:
+        """The generator's config of the demo's dataset."""
+        return SynthConfig(n_train=self.n_train, n_test=self.n_test, size=self.size, seed=self.seed,
+                           difficulty=self.difficulty)
+
     @classmethod
     def quick(cls, workdir: str = "runs/demo-quick", data: str = "data/generated/demo-quick") -> "DemoConfig":
         """A short variant for tests: few small chips, a tiny teacher budget."""
@@ -205,8 +210,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     rows = []
 
     # 1. data
-    scfg = SynthConfig(n_train=cfg.n_train, n_test=cfg.n_test, size=cfg.size, seed=cfg.seed,
-                       difficulty=cfg.difficulty)
+    scfg = cfg.synth_config()
     _log(f"1/7 generate {cfg.n_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
     res = synthesize(cfg.data, scfg, overwrite=cfg.force, progress=progress)
     _log("    reused the existing dataset" if res.reused else f"    generated in {res.seconds:.1f} s")

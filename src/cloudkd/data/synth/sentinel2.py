@@ -885,6 +885,23 @@ def finish_root(root: Path, stamp: Path, info: dict) -> None:
     (root / UNFINISHED).unlink(missing_ok=True)
 
 
+def recorded_config(root: os.PathLike | str) -> SynthConfig:
+    """The config a complete dataset written by :func:`synthesize` was generated with (its ``synth.json``)."""
+    root = Path(root)
+    stamp = root / "synth.json"
+    if (root / UNFINISHED).is_file():
+        raise DataError(f"{root}: its generation is unfinished ({root / UNFINISHED})")
+    try:
+        info = json.loads(stamp.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{root}: no {stamp.name}: not a dataset written by cloudkd synth") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{stamp}: not valid JSON ({e})") from None
+    if info.get("generator") != __name__ or not isinstance(info.get("config"), dict):
+        raise DataError(f"{stamp}: not written by {__name__} (generator {info.get('generator')!r})")
+    return SynthConfig(**info["config"])
+
+
 def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), workers: int = 0,
                overwrite: bool = False, progress: bool = True) -> SynthResult:
     """Write the dataset under ``root`` (train_* and test_* in the On Cloud N layout, test labels included).
