@@ -133,6 +133,59 @@ def test_both_rules_label_the_same_image_and_the_old_rule_is_still_selectable():
 
 
 # ------------------------------------------------------------------------------------------------------------
+# the label ceiling (benchmarks/label_ceiling.py)
+# ------------------------------------------------------------------------------------------------------------
+def test_ceiling_labels_rebuild_the_dataset_labels_and_other_streams_draw_other_outlines(tmp_path):
+    from cloudkd.data import read_chip_dn, read_label, resolve_split
+    from cloudkd.data.synth.ceiling import DATASET, ORACLE, ceiling_labels, median_margin_style
+    from cloudkd.data.synth.sentinel2 import chip_label, plan_dataset, recorded_config, synthesize
+
+    cfg = SynthConfig(n_train=1, n_test=4, size=128, seed=3, p_nodata=0.5)  # nodata wedges on some chips
+    synthesize(tmp_path / "d", cfg, workers=1, progress=False)
+    assert recorded_config(tmp_path / "d") == cfg
+    split = resolve_split(tmp_path / "d", "test")
+    locs = {loc.name: loc for loc in LOCATIONS}
+    differ = wedges = 0
+    for p in (p for p in plan_dataset(cfg) if p.split == "test"):
+        labels = ceiling_labels(p.seed, locs[p.location], cfg, [2, 3])
+        disk = read_label(split.label_path(p.chip_id))
+        assert labels[DATASET].dtype == disk.dtype == np.uint8 and np.array_equal(labels[DATASET], disk)
+        nodata = (read_chip_dn(split.chip_dir(p.chip_id)) == 0).all(axis=0)
+        wedges += nodata.any()
+        for key in (2, 3, ORACLE):  # same crop and nodata handling as the dataset's label
+            assert labels[key].shape == disk.shape and not labels[key][nodata].any()
+        if disk.any() and not disk[~nodata].all():  # a cloudy chip with an outline: another draw, another outline
+            differ += not np.array_equal(labels[2], disk)
+            assert not np.array_equal(labels[2], labels[3])
+        # the oracle's margin is fixed: any stream draws the same label
+        out = render_chip(p.seed, locs[p.location], cfg, canvas=True)
+        assert np.array_equal(chip_label(out["canvas"], cfg, stream=9, style=median_margin_style(cfg.annotator)),
+                              labels[ORACLE])
+    assert differ >= 2 and wedges >= 1
+    with pytest.raises(ValueError):
+        ceiling_labels(p.seed, locs[p.location], cfg, [1, 2])  # the dataset's own stream is no other annotator
+
+
+def test_ceiling_rows_are_global_scores_against_the_dataset_label():
+    from cloudkd.data.synth.ceiling import DATASET, ORACLE, ceiling_rows, median_margin_style
+
+    m = lambda *px: np.array(px, np.uint8)  # noqa: E731
+    a = {DATASET: m(1, 1, 1, 1, 0, 0, 0, 0), 2: m(1, 1, 1, 0, 1, 0, 0, 0), 3: m(1, 1, 0, 0, 0, 0, 0, 0),
+         ORACLE: m(1, 1, 1, 1, 1, 1, 0, 0)}
+    b = {DATASET: m(0, 0, 0, 0), 2: m(0, 0, 0, 0), 3: m(0, 0, 0, 1), ORACLE: m(0, 0, 0, 0)}
+    rows = {r["name"]: r for r in ceiling_rows([a, b])}
+    # stream 2: tp 3, fp 1, fn 1; stream 3: tp 2, fp 1 (chip b: global, not a mean of chips), fn 2; oracle: 4, 2, 0
+    pair, mean, oracle = rows["two_annotators"], rows["two_annotators_mean"], rows["oracle_median_margin"]
+    assert (pair["chips"], pair["draws"], mean["draws"]) == (2, 1, 2)
+    assert (pair["jaccard"], pair["precision"], pair["recall"], pair["sd"]) == (3 / 5, 3 / 4, 3 / 4, None)
+    assert mean["jaccard"] == pytest.approx(0.5) and mean["sd"] == pytest.approx(0.1 * 2 ** 0.5)  # sd of 0.6, 0.4
+    assert mean["precision"] == pytest.approx((3 / 4 + 2 / 3) / 2) and mean["recall"] == pytest.approx(5 / 8)
+    assert (oracle["jaccard"], oracle["precision"], oracle["recall"]) == pytest.approx((4 / 6, 4 / 6, 1.0))
+    # the median margin: the style's margin everywhere, on every chip
+    assert (margin_field(rng(), (130, 70), median_margin_style(AnnotatorStyle(margin=9.0))) == 9.0).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
 # measurements
 # ------------------------------------------------------------------------------------------------------------
 def test_signed_margin_is_negative_when_the_label_cuts_into_the_cloud():

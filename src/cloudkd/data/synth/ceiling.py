@@ -1,0 +1,88 @@
+"""How high can any model score on the generator's annotator labels? (``benchmarks/label_ceiling.py``)
+
+The annotator model (:mod:`cloudkd.data.synth.annotator`) draws a random margin around the cloud it sees, so a
+chip's label is one draw among many equally right outlines of the same cloud. Two measures, each scored with the
+leaderboard's global Jaccard (:mod:`cloudkd.common.metrics`) against the dataset's own labels:
+
+* **two annotators**: another independent draw of the same annotator (another random stream than the dataset's,
+  :data:`~cloudkd.data.synth.sentinel2.ANNOTATOR_STREAM`) on the same image, crop and nodata wedge; several
+  draws give a mean and a standard deviation;
+* **oracle at the median margin**: the annotator rule on the true opacity and brightening with its margin fixed
+  at its median (``margin_spread = margin_wobble = 0``, every other parameter the dataset's): what a
+  deterministic model that knows the true cloud reaches by drawing the typical outline.
+
+Every label comes from :func:`~cloudkd.data.synth.sentinel2.chip_label` on the canvas of one
+:func:`~cloudkd.data.synth.sentinel2.render_chip` call, the very call that gives the dataset's label.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from typing import Dict, Iterable, List, Sequence, Union
+
+import numpy as np
+
+from ...common.metrics import Confusion, confusion, rates
+from .annotator import AnnotatorStyle
+from .sentinel2 import ANNOTATOR_STREAM, Location, SynthConfig, chip_label, render_chip
+
+#: keys of :func:`ceiling_labels`' dict besides the annotator streams (ints)
+DATASET, ORACLE = "dataset", "oracle"
+#: the CSV columns of :func:`ceiling_rows`
+COLUMNS = ["name", "chips", "draws", "jaccard", "precision", "recall", "sd"]
+
+
+def median_margin_style(style: AnnotatorStyle) -> AnnotatorStyle:
+    """``style`` with its margin fixed at its median: no chip-to-chip spread, no wobble along the outline."""
+    return replace(style, margin_spread=0.0, margin_wobble=0.0)
+
+
+def ceiling_labels(seed: int, location: Location, cfg: SynthConfig,
+                   streams: Sequence[int]) -> Dict[Union[str, int], np.ndarray]:
+    """The labels of one chip (uint8, size x size) the ceiling compares: :data:`DATASET` (the chip's own label,
+    the dataset's), one per annotator stream of ``streams`` (keyed by the stream) and :data:`ORACLE`."""
+    if cfg.label_style != "annotator":
+        raise ValueError(f"the ceiling is for the annotator label rule; this config labels by {cfg.label_style!r} "
+                         "(deterministic: a model that knows the opacity reaches 1.0)")
+    if ANNOTATOR_STREAM in streams or len(set(streams)) != len(streams):
+        raise ValueError(f"streams must be distinct and differ from the dataset's ({ANNOTATOR_STREAM}): {streams}")
+    out = render_chip(seed, location, cfg, canvas=True)
+    labels: Dict[Union[str, int], np.ndarray] = {DATASET: out["label"]}
+    for s in streams:
+        labels[s] = chip_label(out["canvas"], cfg, stream=s)
+    labels[ORACLE] = chip_label(out["canvas"], cfg, style=median_margin_style(cfg.annotator))
+    return labels
+
+
+def ceiling_rows(chips: Iterable[Dict[Union[str, int], np.ndarray]]) -> List[dict]:
+    """The ceiling's table from the labels of every chip (dicts like :func:`ceiling_labels`'s): each annotator
+    draw and the oracle is the prediction, :data:`DATASET` the label, the confusions summed over all chips.
+
+    Rows (columns :data:`COLUMNS`): ``two_annotators`` (the first stream), ``two_annotators_mean`` (every stream:
+    the mean of their global Jaccards, precisions and recalls, ``sd`` the sample standard deviation of the
+    Jaccards; only with two streams or more) and ``oracle_median_margin``."""
+    totals: Dict[Union[str, int], Confusion] = {}
+    n = 0
+    for labels in chips:
+        n += 1
+        for key, pred in labels.items():
+            if key != DATASET:
+                totals[key] = totals.get(key, Confusion()) + confusion(pred, labels[DATASET])
+    streams = [k for k in totals if k != ORACLE]
+
+    def row(name, draws, r, sd=None):
+        return {"name": name, "chips": n, "draws": draws, "jaccard": r["jaccard"], "precision": r["precision"],
+                "recall": r["recall"], "sd": sd}
+
+    rows = []
+    if streams:
+        each = [rates(totals[s]) for s in streams]
+        rows.append(row("two_annotators", 1, each[0]))
+        if len(streams) > 1:
+            mean = {k: statistics.fmean(r[k] for r in each) for k in ("jaccard", "precision", "recall")}
+            rows.append(row("two_annotators_mean", len(streams), mean,
+                            statistics.stdev(r["jaccard"] for r in each)))
+    if ORACLE in totals:
+        rows.append(row("oracle_median_margin", None, rates(totals[ORACLE])))
+    return rows
