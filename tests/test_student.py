@@ -383,20 +383,27 @@ def _cfg(data, out, **kw):
     return TrainConfig(**base)
 
 
-def _val_jaccard(run_dir, data, val_fold=0):
-    """Global Jaccard of a saved student on the validation fold (whole chips), from scratch."""
-    from cloudkd.data.folds import make_folds, split_by_fold
+def _rule_jaccard(model, val):
+    """Global Jaccard of ``model`` on the chips of ``val`` (whole chips), from scratch by the one prediction rule
+    (threshold 0.5, nodata pixels of the reflectance clear)."""
+    from cloudkd.common.infer import nodata_mask, predict_masks
     from cloudkd.common.metrics import JaccardMeter
     from cloudkd.data import read_label
 
-    model = load_student(run_dir)
-    idx = load_index(resolve_split(data))
-    _, val = split_by_fold(idx, make_folds(idx, 5, 0), val_fold)
     m = JaccardMeter()
-    with torch.no_grad():
-        for f, lab in zip(val.features, val.label):
-            m.update(model(torch.from_numpy(normalise(read_chip(f))[None]))[0, 0] > 0, read_label(lab))
+    for f, lab in zip(val.features, val.label):
+        refl = read_chip(f)
+        m.update(predict_masks(model, torch.from_numpy(normalise(refl)[None]), nodata_mask(refl)[None])[0],
+                 read_label(lab))
     return m.compute()
+
+
+def _val_jaccard(run_dir, data, val_fold=0):
+    """Global Jaccard of a saved student on the validation fold (whole chips), from scratch."""
+    from cloudkd.data.folds import make_folds, split_by_fold
+
+    idx = load_index(resolve_split(data))
+    return _rule_jaccard(load_student(run_dir), split_by_fold(idx, make_folds(idx, 5, 0), val_fold)[1])
 
 
 def test_short_fit_improves_validation_jaccard(small_data, tmp_path):
@@ -597,8 +604,6 @@ def test_ddp_on_two_cpu_processes_agrees_and_validates_exactly(small_data, tmp_p
     leaderboard metric of the final weights on the whole validation fold (an odd number of chips: a padding
     sampler would count one twice)."""
     from cloudkd.data.folds import split_by_fold
-    from cloudkd.data import read_label
-    from cloudkd.common.metrics import JaccardMeter
     from cloudkd.student.runs import lightning_state
 
     folds_csv = tmp_path / "folds.csv"
@@ -620,11 +625,8 @@ def test_ddp_on_two_cpu_processes_agrees_and_validates_exactly(small_data, tmp_p
     model = build_model("unet-xs")
     model.load_state_dict(lightning_state(out / "checkpoints" / "last.ckpt"))
     model.eval()
-    m = JaccardMeter()
-    with torch.no_grad():
-        for f, lab in zip(*[split_by_fold(idx, folds, 1)[1][c] for c in ("features", "label")]):
-            m.update(model(torch.from_numpy(normalise(read_chip(f))[None]))[0, 0] > 0, read_label(lab))
-    assert ranks[0]["val_jaccard"] == pytest.approx(m.compute(), abs=1e-6)  # logged as float32
+    expect = _rule_jaccard(model, split_by_fold(idx, folds, 1)[1])
+    assert ranks[0]["val_jaccard"] == pytest.approx(expect, abs=1e-6)  # logged as float32
 
 
 @pytest.mark.parametrize("preset,stem,inner_hw", [("unet-s2d2", 2, 256), ("unet-s2d4", 4, 128),

@@ -7,6 +7,10 @@
   ``soft_dir/{chip_id}.tif`` written by ``cloudkd teacher predict --soft-out``);
 * ``chip_id``: str.
 
+A nodata pixel (reflectance 0 in every band, :func:`cloudkd.common.infer.nodata_mask`) keeps its mark in the
+normalised image: every band holds :data:`NODATA_IMAGE`; :func:`image_nodata` finds such pixels in a batch, so
+validation can apply the one prediction rule (nodata clear) to the images it is given.
+
 An optional ``transform`` receives and returns the sample as numpy arrays (``image`` (4, H, W) float32, ``mask``
 (1, H, W) float32) before conversion to tensors, so augmentation sees image and mask together.
 """
@@ -23,9 +27,24 @@ import torch
 from torch.utils.data import Dataset
 
 from ..common.errors import DataError
+from ..common.infer import nodata_mask
 from .chips import read_chip, read_label
 from .normalise import normalise
 from .soft import read_soft
+
+
+#: a nodata pixel as the dataset's images hold it: the normalised reflectance 0 of each band, shape (4, 1, 1)
+NODATA_IMAGE = normalise(np.zeros((4, 1, 1), np.float32))
+
+
+def image_nodata(images) -> np.ndarray:
+    """Boolean numpy (..., H, W): the nodata pixels of images as :class:`ChipDataset` returns them (normalised,
+    (..., 4, H, W), torch or numpy), by the prediction rule's :func:`~cloudkd.common.infer.nodata_mask`: every
+    band equals :data:`NODATA_IMAGE`. For the reflectance :func:`read_chip` returns (never below 0, which
+    ``normalise`` would clip to 0) this is exactly ``nodata_mask`` of the reflectance; only geometric
+    augmentation that interpolates (training) would blur it, and validation images are not augmented."""
+    x = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    return nodata_mask(x, NODATA_IMAGE)
 
 
 class ChipDataset(Dataset):

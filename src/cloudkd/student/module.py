@@ -12,7 +12,9 @@ cloudy chip's labelled cloud onto each low-cover chip of a batch, :func:`cloudkd
 ``boundary_ignore`` (px on both sides of label outlines left out of the hard loss).
 
 Validation computes the leaderboard metric (global Jaccard over all pixels of the validation fold, with
-:mod:`cloudkd.common.metrics`), summed over devices before the ratio, and logs it as ``val_jaccard``.
+:mod:`cloudkd.common.metrics`) of the masks the one prediction rule makes (:mod:`cloudkd.common.infer`: cloud
+above the run's ``threshold``, nodata pixels clear), summed over devices before the ratio, and logs it as
+``val_jaccard``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import pytorch_lightning as pl
 import torch
 
 from ..data.augment import cloud_paste
-from ..common.infer import logit_threshold
+from ..data.dataset import image_nodata
+from ..common.infer import masks_from_logits
 from ..common.metrics import Confusion, confusion, rates
 from .config import TrainConfig as C
 from .distill import LossConfig, bce_dice, cap_logits, prob_to_logit
@@ -85,8 +88,10 @@ class StudentModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         logits = self(batch["image"])
-        # the prediction rule's threshold (the one pack ships); nodata pixels are labelled clear already
-        self._val += confusion(logits > logit_threshold(self.hparams.threshold), batch["mask"] > 0.5)
+        # the one prediction rule, as pack ships it: the run's threshold, nodata pixels clear (validation images
+        # are whole chips, not augmented, so their nodata pixels are exactly those of the reflectance)
+        pred = masks_from_logits(logits, self.hparams.threshold, image_nodata(batch["image"]))
+        self._val += confusion(pred, batch["mask"][:, 0].detach().cpu().numpy() > 0.5)
         # the hard-label loss on whole validation chips (comparable across runs whatever their KD settings)
         self.log("val_loss", bce_dice(logits, batch["mask"]), on_epoch=True, batch_size=logits.shape[0],
                  sync_dist=True)
