@@ -83,3 +83,175 @@ def test_validation_scores_the_prediction_rule_nodata_clear_at_the_runs_threshol
     else:
         assert (c.tp, c.fp, c.fn, c.tn) == (0, 0, n - nodata, nodata)
         assert logged["val_jaccard"] == 0.0
+
+
+# ------------------------------------------------------------------ 2./3. the online nnU-Net teacher: folds, device
+class FakeTeacher(torch.nn.Module):
+    """Stands in for the trained nnU-Net: records what it was built with; a module with a parameter, so that a
+    teacher registered as a submodule would show in the student's checkpoints."""
+
+    def __init__(self, workspace, folds, device):
+        super().__init__()
+        self.workspace, self.folds, self.device = workspace, folds, device
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.inputs = []
+
+    def logits(self, x):
+        self.inputs.append(x.device)
+        return x[:, :1] * 0 + 1.0
+
+
+@pytest.fixture(scope="module")
+def teacher_ws(small_data, tmp_path_factory):
+    """A teacher workspace prepared by 'teacher prepare' from 3 location folds (its splits_final.json is the real
+    one), with teacher.json claiming folds 0, 1 and 2 trained (training nnU-Net is test_teacher's business)."""
+    from cloudkd.data.chips import load_index
+    from cloudkd.data import resolve_split
+    from cloudkd.data.folds import make_folds, write_folds
+    from cloudkd.teacher.convert import prepare
+    from cloudkd.teacher.workspace import Workspace
+
+    work = tmp_path_factory.mktemp("teacher_ws")
+    folds = make_folds(load_index(resolve_split(small_data)), k=3, seed=0)
+    write_folds(folds, work / "folds.csv")
+    ws = Workspace(work / "ws")
+    prep = prepare(small_data, ws, folds=folds, workers=1, progress=False)
+    record = {"dataset_name": prep.dataset_name,
+              "model_folder": str(ws.results / "none"), "folds": [0, 1, 2]}
+    ws.teacher_json.write_text(json.dumps(record))
+    return {"ws": ws, "folds_csv": work / "folds.csv", "folds": folds, "data": small_data}
+
+
+@pytest.fixture
+def fake_nnunet(monkeypatch):
+    """NnUNetTeacher.from_workspace replaced by a recorder; ``events`` logs Trainer construction and teacher builds
+    in order."""
+    from cloudkd.teacher.model import NnUNetTeacher
+
+    built, events = [], []
+
+    def from_workspace(workspace, folds=None, **kw):
+        t = FakeTeacher(workspace, folds, kw.get("device"))
+        built.append(t)
+        events.append(("teacher", t.device))
+        return t
+
+    monkeypatch.setattr(NnUNetTeacher, "from_workspace", staticmethod(from_workspace))
+    init = pl.Trainer.__init__
+
+    def trainer_init(self, *a, **k):
+        events.append("trainer")
+        init(self, *a, **k)
+
+    monkeypatch.setattr(pl.Trainer, "__init__", trainer_init)
+    return built, events
+
+
+def _distill_args(tw, out, *extra):
+    return ["student", "distill", tw["data"], "--out", out, "--teacher-nnunet", tw["ws"].root, "--folds",
+            tw["folds_csv"], "--model", "unet-xs", "--epochs", 1, "--steps", 1, "--batch", 2, "--crop", 32,
+            "--accelerator", "cpu", *extra]
+
+
+def test_splits_of_teacher_prepare_number_folds_like_the_students(teacher_ws):
+    """Teacher fold k validates on exactly the chips of the student's val fold k (same folds file)."""
+    from cloudkd.data.chips import load_index
+    from cloudkd.data import resolve_split
+    from cloudkd.data.folds import split_by_fold
+
+    ws, folds = teacher_ws["ws"], teacher_ws["folds"]
+    splits = json.loads((ws.preprocessed / "Dataset501_OnCloudN" / "splits_final.json").read_text())
+    idx = load_index(resolve_split(teacher_ws["data"]))
+    for k in range(3):
+        train, val = split_by_fold(idx, folds, k)
+        assert sorted(splits[k]["val"]) == sorted(val["chip_id"]) and sorted(splits[k]["train"]) == sorted(
+            train["chip_id"])
+
+
+def test_distill_defaults_to_the_teacher_fold_of_the_students_validation_fold(teacher_ws, fake_nnunet, tmp_path,
+                                                                               capsys):
+    built, events = fake_nnunet
+    code, text = invoke(_distill_args(teacher_ws, tmp_path / "s", "--val-fold", 1), capsys)
+    assert code == 0, text
+    assert [t.folds for t in built] == [[1]]  # not every trained fold: folds 0 and 2 saw fold 1's labels
+    info = json.loads((tmp_path / "s" / "student.json").read_text())
+    assert info["teacher"] == {"nnunet": str(teacher_ws["ws"].root), "folds": [1], "leak": None}
+    assert info["config"]["teacher_folds"] is None and info["config"]["allow_teacher_leak"] is False
+
+
+def test_distill_refuses_teacher_folds_that_saw_the_validation_labels(teacher_ws, fake_nnunet, tmp_path, capsys):
+    built, _ = fake_nnunet
+    before = snapshot(tmp_path)
+    code, text = invoke(_distill_args(teacher_ws, tmp_path / "s", "--val-fold", 1, "--teacher-folds", "1,2"), capsys)
+    assert code == 2 and "Traceback" not in text, text
+    assert "teacher fold 2 was trained on" in text and "--allow-teacher-leak" in text
+    assert "distil from teacher fold 1" in text
+    assert "teacher fold 1 was" not in text
+    assert snapshot(tmp_path) == before and not built  # nothing written, nothing loaded
+    code, text = invoke(_distill_args(teacher_ws, tmp_path / "s", "--val-fold", 1, "--teacher-folds", "x"), capsys)
+    assert code == 2 and "--teacher-folds" in text
+
+
+def test_distill_with_the_override_warns_and_records_the_leak(teacher_ws, fake_nnunet, tmp_path, capsys):
+    built, _ = fake_nnunet
+    with pytest.warns(UserWarning, match="teacher fold 0 was trained on"):
+        code, text = invoke(_distill_args(teacher_ws, tmp_path / "s", "--val-fold", 1, "--teacher-folds", "0,1",
+                                          "--allow-teacher-leak"), capsys)
+    assert code == 0, text
+    assert [t.folds for t in built] == [[0, 1]]
+    info = json.loads((tmp_path / "s" / "student.json").read_text())
+    assert info["teacher"]["folds"] == [0, 1] and len(info["teacher"]["leak"]) == 1
+    assert "teacher fold 0 was trained on" in info["teacher"]["leak"][0]
+    assert info["config"]["teacher_folds"] == [0, 1] and info["config"]["allow_teacher_leak"] is True
+
+
+def test_distill_says_to_train_the_validation_fold_of_the_teacher_first(teacher_ws, fake_nnunet, tmp_path,
+                                                                         capsys):
+    ws = teacher_ws["ws"]
+    record = json.loads(ws.teacher_json.read_text())
+    try:
+        ws.teacher_json.write_text(json.dumps({**record, "folds": [0]}))
+        code, text = invoke(_distill_args(teacher_ws, tmp_path / "s", "--val-fold", 2), capsys)
+    finally:
+        ws.teacher_json.write_text(json.dumps(record))
+    assert code == 2 and "Traceback" not in text, text
+    assert "train teacher fold 2 first" in text and not (tmp_path / "s").exists()
+
+
+def test_a_teacher_prepared_from_other_folds_is_refused_even_on_the_same_fold_number(teacher_ws):
+    """The check reads the teacher's own splits: if its fold 1 trained on the student's validation chips (the
+    two were split differently), fold number 1 does not make it safe."""
+    from cloudkd.common.errors import DataError
+    from cloudkd.student.teachers import nnunet_teacher_folds
+
+    splits = json.loads((teacher_ws["ws"].preprocessed / "Dataset501_OnCloudN" / "splits_final.json").read_text())
+    assert nnunet_teacher_folds(teacher_ws["ws"].root, 1, splits[1]["val"]) == ([1], [])
+    other_val = splits[0]["val"]  # the student validates on what teacher fold 1 trained on
+    with pytest.raises(DataError, match=r"teacher fold 1 was trained on \d+ of .*the teacher's folds differ"):
+        nnunet_teacher_folds(teacher_ws["ws"].root, 1, other_val)
+
+
+def test_online_teacher_is_built_on_the_modules_device_when_fitting_starts(teacher_ws, fake_nnunet, tmp_path):
+    """fit() loads no teacher before the Trainer exists; the module builds it in on_fit_start on its own device
+    (under DDP cuda:LOCAL_RANK, here the CPU), runs it there, and never saves it in a checkpoint."""
+    from cloudkd.student.module import StudentModule
+    from cloudkd.student.train import TrainConfig, fit
+
+    built, events = fake_nnunet
+    fit(TrainConfig(data=str(teacher_ws["data"]), out=str(tmp_path / "s"), model="unet-xs",
+                    folds=str(teacher_ws["folds_csv"]), epochs=1, limit_train_batches=2, batch_size=2, crop=32,
+                    kd_weight=1.0, teacher_nnunet=str(teacher_ws["ws"].root), accelerator="cpu", progress=False))
+    assert events == ["trainer", ("teacher", torch.device("cpu"))]
+    assert built[0].inputs == [torch.device("cpu")] * 2  # it taught both steps
+    ck = torch.load(tmp_path / "s" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert not [k for k in ck["state_dict"] if not k.startswith("model.")]
+
+    # the device is the module's own at that time, whatever it is (a module on the meta device here)
+    asked = []
+    m = StudentModule("unet-xs", kd_weight=1.0, teacher_mode="online")
+    m.teacher_from(lambda device: asked.append(device) or FakeTeacher(None, None, device))
+    assert not asked  # nothing built before fitting starts
+    m.to("meta")
+    m.on_fit_start()
+    assert asked == [torch.device("meta")] and m.teacher.device == torch.device("meta")
+    assert "teacher" not in dict(m.named_children()) and not any(k.startswith("teacher") for k in m.state_dict())

@@ -54,7 +54,8 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
          soft: Optional[Path], teacher_nnunet: Optional[Path], teacher_onnx: Optional[Path], onnx_output: str,
          unlabelled: Optional[Path], steps: Optional[int], accelerator: str, devices: int, num_nodes: int,
          strategy: str, workers: int, seed: int, resume: bool, cloud_paste: float, boundary_ignore: int,
-         threshold: float, force: bool, exclude: Optional[Path] = None):
+         threshold: float, force: bool, exclude: Optional[Path] = None, teacher_folds: Optional[list] = None,
+         allow_teacher_leak: bool = False):
     from .train import fit
 
     # training memory of unet-s, per pixel of batch x crop^2 (measured: 830-990 B/px); wider models need more
@@ -69,7 +70,8 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
                       limit_train_batches=steps, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                       strategy=strategy, num_workers=workers, seed=seed, resume=resume, cloud_paste=cloud_paste,
                       boundary_ignore=boundary_ignore, threshold=threshold,
-                      exclude=str(exclude) if exclude else None)
+                      exclude=str(exclude) if exclude else None, teacher_folds=teacher_folds,
+                      allow_teacher_leak=allow_teacher_leak)
     try:
         r = fit(cfg)
     except ValueError as exc:
@@ -77,6 +79,19 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
     if r.val_jaccard is not None:
         typer.echo(f"{model}: {r.params:,} params; best val global Jaccard {r.val_jaccard:.4f} (fold {val_fold}); "
                    f"{r.seconds:.0f} s; -> {out / 'student.pt'}")
+
+
+def _fold_list(value: Optional[str]) -> Optional[list]:
+    """``--teacher-folds 0,2`` -> [0, 2]."""
+    if value is None:
+        return None
+    try:
+        folds = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        folds = []
+    if not folds or min(folds) < 0:
+        raise typer.BadParameter(f"expected fold numbers >= 0 separated by commas, e.g. 0 or 0,1, got {value!r}")
+    return folds
 
 
 _DATA = typer.Argument(..., help="Labelled dataset root (train split, On Cloud N layout).")
@@ -106,6 +121,14 @@ def _train_options(distill: bool):
         soft=typer.Option(None, help="Offline teacher: folder of soft labels for the training chips (and the "
                                      "--unlabelled chips)."),
         teacher_nnunet=typer.Option(None, help="Online teacher: a trained nnU-Net workdir (cloudkd teacher)."),
+        teacher_folds=typer.Option(None, "--teacher-folds", callback=_fold_list,
+                                   help="The nnU-Net teacher's folds to ensemble, e.g. 0,1 (default: the student's "
+                                        "--val-fold; any other was trained on the validation chips, see "
+                                        "--allow-teacher-leak)."),
+        allow_teacher_leak=typer.Option(False, "--allow-teacher-leak",
+                                        help="Accept --teacher-folds that were trained on the student's validation "
+                                             "chips (a warning, recorded in student.json; the validation score "
+                                             "then flatters the student)."),
         teacher_onnx=typer.Option(None, help="Online teacher: any ONNX segmentation model (normalised input)."),
         onnx_output=typer.Option(C.teacher_onnx_output, help="What the ONNX teacher outputs: logits or "
                                                              "probabilities."),
@@ -142,6 +165,7 @@ def train(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _FOL
           label_weight: float = _T["label_weight"], kd_weight: float = _T["kd_weight"], kd: str = _T["kd"],
           temperature: float = _T["temperature"], soft: Optional[Path] = _T["soft"],
           teacher_nnunet: Optional[Path] = _T["teacher_nnunet"], teacher_onnx: Optional[Path] = _T["teacher_onnx"],
+          teacher_folds: Optional[str] = _T["teacher_folds"], allow_teacher_leak: bool = _T["allow_teacher_leak"],
           onnx_output: str = _T["onnx_output"], unlabelled: Optional[Path] = _T["unlabelled"],
           steps: Optional[int] = _T["steps"], accelerator: str = _T["accelerator"], devices: int = _T["devices"],
           num_nodes: int = _T["num_nodes"], strategy: str = _T["strategy"], workers: int = _T["workers"],
@@ -159,6 +183,7 @@ def distill(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _F
             label_weight: float = _D["label_weight"], kd_weight: float = _D["kd_weight"], kd: str = _D["kd"],
             temperature: float = _D["temperature"], soft: Optional[Path] = _D["soft"],
             teacher_nnunet: Optional[Path] = _D["teacher_nnunet"], teacher_onnx: Optional[Path] = _D["teacher_onnx"],
+            teacher_folds: Optional[str] = _D["teacher_folds"], allow_teacher_leak: bool = _D["allow_teacher_leak"],
             onnx_output: str = _D["onnx_output"], unlabelled: Optional[Path] = _D["unlabelled"],
             steps: Optional[int] = _D["steps"], accelerator: str = _D["accelerator"], devices: int = _D["devices"],
             num_nodes: int = _D["num_nodes"], strategy: str = _D["strategy"], workers: int = _D["workers"],

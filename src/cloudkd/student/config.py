@@ -4,7 +4,7 @@ Lightning module, the losses, the demo and the notebooks all read their defaults
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 from ..common.infer import DEFAULT_THRESHOLD
 
@@ -40,6 +40,10 @@ class TrainConfig:
     teacher_nnunet: Optional[str] = None  # online teacher: an nnU-Net workdir
     teacher_onnx: Optional[str] = None  # online teacher: an ONNX model
     teacher_onnx_output: str = "logits"
+    #: the nnU-Net teacher's folds to ensemble (None: the student's ``val_fold``, the only fold that has not seen
+    #: its validation labels; another needs ``allow_teacher_leak``, see student.teachers.nnunet_teacher_folds)
+    teacher_folds: Optional[List[int]] = None
+    allow_teacher_leak: bool = False
     unlabelled: Optional[str] = None  # extra unlabelled chips (label_weight must be 0)
     cloud_paste: float = 0.0  # probability of pasting a batch-mate's labelled cloud onto a low-cover chip
     boundary_ignore: int = 0  # px around label outlines left out of the hard loss

@@ -5,7 +5,10 @@ Teacher modes:
 * ``none``: labels only;
 * ``offline``: the batch carries ``soft`` (teacher probabilities written by ``teacher predict``), augmented with
   the image, turned into teacher logits;
-* ``online``: a teacher object (``logits(x)``) runs on exactly the augmented batch the student sees.
+* ``online``: a teacher object (``logits(x)``) runs on exactly the augmented batch the student sees. It is
+  either attached built (:meth:`StudentModule.attach_teacher`) or built when fitting starts by a factory
+  (:meth:`StudentModule.teacher_from`) on the module's own device, which under DDP is each process's
+  ``cuda:LOCAL_RANK``. Either way it is no submodule and never saved in checkpoints.
 
 Training levers for labels drawn loosely (both off by default): ``cloud_paste`` (probability of pasting a
 cloudy chip's labelled cloud onto each low-cover chip of a batch, :func:`cloudkd.data.augment.cloud_paste`) and
@@ -20,7 +23,7 @@ above the run's ``threshold``, nodata pixels clear), summed over devices before 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -52,10 +55,21 @@ class StudentModule(pl.LightningModule):
         self.loss = LossConfig(label_weight, kd_weight, kd, temperature, boundary_ignore)
         self._paste_gen = None
         self.teacher = None  # set with attach_teacher(); not a submodule, never saved in checkpoints
+        self._teacher_factory = None  # set with teacher_from(); builds the teacher in on_fit_start
         self._val = Confusion()
 
     def attach_teacher(self, teacher) -> None:
+        """Use ``teacher`` (already built, on whatever device it was built) as the online teacher."""
         object.__setattr__(self, "teacher", teacher)
+
+    def teacher_from(self, factory: Callable[[torch.device], object]) -> None:
+        """Build the online teacher with ``factory(device)`` when fitting starts (:meth:`on_fit_start`), on this
+        module's device once the trainer has placed it: each DDP process its own GPU, not GPU 0 for all."""
+        self._teacher_factory = factory
+
+    def on_fit_start(self) -> None:
+        if self.teacher is None and self._teacher_factory is not None:
+            self.attach_teacher(self._teacher_factory(self.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

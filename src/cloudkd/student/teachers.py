@@ -6,13 +6,24 @@ sees. Any object with ``logits(x) -> (N, 1, H, W)`` for a normalised ``(N, 4, H,
   model, so a student can be distilled from it on unlabelled chips (label weight 0);
 * the real-trained peer ukis-csmask (optional package), named ``--teacher-onnx ukis-csmask``: an adapter
   (:class:`cloudkd.teacher.peer.PeerTeacher`) for its own input statistics, 256-px tiles and three classes.
+
+Training builds the teacher only when fitting starts, on each process's own device (:func:`online_teacher_factory`,
+:meth:`cloudkd.student.module.StudentModule.teacher_from`); what can be checked without loading it is checked
+first, before a run folder is touched.
+
+**No leak of validation labels.** nnU-Net teacher fold k is trained on every location-grouped fold but k
+(``teacher prepare`` writes nnU-Net's ``splits_final.json`` from the same folds file, fold k of one = fold k of
+the other), so of an nnU-Net teacher only the fold equal to the student's ``val_fold`` has never seen the
+student's validation labels: it is the default, and others need an explicit override
+(:func:`nnunet_teacher_folds`).
 """
 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,6 +33,14 @@ from .distill import prob_to_logit
 
 #: the name that makes ``--teacher-onnx`` use the installed ukis-csmask peer through its adapter
 PEER = "ukis-csmask"
+
+
+def onnx_teacher_file(path: os.PathLike | str) -> Path:
+    """``path`` as a Path, or a DataError when no such file exists."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: ONNX teacher not found")
+    return p
 
 
 class OnnxTeacher:
@@ -34,9 +53,7 @@ class OnnxTeacher:
     def __init__(self, path: os.PathLike | str, output: str = "logits", threads: Optional[int] = None):
         import onnxruntime as ort
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"{self.path}: ONNX teacher not found")
+        self.path = onnx_teacher_file(path)
         if output not in ("logits", "probabilities"):
             raise ValueError("output must be 'logits' or 'probabilities'")
         opts = ort.SessionOptions()
@@ -68,8 +85,11 @@ class OnnxTeacher:
 
 def load_online_teacher(nnunet_workdir: Optional[os.PathLike | str] = None,
                         onnx: Optional[os.PathLike | str] = None, onnx_output: str = "logits",
-                        device: str = "cpu"):
-    """The online teacher named by exactly one of ``nnunet_workdir`` / ``onnx`` (None if neither)."""
+                        device: str = "cpu", folds: Optional[Sequence[int]] = None):
+    """The online teacher named by exactly one of ``nnunet_workdir`` / ``onnx`` (None if neither). ``device``:
+    where the nnU-Net teacher runs (ONNX teachers run on the CPU and return tensors on the input's device);
+    ``folds``: the nnU-Net folds to ensemble (None: every trained fold; training passes
+    :func:`nnunet_teacher_folds`'s choice)."""
     if nnunet_workdir and onnx:
         raise ValueError("give one online teacher: an nnU-Net workdir or an ONNX model, not both")
     if onnx and str(onnx) == PEER:
@@ -83,5 +103,76 @@ def load_online_teacher(nnunet_workdir: Optional[os.PathLike | str] = None,
         from ..teacher.model import NnUNetTeacher
         from ..teacher.workspace import Workspace
 
-        return NnUNetTeacher.from_workspace(Workspace(nnunet_workdir), device=device)
+        return NnUNetTeacher.from_workspace(Workspace(nnunet_workdir), folds=folds, device=device)
     return None
+
+
+def online_teacher_factory(nnunet_workdir: Optional[os.PathLike | str] = None,
+                           onnx: Optional[os.PathLike | str] = None, onnx_output: str = "logits",
+                           folds: Optional[Sequence[int]] = None) -> Callable[[object], object]:
+    """``factory(device) -> teacher`` (:func:`load_online_teacher`) for training, which builds the teacher when
+    fitting starts on each process's device; first checked without loading anything: one teacher, the ONNX file
+    exists, the optional peer is installed (nnU-Net folds: check them with :func:`nnunet_teacher_folds`)."""
+    if nnunet_workdir and onnx:
+        raise ValueError("give one online teacher: an nnU-Net workdir or an ONNX model, not both")
+    if onnx and str(onnx) == PEER:
+        from ..teacher.peer import load
+
+        load()
+    elif onnx:
+        onnx_teacher_file(onnx)
+    return partial(load_online_teacher, nnunet_workdir, onnx, onnx_output, folds=folds)
+
+
+def nnunet_teacher_folds(workdir: os.PathLike | str, val_fold: int, val_chip_ids: Sequence[str],
+                         folds: Optional[Sequence[int]] = None,
+                         allow_leak: bool = False) -> Tuple[List[int], List[str]]:
+    """The nnU-Net teacher folds a student validating on ``val_fold`` (chips ``val_chip_ids``) distils from, and
+    one warning per fold that has seen those chips' labels: ``(folds, leaks)``.
+
+    Default: ``[val_fold]``, which must be trained ("train teacher fold K first"). ``folds`` chooses others. A
+    fold is trained on the validation chips when its training part in the teacher's ``splits_final.json`` holds
+    any of them (where that file is missing: when it is not ``val_fold``); such a fold is refused with a
+    DataError unless ``allow_leak``, which returns the warnings instead.
+    """
+    import json
+
+    from ..teacher.model import teacher_record
+    from ..teacher.workspace import Workspace
+
+    ws = Workspace(workdir)
+    info = teacher_record(ws)
+    trained = sorted(int(f) for f in info.get("folds", []))
+    chosen = [int(val_fold)] if folds is None else sorted({int(f) for f in folds})
+    if not chosen:
+        raise DataError("--teacher-folds: give at least one fold")
+    missing = [f for f in chosen if f not in trained]
+    if missing:
+        how = f"train teacher fold {missing[0]} first: cloudkd teacher train --workdir {ws.root} --fold {missing[0]}"
+        if folds is None:
+            raise DataError(f"{ws.root}: the nnU-Net teacher has no trained fold {val_fold}, the student's validation "
+                            f"fold (--val-fold {val_fold}; trained folds: {trained or 'none'}), and its other folds "
+                            f"were trained on those validation chips; {how}")
+        raise DataError(f"--teacher-folds: fold(s) {missing} not trained in {ws.root} (trained folds: {trained}); "
+                        f"{how}")
+    splits_file = ws.preprocessed / str(info.get("dataset_name")) / "splits_final.json"
+    splits = json.loads(splits_file.read_text()) if splits_file.is_file() else None
+    val = set(val_chip_ids)
+    leaks, other_split = [], False
+    for f in chosen:
+        if splits is not None and f < len(splits):
+            seen = len(val & set(splits[f]["train"]))
+            if seen:
+                leaks.append(f"teacher fold {f} was trained on {seen} of the student's {len(val)} validation chips "
+                             f"(fold {val_fold})")
+                other_split |= f == val_fold
+        elif f != val_fold:
+            leaks.append(f"teacher fold {f} was trained on the student's validation fold {val_fold}")
+    if leaks and not allow_leak:
+        fix = (f"the teacher's folds differ from the student's: prepare and train the teacher with the student's "
+               f"--folds" if other_split else f"distil from teacher fold {val_fold} (the default without "
+                                              f"--teacher-folds)")
+        raise DataError("; ".join(leaks) + ": its targets would carry those validation labels into the student, "
+                        f"so val_jaccard and the best checkpoint would flatter it. Either {fix}, or give "
+                        "--allow-teacher-leak to accept it")
+    return chosen, leaks

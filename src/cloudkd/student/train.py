@@ -24,13 +24,14 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from ..common.errors import DataError
 from ..common.io import atomic_write
 from ..data.datamodule import CloudDataModule
 from .config import TrainConfig
 from .module import StudentModule
-from .teachers import load_online_teacher
+from .teachers import nnunet_teacher_folds, online_teacher_factory
 from .runs import lightning_state
 from ..common.sizes import count_params
 
@@ -69,6 +70,18 @@ def fit(cfg: TrainConfig) -> FitResult:
                          with_labels=cfg.label_weight > 0, num_workers=cfg.num_workers, seed=cfg.seed,
                          exclude=cfg.exclude)
     dm.setup_index()  # the chip tables (and --exclude) checked before anything in ``out`` is touched
+    teacher, factory = None, None  # the online teacher as recorded in student.json, and how to build it
+    if cfg.teacher_folds is not None and not cfg.teacher_nnunet:
+        raise DataError("--teacher-folds chooses folds of an nnU-Net teacher: give it with --teacher-nnunet")
+    if mode == "online":
+        folds = None
+        if cfg.teacher_nnunet:
+            folds, leaks = nnunet_teacher_folds(cfg.teacher_nnunet, cfg.val_fold, list(dm.val_index["chip_id"]),
+                                                cfg.teacher_folds, cfg.allow_teacher_leak)
+            for msg in leaks:
+                rank_zero_warn(f"--allow-teacher-leak: {msg}; the validation score will flatter the student")
+            teacher = {"nnunet": str(Path(cfg.teacher_nnunet).resolve()), "folds": folds, "leak": leaks or None}
+        factory = online_teacher_factory(cfg.teacher_nnunet, cfg.teacher_onnx, cfg.teacher_onnx_output, folds)
     if not cfg.resume and (out / "checkpoints").is_dir():
         # a new run in this folder: the previous run's checkpoints must not be resumed or versioned beside it
         # (the command line asks for --force before it gets here)
@@ -77,11 +90,8 @@ def fit(cfg: TrainConfig) -> FitResult:
     module = StudentModule(cfg.model, None, cfg.label_weight, cfg.kd_weight, cfg.kd, cfg.temperature, mode,
                            cfg.lr, cfg.weight_decay, cfg.epochs, cfg.cloud_paste, cfg.boundary_ignore, cfg.seed,
                            cfg.threshold)
-    if mode == "online":
-        device = "cuda" if cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto"
-                                                                     and torch.cuda.is_available()) else "cpu"
-        module.attach_teacher(load_online_teacher(cfg.teacher_nnunet, cfg.teacher_onnx, cfg.teacher_onnx_output,
-                                                  device=device))
+    if factory is not None:  # built when fitting starts, on each process's own device (StudentModule.on_fit_start)
+        module.teacher_from(factory)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_jaccard",
                                         mode="max", save_last=True)
     loggers = [pl.loggers.CSVLogger(str(out), name="logs")]
@@ -107,14 +117,16 @@ def fit(cfg: TrainConfig) -> FitResult:
             "val_jaccard": None if final is None else float(final),
             "weights_sha256": _weights_checksum(module.model)})))
     if trainer.is_global_zero:
-        export_best(module, best, out, cfg, score, seconds, excluded=dm.excluded)
+        export_best(module, best, out, cfg, score, seconds, excluded=dm.excluded, teacher=teacher)
     return FitResult(out, best, score, count_params(module.model), seconds, trainer.current_epoch)
 
 
 def export_best(module: StudentModule, best: Optional[Path], out: Path, cfg: TrainConfig,
-                score: Optional[float], seconds: float, excluded: Optional[list] = None) -> None:
+                score: Optional[float], seconds: float, excluded: Optional[list] = None,
+                teacher: Optional[dict] = None) -> None:
     """Write the best weights as a plain state dict + a JSON describing how to rebuild the model (``excluded``:
-    the chips left out of training and validation, by ``cfg.exclude`` and fold -1)."""
+    the chips left out of training and validation, by ``cfg.exclude`` and fold -1; ``teacher``: the nnU-Net
+    teacher's workdir, the folds used and any leak of validation labels accepted with --allow-teacher-leak)."""
     state = module.model.state_dict()
     if best is not None and best.is_file():
         state = lightning_state(best)
@@ -122,6 +134,8 @@ def export_best(module: StudentModule, best: Optional[Path], out: Path, cfg: Tra
     info = {"model": cfg.model, "model_kwargs": {}, "params": count_params(module.model),
             "val_jaccard": score, "val_fold": cfg.val_fold, "train_seconds": round(seconds, 1),
             "teacher_mode": cfg.teacher_mode, "config": asdict(cfg)}
+    if teacher:
+        info["teacher"] = teacher
     if excluded:
         info["excluded"] = {"n_chips": len(excluded), "chip_ids": list(excluded)}
     atomic_write(out / "student.json", lambda t: Path(t).write_text(json.dumps(info, indent=2)))

@@ -30,6 +30,14 @@ from .workspace import Workspace
 SPACING_2D = [999.0, 1.0, 1.0]
 
 
+def teacher_record(workspace: Workspace) -> dict:
+    """``WORKDIR/teacher.json`` (written by ``teacher train``: the model folder and its trained ``folds``), or a
+    DataError saying to train one."""
+    if not workspace.teacher_json.is_file():
+        raise DataError(f"{workspace.teacher_json}: no trained teacher; run 'cloudkd teacher train' first")
+    return json.loads(workspace.teacher_json.read_text())
+
+
 class NnUNetTeacher:
     """Load a trained nnU-Net (one results folder, one or more folds) for inference in this process."""
 
@@ -69,9 +77,7 @@ class NnUNetTeacher:
     @classmethod
     def from_workspace(cls, workspace: Workspace, folds: Optional[Sequence[int]] = None, **kwargs) -> "NnUNetTeacher":
         """The model recorded in ``WORKDIR/teacher.json`` by ``teacher train`` (all its trained folds by default)."""
-        if not workspace.teacher_json.is_file():
-            raise DataError(f"{workspace.teacher_json}: no trained teacher; run 'cloudkd teacher train' first")
-        info = json.loads(workspace.teacher_json.read_text())
+        info = teacher_record(workspace)
         return cls(info["model_folder"], folds=folds if folds is not None else info["folds"], workspace=workspace,
                    **kwargs)
 
