@@ -8,9 +8,10 @@ held-out generated test split with the leaderboard metric.
 Every run trains unet-s on the fold-0 training chips of the demo (``DEMO/folds.csv``) with the demo's student
 budget (``cloudkd.demo.StudentBudget``: epochs, batch, crop, learning rate, T, KD weight), selects its best
 epoch on the fold-0 validation locations and is scored on the test split (other locations). ``--seed`` seeds
-initialisation, data order and augmentation. The offline run reads the teacher's soft labels of the training
-chips from ``TEACHER/soft_train`` (written on the first use). Teacher logits are capped alike in both modes
-(``cloudkd.student.distill.LOGIT_CAP``).
+initialisation, data order and augmentation. Both modes distil from teacher fold 0, the only fold that has not
+seen the fold-0 validation labels (online: ``fit``'s default, the student's validation fold); the offline run
+reads that fold's soft labels of the training chips from ``TEACHER/soft_train_fold0`` (written on the first use).
+Teacher logits are capped alike in both modes (``cloudkd.student.distill.LOGIT_CAP``).
 
 Writes (a finished run+seed already in the CSV is reused):
 
@@ -72,15 +73,17 @@ def teacher_test_jaccard(ws: Workspace, test, out: Path) -> float:
     return float(score_file.read_text())
 
 
-def soft_labels(ws: Workspace, data: str, folds: Path) -> Path:
-    soft = ws.root / "soft_train"
+def soft_labels(ws: Workspace, data: str, folds: Path, val_fold: int = 0) -> Path:
+    """Soft labels of the training chips of ``val_fold`` by teacher fold ``val_fold`` alone (the other teacher
+    folds were trained on the validation chips, whose labels they would pass on)."""
+    soft = ws.root / f"soft_train_fold{val_fold}"
     split = resolve_split(data, "train")
     idx = load_index(split)
-    train_ids = list(split_by_fold(idx, read_folds(folds), 0)[0]["chip_id"])
+    train_ids = list(split_by_fold(idx, read_folds(folds), val_fold)[0]["chip_id"])
     todo = [c for c in train_ids if not (soft / f"{c}.tif").is_file()]
     if todo:
-        teacher_predict(NnUNetTeacher.from_workspace(ws), split.features_dir, None, soft, chip_ids=todo,
-                        progress=False)
+        teacher_predict(NnUNetTeacher.from_workspace(ws, folds=[val_fold]), split.features_dir, None, soft,
+                        chip_ids=todo, progress=False)
     return soft
 
 
