@@ -535,3 +535,85 @@ def test_audit_with_the_teacher_as_judge(trained, tmp_path):
         union = (lab | mask).sum()
         # a few pixels may flip at the threshold between batch sizes (float rounding): 1e-3 is ~5 of 9,216
         assert r["label_iou"] == pytest.approx((lab & mask).sum() / union if union else 1.0, abs=1e-3), r["chip_id"]
+
+
+def _trainer_module():
+    import importlib.util
+
+    from cloudkd.teacher.workspace import TRAINER_DIR
+
+    spec = importlib.util.spec_from_file_location("cloudkd_trainer", TRAINER_DIR / "nnUNetTrainerCloudKD.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _initialised_trainer(ws, monkeypatch, budget):
+    """The project's nnU-Net trainer built as ``teacher train`` builds it for ``budget`` (the recipe reaches it
+    through Budget.env()), initialised (network, optimiser, loss) but not trained."""
+    from cloudkd.teacher.plans import add_budget_configuration
+    from cloudkd.teacher.workspace import DEFAULT_DATASET_ID, plans_file
+
+    configuration = add_budget_configuration(ws, DEFAULT_DATASET_ID, budget)
+    plans = {**json.loads(plans_file(ws, DEFAULT_DATASET_ID).read_text()), "continue_training": False}
+    dataset_json = json.loads((ws.preprocessed / ws.dataset_name(DEFAULT_DATASET_ID) / "dataset.json").read_text())
+    for k, v in budget.env().items():
+        monkeypatch.setenv(k, v)
+    with ws.active():
+        trainer = _trainer_module().nnUNetTrainerCloudKD(plans, configuration, 0, dataset_json, torch.device("cpu"))
+        trainer.initialize()
+    return trainer
+
+
+def test_teacher_recipe_reaches_nnunets_optimiser_loss_network_and_sampling(trained, monkeypatch):
+    """Each recipe field of the budget changes what nnU-Net trains with; the defaults are nnU-Net's own."""
+    import math
+
+    ws = trained["ws"]
+    small = dict(epochs=8, patch=96, batch=4, base_features=8, max_features=32)
+    stock = _initialised_trainer(ws, monkeypatch, Budget(**small))
+    assert type(stock.optimizer) is torch.optim.SGD and stock.optimizer.param_groups[0]["momentum"] == 0.99
+    assert stock.initial_lr == 1e-2 and stock.weight_decay == 3e-5 and stock.oversample_foreground_percent == 0.33
+    assert stock.enable_deep_supervision and isinstance(stock.network(torch.zeros(1, 4, 96, 96)), (list, tuple))
+
+    t = _initialised_trainer(ws, monkeypatch, Budget(**small, optimizer="adamw", deep_supervision=False,
+                                                     oversample=0.0, loss="ce"))
+    assert type(t.optimizer) is torch.optim.AdamW and t.initial_lr == 3e-3 and t.weight_decay == 1e-4
+    for epoch in (0, 2, 8):  # the cosine schedule, stepped per epoch as nnU-Net steps its poly schedule
+        t.lr_scheduler.step(epoch)
+        assert t.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi * epoch / 8)))
+    out = t.network(torch.zeros(2, 4, 96, 96))
+    assert torch.is_tensor(out) and out.shape == (2, 2, 96, 96)  # no deep-supervision outputs
+    assert t.oversample_foreground_percent == 0.0
+    # cross-entropy alone: the loss equals plain cross-entropy; nnU-Net's default adds a Dice term
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 2, 96, 96), (torch.rand(2, 1, 96, 96) > 0.6).float()
+    ce = torch.nn.functional.cross_entropy(logits, target[:, 0].long())
+    assert float(t.loss(logits, target)) == pytest.approx(float(ce), rel=1e-6)
+    dice_ce = _initialised_trainer(ws, monkeypatch, Budget(**small, deep_supervision=False))
+    assert float(dice_ce.loss(logits, target)) < float(ce) - 0.05  # + (-soft Dice): a different loss
+
+    lr = _initialised_trainer(ws, monkeypatch, Budget(**small, lr=0.03))
+    assert type(lr.optimizer) is torch.optim.SGD and lr.initial_lr == 0.03
+
+
+def test_teacher_spatial_augmentation_strength(monkeypatch):
+    """``spatial`` scales the probabilities of nnU-Net's rotation and scaling (0.2 each), capped at 1."""
+    mod = _trainer_module()
+    kw = dict(patch_size=np.array([64, 64]), rotation_for_DA=(0, 0), deep_supervision_scales=None,
+              mirror_axes=(0, 1), do_dummy_2d_data_aug=False)
+
+    def spatial(factor):
+        monkeypatch.setenv("CLOUDKD_NNUNET_SPATIAL", str(factor))
+        t = [getattr(t, "transform", t) for t in mod.nnUNetTrainerCloudKD.get_training_transforms(**kw).transforms]
+        s = [x for x in t if type(x).__name__ == "SpatialTransform"][0]
+        return s.p_rotation, s.p_scaling
+
+    assert spatial(1.0) == (0.2, 0.2)
+    assert spatial(0) == (0.0, 0.0)
+    assert spatial(2.5) == (0.5, 0.5)
+    assert spatial(10) == (1.0, 1.0)
+    for bad in (dict(optimizer="adam"), dict(loss="dice"), dict(spatial=-1.0), dict(oversample=1.5),
+                dict(lr=float("nan"))):
+        with pytest.raises(ValueError):
+            Budget(**bad)

@@ -60,6 +60,12 @@ NNUNET_2D_PARAMS = 46_325_422
 #: normalisation layers a budget configuration may use (nnU-Net's plans name them by import path)
 NORMS = {"batch": "torch.nn.BatchNorm2d", "instance": "torch.nn.InstanceNorm2d"}
 
+#: the optimisers of the teacher's trainer, with their default initial rate and weight decay (sgd: nnU-Net's;
+#: adamw: the student's)
+OPTIMIZERS = {"sgd": (1e-2, 3e-5), "adamw": (3e-3, 1e-4)}
+#: the teacher's losses: nnU-Net's Dice + cross-entropy, or its cross-entropy alone
+LOSSES = ("dice_ce", "ce")
+
 @dataclass
 class Budget:
     """A CPU compute budget for the teacher (the network stays an nnU-Net plan, possibly narrower)."""
@@ -76,6 +82,16 @@ class Budget:
     #: tells an overcast chip from a clear one); "instance": nnU-Net's InstanceNorm, which normalises every chip's
     #: feature maps on their own and so erases it
     norm: str = "batch"
+    #: the training recipe (``nnUNetTrainerCloudKD``'s knobs; the defaults are nnU-Net's): the optimiser ("sgd":
+    #: SGD with Nesterov momentum 0.99 and the poly schedule; "adamw": AdamW with a cosine schedule), its initial
+    #: rate (None: 1e-2 for sgd, 3e-3 for adamw), the loss ("dice_ce" or "ce"), deep supervision, a factor on the
+    #: probabilities of the spatial rotation and scaling, and the foreground-oversampled share of each batch
+    optimizer: str = "sgd"
+    lr: Optional[float] = None
+    loss: str = "dice_ce"
+    deep_supervision: bool = True
+    spatial: float = 1.0
+    oversample: float = 0.33
 
     def __post_init__(self):
         for k in ("epochs", "iters_per_epoch", "val_iters", "patch", "batch", "base_features", "max_features"):
@@ -83,6 +99,16 @@ class Budget:
                 raise ValueError(f"budget {k} must be >= 1, got {getattr(self, k)}")
         if self.norm not in NORMS:
             raise ValueError(f"budget norm must be one of {tuple(NORMS)}, got {self.norm!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"budget optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"budget loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"budget lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.spatial) and self.spatial >= 0):
+            raise ValueError(f"budget spatial must be a finite factor >= 0, got {self.spatial}")
+        if not (math.isfinite(self.oversample) and 0.0 <= self.oversample <= 1.0):
+            raise ValueError(f"budget oversample must be a share in [0, 1], got {self.oversample}")
 
     @property
     def configuration(self) -> str:
@@ -96,7 +122,10 @@ class Budget:
     def env(self) -> Dict[str, str]:
         return {"CLOUDKD_NNUNET_EPOCHS": str(self.epochs), "CLOUDKD_NNUNET_ITERS": str(self.iters_per_epoch),
                 "CLOUDKD_NNUNET_VAL_ITERS": str(self.val_iters),
-                "CLOUDKD_NNUNET_SEED": "" if self.seed is None else str(self.seed)}
+                "CLOUDKD_NNUNET_SEED": "" if self.seed is None else str(self.seed),
+                "CLOUDKD_NNUNET_OPTIMIZER": self.optimizer, "CLOUDKD_NNUNET_LR": "" if self.lr is None else repr(self.lr),
+                "CLOUDKD_NNUNET_LOSS": self.loss, "CLOUDKD_NNUNET_DEEP_SUPERVISION": str(int(self.deep_supervision)),
+                "CLOUDKD_NNUNET_SPATIAL": repr(float(self.spatial)), "CLOUDKD_NNUNET_OVERSAMPLE": repr(float(self.oversample))}
 
 
 def add_budget_configuration(workspace: Workspace, dataset_id: int, budget: Budget) -> str:

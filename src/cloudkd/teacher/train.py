@@ -88,6 +88,8 @@ class TrainResult:
     seconds: float
     seconds_per_iteration: Optional[float]
     reused: bool
+    #: the training's own time, summed over its epochs from nnU-Net's log (also for a reused fold)
+    epoch_seconds: Optional[float] = None
 
 def train(workspace: Workspace, dataset_id: int = DEFAULT_DATASET_ID, fold: int = 0,
           budget: Optional[Budget] = None, device: Optional[str] = None, continue_training: bool = False,
@@ -143,12 +145,14 @@ def train(workspace: Workspace, dataset_id: int = DEFAULT_DATASET_ID, fold: int 
     ckpt = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     log = ckpt.get("logging", {})
     starts, ends = log.get("epoch_start_timestamps", []), log.get("epoch_end_timestamps", [])
-    per_iter = None
+    per_iter = epoch_seconds = None
     if starts and ends:
+        n = min(len(starts), len(ends))
+        epoch_seconds = float(np.sum(np.asarray(ends[:n]) - np.asarray(starts[:n])))
         per_epoch = float(np.median(np.asarray(ends) - np.asarray(starts)))
         per_iter = per_epoch / (budget.iters_per_epoch + budget.val_iters if budget else sum(NNUNET_ITERS))
     result = TrainResult(folder, fold, configuration, trainer_name, int(ckpt.get("current_epoch", 0)),
-                         time.perf_counter() - t0, per_iter, reused)
+                         time.perf_counter() - t0, per_iter, reused, epoch_seconds)
     _record_teacher(workspace, dataset_id, result, budget)
     return result
 
