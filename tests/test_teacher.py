@@ -328,6 +328,19 @@ def test_which_run_a_teacher_train_call_means(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="do not apply"):
         resolve_budget(ws, "cuda", continue_training=True, patch=128)
     assert set(SHAPE_FIELDS) == set(Budget.__dataclass_fields__) - {"seed"}
+    # a named recipe is a budget on any device; options given override its fields; it starts a new run only
+    from cloudkd.teacher.plans import TEACHER_RECIPES
+
+    demo = TEACHER_RECIPES["demo"]
+    assert resolve_budget(ws, "cuda", recipe_name="demo").budget == demo
+    tuned = resolve_budget(ws, "cpu", recipe_name="demo", epochs=40, optimizer="sgd").budget
+    assert tuned.epochs == 40 and tuned.optimizer == "sgd" and tuned.patch == demo.patch and tuned.lr == demo.lr
+    with pytest.raises(ValueError, match="unknown teacher recipe 'nope'; recipes: .*demo"):
+        resolve_budget(ws, "cpu", recipe_name="nope")
+    with pytest.raises(ValueError, match="--continue"):
+        resolve_budget(ws, "cpu", continue_training=True, recipe_name="demo")
+    r = runner.invoke(app, ["teacher", "train", "--workdir", str(ws.root), "--recipe", "demo", "--loss", "dice"])
+    assert r.exit_code == 2 and "budget loss must be one of" in r.output
     # data-augmentation workers: 0 in process on a CPU, nnU-Net's default on a GPU, the user's value if set
     monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
     assert augmentation_workers_env("cpu") == {"nnUNet_n_proc_DA": "0"}

@@ -30,7 +30,7 @@ from .data.folds import make_folds, write_folds
 from .data.synth.sentinel2 import SynthConfig, synthesize
 from .evaluate.scoring import score_folder
 from .student.config import DEMO_KD, DISTILL_KD_WEIGHT, TrainConfig as C
-from .teacher.plans import Budget
+from .teacher.plans import Budget, recipe
 from .common.cli import format_table
 from .data.viz import plot_chips
 
@@ -63,9 +63,9 @@ class DemoConfig:
     folds: int = 5
     force: bool = False
     device: str = "auto"
-    #: the teacher's CPU budget: a narrow nnU-Net (2.1 M parameters), 3-4 minutes on 2 cores
-    teacher_budget: Budget = field(default_factory=lambda: Budget(
-        epochs=8, iters_per_epoch=50, val_iters=2, patch=256, batch=4, base_features=8, max_features=128))
+    #: the teacher's CPU budget, the "demo" teacher recipe: a narrow nnU-Net (2.1 M parameters), 3-4 minutes on
+    #: 2 cores
+    teacher_budget: Budget = field(default_factory=lambda: recipe("demo"))
     #: the student's budget (``cloudkd distill`` options): online KD from the teacher by default
     student: StudentBudget = field(default_factory=lambda: StudentBudget())
 

@@ -7,10 +7,10 @@ from typing import List, Optional
 
 import typer
 
-from ..common.cli import (at_least, check, device_check, exclude_option, fail, output_check, side, split_option,
+from ..common.cli import (at_least, check, device_check, exclude_option, fail, finite, output_check, side, split_option,
                           stage_app, threshold_option)
 from ..common.errors import DataError
-from .plans import Budget as B
+from .plans import LOSSES, OPTIMIZERS, TEACHER_RECIPES as RECIPES, Budget as B
 from .workspace import DEFAULT_DATASET_ID, DEFAULT_NAME
 
 app = stage_app("3. Teacher: the nnU-Net v2 teacher: prepare, train (budget or nnU-Net defaults), predict, info.")
@@ -76,6 +76,20 @@ def teacher_train(
                                                   "it seeds nnU-Net's schedule without making it a budget)."),
     norm: Optional[str] = typer.Option(None, help="Budget: normalisation layers, batch (default: keeps absolute "
                                                   "brightness) or instance (nnU-Net's)."),
+    recipe: Optional[str] = typer.Option(None, help=f"Start from a named teacher recipe ({', '.join(RECIPES)}); the "
+                                                    f"budget options given override its fields."),
+    optimizer: Optional[str] = typer.Option(None, help=f"Recipe: optimiser, {' or '.join(OPTIMIZERS)} (default sgd: "
+                                                       f"nnU-Net's SGD + poly; adamw: AdamW + cosine)."),
+    lr: Optional[float] = typer.Option(None, callback=finite(0, open_low=True), help="Recipe: initial learning rate (default "
+                                                                     "1e-2 for sgd, 3e-3 for adamw)."),
+    loss: Optional[str] = typer.Option(None, help=f"Recipe: loss, {' or '.join(LOSSES)} (default dice_ce, "
+                                                  f"nnU-Net's)."),
+    deep_supervision: Optional[bool] = typer.Option(None, "--deep-supervision/--no-deep-supervision",
+                                                    help="Recipe: nnU-Net's deep supervision (default on)."),
+    spatial: Optional[float] = typer.Option(None, callback=finite(0), help="Recipe: factor on the probabilities "
+                                            "of nnU-Net's spatial rotation and scaling (default 1; 0 turns them off)."),
+    oversample: Optional[float] = typer.Option(None, callback=finite(0, 1), help="Recipe: foreground-oversampled "
+                                               "share of each batch (default 0.33, nnU-Net's)."),
     resume: bool = typer.Option(False, "--continue", help="Resume the last run started in WORKDIR from nnU-Net's "
                                                           "latest checkpoint, with its recorded settings (options "
                                                           "given override them, e.g. --epochs to extend it)."),
@@ -89,9 +103,10 @@ def teacher_train(
     dev = default_device() if device == "auto" else device
     ws = Workspace(workdir)
     try:
-        run = resolve_budget(ws, dev, nnunet_defaults, resume, epochs=epochs, iters_per_epoch=iters,
+        run = resolve_budget(ws, dev, nnunet_defaults, resume, recipe, epochs=epochs, iters_per_epoch=iters,
                              val_iters=val_iters, patch=patch, batch=batch, base_features=base_features,
-                             max_features=max_features, seed=seed, norm=norm)
+                             max_features=max_features, seed=seed, norm=norm, optimizer=optimizer, lr=lr, loss=loss,
+                             deep_supervision=deep_supervision, spatial=spatial, oversample=oversample)
     except (ValueError, DataError) as exc:
         fail(str(exc), 2)
     budget, run_seed, stock = run.budget, run.seed, run.stock

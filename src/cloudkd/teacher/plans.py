@@ -6,7 +6,7 @@ import math
 import os
 import time
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional
 
 import numpy as np
@@ -126,6 +126,21 @@ class Budget:
                 "CLOUDKD_NNUNET_OPTIMIZER": self.optimizer, "CLOUDKD_NNUNET_LR": "" if self.lr is None else repr(self.lr),
                 "CLOUDKD_NNUNET_LOSS": self.loss, "CLOUDKD_NNUNET_DEEP_SUPERVISION": str(int(self.deep_supervision)),
                 "CLOUDKD_NNUNET_SPATIAL": repr(float(self.spatial)), "CLOUDKD_NNUNET_OVERSAMPLE": repr(float(self.oversample))}
+
+
+#: named teacher recipes, ``cloudkd teacher train --recipe NAME`` (options given with it override its fields).
+#: "demo": ``make demo``'s teacher, a narrow nnU-Net within about 4 minutes of 2 CPU cores
+#: (``cloudkd.demo.DemoConfig`` uses it)
+TEACHER_RECIPES: Dict[str, Budget] = {
+    "demo": Budget(epochs=8, iters_per_epoch=50, val_iters=2, patch=256, batch=4, base_features=8, max_features=128),
+}
+
+
+def recipe(name: str) -> Budget:
+    """A copy of the named recipe (ValueError naming the recipes for an unknown name)."""
+    if name not in TEACHER_RECIPES:
+        raise ValueError(f"unknown teacher recipe {name!r}; recipes: {', '.join(TEACHER_RECIPES)}")
+    return replace(TEACHER_RECIPES[name])
 
 
 def add_budget_configuration(workspace: Workspace, dataset_id: int, budget: Budget) -> str:

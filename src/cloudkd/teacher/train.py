@@ -18,12 +18,13 @@ from typing import Optional
 import numpy as np
 
 from ..common.errors import DataError
-from .plans import Budget, add_budget_configuration, plan_and_preprocess
+from .plans import Budget, add_budget_configuration, plan_and_preprocess, recipe
 from .workspace import BASE_CONFIGURATION, BUDGET_TRAINER, DEFAULT_DATASET_ID, DEFAULT_TRAINER, NNUNET_ITERS, PLANS, Workspace, augmentation_workers_env, default_device, dump_json, load_json, model_folder
 
 
 #: budget fields that shape the run (a GPU uses nnU-Net's schedule and plan unless one of them is given)
-SHAPE_FIELDS = ("epochs", "iters_per_epoch", "val_iters", "patch", "batch", "base_features", "max_features", "norm")
+SHAPE_FIELDS = ("epochs", "iters_per_epoch", "val_iters", "patch", "batch", "base_features", "max_features", "norm",
+                "optimizer", "lr", "loss", "deep_supervision", "spatial", "oversample")
 
 def check_fold(workspace: Workspace, dataset_id: int, fold: int) -> None:
     """A fold must be one of the location-grouped folds ``teacher prepare`` wrote to splits_final.json (nnU-Net
@@ -51,14 +52,21 @@ class RunSettings:
     stock: bool = False
 
 def resolve_budget(workspace: Workspace, device: str, stock: bool = False, continue_training: bool = False,
-                   **given) -> RunSettings:
+                   recipe_name: Optional[str] = None, **given) -> RunSettings:
     """The run a ``teacher train`` call asks for.
 
     ``given`` are the budget options the user stated (None = not stated). ``continue_training`` takes the settings
     of the run recorded in ``training.json``, the stated options overriding them; on a GPU a budget is used only
     when a shaping option is stated (a seed alone keeps nnU-Net's schedule); ``stock`` is nnU-Net's own trainer.
+    ``recipe_name`` starts a new run from a named recipe (``TEACHER_RECIPES``), on any device, the stated options
+    overriding its fields.
     """
     given = {k: v for k, v in given.items() if v is not None}
+    if recipe_name is not None:
+        if stock or continue_training:
+            raise ValueError("--recipe starts a new run from a named recipe; it goes with neither --nnunet-defaults "
+                             "nor --continue (which takes the recorded settings)")
+        return RunSettings(Budget(**{**asdict(recipe(recipe_name)), **given}))
     if stock and given:
         raise ValueError("--nnunet-defaults runs nnU-Net's own trainer unchanged and takes no budget options "
                          f"(given: {', '.join(sorted(given))})")
