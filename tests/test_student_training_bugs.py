@@ -255,3 +255,113 @@ def test_online_teacher_is_built_on_the_modules_device_when_fitting_starts(teach
     m.on_fit_start()
     assert asked == [torch.device("meta")] and m.teacher.device == torch.device("meta")
     assert "teacher" not in dict(m.named_children()) and not any(k.startswith("teacher") for k in m.state_dict())
+
+
+# ------------------------------------------------------------------------------- 4. --resume refuses changes
+def _train_args(data, out, *extra):
+    return ["student", "train", data, "--out", out, "--model", "unet-xs", "--epochs", 1, "--steps", 1, "--batch", 2,
+            "--crop", 32, "--lr", 0.005, "--accelerator", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def started_run(small_data, tmp_path_factory):
+    """One finished 1-epoch run (read-only for the tests: each copies it)."""
+    import sys
+    from unittest import mock
+
+    from cloudkd.cli import main
+
+    run = tmp_path_factory.mktemp("resume") / "run"
+    with mock.patch.object(sys, "argv", ["cloudkd", *map(str, _train_args(small_data, run))]):
+        with pytest.raises(SystemExit) as e:
+            main()
+    assert e.value.code == 0
+    return run
+
+
+@pytest.fixture
+def run_copy(started_run, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(started_run, tmp_path / "run"))
+
+
+def test_a_run_records_what_it_trains(started_run, small_data):
+    rec = json.loads((started_run / "run.json").read_text())
+    ident = rec["identity"]
+    assert ident["data"] == str(small_data.resolve()) and ident["model"] == "unet-xs" and ident["lr"] == 0.005
+    assert ident["batch_size"] == 2 and ident["crop"] == 32 and ident["val_fold"] == 0 and ident["seed"] == 0
+    assert ident["train_chips"]["n"] + ident["val_chips"]["n"] == 30
+    assert "epochs" not in ident and rec["config"]["epochs"] == 1
+
+
+@pytest.mark.parametrize("change,field,shown", [
+    (("--lr", 0.001), "--lr", "0.005 -> 0.001"),
+    (("--batch", 4), "--batch", "2 -> 4"),
+    (("--crop", 64), "--crop", "32 -> 64"),
+    (("--model", "unet-s"), "--model", "'unet-xs' -> 'unet-s'"),
+    (("--val-fold", 1), "--val-fold", "0 -> 1"),
+    (("--threshold", 0.6), "--threshold", "0.5 -> 0.6"),
+    (("--seed", 3), "--seed", "0 -> 3"),
+])
+def test_resume_refuses_a_changed_setting_and_writes_nothing(small_data, run_copy, capsys, change, field, shown):
+    before = snapshot(run_copy)
+    args = _train_args(small_data, run_copy, "--resume", "--epochs", 2)
+    i = args.index(change[0]) if change[0] in args else None
+    if i is None:
+        args += list(change)
+    else:
+        args[i + 1] = change[1]
+    code, text = invoke(args, capsys)
+    assert code == 2 and "Traceback" not in text, text
+    assert f"{field} {shown}" in text and "--epochs" in text  # named, old -> new; says what may change
+    assert snapshot(run_copy) == before
+
+
+def test_resume_refuses_another_dataset(small_data, run_copy, tmp_path, capsys):
+    import shutil
+
+    other = Path(shutil.copytree(small_data, tmp_path / "other"))
+    before = snapshot(run_copy)
+    code, text = invoke(_train_args(other, run_copy, "--resume", "--epochs", 2), capsys)
+    assert code == 2 and "Traceback" not in text, text
+    assert f"DATA '{small_data.resolve()}' -> '{other.resolve()}'" in text
+    assert snapshot(run_copy) == before
+
+
+def test_resume_with_more_epochs_and_other_runtime_settings_continues(small_data, run_copy, capsys):
+    # the same data through another spelling of its path, more epochs, another worker count
+    code, text = invoke(_train_args(Path(str(small_data) + "/."), run_copy, "--resume", "--epochs", 2,
+                                    "--workers", 1), capsys)
+    assert code == 0, text
+    ck = torch.load(run_copy / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["epoch"] == 1 and ck["global_step"] == 2
+    # a copied run folder keeps one last.ckpt (no last-v1.ckpt beside a stale one for the next --resume)
+    assert sorted(p.name for p in (run_copy / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert json.loads((run_copy / "run.json").read_text())["config"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all"])
+def test_resume_from_a_damaged_checkpoint_says_so_in_one_line(small_data, run_copy, capsys, content):
+    (run_copy / "checkpoints" / "last.ckpt").write_bytes(content)
+    before = snapshot(run_copy)
+    code, text = invoke(_train_args(small_data, run_copy, "--resume", "--epochs", 2), capsys)
+    assert code == 2 and "Traceback" not in text, text
+    assert "last.ckpt: not a readable checkpoint" in text and len(text.strip().splitlines()) == 1
+    assert snapshot(run_copy) == before
+
+
+def test_resume_without_a_record_of_the_run_is_refused(small_data, run_copy, capsys):
+    (run_copy / "run.json").unlink()
+    code, text = invoke(_train_args(small_data, run_copy, "--resume", "--epochs", 2), capsys)
+    assert code == 2 and "run.json is missing" in text and "--force" in text, text
+
+
+def test_an_interrupted_run_says_resume_not_not_a_run_folder(small_data, run_copy, tmp_path, capsys):
+    for name in ("student.pt", "student.json"):  # what an interrupted run lacks: it stops before exporting
+        (run_copy / name).unlink()
+    code, text = invoke(_train_args(small_data, run_copy), capsys)
+    assert code == 2 and "interrupted: " in text and "--resume" in text and "--force" in text, text
+    code, text = invoke(["student", "predict", "--model", run_copy, "--features", small_data / "test_features",
+                         "--out", tmp_path / "masks"], capsys)
+    assert code == 2 and "interrupted: " in text and "--resume" in text and "not a student run folder" not in text

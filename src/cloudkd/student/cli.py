@@ -36,8 +36,11 @@ def student_list(as_json: bool = typer.Option(False, "--json", help="Print {pres
 
 
 def run_folder(out: Path, resume: bool, force: bool) -> None:
-    """A run folder is new, resumed (--resume: its last checkpoint must exist) or replaced (--force); never
-    silently overwritten, which would also leave the old run's checkpoint for a later --resume."""
+    """A run folder is new, resumed (--resume: its last checkpoint must exist; ``fit`` checks that it is readable
+    and that the run's settings did not change) or replaced (--force); never silently overwritten, which would
+    also leave the old run's checkpoint for a later --resume."""
+    from .runs import interrupted
+
     if resume and force:
         fail("--resume continues the run in OUT and --force replaces it: give one", 2)
     last = out / "checkpoints" / "last.ckpt"
@@ -45,6 +48,9 @@ def run_folder(out: Path, resume: bool, force: bool) -> None:
         if not last.is_file():
             fail(f"--resume: {last} does not exist; nothing to resume (drop --resume to start a run)", 2)
         return
+    if not force and interrupted(out):
+        fail(f"{out}: interrupted: a run that did not finish ({last} is there, no student.pt); use --resume to "
+             f"continue it (or --force to start anew)", 2)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         fail(f"{out}: already holds a run (or other files); --resume continues it, --force replaces it", 2)
 

@@ -14,10 +14,29 @@ from ..common.errors import DataError
 from .models import build_model
 
 
+def load_checkpoint(ckpt: os.PathLike | str) -> dict:
+    """A StudentModule Lightning checkpoint as a dict (on the CPU), or a one-line DataError when the file is
+    empty, truncated or not such a checkpoint."""
+    try:
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError ... on a damaged file
+        why = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise DataError(f"{ckpt}: not a readable checkpoint ({type(exc).__name__}: {why})") from None
+    if not isinstance(ck, dict) or not isinstance(ck.get("state_dict"), dict):
+        raise DataError(f"{ckpt}: not a Lightning checkpoint of a student run (no state_dict)")
+    return ck
+
+
 def lightning_state(ckpt: os.PathLike | str) -> Dict[str, torch.Tensor]:
     """The network's state dict inside a StudentModule Lightning checkpoint (its ``model.`` entries)."""
-    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(ckpt)
     return {k[len("model."):]: v for k, v in ck["state_dict"].items() if k.startswith("model.")}
+
+
+def interrupted(run: os.PathLike | str) -> bool:
+    """A run folder whose training started (``checkpoints/last.ckpt``) but did not finish (no ``student.pt``)."""
+    run = Path(run)
+    return (run / "checkpoints" / "last.ckpt").is_file() and not (run / "student.pt").is_file()
 
 
 def resolve_run(checkpoint: os.PathLike | str) -> Tuple[Path, dict, Dict[str, torch.Tensor]]:
@@ -33,6 +52,10 @@ def resolve_run(checkpoint: os.PathLike | str) -> Tuple[Path, dict, Dict[str, to
     else:
         run = p.parent
     info_path = run / "student.json"
+    if not info_path.is_file() and interrupted(run):
+        raise DataError(f"{run}: interrupted: its training did not finish (checkpoints/last.ckpt, no student.pt); "
+                        f"continue it with 'cloudkd student train/distill ... --out {run} --resume' (or start it "
+                        f"anew with --force)")
     if not info_path.is_file():
         raise DataError(f"{info_path}: missing; not a student run folder of 'cloudkd train/distill' "
                         f"(or a file in it)")

@@ -6,10 +6,16 @@ Everything of a run lands in ``out``::
     out/logs/...                             CSV logs (and TensorBoard when tensorboard/tensorboardX is installed)
     out/student.pt                           the best model's plain state dict (``torch.load`` + load_state_dict)
     out/student.json                         model spec, parameter count, val Jaccard, training config
+    out/run.json                             what the run trains (written when training starts), for --resume
 
 Multi-GPU / multi-node runs use Lightning strategies (``devices``, ``num_nodes``, ``strategy="ddp"``); on CPUs
 DDP uses the gloo backend. Each rank writes ``out/rank{r}.json`` (its final val Jaccard and a checksum of its
 weights) so agreement between ranks can be checked.
+
+``--resume`` continues the run in ``out`` only with what it was started with (:func:`run_identity`, recorded in
+``out/run.json``): the data, folds and chips, model, optimisation, loss, teacher, seed and threshold. Only
+:data:`RESUMABLE` settings may change: more epochs (the cosine schedule follows the new length) and where and
+how the run is executed.
 """
 
 from __future__ import annotations
@@ -32,10 +38,24 @@ from ..data.datamodule import CloudDataModule
 from .config import TrainConfig
 from .module import StudentModule
 from .teachers import nnunet_teacher_folds, online_teacher_factory
-from .runs import lightning_state
+from .runs import lightning_state, load_checkpoint
+from .teachers import PEER
 from ..common.sizes import count_params
 
-__all__ = ["TrainConfig", "FitResult", "fit", "export_best"]
+__all__ = ["TrainConfig", "FitResult", "fit", "export_best", "run_identity", "check_resume"]
+
+#: the record of what a run trains, written when it starts and compared by --resume
+RUN_JSON = "run.json"
+#: TrainConfig fields a resumed run may change: its length and where and how it runs, not what it trains
+#: (``allow_teacher_leak`` is covered by the teacher folds used, which are compared)
+RESUMABLE = ("out", "epochs", "resume", "progress", "num_workers", "accelerator", "devices", "num_nodes", "strategy",
+             "allow_teacher_leak")
+#: TrainConfig fields that name files or folders (compared resolved, so runs/data and ./runs/data are one)
+_PATHS = ("data", "folds", "exclude", "soft_dir", "teacher_nnunet", "teacher_onnx", "unlabelled")
+#: how the command line spells a TrainConfig field where it is not --field-name
+_OPTION = {"data": "DATA", "batch_size": "--batch", "limit_train_batches": "--steps", "soft_dir": "--soft",
+           "teacher_onnx_output": "--onnx-output", "num_workers": "--workers", "train_chips": "training chips",
+           "val_chips": "validation chips"}
 
 
 @dataclass
@@ -54,6 +74,60 @@ def _weights_checksum(model: torch.nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def _chips(ids) -> dict:
+    ids = sorted(map(str, ids))
+    return {"n": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+
+
+def run_identity(cfg: TrainConfig, dm: CloudDataModule, teacher_folds: Optional[list] = None) -> dict:
+    """What a run trains, as JSON: every TrainConfig field but :data:`RESUMABLE` (paths resolved; the nnU-Net
+    teacher folds as used, ``teacher_folds``) and the chips of its training and validation split (count and
+    digest of their ids, from ``dm.setup_index()``)."""
+    d = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE}
+    for k in _PATHS:
+        if d[k] and not (k == "teacher_onnx" and d[k] == PEER):
+            d[k] = str(Path(d[k]).resolve())
+    d["teacher_folds"] = teacher_folds if teacher_folds is not None else d["teacher_folds"]
+    d["train_chips"], d["val_chips"] = _chips(dm.train_index["chip_id"]), _chips(dm.val_index["chip_id"])
+    return json.loads(json.dumps(d))  # as it reads back from run.json
+
+
+def check_resume(out: Path, identity: dict) -> None:
+    """Refuse (DataError naming each changed setting, old -> new) to resume the run in ``out`` with a different
+    :func:`run_identity` than ``out/run.json`` recorded, or without such a record."""
+    path = out / RUN_JSON
+    if not path.is_file():
+        raise DataError(f"--resume: {path} is missing, so nothing says what this run was trained with (a run of an "
+                        f"older cloudkd?); start it anew with --force")
+    try:
+        old = json.loads(path.read_text())["identity"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"--resume: {path}: unreadable ({type(exc).__name__}); start the run anew with --force") \
+            from None
+
+    def show(k, v):
+        return f"{v['n']} chips" if k.endswith("_chips") and isinstance(v, dict) else repr(v)
+
+    changed = [k for k in list(old) + [k for k in identity if k not in old] if old.get(k) != identity.get(k)]
+    if changed:
+        what = "; ".join(f"{_OPTION.get(k, '--' + k.replace('_', '-'))} {show(k, old.get(k))} -> "
+                         f"{show(k, identity.get(k))}" for k in changed)
+        raise DataError(f"--resume: {out} was started with other settings: {what}. Only --epochs and how it runs "
+                        f"(--devices, --workers, ...) may change; train a new run elsewhere, or --force to replace it")
+
+
+class _RecordRun(pl.Callback):
+    """Writes ``out/run.json`` once the trainer is set up (under DDP after every process has passed the command
+    line's checks of ``out``, which a file written before the processes start would fail)."""
+
+    def __init__(self, path: Path, record: dict):
+        self.path, self.record = path, record
+
+    def setup(self, trainer, pl_module, stage):
+        if trainer.is_global_zero:
+            atomic_write(self.path, lambda t: Path(t).write_text(json.dumps(self.record, indent=2)))
 
 
 def fit(cfg: TrainConfig) -> FitResult:
@@ -82,6 +156,10 @@ def fit(cfg: TrainConfig) -> FitResult:
                 rank_zero_warn(f"--allow-teacher-leak: {msg}; the validation score will flatter the student")
             teacher = {"nnunet": str(Path(cfg.teacher_nnunet).resolve()), "folds": folds, "leak": leaks or None}
         factory = online_teacher_factory(cfg.teacher_nnunet, cfg.teacher_onnx, cfg.teacher_onnx_output, folds)
+    identity = run_identity(cfg, dm, teacher["folds"] if teacher else None)
+    if cfg.resume:  # a damaged checkpoint or another run's settings: one line, nothing written
+        load_checkpoint(last)
+        check_resume(out, identity)
     if not cfg.resume and (out / "checkpoints").is_dir():
         # a new run in this folder: the previous run's checkpoints must not be resumed or versioned beside it
         # (the command line asks for --force before it gets here)
@@ -92,15 +170,19 @@ def fit(cfg: TrainConfig) -> FitResult:
                            cfg.threshold)
     if factory is not None:  # built when fitting starts, on each process's own device (StudentModule.on_fit_start)
         module.teacher_from(factory)
+    # one best.ckpt and one last.ckpt, replaced in place: a run folder resumed after being moved or copied would
+    # otherwise get last-v1.ckpt beside the old last.ckpt (Lightning cannot tell its own files there), and the
+    # next --resume would start from the stale one (a new run removes the old checkpoints above)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_jaccard",
-                                        mode="max", save_last=True)
+                                        mode="max", save_last=True, enable_version_counter=False)
     loggers = [pl.loggers.CSVLogger(str(out), name="logs")]
     try:
         loggers.append(pl.loggers.TensorBoardLogger(str(out), name="tensorboard"))
     except ModuleNotFoundError:
         pass
     trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
-                         num_nodes=cfg.num_nodes, strategy=cfg.strategy, callbacks=[ckpt], logger=loggers,
+                         num_nodes=cfg.num_nodes, strategy=cfg.strategy, logger=loggers,
+                         callbacks=[ckpt, _RecordRun(out / RUN_JSON, {"identity": identity, "config": asdict(cfg)})],
                          enable_progress_bar=cfg.progress, enable_model_summary=False, log_every_n_steps=1,
                          limit_train_batches=cfg.limit_train_batches, deterministic=False,
                          use_distributed_sampler=False)  # the data module splits (validation without padding)
