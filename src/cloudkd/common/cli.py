@@ -13,6 +13,7 @@ import typer
 
 from .errors import DataError
 from .infer import DEFAULT_THRESHOLD
+from .outputs import output_problem  # noqa: F401  (the output policy's check; re-exported for the callbacks)
 
 
 def fail(msg: str, code: int = 1):
@@ -124,24 +125,6 @@ def device_problem(device: str) -> Optional[str]:
 
 
 device_check = check(device_problem)
-
-
-def output_problem(path) -> Optional[str]:
-    """None when ``path`` can be written (created if missing), else why not. Never inside a dataset's
-    ``*_labels`` or ``*_features`` folder, where outputs would mix with (or replace) the data."""
-    p = Path(path).absolute()
-    for part in (p, *p.parents):
-        if part.name.endswith(("_labels", "_features")) and (part.parent / f"{part.name.rsplit('_', 1)[0]}"
-                                                                            f"_metadata.csv").is_file():
-            return f"{path}: inside the dataset folder {part}; write outputs elsewhere"
-    probe = p if p.is_dir() else p.parent  # an existing file is replaced in its folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{path}: {probe} is a file, so nothing can be written below it"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{path}: {probe} is not writable"
-    return None
 
 
 output_check = check(output_problem)

@@ -36,28 +36,8 @@ MASKS_RECORD = ".cloudkd-masks.json"
 
 
 def claim_masks_folder(folder: os.PathLike | str, producer: str, force: bool = False) -> Path:
-    """Make ``folder`` ready for the masks of ``producer`` (a model, named by its path and settings).
+    """Make ``folder`` ready for the masks of ``producer``: :func:`cloudkd.common.outputs.claim_masks_folder`
+    (the output policy's rule, kept here for its callers)."""
+    from .outputs import claim_masks_folder as claim
 
-    A folder written by another producer is refused unless ``force``, which first removes its masks, so the
-    masks of two models never mix. The folder records its producer in :data:`MASKS_RECORD`.
-    """
-    import json
-
-    from .errors import DataError
-
-    folder = Path(folder)
-    record = folder / MASKS_RECORD
-    masks = sorted(folder.glob("*.tif")) if folder.is_dir() else []
-    have = producer if not masks else "an unknown model"  # masks without a record: nobody can vouch for them
-    if record.is_file():
-        try:
-            have = json.loads(record.read_text()).get("producer")
-        except (ValueError, OSError):
-            have = None
-    if have != producer:
-        if not force:
-            raise DataError(f"{folder}: holds masks of {have}; write elsewhere, or --force to replace them")
-        for p in masks:
-            p.unlink()
-    atomic_write(record, lambda t: Path(t).write_text(json.dumps({"producer": producer}) + "\n"))
-    return folder
+    return claim(folder, producer, force)

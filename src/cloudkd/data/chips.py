@@ -36,8 +36,9 @@ METADATA_COLUMNS = ("chip_id", "location", "datetime")
 
 #: Written into a dataset root by a generator (``cloudkd data synth``, ``cloudkd landsat synth``) before anything
 #: else and removed only after its completion stamp: while it is there the dataset is incomplete, whatever else the
-#: folder holds. Real datasets have neither file.
-UNFINISHED = "generation.unfinished"
+#: folder holds. Real datasets have neither file. (Defined with the output policy, which takes it as the generator's
+#: mark on the folder.)
+from ..common.outputs import UNFINISHED  # noqa: E402
 
 
 def unfinished_problem(root: os.PathLike | str) -> Optional[str]:

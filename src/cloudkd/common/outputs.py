@@ -1,0 +1,405 @@
+"""The one output policy of every command: what cloudkd may write, replace or delete.
+
+- **Ownership.** Every folder cloudkd creates for its output carries :data:`MARK` (``.cloudkd.json``: writer
+  "cloudkd", the command, a content kind, time, pid, host). A file cloudkd writes is either inside such a folder or
+  listed, with its size and modification time, in the :data:`MANIFEST` (``.cloudkd-files.json``) of its folder.
+  Folders cloudkd wrote before the marker existed are known by their own stamp (:data:`STAMPS`: a generated
+  dataset's ``synth.json``, a Landsat import's ``landsat_import.json``, an export's ``export.json`` ...).
+  ``--force`` replaces only what cloudkd wrote, and only of the same kind; anything else is refused even with
+  ``--force``: "... was not written by cloudkd; remove it yourself". An empty folder holds nothing to lose and is
+  taken as it is.
+- **No overlap.** :func:`outputs_apart` refuses an output equal to, inside, or containing an input (symlinks and
+  relative paths resolved), whether or not the input is a dataset.
+- **Files.** :func:`check_file` refuses an existing file without ``--force``, and with it one cloudkd did not
+  write; the write itself is atomic (:func:`cloudkd.common.io.atomic_write`) and :func:`record_file` then lists it.
+- **Locks.** :func:`folder_lock` holds a pid file beside a folder being written: a second writer is refused, a
+  lock whose process is gone (same host) is stale and taken over (:func:`running_elsewhere`, the rule synth's
+  ``generation.unfinished`` marker uses too).
+
+Every refusal is a :class:`~cloudkd.common.errors.DataError`: one line, exit code 2, nothing changed on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, Optional, Sequence
+
+from .errors import DataError
+from .io import MASKS_RECORD, atomic_write
+
+#: the marker file in every folder cloudkd creates for an output
+MARK = ".cloudkd.json"
+#: the list of files cloudkd wrote into a folder it did not create (name -> size, mtime, command, kind)
+MANIFEST = ".cloudkd-files.json"
+#: the marker of a dataset generation that is running or was interrupted (the generators write it first)
+UNFINISHED = "generation.unfinished"
+#: the stamps of generated datasets (written last by the Sentinel-2 and Landsat generators)
+DATASET_STAMP = "synth.json"
+LANDSAT_DATASET_STAMP = "synth38.json"
+#: the stamp of a Landsat import (written last, in the import's own folder)
+IMPORT_STAMP = "landsat_import.json"
+#: the report an ONNX export writes last
+EXPORT_REPORT = "export.json"
+
+#: a folder's own stamp -> the kind of content it shows cloudkd wrote (folders from before the marker existed)
+STAMPS: Dict[str, str] = {
+    DATASET_STAMP: "dataset",
+    LANDSAT_DATASET_STAMP: "landsat-dataset",
+    UNFINISHED: "unfinished-dataset",  # a generation running or interrupted: everything in it is the generator's
+    IMPORT_STAMP: "landsat-import",
+    MASKS_RECORD: "masks",
+    EXPORT_REPORT: "onnx-export",
+}
+
+#: a lock file younger than this whose content cannot be read yet is its writer's, not stale
+_LOCK_GRACE_S = 10.0
+
+
+def current_command() -> str:
+    """The command being run ("cloudkd submission runtime-test"), or "cloudkd (library)" outside the CLI."""
+    try:
+        import click
+
+        ctx = click.get_current_context(silent=True)
+    except ImportError:  # pragma: no cover - typer ships click
+        ctx = None
+    return ctx.command_path if ctx is not None else "cloudkd (library)"
+
+
+def _note(kind: str, command: Optional[str] = None) -> dict:
+    return {"writer": "cloudkd", "command": command or current_command(), "kind": kind,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _name(path, option: Optional[str]) -> str:
+    return f"{option} {path}" if option else str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ownership of folders
+# ---------------------------------------------------------------------------------------------------------------
+def mark_folder(folder: os.PathLike | str, kind: str, command: Optional[str] = None) -> Path:
+    """Write ``folder``'s :data:`MARK` (cloudkd wrote it, which command, what ``kind`` of content)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / MARK, lambda t: Path(t).write_text(json.dumps(_note(kind, command), indent=2) + "\n"))
+    return folder
+
+
+def folder_mark(folder: os.PathLike | str) -> Optional[dict]:
+    """What cloudkd recorded of ``folder`` (its :data:`MARK`, else one of its :data:`STAMPS`), or None when
+    nothing says cloudkd wrote it."""
+    folder = Path(folder)
+    try:
+        note = json.loads((folder / MARK).read_text())
+        if isinstance(note, dict) and note.get("writer") == "cloudkd" and note.get("kind"):
+            return note
+    except (OSError, ValueError):
+        pass
+    for name, kind in STAMPS.items():
+        if (folder / name).is_file():
+            return {"writer": "cloudkd", "kind": kind, "command": f"the writer of its {name}", "stamp": name}
+    return None
+
+
+def _describe(note: dict) -> str:
+    when = f" on {note['time']}" if note.get("time") else ""
+    return f"{note['kind']} written by {note.get('command')}{when}"
+
+
+def check_folder(folder: os.PathLike | str, kind: str, force: bool = False, option: Optional[str] = None,
+                 also: Sequence[str] = ()) -> str:
+    """Whether ``folder`` may receive an output of ``kind``: "new" (absent), "empty" (an empty folder) or
+    "replace" (cloudkd's own ``kind``, or one of ``also``, and ``force``). Anything else raises DataError: a file,
+    a folder cloudkd did not write (even with ``force``), cloudkd's folder of another kind, or its own kind
+    without ``force``. Nothing is changed."""
+    folder = Path(folder)
+    name = _name(folder, option)
+    if not folder.exists() and not folder.is_symlink():
+        return "new"
+    if not folder.is_dir():
+        raise DataError(f"{name}: is a file, not a folder")
+    note = folder_mark(folder)
+    if note is None:
+        if not any(folder.iterdir()):
+            return "empty"
+        raise DataError(f"{name} was not written by cloudkd; remove it yourself (or choose another folder)")
+    if note["kind"] not in (kind, *also):
+        raise DataError(f"{name}: holds cloudkd's {_describe(note)}, not a {kind}; choose another folder")
+    if not force:
+        raise DataError(f"{name}: holds a {_describe(note)}; choose another folder, or --force to replace it")
+    return "replace"
+
+
+def remove_tree(path: os.PathLike | str) -> None:
+    """Delete ``path`` (a file, a link or a folder, read-only parts included), never following a link."""
+    path = Path(path)
+
+    def writable_then_retry(func, p, _exc):
+        for q in (Path(p).parent, Path(p)):
+            try:
+                if not q.is_symlink():
+                    q.chmod(q.stat().st_mode | stat.S_IWUSR | stat.S_IXUSR | stat.S_IRUSR)
+            except OSError:
+                pass
+        func(p)
+
+    if path.is_symlink() or not path.is_dir():
+        if path.exists() or path.is_symlink():
+            try:
+                path.unlink()
+            except PermissionError:
+                writable_then_retry(os.unlink, path, None)
+        return
+    try:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR | stat.S_IXUSR | stat.S_IRUSR)
+    except OSError:
+        pass
+    shutil.rmtree(path, onerror=writable_then_retry)
+
+
+def claim_folder(folder: os.PathLike | str, kind: str, force: bool = False, option: Optional[str] = None,
+                 command: Optional[str] = None, also: Sequence[str] = ()) -> Path:
+    """Make ``folder`` ready for an output of ``kind`` (:func:`check_folder` decides): created, or emptied when it
+    is cloudkd's own and ``force``, then marked. Returns ``folder``."""
+    folder = Path(folder)
+    if check_folder(folder, kind, force, option, also) == "replace":
+        for sub in folder.iterdir():
+            remove_tree(sub)
+    return mark_folder(folder, kind, command)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ownership of files
+# ---------------------------------------------------------------------------------------------------------------
+def _manifest(folder: Path) -> dict:
+    try:
+        m = json.loads((folder / MANIFEST).read_text())
+        return m.get("files", {}) if isinstance(m, dict) and m.get("writer") == "cloudkd" else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def file_mark(path: os.PathLike | str) -> Optional[dict]:
+    """What cloudkd recorded of the file ``path``: its folder's mark (a folder cloudkd wrote), or its entry in the
+    folder's :data:`MANIFEST` while the file still has the size and modification time cloudkd left; else None."""
+    path = Path(path)
+    note = folder_mark(path.parent)
+    if note is not None:
+        return note
+    entry = _manifest(path.parent).get(path.name)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if isinstance(entry, dict) and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+        return entry
+    return None
+
+
+def check_file(path: os.PathLike | str, force: bool = False, option: Optional[str] = None) -> None:
+    """Refuse (DataError) to write the file ``path`` over a folder, over an existing file without ``force``, or
+    over a file cloudkd did not write (even with ``force``)."""
+    path = Path(path)
+    name = _name(path, option)
+    if path.is_dir():
+        raise DataError(f"{name}: is a folder; give a file name")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not force:
+        raise DataError(f"{name}: exists; --force replaces it")
+    if path.is_symlink() or file_mark(path) is None:
+        raise DataError(f"{name} was not written by cloudkd; remove it yourself (or choose another name)")
+
+
+def record_file(path: os.PathLike | str, kind: str, command: Optional[str] = None) -> None:
+    """List the file cloudkd just wrote at ``path`` in its folder's :data:`MANIFEST` (not needed, and not done,
+    in a folder cloudkd wrote)."""
+    path = Path(path)
+    if not path.is_file() or folder_mark(path.parent) is not None:
+        return
+    files = _manifest(path.parent)
+    st = path.stat()
+    files[path.name] = {**_note(kind, command), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    atomic_write(path.parent / MANIFEST, lambda t: Path(t).write_text(
+        json.dumps({"writer": "cloudkd", "files": files}, indent=2) + "\n"))
+
+
+@contextmanager
+def file_outputs(outputs: Dict[str, Optional[os.PathLike | str]], kind: str, force: bool = False,
+                 inputs: Iterable[Optional[os.PathLike | str]] = ()) -> Iterator[None]:
+    """Around the work of a command that writes files: ``outputs`` (option name -> path or None) are checked
+    before (:func:`outputs_apart` against ``inputs``, :func:`check_file`), and the ones written are recorded
+    (:func:`record_file`) after it succeeds."""
+    given = {o: Path(p) for o, p in outputs.items() if p is not None}
+    outputs_apart(given.values(), inputs)
+    for option, p in given.items():
+        check_file(p, force, option)
+    yield
+    for p in given.values():
+        record_file(p, kind)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# No overlap
+# ---------------------------------------------------------------------------------------------------------------
+def _real(p: os.PathLike | str) -> Path:
+    return Path(os.path.realpath(os.path.abspath(os.fspath(p))))
+
+
+def outputs_apart(outputs: Iterable[Optional[os.PathLike | str]],
+                  inputs: Iterable[Optional[os.PathLike | str]]) -> None:
+    """Refuse (DataError naming both paths) an output that is an input, lies inside one or contains one, with
+    relative paths and symlinks resolved (None entries are skipped)."""
+    ins = [(i, _real(i)) for i in inputs if i is not None]
+    for o in outputs:
+        if o is None:
+            continue
+        ro = _real(o)
+        for i, ri in ins:
+            if ro == ri:
+                how = "is"
+            elif ri in ro.parents:
+                how = "lies inside"
+            elif ro in ri.parents:
+                how = "contains"
+            else:
+                continue
+            raise DataError(f"{o}: this output {how} the input {i}; write outputs elsewhere")
+
+
+def output_problem(path) -> Optional[str]:
+    """None when ``path`` can be written (created if missing), else why not. Never inside a dataset's
+    ``*_labels`` or ``*_features`` folder, where outputs would mix with (or replace) the data."""
+    p = Path(path).absolute()
+    for part in (p, *p.parents):
+        if part.name.endswith(("_labels", "_features")) and (part.parent / f"{part.name.rsplit('_', 1)[0]}"
+                                                                            f"_metadata.csv").is_file():
+            return f"{path}: inside the dataset folder {part}; write outputs elsewhere"
+    probe = p if p.is_dir() else p.parent  # an existing file is replaced in its folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{path}: {probe} is a file, so nothing can be written below it"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{path}: {probe} is not writable"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Locks
+# ---------------------------------------------------------------------------------------------------------------
+def running_elsewhere(note_path: os.PathLike | str) -> Optional[int]:
+    """The pid of a live process on this host, other than this one, that wrote the JSON note ``note_path`` (a
+    lock, or a generator's :data:`UNFINISHED` marker), else None (no note, another host, or its process is gone)."""
+    try:
+        note = json.loads(Path(note_path).read_text())
+        pid = int(note.get("pid", 0))
+        same_host = note.get("host") == socket.gethostname()
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    if not same_host or pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    except OSError:
+        return None
+    return pid
+
+
+def lock_path(folder: os.PathLike | str) -> Path:
+    """The lock file of ``folder``: beside it, so it holds while the folder is built elsewhere and swapped in."""
+    folder = Path(folder).absolute()
+    return folder.parent / f".{folder.name}.cloudkd-lock"
+
+
+@contextmanager
+def folder_lock(folder: os.PathLike | str, command: Optional[str] = None) -> Iterator[Path]:
+    """Hold the lock of ``folder`` while writing it: a second writer is refused (DataError naming its pid); a lock
+    left by a process that is gone is taken over. The lock goes when the block ends."""
+    lock = lock_path(folder)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    note = _note("lock", command)
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid = running_elsewhere(lock)
+            if pid is None:
+                try:
+                    readable = isinstance(json.loads(lock.read_text()), dict)
+                    young = False
+                except (OSError, ValueError):
+                    readable = False
+                    young = _age(lock) < _LOCK_GRACE_S  # its writer may still be writing it
+                if young and not readable:
+                    pid = -1
+            if pid is not None:
+                who = f"pid {pid}" if pid > 0 else "another process"
+                raise DataError(f"{folder}: another cloudkd ({who}) is writing it (lock {lock}); wait until it "
+                                f"ends")
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(note, indent=2) + "\n")
+        break
+    else:  # pragma: no cover - lost three races in a row
+        raise DataError(f"{folder}: could not take its lock {lock}")
+    try:
+        yield lock
+    finally:
+        try:
+            if json.loads(lock.read_text()).get("pid") == os.getpid():
+                lock.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masks folders (the masks of one model; used by every command that writes {chip_id}.tif masks)
+# ---------------------------------------------------------------------------------------------------------------
+def claim_masks_folder(folder: os.PathLike | str, producer: str, force: bool = False) -> Path:
+    """Make ``folder`` ready for the masks of ``producer`` (a model, named by its path and settings).
+
+    A folder of masks written by another producer is refused unless ``force``, which first removes its masks, so
+    the masks of two models never mix. Masks without a record (not written by cloudkd) are never removed. The
+    folder records its producer in :data:`~cloudkd.common.io.MASKS_RECORD`.
+    """
+    folder = Path(folder)
+    record = folder / MASKS_RECORD
+    masks = sorted(folder.glob("*.tif")) if folder.is_dir() else []
+    if record.is_file():
+        try:
+            have = json.loads(record.read_text()).get("producer")
+        except (ValueError, OSError, AttributeError):
+            have = None
+    elif masks:
+        raise DataError(f"{folder}: holds masks of an unknown model (*.tif without cloudkd's {MASKS_RECORD}): "
+                        f"they were not written by cloudkd; remove them yourself, or write elsewhere")
+    else:
+        have = producer
+    if have != producer:
+        if not force:
+            raise DataError(f"{folder}: holds masks of {have}; write elsewhere, or --force to replace them")
+        for p in masks:
+            p.unlink()
+    atomic_write(record, lambda t: Path(t).write_text(json.dumps({"producer": producer}) + "\n"))
+    return folder
