@@ -87,6 +87,23 @@ def soft_labels(ws: Workspace, data: str, folds: Path, val_fold: int = 0) -> Pat
     return soft
 
 
+def fit_and_score(cfg: TrainConfig, test, real=None) -> dict:
+    """Train the student ``cfg`` describes, then score its best epoch on the ``test`` split (and on the ``real``
+    split when given): params, train_s, val_jaccard, test (and real) Jaccard, precision and recall."""
+    run_dir = Path(cfg.out)
+    t0 = time.perf_counter()
+    r = fit(cfg)
+    row = {"params": r.params, "train_s": round(time.perf_counter() - t0), "val_jaccard": round(r.val_jaccard, 4)}
+    for prefix, split in (("test", test), ("real", real)):
+        if split is None:
+            continue
+        predict_folder(load_student(run_dir), split.features_dir, run_dir / f"{prefix}_pred", progress=False)
+        rep = score_folder(run_dir / f"{prefix}_pred", split.labels_dir)
+        row.update({f"{prefix}_jaccard": round(rep.jaccard, 4), f"{prefix}_precision": round(rep.total.precision, 4),
+                    f"{prefix}_recall": round(rep.total.recall, 4)})
+    return row
+
+
 def summarise(rows):
     out = []
     for run in dict.fromkeys(r["run"] for r in rows):
@@ -146,20 +163,14 @@ def main():
                               soft_dir=str(soft_labels(ws, a.data, folds)) if spec.get("soft") else None,
                               teacher_nnunet=str(ws.root) if spec.get("online") else None,
                               limit_train_batches=a.steps, seed=seed, progress=False)
-            t0 = time.perf_counter()
-            r = fit(cfg)
-            train_s = time.perf_counter() - t0
-            predict_folder(load_student(run_dir), test.features_dir, run_dir / "test_pred", progress=False)
-            rep = score_folder(run_dir / "test_pred", test.labels_dir)
-            rows.append({"run": name, "seed": seed, "params": r.params, "teacher_test_jaccard": round(t_jac, 4),
-                         "val_jaccard": round(r.val_jaccard, 4), "test_jaccard": round(rep.jaccard, 4),
-                         "train_s": round(train_s)})
+            r = fit_and_score(cfg, test, real)
+            rows.append({"run": name, "seed": seed, "params": r["params"], "teacher_test_jaccard": round(t_jac, 4),
+                         "val_jaccard": r["val_jaccard"], "test_jaccard": r["test_jaccard"],
+                         "train_s": r["train_s"]})
             write_rows(csv_path, rows, COLUMNS)
             if real is not None:
-                predict_folder(load_student(run_dir), real.features_dir, run_dir / "real_pred", progress=False)
-                rr = score_folder(run_dir / "real_pred", real.labels_dir)
-                real_rows.append({"run": name, "seed": seed, "real_jaccard": round(rr.jaccard, 4),
-                                  "precision": round(rr.total.precision, 4), "recall": round(rr.total.recall, 4)})
+                real_rows.append({"run": name, "seed": seed, "real_jaccard": r["real_jaccard"],
+                                  "precision": r["real_precision"], "recall": r["real_recall"]})
                 write_rows(real_csv, real_rows)
             print(format_table(rows[-1:], COLUMNS), flush=True)
     summary = summarise(rows)

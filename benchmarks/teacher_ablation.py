@@ -1,0 +1,170 @@
+"""Why is the nnU-Net teacher weak? Its recipe varied one thing at a time at an equal, short CPU budget, each teacher
+scored on the demo's held-out test split (and on the 4 labelled real chips when they are there).
+
+    python benchmarks/teacher_ablation.py --demo runs/demo --data data/generated/demo \
+        [--rows base adamw no_ds ...] [--seeds 0 1 2] [--out benchmarks/results/teacher_ablation.csv]
+
+Every row starts from ``make demo``'s teacher budget (``DemoConfig().teacher_budget``: nnU-Net 2d, 8..128 features,
+patch 256, batch 4, BatchNorm, 8 epochs x 50 iterations, nnU-Net's SGD + poly at 0.01, deep supervision, Dice + CE,
+nnU-Net's spatial augmentation, 33 % foreground oversampling, fold 0) and changes what ``ROWS`` says: training
+changes (fields of ``cloudkd.teacher.plans.Budget``) and inference options (nnU-Net's mirror TTA, an ensemble of
+folds). Rows with the same training changes share one trained teacher. Each training runs in its own workspace
+under DEMO/teacher_ablation/KEY, which links the demo workspace's nnU-Net raw and preprocessed data (``make demo``
+prepares them), so nothing of the demo's own teacher is touched.
+
+A row is written to the CSV as soon as it is scored, and rows already in the CSV (same row and seed) are skipped,
+so an interrupted study loses one run. Run seeds as ``--seeds 0 1 2``; ``--summary`` prints mean +- sd per row over
+the seeds in the CSV and writes the Markdown table beside it.
+"""
+
+import argparse
+import csv
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from _results import write_rows
+from cloudkd.common.cli import format_table
+from cloudkd.data import resolve_split
+from cloudkd.demo import DemoConfig
+from cloudkd.evaluate.scoring import score_folder
+from cloudkd.teacher.model import NnUNetTeacher, predict_folder
+from cloudkd.teacher.train import train
+from cloudkd.teacher.workspace import DEFAULT_DATASET_ID, Workspace
+
+#: row -> (what it varies, training changes to the demo budget, inference options)
+ROWS = {
+    "base": ("make demo's teacher", {}, {}),
+    "adamw": ("optimiser: AdamW 3e-3 + cosine", {"optimizer": "adamw"}, {}),
+    "no_ds": ("deep supervision off", {"deep_supervision": False}, {}),
+    "ce": ("loss: cross-entropy alone", {"loss": "ce"}, {}),
+    "spatial0": ("spatial augmentation off", {"spatial": 0.0}, {}),
+    "spatial2.5": ("spatial augmentation x2.5 (p 0.5)", {"spatial": 2.5}, {}),
+    "oversample0": ("foreground oversampling 0", {"oversample": 0.0}, {}),
+    "oversample1": ("foreground oversampling 1", {"oversample": 1.0}, {}),
+    "tta": ("inference: mirror TTA", {}, {"tta": True}),
+    "ens2": ("inference: folds 0+1 ensemble", {}, {"folds": (0, 1)}),
+    "batch8": ("batch 8 (2x pixels per iteration)", {"batch": 8}, {}),
+    "patch512_b1": ("patch 512, batch 1 (same pixels)", {"patch": 512, "batch": 1}, {}),
+    "patch128_b16": ("patch 128, batch 16 (same pixels)", {"patch": 128, "batch": 16}, {}),
+    "width16": ("width 16..256 (4x compute)", {"base_features": 16, "max_features": 256}, {}),
+    "width4": ("width 4..64", {"base_features": 4, "max_features": 64}, {}),
+    "sgd_lr3e-2": ("SGD poly at 0.03", {"lr": 0.03}, {}),
+    "adamw_lr1e-3": ("AdamW 1e-3 + cosine", {"optimizer": "adamw", "lr": 1e-3}, {}),
+    "adamw_lr1e-2": ("AdamW 1e-2 + cosine", {"optimizer": "adamw", "lr": 1e-2}, {}),
+}
+COLUMNS = ["row", "seed", "varies", "params", "train_s", "s_per_iteration", "test_jaccard", "precision", "recall",
+           "real_jaccard", "real_precision", "real_recall"]
+
+
+def training_key(changes: dict) -> str:
+    """One workspace per distinct training recipe (rows that differ only at inference share it)."""
+    if not changes:
+        return "base"
+    return "_".join(f"{k}-{v}" for k, v in sorted(changes.items()))
+
+
+def prepared_workspace(demo_ws: Workspace, root: Path) -> Workspace:
+    ws = Workspace(root)
+    ws.root.mkdir(parents=True, exist_ok=True)
+    for link, target in ((ws.raw, demo_ws.raw), (ws.preprocessed, demo_ws.preprocessed)):
+        if not link.exists():
+            link.symlink_to(target.resolve(), target_is_directory=True)
+    return ws
+
+
+def score(teacher: NnUNetTeacher, split, pred: Path):
+    predict_folder(teacher, split.features_dir, pred, None, progress=False)
+    rep = score_folder(pred, split.labels_dir)
+    return rep.jaccard, rep.total.precision, rep.total.recall
+
+
+def run_teacher(changes: dict, infer: dict, seed: int, demo_ws: Workspace, study: Path, test, real) -> dict:
+    """Train (or reuse) the demo budget with ``changes`` and seed ``seed``, predict with ``infer`` (``tta``,
+    ``folds``), score it: params, train_s (its epochs' time, summed over the folds it uses), s/iteration, test and
+    real-chip Jaccard, precision and recall."""
+    budget = replace(DemoConfig().teacher_budget, seed=seed, **changes)
+    ws = prepared_workspace(demo_ws, study / f"{training_key(changes)}_s{seed}")
+    folds = tuple(infer.get("folds", (0,)))
+    train_s, per_iter = 0.0, []
+    for fold in folds:  # a fold trained for another row is reused; its epochs' time still counts here
+        r = train(ws, DEFAULT_DATASET_ID, fold=fold, budget=budget, device="cpu")
+        train_s += r.epoch_seconds or float("nan")
+        per_iter.append(r.seconds_per_iteration or float("nan"))
+    teacher = NnUNetTeacher.from_workspace(ws, folds=folds, tta=bool(infer.get("tta")))
+    tag = "_".join(f"{k}-{v}" for k, v in sorted(infer.items())) or "plain"
+    j, p, rc = score(teacher, test, ws.root / f"pred_{tag}")
+    row = {"params": teacher.n_params, "train_s": round(train_s),
+           "s_per_iteration": round(float(np.nanmean(per_iter)), 3), "test_jaccard": round(j, 4),
+           "precision": round(p, 4), "recall": round(rc, 4)}
+    if real is not None:
+        rj, rp, rr = score(teacher, real, ws.root / f"real_{tag}")
+        row.update(real_jaccard=round(rj, 4), real_precision=round(rp, 4), real_recall=round(rr, 4))
+    return row
+
+
+def run_row(name: str, seed: int, demo_ws: Workspace, study: Path, test, real) -> dict:
+    varies, changes, infer = ROWS[name]
+    return {"row": name, "seed": seed, "varies": varies,
+            **run_teacher(changes, infer, seed, demo_ws, study, test, real)}
+
+
+def summarise(rows, md: Path):
+    """mean +- sd over seeds per row, in ROWS order; written as Markdown."""
+    out = []
+    for name in ROWS:
+        rs = [r for r in rows if r["row"] == name]
+        if not rs:
+            continue
+        j = np.array([float(r["test_jaccard"]) for r in rs])
+        real = np.array([float(r["real_jaccard"]) for r in rs if r.get("real_jaccard") not in (None, "")])
+        pm = lambda a: "-" if not len(a) else (f"{a.mean():.4f}" if len(a) == 1 else f"{a.mean():.4f} ± {a.std(ddof=1):.4f}")
+        out.append({"row": name, "varies": rs[0]["varies"], "seeds": len(rs), "params": rs[0]["params"],
+                    "train_s": round(np.mean([float(r["train_s"]) for r in rs])),
+                    "s_per_iteration": round(np.mean([float(r["s_per_iteration"]) for r in rs]), 3),
+                    "test_jaccard": pm(j),
+                    "precision": round(np.mean([float(r["precision"]) for r in rs]), 4),
+                    "recall": round(np.mean([float(r["recall"]) for r in rs]), 4), "real_jaccard": pm(real)})
+    cols = list(out[0]) if out else []
+    md.write_text("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" +
+                  "".join("| " + " | ".join(str(r[c]) for c in cols) + " |\n" for r in out))
+    return out, cols
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--demo", default="runs/demo")
+    ap.add_argument("--data", default="data/generated/demo")
+    ap.add_argument("--real", default="../shared/data/real_labelled", help="labelled real chips (skipped if absent)")
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--out", default="benchmarks/results/teacher_ablation.csv")
+    ap.add_argument("--summary", action="store_true", help="only print and write the summary of the CSV")
+    a = ap.parse_args()
+    out = Path(a.out)
+    rows = list(csv.DictReader(out.open())) if out.is_file() else []
+    if not a.summary:
+        os.environ.setdefault("nnUNet_def_n_proc", "1")
+        demo_ws = Workspace(Path(a.demo) / "nnunet")
+        if not (demo_ws.preprocessed / demo_ws.dataset_name(DEFAULT_DATASET_ID)).is_dir():
+            raise SystemExit(f"{demo_ws.preprocessed}: no preprocessed demo data; run make demo first")
+        test = resolve_split(a.data, "test")
+        real = resolve_split(a.real, "train") if Path(a.real).is_dir() else None
+        done = {(r["row"], int(r["seed"])) for r in rows}
+        for seed in a.seeds:
+            for name in a.rows:
+                if (name, seed) in done:
+                    continue
+                row = run_row(name, seed, demo_ws, Path(a.demo) / "teacher_ablation", test, real)
+                rows.append(row)
+                write_rows(out, rows, COLUMNS)
+                print(format_table([row], COLUMNS), flush=True)
+    summary, cols = summarise(rows, out.with_suffix(".md"))
+    print(format_table(summary, cols))
+    print(f"-> {out}, {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
