@@ -207,7 +207,8 @@ def test_landsat_import_does_not_replace_a_folder_it_did_not_write(tmp_path, cap
     code, text = invoke(["landsat", "import", root, "--out", tmp_path / "fresh", "--force"], capsys)
     assert code == 0, text  # its own import may be refreshed
     code, text = invoke(["landsat", "import", root, "--out", out, "--force"], capsys)
-    assert code == 0 and not (out / "notes.txt").exists(), text
+    assert code == 2 and "was not written by cloudkd" in text, text  # not even with --force (issue 29)
+    assert (out / "notes.txt").read_text() == "the user's\n"
 
 
 def test_training_refuses_a_dataset_whose_generation_did_not_finish(small_data, tmp_path):

@@ -162,7 +162,8 @@ def _export_stage(cfg: DemoConfig, work: Path, test_split, rebuilt: bool, progre
         _log(f"6/7 export: reused {out}")
     else:
         r = export(work / "student", out, calib=resolve_split(cfg.data, "train").features_dir,
-                   heldout=test_split.features_dir, n_calib=16, n_check=8, size=cfg.size, measure_memory=False)
+                   heldout=test_split.features_dir, n_calib=16, n_check=8, size=cfg.size, measure_memory=False,
+                   force=True)  # the demo's own export (a folder cloudkd did not write is still refused)
         checks, ok = r.checks, r.int8_ok
         _log(f"6/7 export: ONNX fp32 (max abs diff vs PyTorch {checks['onnx_fp32_max_abs_diff']:.1e}) and int8 "
              f"(mask IoU vs fp32 {checks['int8_vs_fp32_mask_iou']:.4f}{'' if ok else f', BELOW {INT8_MIN_IOU}'}) -> {out}")
@@ -205,14 +206,14 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     from .teacher.train import train as teacher_train
 
     work = Path(cfg.workdir)
-    work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     rows = []
 
-    # 1. data
+    # 1. data (first: a folder the generator did not write is refused before anything is created)
     scfg = cfg.synth_config()
     _log(f"1/7 generate {cfg.n_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
     res = synthesize(cfg.data, scfg, overwrite=cfg.force, progress=progress)
+    work.mkdir(parents=True, exist_ok=True)
     _log("    reused the existing dataset" if res.reused else f"    generated in {res.seconds:.1f} s")
     train = load_index(resolve_split(cfg.data, "train"))
     test_split = resolve_split(cfg.data, "test")

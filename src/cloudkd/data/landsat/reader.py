@@ -58,7 +58,7 @@ SPLIT_DIRS = {"train": ("38-Cloud_training", "95-cloud_training_only_additional_
 SCENE_GTS = "Entire_scene_gts"
 #: Where :func:`imported_root` puts the On Cloud N view of a 38-Cloud root (default: beside it).
 CACHE_ENV = "CLOUDKD_LANDSAT_CACHE"
-STAMP = "landsat_import.json"
+from ...common.outputs import IMPORT_STAMP as STAMP  # noqa: E402  (the import's stamp: its mark)
 
 _PATCH_RE = re.compile(r"^(?:(?P<band>red|green|blue|nir|gt)_)?patch_(?P<n>\d+)_(?P<row>\d+)_by_(?P<col>\d+)_"
                        r"(?P<scene>[A-Za-z0-9_]+?)(?:\.tiff?)?$", re.IGNORECASE)
@@ -324,6 +324,10 @@ def import_38cloud(root: os.PathLike | str, out: os.PathLike | str, progress: bo
         unfinished = unfinished_problem(where)
         if unfinished:
             raise DataError(unfinished)
+    from ...common.outputs import check_folder, folder_lock, outputs_apart
+
+    # the output policy: never into, onto or around the source; --force replaces only an import cloudkd wrote
+    outputs_apart([out], [root, *dirs.values()])
     sig = _signature(root)
     stamp = out / STAMP
     if stamp.is_file() and not force:
@@ -342,6 +346,13 @@ def import_38cloud(root: os.PathLike | str, out: os.PathLike | str, progress: bo
         if owner != str(root.resolve()):
             raise DataError(f"{out}: exists and is not this dataset's import; choose another --out, or --force to "
                             f"replace it")
+    check_folder(out, "landsat-import", force=True)  # a folder cloudkd did not write is refused even with --force
+    with folder_lock(out):
+        return _write_import(root, dirs, sig, out, progress)
+
+
+def _write_import(root: Path, dirs: Dict[str, Path], sig: dict, out: Path, progress: bool) -> ImportResult:
+    """Build the import beside ``out``, then swap it in (``out``'s owner was checked by :func:`import_38cloud`)."""
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

@@ -815,29 +815,6 @@ class SynthResult:
     cloud_fraction: Dict[str, float] = field(default_factory=dict)
 
 
-def _running_elsewhere(marker: Path) -> Optional[int]:
-    """The pid of a live process on this host that wrote ``marker`` (a generation still running), else None."""
-    import socket
-
-    try:
-        note = json.loads(marker.read_text())
-        pid = int(note.get("pid", 0))
-        same_host = note.get("host") == socket.gethostname()
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
-    if not same_host or pid <= 0 or pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    except OSError:
-        return None
-    return pid
-
-
 def claim_root(root: Path, stamp: Path, want: dict, overwrite: bool) -> bool:
     """Make ``root`` ready for a generator: True when ``stamp`` (written last) records the same config, so the
     dataset is complete and reused; else an empty ``root`` (emptied only with ``overwrite``; a folder holding
@@ -845,10 +822,15 @@ def claim_root(root: Path, stamp: Path, want: dict, overwrite: bool) -> bool:
     which :func:`finish_root` removes after writing the stamp.
 
     A folder still holding the marker is an interrupted generation: never reused (even with a stamp), it is emptied
-    and generated again (everything in it was written by a generator), unless the generation is still running."""
+    and generated again (everything in it was written by a generator), unless the generation is still running.
+
+    The output policy: ``overwrite`` empties only a folder a generator of this kind wrote (its ``stamp`` or the
+    marker); any other folder that is not empty (a real dataset, a user's folder) is refused even with it."""
+    from ...common.outputs import STAMPS, folder_mark, running_elsewhere
+
     marker = root / UNFINISHED
     if marker.is_file():
-        pid = _running_elsewhere(marker)
+        pid = running_elsewhere(marker)
         if pid is not None:
             raise DataError(f"{root}: another generation (pid {pid}) is still writing this folder ({marker})")
         overwrite = True  # an interrupted generation: start again from an empty folder
@@ -865,6 +847,12 @@ def claim_root(root: Path, stamp: Path, want: dict, overwrite: bool) -> bool:
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise DataError(f"{root}: folder is not empty; choose another folder or pass overwrite")
+        note = folder_mark(root)
+        if note is None:
+            raise DataError(f"{root} was not written by cloudkd; remove it yourself (or choose another folder)")
+        if note["kind"] not in (STAMPS[stamp.name], STAMPS[UNFINISHED]):
+            raise DataError(f"{root}: holds cloudkd's {note['kind']}, not a {STAMPS[stamp.name]}; choose another "
+                            f"folder")
         for sub in root.iterdir():
             if sub.name != UNFINISHED:
                 shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
