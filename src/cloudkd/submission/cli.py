@@ -24,17 +24,22 @@ def pack(
     batch: int = typer.Option(8, callback=at_least(1), help="Chips per batch in main.py."),
     chip_size: int = typer.Option(512, callback=side(32, multiple=16), help="Chip side in pixels (512 in the "
                                                                             "challenge)."),
-    force: bool = typer.Option(False, help="Replace an existing zip at OUT."),
+    force: bool = typer.Option(False, help="Replace an existing zip at OUT that cloudkd wrote."),
 ):
     """Pack a trained model with the frozen submission/main.py into a submission zip."""
-    from .pack import pack as do_pack
+    from ..common.outputs import check_file, outputs_apart, record_file
+    from .pack import MAIN_PY, pack as do_pack
 
     if out.is_dir():
         fail(f"{out}: is a folder; --out names the zip to write (e.g. {out / 'submission.zip'})", 2)
-    if out.exists() and not force:
-        fail(f"{out}: exists; --force replaces it", 2)
+    # the output policy: never into the run (or onto the frozen main.py), --force replaces only a file cloudkd wrote
+    run = checkpoint if checkpoint.is_dir() else next(
+        (p for p in checkpoint.absolute().parents if (p / "student.json").is_file()), None)
+    outputs_apart([out], [checkpoint, run, MAIN_PY])
+    check_file(out, force)
 
     r = do_pack(checkpoint, out, threshold=threshold, tta=tta, batch_size=batch, chip_size=chip_size)
+    record_file(out, "submission-zip")
     typer.echo(f"{r.zip_path}: {r.bytes:,} bytes ({r.bytes / 1024:.0f} KiB); model {r.config['model']['name']} "
                f"({r.params:,} params), threshold {r.config['threshold']}, tta {tta}")
 
@@ -67,19 +72,28 @@ def runtime_test(
                                          help="The interpreter that runs main.py (default: the runtime's Python 3.9 + "
                                               "torch 1.8.0 of `make runtime-env` when built, else this one)."),
     quiet: bool = typer.Option(False, help="Do not echo main.py's log."),
-    force: bool = typer.Option(False, help="Let --keep empty an existing folder first."),
+    force: bool = typer.Option(False, help="Replace a --keep folder an earlier runtime-test made, and a --json file "
+                                           "cloudkd wrote (nothing else is replaced, even with --force)."),
 ):
     """Emulate the On Cloud N runtime: unzip, run main.py with no arguments, validate, score."""
-    from .emulate import default_python, describe_versions, runtime_test as emulate
+    from ..common.outputs import check_file, check_folder, outputs_apart, record_file
+    from .emulate import RUNTIME_KIND, default_python, describe_versions, runtime_test as emulate
 
-    if keep is not None and keep.exists() and not force:
-        fail(f"--keep {keep}: exists; runtime-test would empty it: choose a new folder, or --force", 2)
+    # the output policy, before any work: outputs apart from the inputs, --keep a folder runtime-test made (or new
+    # or empty), --json a new file or one cloudkd wrote
+    outputs_apart([keep, json_out], [zip_path, data, labels])
+    if keep is not None:
+        check_folder(keep, RUNTIME_KIND, force, "--keep")
+    if json_out is not None:
+        check_file(json_out, force, "--json")
 
     if python is None:
         python, why = default_python()
         typer.echo(f"runtime-test: main.py runs under {why}")
     v = emulate(zip_path, data, labels=labels, json_out=json_out, size=size, keep=keep, echo=not quiet,
-                python=python)
+                python=python, force=force)
+    if json_out is not None:
+        record_file(json_out, "runtime-verdict")
     for line in v["reasons"]:
         typer.echo(f"FAIL: {line}")
     score = f"; global Jaccard {v['jaccard']:.4f}" if v["jaccard"] is not None else ""

@@ -207,8 +207,14 @@ def describe_versions(v: dict) -> str:
 def runtime_test(zip_path: os.PathLike | str, data: os.PathLike | str, labels: Optional[os.PathLike | str] = None,
                  json_out: Optional[os.PathLike | str] = None, size: Optional[int] = None,
                  keep: Optional[os.PathLike | str] = None, python: str = sys.executable,
-                 timeout: Optional[float] = None, echo: bool = True) -> dict:
-    """Emulate the runtime on the chips of ``data`` (a dataset root or a ``*_features`` folder); a verdict dict."""
+                 timeout: Optional[float] = None, echo: bool = True, force: bool = False) -> dict:
+    """Emulate the runtime on the chips of ``data`` (a dataset root or a ``*_features`` folder); a verdict dict.
+
+    ``keep``: the emulated /codeexecution folder, kept afterwards (a relative path is taken from the current
+    folder). By the output policy it must be new, empty, or a folder runtime-test made before (replaced only with
+    ``force``), and it lies apart from the zip, the data and the labels."""
+    from ..common.outputs import check_folder, claim_folder, folder_lock, outputs_apart
+
     zip_path = Path(zip_path)
     if not zipfile.is_zipfile(zip_path):
         raise DataError(f"{zip_path}: not a zip file")
@@ -221,12 +227,26 @@ def runtime_test(zip_path: os.PathLike | str, data: os.PathLike | str, labels: O
         labels = labels / "test_labels" if (labels / "test_labels").is_dir() else labels
         if not labels.is_dir():
             raise DataError(f"{labels}: labels folder does not exist")
+    outputs_apart([keep, json_out], [zip_path, data, features, labels])
+    if keep:
+        keep = Path(keep).absolute()  # main.py runs in it: a relative path would point elsewhere from there
+        check_folder(keep, RUNTIME_KIND, force, "--keep")
     versions = interpreter_versions(python)  # the interpreter is checked before anything is written
-    root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="cloudkd-runtime-"))
-    if keep and root.exists():
-        _writable(root)
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
+    if not keep:
+        return _emulate(Path(tempfile.mkdtemp(prefix="cloudkd-runtime-")), False, zip_path, features, labels,
+                        json_out, size, python, versions, timeout, echo)
+    with folder_lock(keep):
+        claim_folder(keep, RUNTIME_KIND, force, "--keep")
+        return _emulate(keep, True, zip_path, features, labels, json_out, size, python, versions, timeout, echo)
+
+
+#: the kind of content of a folder runtime-test --keep made (the output policy's mark)
+RUNTIME_KIND = "runtime-root"
+
+
+def _emulate(root: Path, keep: bool, zip_path: Path, features: Path, labels: Optional[Path], json_out, size,
+             python: str, versions: dict, timeout: Optional[float], echo: bool) -> dict:
+    """The emulation itself in ``root`` (an empty folder, removed afterwards unless ``keep``)."""
     verdict = {"ok": False, "n_chips": 0, "missing": [], "extra": [], "invalid": {}, "seconds": None,
                "returncode": None, "jaccard": None, "reasons": [], "root": str(root), "python": str(python),
                "versions": versions}
