@@ -189,7 +189,8 @@ def test_command_writes_a_georeferenced_cog_probability_and_chip_report(tmp_path
     assert code == 0, text
     assert f"{h}x{w} scene" in text and "georeferenced COG" in text and "km²/s" in text, text
     assert "Sentinel-2 L2A product" in text and "reflectance = (DN - 1000) / 10000" in text, text
-    assert sorted(p.name for p in out.parent.iterdir()) == ["chips.csv", "mask.tif", "prob.tif"]  # no temporaries
+    # no temporaries; the output policy's manifest lists the three files as cloudkd's (so --force may replace them)
+    assert sorted(p.name for p in out.parent.iterdir()) == [".cloudkd-files.json", "chips.csv", "mask.tif", "prob.tif"]
     # existing outputs are kept unless --force
     before = {p: p.read_bytes() for p in (out, prob, report)}
     again = ["onboard", "predict-scene", safe, "--model", brightness_onnx, "--out", out, "--prob-out", prob,

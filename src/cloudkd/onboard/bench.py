@@ -244,7 +244,7 @@ def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34:
         log(f"exporting {student} -> {export_dir}")
         train = resolve_split(split.root, "train").features_dir if (split.root / "train_features").is_dir() else None
         export(student, export_dir, calib=train, heldout=split.features_dir if train else None, int8=bool(train),
-               threshold=threshold)
+               threshold=threshold, force=True)  # the demo's own export (a folder cloudkd did not write: refused)
     models["student_onnx_fp32"] = export_dir / "model_fp32.onnx"
     models["student_onnx_int8"] = export_dir / "model_int8.onnx"
     models[REFERENCE] = reference_model(export_dir.parent / "bench_reference", split.features_dir)

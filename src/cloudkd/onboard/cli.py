@@ -27,6 +27,7 @@ def export(
     int8: bool = typer.Option(True, help="Also write the int8 model (needs --calib)."),
     memory: bool = typer.Option(True, help="Measure the peak memory of one inference per artefact."),
     threshold: float = threshold_option("Cloud probability threshold of the checks' masks (use the one you pack)."),
+    force: bool = typer.Option(False, help="Replace an export cloudkd wrote at OUT (nothing else is replaced)."),
 ):
     """ONNX fp32 (dynamic and fixed batch) and int8 export, checked against PyTorch, with a size/cost report."""
     from ..data.roots import resolve_split
@@ -37,7 +38,7 @@ def export(
 
     rep = do_export(checkpoint, out, calib=feats(calib), heldout=feats(heldout), n_calib=n_calib, n_check=n_check,
                     size=size, int8=int8 and calib is not None, measure_memory=memory,
-                    threshold=threshold)
+                    threshold=threshold, force=force)
     typer.echo(f"{'artefact':14s} {'params':>9s} {'bytes':>10s} {'GMACs/chip':>10s} {'peak MB':>8s} {'infer MB':>8s}")
     for name, a in rep.artefacts.items():
         typer.echo(f"{name:14s} {a['params']:>9,d} {a['bytes']:>10,d} {a['macs'] / 1e9:>10.2f} "
@@ -82,7 +83,7 @@ def predict_scene_cmd(
     batch: int = typer.Option(4, callback=at_least(1), help="Tiles per batch."),
     threshold: float = threshold_option(),
     threads: Optional[int] = typer.Option(None, callback=at_least(1), help="CPU threads."),
-    force: bool = typer.Option(False, help="Replace existing output files."),
+    force: bool = typer.Option(False, help="Replace existing output files cloudkd wrote."),
 ):
     """Cloud mask of a whole scene or Sentinel-2 product by overlapping, blended tiles, in bounded memory: a
     georeferenced Cloud-Optimised GeoTIFF, optionally the probability and a per-chip cloud report."""
@@ -93,18 +94,20 @@ def predict_scene_cmd(
 
     if overlap >= tile:
         fail(f"--overlap must be smaller than --tile, got {overlap} for tile {tile}", 2)
+    from ..common.outputs import check_file, outputs_apart, record_file
+
     outputs = [o for o in (out, prob_out, chip_report) if o is not None]
     if len({o.absolute() for o in outputs}) != len(outputs):
         fail(f"--out, --prob-out and --chip-report must be different files, got {', '.join(map(str, outputs))}", 2)
+    # the output policy: never onto, into or around the scene or the model; --force replaces only cloudkd's files
+    outputs_apart(outputs, [scene, model])
     for o in outputs:
-        if o.is_dir():
-            fail(f"{o}: is a folder; give a file name", 2)
-        if o.exists() and not force:
-            fail(f"{o}: exists; pass --force to replace it", 2)
+        check_file(o, force)
     with warnings.catch_warnings():  # printed below as one line each
         warnings.simplefilter("ignore", ProductWarning)
         sc = open_scene(scene, offset=offset, scale=scale)  # bad input: one line naming the file, before any work
     try:
+        outputs_apart(outputs, [b.path for b in sc.bands])  # the band files a product folder points to
         for msg in sc.warnings:
             typer.secho(f"warning: {msg}", fg="yellow", err=True)
         typer.echo(sc.describe())
@@ -112,6 +115,8 @@ def predict_scene_cmd(
                           prob_out=prob_out, chip_report=chip_report, tags={"CLOUDKD_MODEL": str(model)})
     finally:
         sc.close()
+    for o in outputs:
+        record_file(o, "scene-output")
     area = f", {r['km2']:,.0f} km², {r['km2'] / r['seconds']:,.0f} km²/s" if r["km2"] else ""
     typer.echo(f"{r['height']}x{r['width']} scene, {r['tiles']} tiles in {r['seconds']:.1f} s{area} -> {out}"
                + (" (georeferenced COG)" if r["georeferenced"] else " (COG)"))

@@ -186,19 +186,37 @@ class ExportReport:
 
 def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optional[os.PathLike | str] = None,
            heldout: Optional[os.PathLike | str] = None, n_calib: int = 16, n_check: int = 8, size: int = 512,
-           int8: bool = True, measure_memory: bool = True, threshold: float = DEFAULT_THRESHOLD) -> ExportReport:
+           int8: bool = True, measure_memory: bool = True, threshold: float = DEFAULT_THRESHOLD,
+           force: bool = False) -> ExportReport:
     """Export, check and cost a trained model (see the module docstring). The masks of the checks come from the
     one prediction rule at ``threshold`` (nodata pixels clear), the rule ``submission/main.py`` applies.
 
     ``calib``: chips for the int8 calibration (e.g. the training split's features); ``heldout``: other chips
     for the checks (default: ``calib`` chips after the calibration ones).
+
+    The output policy: ``out`` is new, empty, or an export cloudkd wrote (replaced only with ``force``), apart
+    from the run and the chips, and locked while it is written.
     """
-    from ..student.models import build_model
+    from ..common.outputs import claim_folder, folder_lock, outputs_apart
     from ..student.runs import resolve_run
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     run, info, state = resolve_run(checkpoint)
+    outputs_apart([out], [checkpoint, run, calib, heldout])
+    with folder_lock(out):
+        claim_folder(out, EXPORT_KIND, force)
+        return _export_into(out, run, info, state, calib, heldout, n_calib, n_check, size, int8, measure_memory,
+                            threshold)
+
+
+#: the kind of content of an export folder (the output policy's mark)
+EXPORT_KIND = "onnx-export"
+
+
+def _export_into(out: Path, run: Path, info: dict, state: dict, calib, heldout, n_calib: int, n_check: int, size: int,
+                 int8: bool, measure_memory: bool, threshold: float) -> ExportReport:
+    from ..student.models import build_model
+
     model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
     model.load_state_dict(state)
     model.eval()
