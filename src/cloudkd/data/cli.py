@@ -74,15 +74,18 @@ def preview(
     split: Optional[str] = typer.Option(None, help="train or test (default: train if present)."),
     n: int = typer.Option(6, callback=at_least(1), help="Number of chips."),
     pred: List[Path] = typer.Option([], help="Prediction folder(s) to show beside the label."),
+    force: bool = typer.Option(False, help="Replace a PNG cloudkd wrote at OUT (nothing else is replaced)."),
 ):
     """Draw chips (RGB, NIR, label, predictions) to a PNG."""
+    from ..common.outputs import file_outputs
     from .roots import resolve_split
     from .viz import plot_chips
 
-    s = resolve_split(data, split)
-    ids = s.chip_ids()
-    pick = ids[:: max(1, len(ids) // n)][:n]
-    typer.echo(str(plot_chips(s, pick, out, {p.name: p for p in pred})))
+    with file_outputs({"--out": out}, "preview-png", force, inputs=[data, *pred]):
+        s = resolve_split(data, split)
+        ids = s.chip_ids()
+        pick = ids[:: max(1, len(ids) // n)][:n]
+        typer.echo(str(plot_chips(s, pick, out, {p.name: p for p in pred})))
 
 
 @app.command()
@@ -112,9 +115,17 @@ def folds(
     k: int = typer.Option(5, callback=at_least(2), help="Number of folds."),
     seed: int = typer.Option(0, callback=at_least(0), help="Seed for tie-breaking."),
     exclude: Optional[Path] = exclude_option(),
+    force: bool = typer.Option(False, help="Replace a folds CSV cloudkd wrote at OUT (nothing else is replaced)."),
 ):
     """Location-grouped K folds (no location in two folds), written to a CSV (--exclude: fold -1 for those chips,
     the folds made from the others)."""
+    from ..common.outputs import file_outputs
+
+    with file_outputs({"--out": out}, "folds-csv", force, inputs=[data, exclude]):
+        _folds(data, out, k, seed, exclude)
+
+
+def _folds(data: Path, out: Path, k: int, seed: int, exclude: Optional[Path]) -> None:
     import pandas as pd
 
     from .chips import load_index

@@ -29,8 +29,17 @@ def score(
                                                                                 "per_location.csv go "
                                                          "(default: PRED's sibling PRED_score/)."),
     workers: int = typer.Option(2, callback=at_least(1), help="Reader threads."),
+    force: bool = typer.Option(False, help="Replace a --json file cloudkd wrote (nothing else is replaced)."),
 ):
     """Leaderboard metric: one global Jaccard over all pixels of all chips, plus per-chip / per-location CSVs."""
+    from ..common.outputs import file_outputs, outputs_apart
+
+    outputs_apart([report_dir], [pred, labels, metadata, folds_csv])
+    with file_outputs({"--json": json_path}, "score-json", force, inputs=[pred, labels, metadata, folds_csv]):
+        _score(pred, labels, metadata, folds_csv, fold, json_path, report_dir, workers)
+
+
+def _score(pred, labels, metadata, folds_csv, fold, json_path, report_dir, workers):
     from ..data.folds import read_folds
     from ..common.metrics import EmptyUnionError
     from .scoring import score_folder
@@ -126,7 +135,8 @@ def audit(
                                      "confidently wrong)."),
     threshold: float = threshold_option(),
     split: Optional[str] = split_option(),
-    force: bool = typer.Option(False, help="Replace an existing audit in --out."),
+    force: bool = typer.Option(False, help="Replace an existing audit in --out, and an --exclude-out file cloudkd "
+                                           "wrote."),
 ):
     """Rank every labelled chip by how likely its label is wrong (audit.csv), show the worst (audit.png)."""
     import time
@@ -147,6 +157,12 @@ def audit(
              "--folds FOLDS --train", 2)
     if (out / "audit.csv").exists() and not force:
         fail(f"{out / 'audit.csv'}: exists; pass --force to replace it", 2)
+    from ..common.outputs import check_file, outputs_apart, record_file
+
+    # the output policy: outputs apart from the data and the judges; --exclude-out a new file or one cloudkd wrote
+    outputs_apart([out, exclude_out], [data, model, teacher_nnunet, folds_csv])
+    if exclude_out is not None:
+        check_file(exclude_out, force, "--exclude-out")
     sp = resolve_split(data, split or ("train" if not str(data).endswith("_features") else None))
     index = load_index(sp, require_labels=True)
     if index.empty:
@@ -184,5 +200,6 @@ def audit(
                .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if exclude_out is not None:
         n = A.write_exclude(table, exclude_out, above, source)
+        record_file(exclude_out, "exclude-list")
         typer.echo(f"-> {exclude_out}: {n} chip(s) with suspicion > {above}")
     typer.echo(f"-> {out / 'audit.csv'}, {sheet}")
