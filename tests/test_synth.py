@@ -82,8 +82,12 @@ def test_rerun_reuses_and_refuses_other_config(tmp_path):
     (tmp_path / "busy" / "something.txt").write_text("x")
     with pytest.raises(DataError, match="not empty"):
         synthesize(tmp_path / "busy", cfg, workers=1, progress=False)
-    assert synthesize(tmp_path / "busy", cfg, workers=1, overwrite=True, progress=False).reused is False
-    assert not (tmp_path / "busy" / "something.txt").exists()
+    with pytest.raises(DataError, match="was not written by cloudkd"):  # not even with overwrite (issue 29)
+        synthesize(tmp_path / "busy", cfg, workers=1, overwrite=True, progress=False)
+    assert (tmp_path / "busy" / "something.txt").read_text() == "x"
+    other = SynthConfig(n_train=3, n_test=1, size=48)  # a generated dataset is the generator's to replace
+    assert synthesize(tmp_path / "d", other, workers=1, overwrite=True, progress=False).reused is False
+    assert synthesize(tmp_path / "d", other, workers=1, progress=False).reused
 
 
 def test_config_checks():

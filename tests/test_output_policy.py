@@ -1,0 +1,448 @@
+"""The one output policy (cloudkd.common.outputs): cloudkd replaces only what it wrote, never writes an output
+onto, into or around an input, refuses an existing file without --force, and locks a folder it writes.
+
+The case tests reproduce data-loss cases of issue 29 (each failed on the code before the fix); the sweep at the
+end drives every writing command with --force against a folder and a file cloudkd did not write and against its
+own inputs: exit code 2, one line, nothing changed on disk."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+
+from cloudkd.common.errors import DataError
+from cloudkd.common import outputs as O
+from conftest import invoke, make_dataset, snapshot
+
+EMPTY_ZIP = b"PK\x05\x06" + b"\0" * 18
+
+
+def _one_line_refusal(code, text, says=None):
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert code == 2, text
+    assert "Traceback" not in text, text
+    assert lines and lines[-1].startswith("error: "), text
+    if says is not None:
+        assert says in lines[-1], text
+
+
+def _user_folder(path):
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("the user's notes\n")
+    (path / "sub").mkdir()
+    (path / "sub" / "data.bin").write_bytes(b"\x01\x02")
+    return path
+
+
+def _real_dataset(root):
+    """A dataset cloudkd did not generate (no synth.json): two 32-px chips with labels."""
+    rng = np.random.default_rng(0)
+    chips = {f"c{i}": rng.integers(1, 5000, (4, 32, 32), dtype=np.uint16) for i in range(2)}
+    labels = {c: (rng.random((32, 32)) > 0.5).astype(np.uint8) for c in chips}
+    make_dataset(root, chips, "train", labels)
+    return make_dataset(root, chips, "test", labels)
+
+
+@pytest.fixture(scope="module")
+def landsat_root(tmp_path_factory):
+    from cloudkd.data.landsat.synth import Landsat38Config, synthesize_38cloud
+
+    root = tmp_path_factory.mktemp("l8src") / "l8"
+    synthesize_38cloud(root, Landsat38Config(n_train_scenes=1, n_test_scenes=1, min_grid=1, max_grid=1),
+                       progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    from cloudkd.onboard.export import export_onnx
+
+    conv = torch.nn.Conv2d(4, 1, 1)
+    return export_onnx(conv, tmp_path_factory.mktemp("onnx") / "pixel.onnx", dynamic=True, size=64)
+
+
+def _scene_file(path):
+    """A 4-band GeoTIFF (uint16 DN) a user has: the input of predict-scene."""
+    rng = np.random.default_rng(1)
+    dn = rng.integers(1, 8000, (4, 96, 96), dtype=np.uint16)
+    with rasterio.open(path, "w", driver="GTiff", height=96, width=96, count=4, dtype="uint16", crs="EPSG:32633",
+                       transform=Affine(10, 0, 500000, 0, -10, 4000000)) as ds:
+        ds.write(dn)
+    return path
+
+
+def _band_folder(folder):
+    rng = np.random.default_rng(2)
+    folder.mkdir(parents=True)
+    for band in ("B02", "B03", "B04", "B08"):
+        with rasterio.open(folder / f"{band}.tif", "w", driver="GTiff", height=96, width=96, count=1,
+                           dtype="uint16", crs="EPSG:32633",
+                           transform=Affine(10, 0, 500000, 0, -10, 4000000)) as ds:
+            ds.write(rng.integers(1, 8000, (96, 96), dtype=np.uint16), 1)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The module's rules
+# ---------------------------------------------------------------------------------------------------------------
+def test_outputs_apart_refuses_equal_inside_and_containing_with_links_and_relative_paths(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (data / "x").mkdir(parents=True)
+    O.outputs_apart([tmp_path / "out", None], [data, None])  # apart: fine
+    O.outputs_apart([tmp_path / "data2"], [data])  # a common prefix of names is not containment
+    for out, how in [(data, "is"), (data / "x" / "m.tif", "lies inside"), (tmp_path, "contains")]:
+        with pytest.raises(DataError, match=f"this output {how} the input {data}"):
+            O.outputs_apart([out], [data])
+    os.symlink(data, tmp_path / "link")
+    with pytest.raises(DataError, match="lies inside"):
+        O.outputs_apart([tmp_path / "link" / "sub"], [data])
+    monkeypatch.chdir(data)
+    with pytest.raises(DataError, match="is the input"):
+        O.outputs_apart([".."], [tmp_path])
+
+
+def test_claim_folder_creates_marks_replaces_only_its_own_kind_with_force(tmp_path):
+    run = tmp_path / "r"
+    O.claim_folder(run, "runtime-root")
+    assert O.folder_mark(run)["kind"] == "runtime-root" and O.folder_mark(run)["writer"] == "cloudkd"
+    (run / "old.txt").write_text("x")
+    with pytest.raises(DataError, match="--force to replace it"):
+        O.claim_folder(run, "runtime-root")
+    with pytest.raises(DataError, match="not a onnx-export"):
+        O.claim_folder(run, "onnx-export", force=True)
+    O.claim_folder(run, "runtime-root", force=True)
+    assert sorted(p.name for p in run.iterdir()) == [O.MARK]
+    user = _user_folder(tmp_path / "user")
+    before = snapshot(user)
+    with pytest.raises(DataError, match="was not written by cloudkd; remove it yourself"):
+        O.claim_folder(user, "runtime-root", force=True)
+    assert snapshot(user) == before
+    (tmp_path / "empty").mkdir()
+    O.claim_folder(tmp_path / "empty", "runtime-root")  # nothing to lose
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / O.DATASET_STAMP).write_text("{}")  # a generated dataset's stamp is cloudkd's mark for its kind
+    assert O.folder_mark(gen)["kind"] == "dataset"
+    with pytest.raises(DataError, match="not a runtime-root"):
+        O.claim_folder(gen, "runtime-root", force=True)
+
+
+def test_files_need_force_and_force_replaces_only_files_cloudkd_wrote(tmp_path):
+    mine = tmp_path / "mine.json"
+    mine.write_text("the user's\n")
+    O.check_file(tmp_path / "new.json")
+    with pytest.raises(DataError, match="exists; --force replaces it"):
+        O.check_file(mine)
+    with pytest.raises(DataError, match="was not written by cloudkd"):
+        O.check_file(mine, force=True)
+    with pytest.raises(DataError, match="is a folder"):
+        O.check_file(tmp_path, force=True)
+    ours = tmp_path / "ours.json"
+    with O.file_outputs({"--json": ours}, "score-json", inputs=[mine]):
+        ours.write_text("{}")
+    O.check_file(ours, force=True)  # listed in the manifest: --force may replace it
+    ours.write_text('{"edited": "by the user"}')  # changed since: no longer what cloudkd wrote
+    os.utime(ours, ns=(1, 1))
+    with pytest.raises(DataError, match="was not written by cloudkd"):
+        O.check_file(ours, force=True)
+    with pytest.raises(DataError, match="is the input"):
+        with O.file_outputs({"--json": mine}, "score-json", force=True, inputs=[mine]):
+            pass
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
+    folder = tmp_path / "out"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock = O.lock_path(folder)
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": __import__("socket").gethostname()}))
+        with pytest.raises(DataError, match=f"pid {sleeper.pid}"):
+            with O.folder_lock(folder):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with O.folder_lock(folder) as held:  # its process is gone: stale, taken over
+        assert json.loads(held.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
+def test_masks_folder_force_never_deletes_masks_cloudkd_did_not_write(tmp_path):
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    (folder / "a.tif").write_bytes(b"the user's mask")
+    for force in (False, True):
+        with pytest.raises(DataError, match="not written by cloudkd"):
+            O.claim_masks_folder(folder, "student X", force=force)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.tif"]
+    O.claim_masks_folder(tmp_path / "m2", "student X")
+    (tmp_path / "m2" / "c.tif").write_bytes(b"x")
+    with pytest.raises(DataError, match="holds masks of student X"):
+        O.claim_masks_folder(tmp_path / "m2", "student Y")
+    O.claim_masks_folder(tmp_path / "m2", "student Y", force=True)  # cloudkd's masks of another model: replaced
+    assert not (tmp_path / "m2" / "c.tif").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The data-loss cases of issue 29 (each failed before its fix)
+# ---------------------------------------------------------------------------------------------------------------
+def test_runtime_test_keep_force_never_empties_a_dataset_or_a_users_folder(small_data, tmp_path, capsys):
+    (tmp_path / "s.zip").write_bytes(EMPTY_ZIP)
+    generated = tmp_path / "generated"
+    shutil.copytree(small_data, generated)  # a dataset cloudkd generated: still not a runtime folder
+    real = _real_dataset(tmp_path / "real")
+    user = _user_folder(tmp_path / "user")
+    for keep in (generated, real, user):
+        before = snapshot(tmp_path)
+        code, text = invoke(["submission", "runtime-test", "--zip", tmp_path / "s.zip", "--data", small_data,
+                             "--keep", keep, "--force"], capsys)
+        _one_line_refusal(code, text, "--keep")
+        assert snapshot(tmp_path) == before
+
+
+def test_runtime_test_keep_force_replaces_its_own_runtime_folder(small_data, tmp_path, capsys):
+    (tmp_path / "s.zip").write_bytes(EMPTY_ZIP)
+    args = ["submission", "runtime-test", "--zip", tmp_path / "s.zip", "--data", small_data, "--keep",
+            tmp_path / "rt", "--quiet"]
+    code, text = invoke(args, capsys)
+    assert code == 1 and "no main.py" in text, text  # an empty zip fails, but the folder is runtime-test's
+    assert O.folder_mark(tmp_path / "rt")["kind"] == "runtime-root"
+    code, text = invoke(args, capsys)
+    _one_line_refusal(code, text, "--force")
+    code, text = invoke(args + ["--force"], capsys)
+    assert code == 1 and "no main.py" in text, text
+
+
+def test_runtime_test_keep_relative_path_passes(student, small_data, tmp_path, monkeypatch, capsys):
+    from cloudkd.submission.pack import pack
+
+    pack(student, tmp_path / "s.zip", chip_size=96)
+    monkeypatch.chdir(tmp_path)
+    code, text = invoke(["submission", "runtime-test", "--zip", "s.zip", "--data", small_data, "--keep", "rt",
+                         "--quiet"], capsys)
+    assert code == 0 and "runtime-test passed" in text, text
+    assert len(list((tmp_path / "rt" / "predictions").glob("*.tif"))) == 10
+
+
+def test_runtime_test_json_does_not_replace_an_unrelated_file(small_data, tmp_path, capsys):
+    (tmp_path / "s.zip").write_bytes(EMPTY_ZIP)
+    (tmp_path / "v.json").write_text("the user's file\n")
+    before = snapshot(tmp_path)
+    for extra in ([], ["--force"]):
+        code, text = invoke(["submission", "runtime-test", "--zip", tmp_path / "s.zip", "--data", small_data,
+                             "--json", tmp_path / "v.json", "--quiet", *extra], capsys)
+        _one_line_refusal(code, text, "v.json")
+        assert snapshot(tmp_path) == before
+
+
+def test_landsat_import_into_or_onto_its_source_is_refused(landsat_root, tmp_path, capsys):
+    src = tmp_path / "l8"
+    shutil.copytree(landsat_root, src)
+    before = snapshot(tmp_path)
+    code, text = invoke(["landsat", "import", src, "--out", src / "sub", "--force"], capsys)
+    _one_line_refusal(code, text, "lies inside the input")
+    code, text = invoke(["landsat", "import", src, "--out", src, "--force"], capsys)
+    _one_line_refusal(code, text)
+    code, text = invoke(["landsat", "import", src / "38-Cloud_training", "--out", tmp_path, "--force"], capsys)
+    _one_line_refusal(code, text, "contains the input")
+    assert snapshot(tmp_path) == before
+
+
+def test_landsat_import_force_never_deletes_a_users_folder(landsat_root, tmp_path, capsys):
+    user = _user_folder(tmp_path / "user")
+    before = snapshot(tmp_path)
+    code, text = invoke(["landsat", "import", landsat_root, "--out", user, "--force"], capsys)
+    _one_line_refusal(code, text, "was not written by cloudkd; remove it yourself")
+    assert snapshot(tmp_path) == before
+    code, text = invoke(["landsat", "import", landsat_root, "--out", tmp_path / "imp"], capsys)
+    assert code == 0, text
+    code, text = invoke(["landsat", "import", landsat_root, "--out", tmp_path / "imp", "--force"], capsys)
+    assert code == 0, text  # its own import is refreshed
+
+
+def test_demo_force_never_replaces_a_real_dataset(tmp_path, monkeypatch, capsys):
+    import cloudkd.demo as demo
+
+    def stop(*a, **k):  # a guard: the data stage passed, so the long stages must not run here
+        raise DataError("STOPPED after the data stage")
+
+    monkeypatch.setattr(demo, "load_index", stop)
+    real = _real_dataset(tmp_path / "real")
+    before = snapshot(tmp_path)
+    code, text = invoke(["demo", "--quick", "--data", real, "--workdir", tmp_path / "work", "--force"], capsys)
+    _one_line_refusal(code, text, "was not written by cloudkd")
+    assert snapshot(tmp_path) == before
+
+
+def test_demo_force_still_regenerates_its_own_data(tmp_path, monkeypatch, capsys):
+    import cloudkd.demo as demo
+    from cloudkd.data.synth.sentinel2 import SynthConfig, synthesize
+
+    def stop(*a, **k):
+        raise DataError("STOPPED after the data stage")
+
+    monkeypatch.setattr(demo, "load_index", stop)
+    data = tmp_path / "d"
+    synthesize(data, SynthConfig(n_train=2, n_test=1, size=32, seed=5), workers=1, progress=False)
+    code, text = invoke(["demo", "--quick", "--data", data, "--workdir", tmp_path / "work", "--force"], capsys)
+    assert code == 2 and "STOPPED after the data stage" in text, text
+    assert json.loads((data / "synth.json").read_text())["config"]["seed"] != 5  # the demo's own config now
+
+
+def test_predict_scene_never_writes_onto_its_input(onnx_model, tmp_path, capsys):
+    scene = _scene_file(tmp_path / "X.tif")
+    bands = _band_folder(tmp_path / "bands")
+    before = snapshot(tmp_path)
+    for args in ([scene, "--out", scene], [bands, "--out", bands / "B02.tif"], [bands, "--out", bands / "m.tif"],
+                 [scene, "--out", tmp_path / "m.tif", "--prob-out", scene]):
+        code, text = invoke(["onboard", "predict-scene", *args, "--model", onnx_model, "--force"], capsys)
+        _one_line_refusal(code, text, "the input")
+        assert snapshot(tmp_path) == before
+
+
+def test_predict_scene_force_replaces_only_its_own_mask(onnx_model, tmp_path, capsys):
+    scene = _scene_file(tmp_path / "X.tif")
+    (tmp_path / "user.tif").write_bytes(b"the user's")
+    code, text = invoke(["onboard", "predict-scene", scene, "--model", onnx_model, "--out", tmp_path / "user.tif",
+                         "--force"], capsys)
+    _one_line_refusal(code, text, "was not written by cloudkd")
+    assert (tmp_path / "user.tif").read_bytes() == b"the user's"
+    args = ["onboard", "predict-scene", scene, "--model", onnx_model, "--out", tmp_path / "m.tif"]
+    assert invoke(args, capsys)[0] == 0
+    _one_line_refusal(*invoke(args, capsys), "--force")
+    code, text = invoke(args + ["--force"], capsys)
+    assert code == 0, text
+
+
+def test_pack_never_replaces_a_runs_file_or_a_users_file(student, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(student, run)
+    (tmp_path / "other.py").write_text("print('the user's code')\n")
+    before = snapshot(tmp_path)
+    code, text = invoke(["submission", "pack", "--checkpoint", run, "--out", run / "student.pt", "--force"], capsys)
+    _one_line_refusal(code, text, "lies inside the input")
+    code, text = invoke(["submission", "pack", "--checkpoint", run, "--out", tmp_path / "other.py", "--force"],
+                        capsys)
+    _one_line_refusal(code, text, "was not written by cloudkd")
+    assert snapshot(tmp_path) == before
+    args = ["submission", "pack", "--checkpoint", run, "--out", tmp_path / "s.zip", "--chip-size", 96]
+    assert invoke(args, capsys)[0] == 0
+    assert invoke(args + ["--force"], capsys)[0] == 0  # its own zip
+
+
+def test_score_folds_audit_and_preview_refuse_to_replace_an_unrelated_file(small_data, student, tmp_path, capsys):
+    labels = small_data / "test_labels"
+    mine = tmp_path / "mine.txt"
+    mine.write_text("the user's file\n")
+    before = snapshot(tmp_path)
+    cases = [["evaluate", "score", "--pred", labels, "--labels", labels, "--json", mine,
+              "--report-dir", tmp_path / "rep"],
+             ["data", "folds", small_data, "--out", mine, "--k", 2],
+             ["evaluate", "audit", small_data, "--model", student, "--out", tmp_path / "audit", "--exclude-out", mine],
+             ["data", "preview", small_data, "--out", mine, "--n", 1]]
+    for args in cases:
+        code, text = invoke(args, capsys)
+        _one_line_refusal(code, text, "exists; --force replaces it")
+        assert snapshot(tmp_path) == before, args
+
+
+def test_folds_out_force_replaces_its_own_csv(small_data, tmp_path, capsys):
+    args = ["data", "folds", small_data, "--out", tmp_path / "f.csv", "--k", 2]
+    assert invoke(args, capsys)[0] == 0
+    _one_line_refusal(*invoke(args, capsys), "--force")
+    assert invoke(args + ["--force"], capsys)[0] == 0
+
+
+def test_export_does_not_replace_another_models_export_without_force(student, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model_fp32.onnx").write_bytes(b"another model")
+    (other / "export.json").write_text(json.dumps({"out": str(other), "artefacts": {}}))
+    before = snapshot(tmp_path)
+    code, text = invoke(["onboard", "export", "--checkpoint", student, "--out", other, "--no-int8", "--no-memory",
+                         "--size", 96], capsys)
+    _one_line_refusal(code, text, "--force to replace it")
+    assert snapshot(tmp_path) == before
+    code, text = invoke(["onboard", "export", "--checkpoint", student, "--out", other, "--no-int8", "--no-memory",
+                         "--size", 96, "--force"], capsys)
+    assert code == 0, text
+    assert (other / "model_fp32.onnx").read_bytes() != b"another model"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sweep: every writing command, with --force, against what cloudkd did not write and against its own inputs
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def world(small_data, student, landsat_root, onnx_model, tmp_path_factory):
+    w = tmp_path_factory.mktemp("policy")
+    data = w / "data"
+    shutil.copytree(small_data, data)
+    (data / "synth.json").unlink()  # as a real dataset: nothing says cloudkd wrote it
+    run = w / "run"
+    shutil.copytree(student, run)
+    l8 = w / "l8"
+    shutil.copytree(landsat_root, l8)
+    (w / "s.zip").write_bytes(EMPTY_ZIP)
+    _user_folder(w / "user")
+    (w / "user.txt").write_text("the user's file\n")
+    _scene_file(w / "X.tif")
+    return {"w": w, "data": data, "run": run, "l8": l8, "onnx": onnx_model, "labels": data / "test_labels",
+            "test": data / "test_features"}
+
+
+WRITERS = {  # command -> (args with {out} for the output under test, which argument is the output)
+    "runtime-test-keep": ["submission", "runtime-test", "--zip", "{w}/s.zip", "--data", "{data}", "--keep", "{out}"],
+    "runtime-test-json": ["submission", "runtime-test", "--zip", "{w}/s.zip", "--data", "{data}", "--json",
+                          "{out}"],
+    "landsat-import": ["landsat", "import", "{l8}", "--out", "{out}"],
+    "demo-data": ["demo", "--quick", "--data", "{out}", "--workdir", "{w}/demo-work"],
+    "predict-scene": ["onboard", "predict-scene", "{w}/X.tif", "--model", "{onnx}", "--out", "{out}"],
+    "pack": ["submission", "pack", "--checkpoint", "{run}", "--out", "{out}"],
+    "score-json": ["evaluate", "score", "--pred", "{labels}", "--labels", "{labels}", "--json", "{out}",
+                   "--report-dir", "{w}/rep"],
+    "folds": ["data", "folds", "{data}", "--out", "{out}", "--k", "2"],
+    "audit-exclude-out": ["evaluate", "audit", "{data}", "--model", "{run}", "--out", "{w}/audit", "--exclude-out",
+                          "{out}"],
+    "preview": ["data", "preview", "{data}", "--out", "{out}", "--n", "1"],
+    "export": ["onboard", "export", "--checkpoint", "{run}", "--out", "{out}", "--no-int8", "--no-memory"],
+    "data-synth": ["data", "synth", "{out}", "--n-train", "2", "--n-test", "1", "--size", "32", "--overwrite"],
+    "landsat-synth": ["landsat", "synth", "{out}", "--train-scenes", "1", "--test-scenes", "0", "--overwrite"],
+}
+FOLDER_OUTPUTS = {"runtime-test-keep", "landsat-import", "demo-data", "export", "data-synth", "landsat-synth"}
+OWN_INPUTS = {  # the output placed on (or in, or around) one of the command's inputs
+    "runtime-test-keep": ["{data}", "{w}"],
+    "runtime-test-json": ["{data}/v.json", "{w}/s.zip"],
+    "landsat-import": ["{l8}", "{l8}/sub", "{w}"],
+    "predict-scene": ["{w}/X.tif"],
+    "pack": ["{run}/student.pt", "{run}/new.zip", "{w}/s.zip"],
+    "score-json": ["{labels}/x.json", "{labels}"],
+    "folds": ["{data}/folds.csv", "{data}/train_metadata.csv"],
+    "audit-exclude-out": ["{data}/exclude.txt", "{run}/exclude.txt"],
+    "preview": ["{data}/p.png"],
+    "export": ["{run}", "{run}/export", "{w}"],
+}
+SWEEP = ([(cmd, "{w}/user" if cmd in FOLDER_OUTPUTS else "{w}/user.txt") for cmd in WRITERS]
+         + [(cmd, out) for cmd, outs in OWN_INPUTS.items() for out in outs])
+
+
+@pytest.mark.parametrize("cmd, out", SWEEP, ids=[f"{c}:{o.split('}')[-1] or o}" for c, o in SWEEP])
+def test_every_writing_command_with_force_changes_nothing_it_does_not_own(world, monkeypatch, capsys, cmd, out):
+    import cloudkd.demo as demo
+
+    monkeypatch.setattr(demo, "load_index", lambda *a, **k: (_ for _ in ()).throw(DataError("STOPPED")))
+    fill = {k: str(v) for k, v in world.items()}
+    fill["out"] = out.format(**fill)
+    args = [a.format(**fill) for a in WRITERS[cmd]] + (["--force"] if "--overwrite" not in WRITERS[cmd] else [])
+    before = snapshot(world["w"])
+    code, text = invoke(args, capsys)
+    _one_line_refusal(code, text)
+    assert "STOPPED" not in text, text
+    assert snapshot(world["w"]) == before, f"{cmd} --force changed files on disk"
