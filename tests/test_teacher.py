@@ -630,3 +630,94 @@ def test_teacher_spatial_augmentation_strength(monkeypatch):
                 dict(lr=float("nan"))):
         with pytest.raises(ValueError):
             Budget(**bad)
+
+
+# ------------------------------------------------------------------------------- the output policy (issue 29)
+def _copy_workspace(trained, dest):
+    """A copy of the trained workspace (its teacher.json and training.json pointing into the copy)."""
+    import shutil
+
+    src = trained["ws"].root
+    shutil.copytree(src, dest)
+    for name in ("teacher.json", "training.json"):
+        p = dest / name
+        if p.is_file():
+            p.write_text(p.read_text().replace(str(src), str(dest)))
+    return Workspace(dest)
+
+
+def test_a_failed_retraining_leaves_the_trained_fold_usable(trained, tmp_path, monkeypatch):
+    """`teacher train --force` deleted the trained fold before training: a kill during the retraining left no
+    teacher. Now nnU-Net retrains under a side results folder and the new fold replaces the old one only when its
+    checkpoint_final.pth exists."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from cloudkd.common.outputs import lock_path
+    from cloudkd.teacher.train import SIDE_RESULTS, train
+
+    ws = _copy_workspace(trained, tmp_path / "ws")
+    teacher = json.loads(ws.teacher_json.read_text())
+    fold_dir = Path(teacher["model_folder"]) / "fold_0"
+    final = fold_dir / "checkpoint_final.pth"
+    old = final.read_bytes()
+    before = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in fold_dir.rglob("*"))
+    record = (ws.root / "training.json").read_text()
+    budget = Budget(**teacher["budget"])
+
+    def killed(self):  # started writing (a checkpoint cut short, as a kill while saving leaves it), then stopped
+        Path(self.output_folder, "checkpoint_final.pth").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nnUNetTrainer, "run_training", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(ws, 501, 0, budget, device="cpu", force=True)
+    assert final.read_bytes() == old
+    assert sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in fold_dir.rglob("*")) == before
+    assert (ws.root / "training.json").read_text() == record
+    assert not (ws.root / SIDE_RESULTS).exists() and not lock_path(fold_dir).exists()
+    t = NnUNetTeacher(fold_dir.parent, folds=[0])  # the old teacher still loads and predicts
+    refl = read_chip(trained["data"] / "test_features" / resolve_split(trained["data"], "test").chip_ids()[0])
+    assert t.predict_chip(refl)[0].shape == refl.shape[1:]
+
+    def retrained(self):  # a retraining that finishes: its fold has a (new) checkpoint_final.pth
+        Path(self.output_folder, "checkpoint_final.pth").write_bytes(old)
+        Path(self.output_folder, "retrained.txt").write_text("new\n")
+
+    monkeypatch.setattr(nnUNetTrainer, "run_training", retrained)
+    r = train(ws, 501, 0, budget, device="cpu", force=True)
+    assert not r.reused and (fold_dir / "retrained.txt").is_file()
+    assert not list(fold_dir.glob("training_log_*.txt"))  # the old fold's files went with it
+    assert not (ws.root / SIDE_RESULTS).exists() and not lock_path(fold_dir).exists()
+
+
+def test_a_damaged_teacher_checkpoint_is_one_line_in_predict_and_distill(trained, tmp_path, capsys):
+    """A 0-byte checkpoint_final.pth (a training killed while saving) gave exit 130 and no message."""
+    from conftest import invoke, snapshot
+
+    ws = _copy_workspace(trained, tmp_path / "ws")
+    fold_dir = Path(json.loads(ws.teacher_json.read_text())["model_folder"]) / "fold_0"
+    for content in (b"", b"PK\x03\x04 cut short"):
+        (fold_dir / "checkpoint_final.pth").write_bytes(content)
+        before = snapshot(tmp_path)
+        for args in (["teacher", "predict", "--workdir", ws.root, "--features", trained["data"] / "test_features",
+                      "--masks-out", tmp_path / "m", "--device", "cpu"],
+                     ["student", "distill", trained["data"], "--out", tmp_path / "s", "--teacher-nnunet", ws.root,
+                      "--folds", trained["work"] / "folds.csv", "--epochs", 1, "--steps", 1, "--batch", 2,
+                      "--crop", 32, "--accelerator", "cpu"]):
+            code, text = invoke(args, capsys)
+            lines = [line for line in text.splitlines() if line.strip()]
+            assert code == 2 and "Traceback" not in text and len(lines) == 1, text
+            assert "checkpoint_final.pth: a damaged checkpoint" in lines[0], text
+            assert snapshot(tmp_path) == before, args
+
+
+def test_each_teacher_recipe_trains_into_its_own_model_folder():
+    """A fold is reused only by the recipe that trained it: the configuration (and so nnU-Net's model folder) names
+    every recipe field that is not nnU-Net's default; nnU-Net's recipe keeps the names it always had."""
+    size = dict(patch=256, batch=4, base_features=8, max_features=128)
+    assert Budget(**size).configuration == "2d_p256_b4_f8-128_bn"
+    variants = [dict(optimizer="adamw"), dict(lr=0.03), dict(loss="ce"), dict(deep_supervision=False),
+                dict(spatial=0.0), dict(oversample=0.0), dict(optimizer="adamw", lr=0.01)]
+    names = [Budget(**size, **v).configuration for v in variants]
+    assert len(set(names)) == len(names) and Budget(**size).configuration not in names
+    assert Budget(**size, seed=5, epochs=40).configuration == Budget(**size).configuration  # run length: same net

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -78,8 +78,8 @@ class DemoConfig:
     def quick(cls, workdir: str = "runs/demo-quick", data: str = "data/generated/demo-quick") -> "DemoConfig":
         """A short variant for tests: few small chips, a tiny teacher budget."""
         return cls(workdir=workdir, data=data, n_train=24, n_test=12, size=128, folds=3,
-                   teacher_budget=Budget(epochs=2, iters_per_epoch=10, val_iters=1, patch=128, batch=4,
-                                         base_features=8, max_features=64),
+                   teacher_budget=replace(recipe("demo"), epochs=2, iters_per_epoch=10, val_iters=1, patch=128,
+                                          batch=4, base_features=8, max_features=64),
                    student=StudentBudget(epochs=2, steps=3, batch=4, crop=128))
 
 
