@@ -12,6 +12,9 @@
   relative paths resolved), whether or not the input is a dataset.
 - **Files.** :func:`check_file` refuses an existing file without ``--force``, and with it one cloudkd did not
   write; the write itself is atomic (:func:`cloudkd.common.io.atomic_write`) and :func:`record_file` then lists it.
+- **Replacement on success.** :func:`replace_on_success` builds the new content of a folder beside it and swaps
+  it in when the work succeeds (one atomic exchange where the system has one), so a killed or failed replacement
+  leaves the old content as it was.
 - **Locks.** :func:`folder_lock` holds a pid file beside a folder being written: a second writer is refused, a
   lock whose process is gone (same host) is stale and taken over (:func:`running_elsewhere`, the rule synth's
   ``generation.unfinished`` marker uses too).
@@ -47,6 +50,8 @@ LANDSAT_DATASET_STAMP = "synth38.json"
 IMPORT_STAMP = "landsat_import.json"
 #: the report an ONNX export writes last
 EXPORT_REPORT = "export.json"
+#: what a finished student run (``cloudkd student train/distill``) writes last
+STUDENT_RUN_STAMP = "student.json"
 
 #: a folder's own stamp -> the kind of content it shows cloudkd wrote (folders from before the marker existed)
 STAMPS: Dict[str, str] = {
@@ -56,6 +61,7 @@ STAMPS: Dict[str, str] = {
     IMPORT_STAMP: "landsat-import",
     MASKS_RECORD: "masks",
     EXPORT_REPORT: "onnx-export",
+    STUDENT_RUN_STAMP: "student-run",
 }
 
 #: a lock file younger than this whose content cannot be read yet is its writer's, not stale
@@ -174,6 +180,64 @@ def claim_folder(folder: os.PathLike | str, kind: str, force: bool = False, opti
         for sub in folder.iterdir():
             remove_tree(sub)
     return mark_folder(folder, kind, command)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Replacement on success
+# ---------------------------------------------------------------------------------------------------------------
+def build_path(folder: os.PathLike | str) -> Path:
+    """Where the new content of ``folder`` is built before :func:`swap_in` (a hidden sibling)."""
+    folder = Path(folder).absolute()
+    return folder.parent / f".{folder.name}.cloudkd-new"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the two existing paths ``a`` and ``b`` in one step (Linux renameat2 RENAME_EXCHANGE); False where the
+    system cannot."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # pragma: no cover - not Linux / old libc
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def swap_in(new: os.PathLike | str, folder: os.PathLike | str) -> Path:
+    """Put the folder ``new`` (built beside ``folder``, on the same file system) in the place of ``folder``, then
+    delete the old content. Returns ``folder``."""
+    new, folder = Path(new), Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        os.replace(new, folder)
+        return folder
+    if _exchange(new, folder):
+        remove_tree(new)  # now the old content
+        return folder
+    old = folder.parent / f".{folder.name}.cloudkd-old"  # pragma: no cover - systems without an exchange
+    remove_tree(old)
+    os.replace(folder, old)
+    os.replace(new, folder)
+    remove_tree(old)
+    return folder
+
+
+@contextmanager
+def replace_on_success(folder: os.PathLike | str, build: Optional[os.PathLike | str] = None) -> Iterator[Path]:
+    """Build the new content of ``folder`` in ``build`` (default :func:`build_path`) and :func:`swap_in` it when
+    the block succeeds; when it fails the build is removed and ``folder`` is as it was (a killed process leaves
+    only the build, which the next replacement removes first). Hold ``folder``'s :func:`folder_lock` around it."""
+    folder = Path(folder)
+    build = Path(build) if build is not None else build_path(folder)
+    remove_tree(build)  # left by a replacement that was killed (under the lock, nobody else's)
+    build.mkdir(parents=True)
+    try:
+        yield build
+    except BaseException:
+        remove_tree(build)
+        raise
+    swap_in(build, folder)
 
 
 # ---------------------------------------------------------------------------------------------------------------

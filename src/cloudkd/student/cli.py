@@ -9,7 +9,7 @@ import typer
 
 from ..common.cli import (at_least, check_memory, exclude_option, fail, finite, output_check, side, split_option,
                           stage_app, threshold_option)
-from .config import DISTILL_KD_WEIGHT, TrainConfig as C
+from .config import DISTILL_KD_WEIGHT, RUN_KIND, TrainConfig as C
 
 #: unet-s training memory per pixel of batch x crop^2 (forward + backward; measured 830-990 B/px)
 TRAIN_BYTES_PER_PIXEL = 1000
@@ -35,10 +35,16 @@ def student_list(as_json: bool = typer.Option(False, "--json", help="Print {pres
                    f"than nnU-Net's {NNUNET_2D_PARAMS / 1e6:.1f} M 2d plan)")
 
 
-def run_folder(out: Path, resume: bool, force: bool) -> None:
+#: set for the processes Lightning starts for DDP (they run this command again): the folder the run is built in
+BUILD_ENV = "CLOUDKD_STUDENT_RUN_BUILD"
+
+
+def run_folder(out: Path, resume: bool, force: bool) -> str:
     """A run folder is new, resumed (--resume: its last checkpoint must exist; ``fit`` checks that it is readable
-    and that the run's settings did not change) or replaced (--force); never silently overwritten, which would
-    also leave the old run's checkpoint for a later --resume."""
+    and that the run's settings did not change) or replaced (--force, only a run folder cloudkd wrote); never
+    silently overwritten, which would also leave the old run's checkpoint for a later --resume. Returns
+    "resume", or the output policy's state of ``out``: "new", "empty" or "replace"."""
+    from ..common.outputs import check_folder
     from .runs import interrupted
 
     if resume and force:
@@ -47,12 +53,29 @@ def run_folder(out: Path, resume: bool, force: bool) -> None:
     if resume:
         if not last.is_file():
             fail(f"--resume: {last} does not exist; nothing to resume (drop --resume to start a run)", 2)
-        return
+        return "resume"
+    state = check_folder(out, RUN_KIND, True, "--out")  # a file, or a folder cloudkd did not write: refused
     if not force and interrupted(out):
         fail(f"{out}: interrupted: a run that did not finish ({last} is there, no student.pt); use --resume to "
              f"continue it (or --force to start anew)", 2)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+    if state == "replace" and not force:
         fail(f"{out}: already holds a run (or other files); --resume continues it, --force replaces it", 2)
+    return state
+
+
+def accelerator_problem(accelerator: str) -> Optional[str]:
+    """None when Lightning's ``--accelerator`` exists on this machine, else what is wrong."""
+    import torch
+
+    a = accelerator.lower()
+    if a in ("auto", "cpu"):
+        return None
+    if a in ("gpu", "cuda"):
+        return None if torch.cuda.is_available() else f"{accelerator!r}: this machine has no CUDA GPU (use cpu)"
+    if a == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return None if mps is not None and mps.is_available() else f"{accelerator!r}: this machine has no MPS device"
+    return f"{accelerator!r} is not an accelerator: use auto, cpu or gpu"
 
 
 def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold: int, epochs: int, batch: int,
@@ -62,11 +85,21 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
          strategy: str, workers: int, seed: int, resume: bool, cloud_paste: float, boundary_ignore: int,
          threshold: float, force: bool, exclude: Optional[Path] = None, teacher_folds: Optional[list] = None,
          allow_teacher_leak: bool = False):
+    import os
+
+    from ..common.outputs import folder_lock, outputs_apart, replace_on_success
+    from .teachers import PEER
     from .train import fit
 
     # training memory of unet-s, per pixel of batch x crop^2 (measured: 830-990 B/px); wider models need more
     check_memory(TRAIN_BYTES_PER_PIXEL * batch * crop * crop, f"training with --batch {batch} --crop {crop}")
-    run_folder(out, resume, force)
+    problem = accelerator_problem(accelerator)
+    if problem:
+        fail(f"--accelerator {problem}", 2)
+    import torch
+
+    if accelerator.lower() in ("gpu", "cuda") and devices > torch.cuda.device_count():
+        fail(f"--devices {devices}: this machine has {torch.cuda.device_count()} CUDA GPU(s)", 2)
     cfg = C(data=str(data), out=str(out), model=model, folds=str(folds_csv) if folds_csv else None,
                       val_fold=val_fold, epochs=epochs, batch_size=batch, crop=crop, lr=lr,
                       label_weight=label_weight, kd_weight=kd_weight, kd=kd, temperature=temperature,
@@ -78,13 +111,38 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
                       boundary_ignore=boundary_ignore, threshold=threshold,
                       exclude=str(exclude) if exclude else None, teacher_folds=teacher_folds,
                       allow_teacher_leak=allow_teacher_leak)
+    build = os.environ.get(BUILD_ENV)
     try:
-        r = fit(cfg)
+        if build and os.environ.get("LOCAL_RANK") not in (None, "0"):
+            # a DDP process Lightning started: the first process checked and locked OUT and builds the run here
+            fit(cfg, into=build)
+            return
+        outputs_apart([out], [data, folds_csv, exclude, soft, unlabelled, teacher_nnunet,
+                              None if teacher_onnx is None or str(teacher_onnx) == PEER else teacher_onnx])
+        run_folder(out, resume, force)  # refusals before anything is written (the lock file included)
+        with folder_lock(out):  # a second training into OUT is refused while this one runs
+            state = run_folder(out, resume, force)
+            if state == "replace":  # the old run stays until the new one has finished (build beside, then swap)
+                with replace_on_success(out) as into:
+                    r = _fit_into(fit, cfg, into)
+            else:
+                r = _fit_into(fit, cfg, out)
     except ValueError as exc:
         fail(str(exc), 2)
     if r.val_jaccard is not None:
         typer.echo(f"{model}: {r.params:,} params; best val global Jaccard {r.val_jaccard:.4f} (fold {val_fold}); "
                    f"{r.seconds:.0f} s; -> {out / 'student.pt'}")
+
+
+def _fit_into(fit, cfg, into: Path):
+    """``fit(cfg)`` writing into ``into``, which the processes Lightning starts for DDP learn from BUILD_ENV."""
+    import os
+
+    os.environ[BUILD_ENV] = str(Path(into).absolute())
+    try:
+        return fit(cfg, into=into)
+    finally:
+        os.environ.pop(BUILD_ENV, None)
 
 
 def _fold_list(value: Optional[str]) -> Optional[list]:
@@ -148,7 +206,8 @@ def _train_options(distill: bool):
         workers=typer.Option(C.num_workers, callback=at_least(0), help="Data loader workers."),
         seed=typer.Option(C.seed, callback=at_least(0), help="Random seed."),
         resume=typer.Option(C.resume, help="Resume the run in OUT from OUT/checkpoints/last.ckpt."),
-        force=typer.Option(False, help="Replace the run already in OUT (its checkpoints, logs and weights)."),
+        force=typer.Option(False, help="Replace the run already in OUT (a run folder cloudkd wrote): the new run is "
+                                       "built beside it and swapped in when it has finished."),
         cloud_paste=typer.Option(C.cloud_paste, callback=finite(0.0, 1.0), help="Cloud paste: probability that a "
                                                                                 "low-cover chip of a batch receives a "
                                            "cloudy batch-mate's labelled cloud (0 = off)."),
@@ -216,11 +275,14 @@ def predict(
 ):
     """Masks for a folder of chips from a trained student."""
     from ..common.io import claim_masks_folder
+    from ..common.outputs import outputs_apart
     from ..data.roots import resolve_split
     from .predict import predict_folder
     from .runs import load_student
 
+    outputs_apart([out], [features, model])  # never among the chips (a features folder has no record) or the run
     net, feats = load_student(model), resolve_split(features, split_name).features_dir
+    outputs_apart([out], [feats])
     claim_masks_folder(out, f"student {model.resolve()} (threshold {threshold}, tta {tta})", force)
     r = predict_folder(net, feats, out, batch_size=batch, tta=tta, threshold=threshold)
     typer.echo(f"{r['n_chips']} masks -> {out}; {r['ms_per_chip']:.1f} ms/chip model, "

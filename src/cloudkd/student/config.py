@@ -17,6 +17,8 @@ DEFAULT_KD = "pixel"
 DEMO_KD = "cwd"
 #: the KD weight of ``cloudkd distill`` and of ``make demo``'s student (``cloudkd train`` defaults to 0: no KD)
 DISTILL_KD_WEIGHT = 1.0
+#: the content kind of a run folder (train/distill) in the output policy (:mod:`cloudkd.common.outputs`)
+RUN_KIND = "student-run"
 
 
 @dataclass

@@ -59,18 +59,46 @@ def resolve_run(checkpoint: os.PathLike | str) -> Tuple[Path, dict, Dict[str, to
     if not info_path.is_file():
         raise DataError(f"{info_path}: missing; not a student run folder of 'cloudkd train/distill' "
                         f"(or a file in it)")
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{info_path}: not readable JSON ({exc})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("model"), str):
+        raise DataError(f"{info_path}: not a student run's record (no model)")
     if p.suffix == ".ckpt":
         return run, info, lightning_state(p)
     weights = run / "student.pt"
     if not weights.is_file():
         raise DataError(f"{weights}: missing weights")
-    return run, info, torch.load(weights, map_location="cpu")
+    return run, info, load_weights(weights)
+
+
+def load_weights(path: os.PathLike | str) -> Dict[str, torch.Tensor]:
+    """A student's plain state dict (``student.pt``), or a one-line DataError when the file is empty, truncated
+    or not a state dict (torch raises EOFError, which the command line would take for Ctrl-D, UnpicklingError,
+    RuntimeError ...)."""
+    try:
+        state = torch.load(path, map_location="cpu")
+    except Exception as exc:
+        why = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise DataError(f"{path}: not readable weights ({type(exc).__name__}: {why}); train the run again") \
+            from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(f"{path}: not a state dict of a student's weights")
+    return state
 
 
 def load_student(run: os.PathLike | str) -> torch.nn.Module:
     """Rebuild a trained student (in eval mode) from anything :func:`resolve_run` accepts."""
-    _, info, state = resolve_run(run)
-    model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
-    model.load_state_dict(state)
+    folder, info, state = resolve_run(run)
+    try:
+        model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{folder / 'student.json'}: cannot build its model {info['model']!r} ({exc})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        why = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise DataError(f"{folder / 'student.pt'}: the weights do not fit the model {info['model']!r} of "
+                        f"student.json ({why})") from None
     return model.eval()

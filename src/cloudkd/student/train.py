@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -34,8 +35,9 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from ..common.errors import DataError
 from ..common.io import atomic_write
+from ..common.outputs import MARK, check_folder, mark_folder
 from ..data.datamodule import CloudDataModule
-from .config import TrainConfig
+from .config import RUN_KIND, TrainConfig
 from .module import StudentModule
 from .teachers import nnunet_teacher_folds, online_teacher_factory
 from .runs import lightning_state, load_checkpoint
@@ -130,11 +132,16 @@ class _RecordRun(pl.Callback):
             atomic_write(self.path, lambda t: Path(t).write_text(json.dumps(self.record, indent=2)))
 
 
-def fit(cfg: TrainConfig) -> FitResult:
+def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None) -> FitResult:
+    """Train the run ``cfg`` describes in ``cfg.out`` (or in ``into``, where the command line builds a run that
+    replaces ``cfg.out`` when it has finished; ``cfg.out`` is what student.json records). A new run goes only
+    into a new or empty folder or a run folder cloudkd wrote (output policy kind "student-run"), which it marks."""
     mode = cfg.teacher_mode
     if cfg.kd_weight > 0 and mode == "none":
         raise DataError("distillation (kd_weight > 0) needs --soft (offline) or --teacher-nnunet / --teacher-onnx")
-    out = Path(cfg.out)
+    out = Path(into if into is not None else cfg.out)
+    if not cfg.resume:
+        check_folder(out, RUN_KIND, True, "out")  # never a file, or a folder cloudkd did not write
     last = out / "checkpoints" / "last.ckpt"
     if cfg.resume and not last.is_file():
         raise DataError(f"resume: {last} does not exist; nothing to resume")
@@ -165,6 +172,8 @@ def fit(cfg: TrainConfig) -> FitResult:
         # (the command line asks for --force before it gets here)
         shutil.rmtree(out / "checkpoints")
     out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume and not (out / MARK).is_file():
+        mark_folder(out, RUN_KIND)
     module = StudentModule(cfg.model, None, cfg.label_weight, cfg.kd_weight, cfg.kd, cfg.temperature, mode,
                            cfg.lr, cfg.weight_decay, cfg.epochs, cfg.cloud_paste, cfg.boundary_ignore, cfg.seed,
                            cfg.threshold)
