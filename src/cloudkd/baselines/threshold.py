@@ -66,9 +66,26 @@ class ThresholdModel:
             d = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"{path}: cannot read threshold model ({exc})") from None
+        if not isinstance(d, dict):
+            raise DataError(f"{path}: not a threshold model (a JSON {type(d).__name__}, not an object)")
         if d.get("method") != METHOD:
             raise DataError(f"{path}: not a {METHOD} threshold model (method={d.get('method')!r})")
-        d["whiteness_max"] = float(d["whiteness_max"])
+        fields = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise DataError(f"{path}: unknown field(s) {unknown} in a threshold model")
+        for key in ("brightness_min", "whiteness_max"):
+            v = d.get(key)
+            try:
+                if isinstance(v, bool) or v is None:
+                    raise ValueError
+                x = float(v)  # whiteness_max may be "inf" (no whiteness limit)
+            except (TypeError, ValueError):
+                raise DataError(f"{path}: {key} must be a number, got {v!r}") from None
+            if math.isnan(x) or (key == "brightness_min" and not math.isfinite(x)):
+                raise DataError(f"{path}: {key} must be a {'finite ' if key == 'brightness_min' else ''}number, "
+                                f"got {v!r}")
+            d[key] = x
         return cls(**d)
 
 

@@ -127,14 +127,34 @@ def predict_scene_cmd(
                    f"{r['mean_cloud_fraction']:.3f} -> {chip_report}")
 
 
+def _cloud_fractions(value: str) -> str:
+    """``--thresholds``: cloud-cover fractions in [0, 1], comma-separated (checked before any work)."""
+    import math
+
+    if value is None:
+        return value
+    items = [t.strip() for t in value.split(",") if t.strip()]
+    for t in items:
+        try:
+            x = float(t)
+        except ValueError:
+            raise typer.BadParameter(f"expected cloud-cover fractions in [0, 1] separated by commas, got {t!r}") \
+                from None
+        if not (math.isfinite(x) and 0.0 <= x <= 1.0):
+            raise typer.BadParameter(f"a cloud-cover threshold must be a fraction in [0, 1], got {t!r}")
+    if not items:
+        raise typer.BadParameter("give at least one cloud-cover threshold")
+    return value
+
+
 @app.command()
 def downlink(
     pred: Path = typer.Option(..., help="A folder of predicted chip masks, or one scene mask TIFF."),
     labels: Optional[Path] = typer.Option(None, help="Labels: a folder (chips) or a mask TIFF (scene)."),
     features: Optional[Path] = typer.Option(None, help="The chips' features folder (bytes from the band files)."),
     tile: int = typer.Option(512, callback=side(32), help="For a scene: chip size the scene is cut into."),
-    thresholds: str = typer.Option(",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
-                                   help="Cloud-cover thresholds, comma-separated."),
+    thresholds: str = typer.Option(",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS), callback=_cloud_fractions,
+                                   help="Cloud-cover thresholds (fractions in [0, 1]), comma-separated."),
     out: Optional[Path] = typer.Option(None, "--out", callback=output_check, help="Folder for downlink.json and "
                                                                                   "downlink.png."),
 ):
