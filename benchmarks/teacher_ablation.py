@@ -4,9 +4,10 @@ scored on the demo's held-out test split (and on the 4 labelled real chips when 
     python benchmarks/teacher_ablation.py --demo runs/demo --data data/generated/demo \
         [--rows base adamw no_ds ...] [--seeds 0 1 2] [--out benchmarks/results/teacher_ablation.csv]
 
-Every row starts from ``make demo``'s teacher budget (``DemoConfig().teacher_budget``: nnU-Net 2d, 8..128 features,
-patch 256, batch 4, BatchNorm, 8 epochs x 50 iterations, nnU-Net's SGD + poly at 0.01, deep supervision, Dice + CE,
-nnU-Net's spatial augmentation, 33 % foreground oversampling, fold 0) and changes what ``ROWS`` says: training
+Every row starts from the size of ``make demo``'s teacher (the "demo" recipe: nnU-Net 2d, 8..128 features, patch
+256, batch 4, BatchNorm, 8 epochs x 50 iterations, fold 0) with nnU-Net's own training recipe (SGD + poly at 0.01,
+deep supervision, Dice + CE, its spatial augmentation, 33 % foreground oversampling; ``ablation_base()``) and
+changes what ``ROWS`` says: training
 changes (fields of ``cloudkd.teacher.plans.Budget``) and inference options (nnU-Net's mirror TTA, an ensemble of
 folds). Rows with the same training changes share one trained teacher. Each training runs in its own workspace
 under DEMO/teacher_ablation/KEY, which links the demo workspace's nnU-Net raw and preprocessed data (``make demo``
@@ -20,6 +21,7 @@ the seeds in the CSV and writes the Markdown table beside it.
 import argparse
 import csv
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import numpy as np
 from _results import write_rows
 from cloudkd.common.cli import format_table
 from cloudkd.data import resolve_split
-from cloudkd.demo import DemoConfig
+from cloudkd.teacher.plans import Budget, recipe
 from cloudkd.evaluate.scoring import score_folder
 from cloudkd.teacher.model import NnUNetTeacher, predict_folder
 from cloudkd.teacher.train import train
@@ -36,7 +38,7 @@ from cloudkd.teacher.workspace import DEFAULT_DATASET_ID, Workspace
 
 #: row -> (what it varies, training changes to the demo budget, inference options)
 ROWS = {
-    "base": ("make demo's teacher", {}, {}),
+    "base": ("nnU-Net's recipe at the demo size", {}, {}),
     "adamw": ("optimiser: AdamW 3e-3 + cosine", {"optimizer": "adamw"}, {}),
     "no_ds": ("deep supervision off", {"deep_supervision": False}, {}),
     "ce": ("loss: cross-entropy alone", {"loss": "ce"}, {}),
@@ -57,6 +59,16 @@ ROWS = {
 }
 COLUMNS = ["row", "seed", "varies", "params", "train_s", "s_per_iteration", "test_jaccard", "precision", "recall",
            "real_jaccard", "real_precision", "real_recall"]
+
+
+#: the training-recipe fields of a Budget (the rest is its size: epochs, iterations, patch, batch, width, norm)
+RECIPE_FIELDS = ("optimizer", "lr", "loss", "deep_supervision", "spatial", "oversample")
+
+
+def ablation_base() -> Budget:
+    """Every row's starting point: the size of the "demo" teacher recipe with nnU-Net's own training recipe
+    (Budget's defaults), whatever recipe the demo itself uses now."""
+    return replace(recipe("demo"), **{f: getattr(Budget(), f) for f in RECIPE_FIELDS})
 
 
 def training_key(changes: dict) -> str:
@@ -85,7 +97,9 @@ def run_teacher(changes: dict, infer: dict, seed: int, demo_ws: Workspace, study
     """Train (or reuse) the demo budget with ``changes`` and seed ``seed``, predict with ``infer`` (``tta``,
     ``folds``), score it: params, train_s (its epochs' time, summed over the folds it uses), s/iteration, test and
     real-chip Jaccard, precision and recall."""
-    budget = replace(DemoConfig().teacher_budget, seed=seed, **changes)
+    base = ablation_base()
+    changes = {k: v for k, v in changes.items() if getattr(base, k) != v}  # e.g. the demo's own epochs
+    budget = replace(base, seed=seed, **changes)
     ws = prepared_workspace(demo_ws, study / f"{training_key(changes)}_s{seed}")
     folds = tuple(infer.get("folds", (0,)))
     train_s, per_iter = 0.0, []
@@ -128,7 +142,11 @@ def summarise(rows, md: Path):
                     "precision": round(np.mean([float(r["precision"]) for r in rs]), 4),
                     "recall": round(np.mean([float(r["recall"]) for r in rs]), 4), "real_jaccard": pm(real)})
     cols = list(out[0]) if out else []
-    md.write_text("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" +
+    md.write_text(f"`python benchmarks/teacher_ablation.py` ({time.strftime('%Y-%m-%d')}, written by --summary or a "
+                  "run): mean ± sd over the seeds in the CSV; test = the demo's 80 held-out generated chips, real = "
+                  "the 4 labelled real chips; train_s = the folds' epoch time, on the machine's 2 cores, "
+                  "possibly shared.\n\n" +
+                  "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n" +
                   "".join("| " + " | ".join(str(r[c]) for c in cols) + " |\n" for r in out))
     return out, cols
 
