@@ -415,8 +415,19 @@ WRITERS = {  # command -> (args with {out} for the output under test, which argu
     "export": ["onboard", "export", "--checkpoint", "{run}", "--out", "{out}", "--no-int8", "--no-memory"],
     "data-synth": ["data", "synth", "{out}", "--n-train", "2", "--n-test", "1", "--size", "32", "--overwrite"],
     "landsat-synth": ["landsat", "synth", "{out}", "--train-scenes", "1", "--test-scenes", "0", "--overwrite"],
+    "student-train": ["student", "train", "{data}", "--out", "{out}", "--model", "unet-xs", "--epochs", "1",
+                      "--steps", "1", "--batch", "2", "--crop", "32", "--accelerator", "cpu"],
+    "student-distill": ["student", "distill", "{data}", "--out", "{out}", "--soft", "{w}/soft", "--model", "unet-xs",
+                        "--epochs", "1", "--steps", "1", "--batch", "2", "--crop", "32", "--accelerator", "cpu"],
+    "student-predict": ["student", "predict", "--model", "{run}", "--features", "{test}", "--out", "{out}"],
+    "teacher-predict-masks": ["teacher", "predict", "--features", "{test}", "--workdir", "{w}/nn", "--masks-out",
+                              "{out}"],
+    "teacher-predict-soft": ["teacher", "predict", "--features", "{test}", "--workdir", "{w}/nn", "--soft-out",
+                             "{out}"],
 }
-FOLDER_OUTPUTS = {"runtime-test-keep", "landsat-import", "demo-data", "export", "data-synth", "landsat-synth"}
+FOLDER_OUTPUTS = {"runtime-test-keep", "landsat-import", "demo-data", "export", "data-synth", "landsat-synth",
+                  "student-train", "student-distill", "student-predict", "teacher-predict-masks",
+                  "teacher-predict-soft"}
 OWN_INPUTS = {  # the output placed on (or in, or around) one of the command's inputs
     "runtime-test-keep": ["{data}", "{w}"],
     "runtime-test-json": ["{data}/v.json", "{w}/s.zip"],
@@ -428,6 +439,11 @@ OWN_INPUTS = {  # the output placed on (or in, or around) one of the command's i
     "audit-exclude-out": ["{data}/exclude.txt", "{run}/exclude.txt"],
     "preview": ["{data}/p.png"],
     "export": ["{run}", "{run}/export", "{w}"],
+    "student-train": ["{data}", "{data}/run", "{w}"],
+    "student-distill": ["{w}/soft", "{w}/soft/run", "{data}", "{w}"],
+    "student-predict": ["{test}", "{test}/masks", "{run}", "{run}/masks", "{w}"],
+    "teacher-predict-masks": ["{test}", "{w}/nn", "{w}/nn/masks", "{w}"],
+    "teacher-predict-soft": ["{test}", "{w}/nn/soft", "{w}"],
 }
 SWEEP = ([(cmd, "{w}/user" if cmd in FOLDER_OUTPUTS else "{w}/user.txt") for cmd in WRITERS]
          + [(cmd, out) for cmd, outs in OWN_INPUTS.items() for out in outs])

@@ -440,15 +440,15 @@ def _age(path: Path) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 # Masks folders (the masks of one model; used by every command that writes {chip_id}.tif masks)
 # ---------------------------------------------------------------------------------------------------------------
-def claim_masks_folder(folder: os.PathLike | str, producer: str, force: bool = False) -> Path:
-    """Make ``folder`` ready for the masks of ``producer`` (a model, named by its path and settings).
-
-    A folder of masks written by another producer is refused unless ``force``, which first removes its masks, so
-    the masks of two models never mix. Masks without a record (not written by cloudkd) are never removed. The
-    folder records its producer in :data:`~cloudkd.common.io.MASKS_RECORD`.
-    """
+def check_masks_folder(folder: os.PathLike | str, producer: Optional[str] = None, force: bool = False) -> list:
+    """The rule of :func:`claim_masks_folder` without writing anything: refuse (DataError) a file, a folder that
+    holds anything but cloudkd's masks, and (``producer`` given) the masks of another producer without ``force``.
+    Returns the masks that claiming the folder for ``producer`` would remove. With ``producer`` None (not known
+    yet, e.g. before a model is loaded) only what no producer may write into is refused."""
     folder = Path(folder)
     record = folder / MASKS_RECORD
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: is a file, not a folder")
     masks = sorted(folder.glob("*.tif")) if folder.is_dir() else []
     if record.is_file():
         try:
@@ -458,12 +458,28 @@ def claim_masks_folder(folder: os.PathLike | str, producer: str, force: bool = F
     elif masks:
         raise DataError(f"{folder}: holds masks of an unknown model (*.tif without cloudkd's {MASKS_RECORD}): "
                         f"they were not written by cloudkd; remove them yourself, or write elsewhere")
+    elif folder.is_dir() and any(folder.iterdir()):
+        raise DataError(f"{folder}: holds files but no masks of cloudkd's ({MASKS_RECORD}): it was not written by "
+                        f"cloudkd; write the masks to a new or empty folder")
     else:
         have = producer
-    if have != producer:
-        if not force:
-            raise DataError(f"{folder}: holds masks of {have}; write elsewhere, or --force to replace them")
-        for p in masks:
-            p.unlink()
-    atomic_write(record, lambda t: Path(t).write_text(json.dumps({"producer": producer}) + "\n"))
+    if producer is None or have == producer:
+        return []
+    if not force:
+        raise DataError(f"{folder}: holds masks of {have}; write elsewhere, or --force to replace them")
+    return masks
+
+
+def claim_masks_folder(folder: os.PathLike | str, producer: str, force: bool = False) -> Path:
+    """Make ``folder`` ready for the masks of ``producer`` (a model, named by its path and settings).
+
+    A folder of masks written by another producer is refused unless ``force``, which first removes its masks, so
+    the masks of two models never mix. Masks without a record (not written by cloudkd) are never removed, and a
+    folder that holds anything but cloudkd's masks is refused (masks would mix with its files):
+    :func:`check_masks_folder`. The folder records its producer in :data:`~cloudkd.common.io.MASKS_RECORD`.
+    """
+    folder = Path(folder)
+    for p in check_masks_folder(folder, producer, force):
+        p.unlink()
+    atomic_write(folder / MASKS_RECORD, lambda t: Path(t).write_text(json.dumps({"producer": producer}) + "\n"))
     return folder
