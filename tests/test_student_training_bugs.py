@@ -119,6 +119,9 @@ def teacher_ws(small_data, tmp_path_factory):
     record = {"dataset_name": prep.dataset_name,
               "model_folder": str(ws.results / "none"), "folds": [0, 1, 2]}
     ws.teacher_json.write_text(json.dumps(record))
+    for f in record["folds"]:  # a trained fold has its (whole) checkpoint, which distill checks before training
+        (ws.results / "none" / f"fold_{f}").mkdir(parents=True)
+        torch.save({}, ws.results / "none" / f"fold_{f}" / "checkpoint_final.pth")
     return {"ws": ws, "folds_csv": work / "folds.csv", "folds": folds, "data": small_data}
 
 

@@ -652,8 +652,12 @@ def test_a_failed_retraining_leaves_the_trained_fold_usable(trained, tmp_path, m
     checkpoint_final.pth exists."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from cloudkd.common.outputs import lock_path
-    from cloudkd.teacher.train import SIDE_RESULTS, train
+    from cloudkd.teacher.train import train
+
+    def lock_path(folder):
+        return folder.parent / f".{folder.name}.cloudkd-lock"
+
+    SIDE_RESULTS = ".nnUNet_results.cloudkd-new"  # where a retraining is built (cloudkd.teacher.train)
 
     ws = _copy_workspace(trained, tmp_path / "ws")
     teacher = json.loads(ws.teacher_json.read_text())
@@ -675,7 +679,7 @@ def test_a_failed_retraining_leaves_the_trained_fold_usable(trained, tmp_path, m
     assert sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in fold_dir.rglob("*")) == before
     assert (ws.root / "training.json").read_text() == record
     assert not (ws.root / SIDE_RESULTS).exists() and not lock_path(fold_dir).exists()
-    t = NnUNetTeacher(fold_dir.parent, folds=[0])  # the old teacher still loads and predicts
+    t = NnUNetTeacher.from_workspace(ws, folds=[0])  # the old teacher still loads and predicts
     refl = read_chip(trained["data"] / "test_features" / resolve_split(trained["data"], "test").chip_ids()[0])
     assert t.predict_chip(refl)[0].shape == refl.shape[1:]
 

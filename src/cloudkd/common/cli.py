@@ -7,7 +7,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import typer
 
@@ -99,12 +99,25 @@ def physical_memory() -> int:
         return 0
 
 
-def check_memory(estimate: float, what: str, share: float = 0.8) -> None:
-    """Refuse (exit 2, one line) work whose estimated peak memory exceeds ``share`` of this machine's RAM."""
-    ram = physical_memory()
-    if ram and estimate > share * ram:
+def device_memory(device: str) -> Tuple[int, str]:
+    """(bytes, what) of the memory work on ``device`` (cpu, cuda, cuda:N) has: the GPU's, else this machine's RAM
+    (0 where unknown)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            index = int(device[5:]) if str(device)[5:].isdigit() else torch.cuda.current_device()
+            return torch.cuda.get_device_properties(index).total_memory, f"memory on {device}"
+    return physical_memory(), "RAM"
+
+
+def check_memory(estimate: float, what: str, share: float = 0.8, device: str = "cpu") -> None:
+    """Refuse (exit 2, one line) work whose estimated peak memory exceeds ``share`` of the memory of ``device``
+    (this machine's RAM, or a CUDA device's memory)."""
+    total, where = device_memory(device)
+    if total and estimate > share * total:
         fail(f"{what} needs about {estimate / 2**30:.1f} GiB of memory (estimate), more than this machine can "
-             f"give ({ram / 2**30:.1f} GiB of RAM)", 2)
+             f"give ({total / 2**30:.1f} GiB of {where})", 2)
 
 
 def device_problem(device: str) -> Optional[str]:

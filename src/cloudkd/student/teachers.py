@@ -155,6 +155,10 @@ def nnunet_teacher_folds(workdir: os.PathLike | str, val_fold: int, val_chip_ids
                             f"were trained on those validation chips; {how}")
         raise DataError(f"--teacher-folds: fold(s) {missing} not trained in {ws.root} (trained folds: {trained}); "
                         f"{how}")
+    from ..teacher.model import check_checkpoint
+
+    for f in chosen:  # a damaged checkpoint (a killed training) is named now, before a run folder is touched
+        check_checkpoint(Path(info["model_folder"]) / f"fold_{f}" / "checkpoint_final.pth", f)
     splits_file = ws.preprocessed / str(info.get("dataset_name")) / "splits_final.json"
     splits = json.loads(splits_file.read_text()) if splits_file.is_file() else None
     val = set(val_chip_ids)

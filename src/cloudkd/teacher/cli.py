@@ -7,14 +7,20 @@ from typing import List, Optional
 
 import typer
 
-from ..common.cli import (at_least, check, device_check, exclude_option, fail, finite, output_check, side, split_option,
-                          stage_app, threshold_option)
+from ..common.cli import (at_least, check, check_memory, device_check, exclude_option, fail, finite, output_check,
+                          side, split_option, stage_app, threshold_option)
 from ..common.errors import DataError
 from .plans import LOSSES, OPTIMIZERS, TEACHER_RECIPES as RECIPES, Budget as B
-from .workspace import DEFAULT_DATASET_ID, DEFAULT_NAME
+from .workspace import DEFAULT_DATASET_ID, DEFAULT_NAME, name_problem
 
 app = stage_app("3. Teacher: the nnU-Net v2 teacher: prepare, train (budget or nnU-Net defaults), predict, info.")
 
+
+#: nnU-Net 2d training memory per pixel of batch x patch^2 at 32 features in the first stage (an estimate, low
+#: rather than high: activations of encoder and decoder with gradients, about 3 KB/px; wider plans scale with it)
+TEACHER_BYTES_PER_PIXEL = 3000
+#: the patch side of nnU-Net's own 2d plan for 512-px chips (used when --batch is given without a budget patch)
+NNUNET_2D_PATCH = 512
 
 #: nnU-Net dataset ids have three digits
 DATASET_ID = check(lambda v: None if 1 <= v <= 999 else f"nnU-Net dataset ids have three digits (1-999), got {v}")
@@ -26,7 +32,8 @@ def teacher_prepare(
     data: Path = typer.Argument(..., help="Dataset root (On Cloud N layout, with train_labels)."),
     workdir: Path = typer.Option(Path("runs/nnunet"), callback=output_check, help=WORKDIR_HELP),
     dataset_id: int = typer.Option(DEFAULT_DATASET_ID, callback=DATASET_ID, help="nnU-Net dataset id (3 digits)."),
-    name: str = typer.Option(DEFAULT_NAME, help="nnU-Net dataset name."),
+    name: str = typer.Option(DEFAULT_NAME, callback=check(name_problem), help="nnU-Net dataset name (letters, "
+                                                                              "digits, '_', '-', '.')."),
     folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV (default: make --k location folds)."),
     k: int = typer.Option(5, callback=at_least(2), help="Number of location-grouped folds when no --folds is given."),
     seed: int = typer.Option(0, callback=at_least(0), help="Seed for the folds."),
@@ -93,13 +100,16 @@ def teacher_train(
     resume: bool = typer.Option(False, "--continue", help="Resume the last run started in WORKDIR from nnU-Net's "
                                                           "latest checkpoint, with its recorded settings (options "
                                                           "given override them, e.g. --epochs to extend it)."),
-    force: bool = typer.Option(False, help="Retrain a fold that is already trained."),
+    force: bool = typer.Option(False, help="Retrain a fold that is already trained (the new fold replaces it when its "
+                                           "training has finished; until then the trained fold stays as it was)."),
     validate: bool = typer.Option(False, help="Run nnU-Net's full validation of the fold at the end."),
 ):
     """Plan + preprocess (2d) if needed, then train the teacher within a budget (CPU) or nnU-Net's defaults."""
     from .workspace import Workspace, default_device
     from .train import check_fold, resolve_budget, train
 
+    if resume and force:
+        fail("--continue extends the trained fold and --force replaces it: give one", 2)
     dev = default_device() if device == "auto" else device
     ws = Workspace(workdir)
     try:
@@ -110,6 +120,10 @@ def teacher_train(
     except (ValueError, DataError) as exc:
         fail(str(exc), 2)
     budget, run_seed, stock = run.budget, run.seed, run.stock
+    if batch is not None:  # like the student's check: an estimate, to refuse what cannot fit before planning
+        side_px, width = (budget.patch, budget.base_features) if budget else (patch or NNUNET_2D_PATCH, 32)
+        check_memory(TEACHER_BYTES_PER_PIXEL * width / 32 * batch * side_px * side_px,
+                     f"teacher training with --batch {batch} at patch {side_px}", device=dev)
     if budget:
         typer.echo(f"device {dev}; budget {budget}")
     else:
@@ -146,15 +160,27 @@ def teacher_predict(
 ):
     """Teacher masks and/or soft labels for a folder of chips (nnU-Net's own inference path)."""
     from ..common.io import claim_masks_folder
+    from ..common.outputs import check_masks_folder, outputs_apart
     from ..data.roots import resolve_split
     from .model import NnUNetTeacher, predict_folder
     from .workspace import Workspace, default_device
 
     if masks_out is None and soft_out is None:
         fail("nothing to write: give --masks-out and/or --soft-out", 2)
+    if masks_out is not None and soft_out is not None:
+        try:  # masks and soft labels are both {chip_id}.tif: one folder would mix (and replace) them
+            outputs_apart([masks_out], [soft_out])
+        except DataError:
+            fail(f"--masks-out {masks_out} and --soft-out {soft_out}: give two folders apart (each would replace "
+                 f"the other's {{chip_id}}.tif)", 2)
+    outputs_apart([masks_out, soft_out], [features, workdir])
+    for folder in (masks_out, soft_out):  # before the teacher is loaded (a minute for a large one)
+        if folder is not None:
+            check_masks_folder(folder)
     dev = default_device() if device == "auto" else device
     teacher = NnUNetTeacher.from_workspace(Workspace(workdir), folds=fold or None, tta=tta, device=dev)
     split = resolve_split(features, split_name)
+    outputs_apart([masks_out, soft_out], [split.features_dir])
     who = f"teacher {workdir.resolve()} folds {list(teacher.folds)} (threshold {threshold}, tta {tta})"
     for folder in (masks_out, soft_out):
         if folder is not None:

@@ -38,6 +38,23 @@ def teacher_record(workspace: Workspace) -> dict:
     return json.loads(workspace.teacher_json.read_text())
 
 
+def check_checkpoint(path: os.PathLike | str, fold: Optional[int] = None) -> Path:
+    """``path`` when it is a whole nnU-Net checkpoint, else a one-line DataError: missing, empty or cut short (a
+    training killed while it saved; torch saves a zip archive, whose directory is written last)."""
+    import zipfile
+
+    path = Path(path)
+    how = f"train fold {fold} first" if fold is not None else "train the teacher first"
+    if not path.is_file():
+        raise DataError(f"{path}: no trained teacher checkpoint ({how})")
+    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        again = f"cloudkd teacher train --fold {fold} --force" if fold is not None else "cloudkd teacher train --force"
+        why = "empty" if path.stat().st_size == 0 else "cut short or not a torch checkpoint"
+        raise DataError(f"{path}: a damaged checkpoint ({why}; a training killed while saving?); train it again "
+                        f"({again})")
+    return path
+
+
 class NnUNetTeacher:
     """Load a trained nnU-Net (one results folder, one or more folds) for inference in this process."""
 
@@ -48,9 +65,7 @@ class NnUNetTeacher:
 
         self.model_folder = Path(model_folder)
         for f in folds:
-            ck = self.model_folder / f"fold_{f}" / checkpoint
-            if not ck.is_file():
-                raise DataError(f"{ck}: no trained teacher checkpoint (train fold {f} first)")
+            check_checkpoint(self.model_folder / f"fold_{f}" / checkpoint, f)
         self.folds = tuple(int(f) for f in folds)
         self.tta = tta
         self.device = torch.device(device)

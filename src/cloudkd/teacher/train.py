@@ -18,9 +18,14 @@ from typing import Optional
 import numpy as np
 
 from ..common.errors import DataError
+from ..common.io import atomic_write
+from ..common.outputs import folder_lock, remove_tree, replace_on_success
 from .plans import Budget, add_budget_configuration, plan_and_preprocess, recipe
 from .workspace import BASE_CONFIGURATION, BUDGET_TRAINER, DEFAULT_DATASET_ID, DEFAULT_TRAINER, NNUNET_ITERS, PLANS, Workspace, augmentation_workers_env, default_device, dump_json, load_json, model_folder
 
+
+#: the results folder a retraining (--force) is built in, in WORKDIR, before it replaces the trained fold
+SIDE_RESULTS = ".nnUNet_results.cloudkd-new"
 
 #: budget fields that shape the run (a GPU uses nnU-Net's schedule and plan unless one of them is given)
 SHAPE_FIELDS = ("epochs", "iters_per_epoch", "val_iters", "patch", "batch", "base_features", "max_features", "norm",
@@ -117,6 +122,8 @@ def train(workspace: Workspace, dataset_id: int = DEFAULT_DATASET_ID, fold: int 
 
     if stock and (budget is not None or seed is not None):
         raise ValueError("nnU-Net's own trainer (stock) takes neither a budget nor a seed")
+    if force and continue_training:
+        raise ValueError("--continue extends the trained fold and --force replaces it: give one")
     # everything that can be wrong with the arguments is checked before anything is planned, written or deleted
     problem = device_problem(device) if device else None
     if problem:
@@ -131,25 +138,45 @@ def train(workspace: Workspace, dataset_id: int = DEFAULT_DATASET_ID, fold: int 
     t0 = time.perf_counter()
     reused = (fold_dir / "checkpoint_final.pth").is_file() and not force and not continue_training
     if not reused:
-        if force and fold_dir.exists():
-            shutil.rmtree(fold_dir)
         if budget is not None:
             run_env = budget.env()
         else:
             run_env = {} if stock else {"CLOUDKD_NNUNET_SEED": "" if seed is None else str(seed)}
-        dump_json(workspace.root / "training.json", {
-            "dataset_id": dataset_id, "configuration": configuration, "trainer": trainer_name,
-            "model_folder": str(folder), "fold": fold, "budget": asdict(budget) if budget else None,
-            "seed": budget.seed if budget else seed, "stock": stock})
-        with workspace.active({**augmentation_workers_env(device), **run_env}):
-            from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+        with folder_lock(fold_dir):  # a second training of this fold is refused while this one runs
+            record = workspace.root / "training.json"
+            old_record = record.read_bytes() if record.is_file() else None
+            dump_json(record, {
+                "dataset_id": dataset_id, "configuration": configuration, "trainer": trainer_name,
+                "model_folder": str(folder), "fold": fold, "budget": asdict(budget) if budget else None,
+                "seed": budget.seed if budget else seed, "stock": stock})
+            env = {**augmentation_workers_env(device), **run_env}
+            if force and fold_dir.exists():
+                # replacement on success: nnU-Net trains the fold under a side results folder (its own layout,
+                # WORKDIR/.nnUNet_results.cloudkd-new/<dataset>/<trainer__plans__configuration>/fold_K), which is
+                # swapped in for fold_K once its checkpoint_final.pth exists; a failed or killed retraining leaves
+                # the trained fold as it was
+                side = workspace.root / SIDE_RESULTS
+                built = side / folder.relative_to(workspace.results) / fold_dir.name
+                remove_tree(side)  # left by a retraining that was killed (under the fold's lock)
+                try:
+                    with replace_on_success(fold_dir, build=built):
+                        _run_nnunet(workspace, {**env, "nnUNet_results": str(side)}, dataset_id, configuration,
+                                    fold, trainer_name, False, device, validate)
+                        from .model import check_checkpoint
 
-            nnunet_trainer = get_trainer_from_args(str(dataset_id), configuration, fold, trainer_name, PLANS,
-                                                   continue_training, device=torch.device(device))
-            maybe_load_checkpoint(nnunet_trainer, continue_training, False, None)
-            nnunet_trainer.run_training()
-            if validate:
-                nnunet_trainer.perform_actual_validation(False)
+                        check_checkpoint(built / "checkpoint_final.pth", fold)
+                        for f in built.parent.iterdir():  # plans.json, dataset.json ... of the model folder
+                            if f.is_file():
+                                shutil.copy2(f, folder / f.name)
+                except BaseException:
+                    if old_record is not None:  # --continue still means the run that trained the old fold
+                        atomic_write(record, lambda t: Path(t).write_bytes(old_record))
+                    raise
+                finally:
+                    remove_tree(side)
+            else:
+                _run_nnunet(workspace, env, dataset_id, configuration, fold, trainer_name, continue_training, device,
+                            validate)
     ckpt = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     log = ckpt.get("logging", {})
     starts, ends = log.get("epoch_start_timestamps", []), log.get("epoch_end_timestamps", [])
@@ -163,6 +190,22 @@ def train(workspace: Workspace, dataset_id: int = DEFAULT_DATASET_ID, fold: int 
                          time.perf_counter() - t0, per_iter, reused, epoch_seconds)
     _record_teacher(workspace, dataset_id, result, budget)
     return result
+
+def _run_nnunet(workspace: Workspace, env: dict, dataset_id: int, configuration: str, fold: int, trainer_name: str,
+                continue_training: bool, device: str, validate: bool) -> None:
+    """nnU-Net's own training of one fold (``run_training``), in ``workspace``'s environment plus ``env``."""
+    import torch
+
+    with workspace.active(env):
+        from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+        nnunet_trainer = get_trainer_from_args(str(dataset_id), configuration, fold, trainer_name, PLANS,
+                                               continue_training, device=torch.device(device))
+        maybe_load_checkpoint(nnunet_trainer, continue_training, False, None)
+        nnunet_trainer.run_training()
+        if validate:
+            nnunet_trainer.perform_actual_validation(False)
+
 
 def _record_teacher(workspace: Workspace, dataset_id: int, result: TrainResult, budget: Optional[Budget]) -> None:
     """``teacher.json``: the model ``teacher predict`` uses by default (folds trained so far are listed)."""

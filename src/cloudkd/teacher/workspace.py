@@ -150,9 +150,23 @@ def _restore_plot_backend(backend: Optional[str]) -> None:
     matplotlib.use(backend)
 
 
+def name_problem(name: str) -> Optional[str]:
+    """None when ``name`` can name an nnU-Net dataset (a folder ``DatasetNNN_name`` that nnU-Net finds by its id):
+    letters, digits, '_', '-' and '.', starting with a letter or digit; else what is wrong."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name or ""):
+        return (f"{name!r} cannot name an nnU-Net dataset: use letters, digits, '_', '-' and '.' (starting with a "
+                f"letter or digit), e.g. {DEFAULT_NAME}")
+    return None
+
+
 def dataset_name(dataset_id: int, name: str = DEFAULT_NAME) -> str:
     if not 1 <= dataset_id <= 999:
         raise DataError(f"nnU-Net dataset ids have three digits (1-999), got {dataset_id}")
+    problem = name_problem(name)
+    if problem:
+        raise DataError(problem)
     return f"Dataset{dataset_id:03d}_{name}"
 
 def load_json(path: Path) -> dict:
