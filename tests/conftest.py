@@ -98,3 +98,22 @@ def snapshot(*roots):
                 st = (Path(dirpath) / name).lstat()
                 seen[str(Path(dirpath) / name)] = (st.st_size, st.st_mtime_ns)
     return seen
+
+
+def one_line_refusal(code, text, says=None):
+    """A refusal as the house rule wants it: exit 2, one line starting with 'error: ', no traceback."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert code == 2, text
+    assert "Traceback" not in text, text
+    assert len(lines) == 1 and lines[0].startswith("error: "), text
+    if says is not None:
+        assert says in lines[0], text
+
+
+def user_folder(path):
+    """A folder of the user's own (cloudkd did not write it)."""
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("the user's notes\n")
+    (path / "sub").mkdir()
+    (path / "sub" / "data.bin").write_bytes(b"\x01\x02")
+    return path

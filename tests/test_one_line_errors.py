@@ -4,16 +4,10 @@ downlink --thresholds). Each test failed on the code before its fix."""
 
 import pytest
 
-from conftest import invoke, snapshot
+from conftest import invoke, one_line_refusal, snapshot, user_folder
 
 
-def _one_line_refusal(code, text, says=None):
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert code == 2, text
-    assert "Traceback" not in text, text
-    assert len(lines) == 1 and lines[0].startswith("error: "), text
-    if says is not None:
-        assert says in lines[0], text
+_one_line_refusal = one_line_refusal
 
 
 @pytest.mark.parametrize("model", [

@@ -20,7 +20,7 @@ from affine import Affine
 
 from cloudkd.common.errors import DataError
 from cloudkd.common import outputs as O
-from conftest import invoke, make_dataset, snapshot
+from conftest import invoke, make_dataset, snapshot, user_folder
 
 EMPTY_ZIP = b"PK\x05\x06" + b"\0" * 18
 
@@ -34,12 +34,7 @@ def _one_line_refusal(code, text, says=None):
         assert says in lines[-1], text
 
 
-def _user_folder(path):
-    path.mkdir(parents=True)
-    (path / "notes.txt").write_text("the user's notes\n")
-    (path / "sub").mkdir()
-    (path / "sub" / "data.bin").write_bytes(b"\x01\x02")
-    return path
+_user_folder = user_folder
 
 
 def _real_dataset(root):

@@ -18,16 +18,10 @@ import pytest
 import torch
 
 from cloudkd.common import outputs as O
-from conftest import invoke, snapshot
+from conftest import invoke, one_line_refusal, snapshot, user_folder
 
 
-def _one_line_refusal(code, text, says=None):
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert code == 2, text
-    assert "Traceback" not in text, text
-    assert len(lines) == 1 and lines[0].startswith("error: "), text
-    if says is not None:
-        assert says in lines[0], text
+_one_line_refusal = one_line_refusal
 
 
 def _train(data, out, *extra):
@@ -35,12 +29,7 @@ def _train(data, out, *extra):
             "--crop", 32, "--accelerator", "cpu", *extra]
 
 
-def _user_folder(path):
-    path.mkdir(parents=True)
-    (path / "notes.txt").write_text("the user's notes\n")
-    (path / "sub").mkdir()
-    (path / "sub" / "data.bin").write_bytes(b"\x01\x02")
-    return path
+_user_folder = user_folder
 
 
 def _no_build_beside(folder):
