@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from cloudkd.cli import app
-from cloudkd.data import load_index, normalise, read_chip, resolve_split
+from cloudkd.data import load_index, normalise, read_chip, read_label, resolve_split
 from cloudkd.data.augment import Augment, cloud_paste
 from cloudkd.data.soft import write_soft
 from cloudkd.onboard.export import export_onnx
@@ -506,6 +506,52 @@ def test_offline_distillation_on_unlabelled_chips(small_data, smoothed_soft, tmp
     (soft / f"{test.chip_ids()[3]}.tif").unlink()
     with pytest.raises(Exception, match=f"no soft label for 1 chip.*{test.chip_ids()[3]}"):
         CloudDataModule(small_data, soft_dir=soft, unlabelled=test.features_dir, with_labels=False).setup()
+
+
+def test_labels_and_an_unlabelled_pool_mix_the_labels_loss_skips_the_unlabelled_chips(small_data, tmp_path):
+    """--unlabelled with labels (label weight > 0): every sample carries ``labelled``; the unlabelled ones a
+    placeholder mask that the loss on labels leaves out (changing it changes nothing, changing a labelled one
+    does), the KD loss covers all; a run mixing both trains from the CLI and records the pool."""
+    from cloudkd.data.datamodule import CloudDataModule
+    from cloudkd.student.distill import LossConfig, bce_dice
+
+    test = resolve_split(small_data, "test")
+    dm = CloudDataModule(small_data, unlabelled=test.features_dir, with_labels=True, augment=False)
+    dm.setup()
+    n_lab = len(dm.train_index)
+    flags = [float(dm.train_set[i]["labelled"]) for i in range(len(dm.train_set))]
+    assert flags == [1.0] * n_lab + [0.0] * len(test.chip_ids())
+    unl = dm.train_set[len(dm.train_set) - 1]
+    assert unl["chip_id"] in test.chip_ids() and not unl["mask"].any()
+    lab = dm.train_set[0]
+    np.testing.assert_array_equal(lab["mask"][0].numpy(), read_label(resolve_split(small_data).labels_dir /
+                                                                    f"{lab['chip_id']}.tif") > 0)
+    g = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(4, 1, 16, 16, generator=g), torch.randn(4, 1, 16, 16, generator=g)
+    target = (torch.rand(4, 1, 16, 16, generator=g) > 0.5).float()
+    labelled = torch.tensor([[1.0], [0.0], [1.0], [0.0]])
+    loss = LossConfig(label_weight=1.0, kd_weight=1.0, kd="pixel")
+    parts = loss(logits, target, teacher, labelled)
+    assert torch.isclose(parts["hard"], bce_dice(logits[[0, 2]], target[[0, 2]]))
+    other = target.clone()
+    other[1] = 1 - other[1]
+    assert torch.equal(loss(logits, other, teacher, labelled)["hard"], parts["hard"])
+    other[0] = 1 - other[0]
+    assert not torch.isclose(loss(logits, other, teacher, labelled)["hard"], parts["hard"])
+    none = loss(logits, target, teacher, torch.zeros(4, 1))
+    assert none["hard"].item() == 0.0 and torch.isclose(none["loss"], none["kd"])
+    assert not torch.isclose(loss(logits, target, teacher)["hard"], parts["hard"])  # all four without the flags
+    fit(_cfg(small_data, tmp_path / "t", model="unet-xs", epochs=1, crop=64))
+    onnx_path = tmp_path / "teacher.onnx"
+    export_onnx(load_student(tmp_path / "t"), onnx_path, dynamic=True, size=64)
+    r = runner.invoke(app, ["distill", str(small_data), "--out", str(tmp_path / "run"), "--teacher-onnx",
+                            str(onnx_path), "--unlabelled", str(test.features_dir), "--model", "unet-xs",
+                            "--epochs", "1", "--batch", "40", "--crop", "64", "--accelerator", "cpu"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    info = json.loads((tmp_path / "run" / "student.json").read_text())
+    assert info["config"]["unlabelled"] == str(test.features_dir) and info["config"]["label_weight"] > 0
+    metrics = pd.read_csv(next((tmp_path / "run" / "logs").rglob("metrics.csv")))
+    assert np.isfinite(metrics["train_kd"].dropna()).all() and np.isfinite(metrics["train_hard"].dropna()).all()
 
 
 def test_cli_distill_then_predict_writes_one_valid_mask_per_chip(small_data, smoothed_soft, tmp_path):

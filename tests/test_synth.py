@@ -90,6 +90,43 @@ def test_rerun_reuses_and_refuses_other_config(tmp_path):
     assert synthesize(tmp_path / "d", other, workers=1, progress=False).reused
 
 
+def test_unlabelled_pool_adds_chips_without_labels_at_train_locations_and_changes_nothing_else(tmp_path):
+    """synth --n-unlabelled: a third split, unlabelled_features/ + unlabelled_metadata.csv and no labels, drawn at
+    the train locations only, with ids of their own; the train and test chips are byte for byte those of the same
+    dataset without the pool (their own random stream), so a study can add a pool to the demo's dataset."""
+    from typer.testing import CliRunner
+
+    from cloudkd.cli import app
+
+    base = SynthConfig(n_train=5, n_test=3, size=48, seed=4)
+    plain, pooled = tmp_path / "plain", tmp_path / "pooled"
+    synthesize(plain, base, workers=1, progress=False)
+    r = CliRunner().invoke(app, ["data", "synth", str(pooled), "--n-train", "5", "--n-test", "3", "--size", "48",
+                                 "--seed", "4", "--n-unlabelled", "7", "--workers", "1", "--no-preview"])
+    assert r.exit_code == 0, r.output
+    assert "wrote 15 chips" in r.output
+    for split in ("train", "test"):
+        for sub in (f"{split}_features", f"{split}_labels", f"{split}_metadata.csv"):
+            assert _digest(plain / sub) == _digest(pooled / sub) if (plain / sub).is_dir() else \
+                (plain / sub).read_bytes() == (pooled / sub).read_bytes()
+    assert not (pooled / "unlabelled_labels").exists()
+    pool = resolve_split(pooled, "unlabelled")
+    ids = pool.chip_ids()
+    assert len(ids) == 7 and not set(ids) & set(resolve_split(pooled, "train").chip_ids() +
+                                               resolve_split(pooled, "test").chip_ids())
+    meta = pd.read_csv(pooled / "unlabelled_metadata.csv")
+    train_locs, test_locs = split_locations(base)
+    assert set(meta["location"]) <= {loc.name for loc in train_locs}
+    for cid in ids:
+        assert read_chip(pool.chip_dir(cid)).shape == (4, 48, 48)
+    # the same config again is reused; a pool of another size is another dataset
+    again = CliRunner().invoke(app, ["data", "synth", str(pooled), "--n-train", "5", "--n-test", "3", "--size",
+                                     "48", "--seed", "4", "--n-unlabelled", "7", "--workers", "1", "--no-preview"])
+    assert again.exit_code == 0 and "already holds this dataset" in again.output
+    with pytest.raises(ValueError, match="n_unlabelled"):
+        SynthConfig(n_train=5, n_unlabelled=-1)
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="difficulty"):
         SynthConfig(difficulty=1.5)

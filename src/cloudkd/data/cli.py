@@ -35,6 +35,9 @@ def synth(
                                       help="Share of train chips (0-0.5) given a wrong label of a real kind (swap, "
                                            "shift, empty, full, nodata), recorded per chip in "
                                            "train_synth_info.csv; test labels stay clean. 0 = none."),
+    n_unlabelled: int = typer.Option(0, callback=at_least(0), help="Extra chips without labels at the train "
+                                                                 "locations, in OUT/unlabelled_features (a pool to "
+                                                                 "distil on: student distill --unlabelled)."),
     workers: int = typer.Option(0, callback=at_least(0), help="Processes (0 = one per core)."),
     overwrite: bool = typer.Option(False, help="Replace whatever is in OUT."),
     preview: bool = typer.Option(True, help="Write OUT/preview.png with sample chips."),
@@ -46,7 +49,8 @@ def synth(
 
     try:
         cfg = SynthConfig(n_train=n_train, n_test=n_test, size=size, seed=seed, difficulty=difficulty,
-                          label_style=label_style, label_threshold=label_threshold, label_noise=label_noise)
+                          label_style=label_style, label_threshold=label_threshold, label_noise=label_noise,
+                          n_unlabelled=n_unlabelled)
     except ValueError as exc:
         fail(str(exc), 2)
     import os
@@ -58,7 +62,7 @@ def synth(
     if res.reused:
         typer.echo(f"{out}: already holds this dataset (same config); nothing to do")
     else:
-        n = n_train + n_test
+        n = n_train + n_test + n_unlabelled
         typer.echo(f"wrote {n} chips to {out} in {res.seconds:.1f} s ({1000 * res.seconds / n:.0f} ms/chip)")
     if preview:
         split = resolve_split(out, "train" if n_train else "test")

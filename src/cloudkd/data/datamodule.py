@@ -1,7 +1,7 @@
 """Lightning data module: location-grouped folds, augmented training chips, whole validation chips.
 
-Training uses the chips outside ``val_fold`` (plus, optionally, a folder of unlabelled chips for pure
-distillation; offline, ``soft_dir`` then holds the soft labels of those chips too: one folder for all the
+Training uses the chips outside ``val_fold`` (plus, optionally, a pool of unlabelled chips to distil on: with
+labels, each sample says whether it is labelled and the loss on labels skips the others; offline, ``soft_dir`` then holds the soft labels of those chips too: one folder for all the
 training chips, e.g. ``cloudkd teacher predict --soft-out DIR`` run on both feature folders), with
 :class:`cloudkd.data.augment.Augment` (random crop, flips, rot90, light affine) applied to image, label and soft
 label together. Validation uses the whole chips of ``val_fold`` (locations never seen
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from typing import Optional
+from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
@@ -75,8 +76,6 @@ class CloudDataModule(pl.LightningDataModule):
         self.batch_size, self.val_batch_size, self.crop = batch_size, val_batch_size, crop
         self.soft_dir, self.unlabelled = soft_dir, unlabelled
         self.with_labels, self.num_workers, self.augment, self.seed = with_labels, num_workers, augment, seed
-        if unlabelled is not None and with_labels:
-            raise DataError("unlabelled training chips need a loss without labels (label weight 0)")
         self.train_index: Optional[pd.DataFrame] = None
         self.val_index: Optional[pd.DataFrame] = None
 
@@ -110,12 +109,19 @@ class CloudDataModule(pl.LightningDataModule):
             return
         self.setup_index()
         tf = Augment(self.crop, seed=self.seed + 100_003 * self._rank_world()[0]) if self.augment else None
-        sets = [ChipDataset(self.train_index, transform=tf, with_labels=self.with_labels, soft_dir=self.soft_dir)]
+        # with labels and an unlabelled pool, every sample says whether it is labelled (the loss on labels leaves
+        # the others out) and the unlabelled ones carry a placeholder mask, so that mixed batches collate
+        mixed = True if self.unlabelled is not None and self.with_labels else None
+        sets = [ChipDataset(self.train_index, transform=tf, with_labels=self.with_labels, soft_dir=self.soft_dir,
+                            labelled_flag=mixed)]
         if self.unlabelled is not None:
-            extra = load_index(resolve_split(self.unlabelled), require_labels=False)
+            pool = Path(self.unlabelled)
+            extra = load_index(resolve_split(pool, "unlabelled" if (pool / "unlabelled_features").is_dir() else None),
+                               require_labels=False)
             # the same soft-label folder: every training sample then carries the same keys (a batch mixing
             # labelled and unlabelled chips collates), and a chip without its soft label is named up front
-            sets.append(ChipDataset(extra, transform=tf, with_labels=False, soft_dir=self.soft_dir))
+            sets.append(ChipDataset(extra, transform=tf, with_labels=False, soft_dir=self.soft_dir,
+                                    labelled_flag=False if mixed else None))
         self.train_set = sets[0] if len(sets) == 1 else ConcatDataset(sets)
         self.val_set = ChipDataset(self.val_index, with_labels=True)
 

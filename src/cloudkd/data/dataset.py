@@ -51,8 +51,13 @@ class ChipDataset(Dataset):
     """Chips of a table made by :func:`cloudkd.data.chips.load_index` (or a subset of it, e.g. one fold)."""
 
     def __init__(self, index: pd.DataFrame, transform: Optional[Callable[[Dict], Dict]] = None,
-                 with_labels: Optional[bool] = None, soft_dir: Optional[os.PathLike | str] = None):
+                 with_labels: Optional[bool] = None, soft_dir: Optional[os.PathLike | str] = None,
+                 labelled_flag: Optional[bool] = None):
+        """``labelled_flag`` (for a set mixing labelled and unlabelled chips): every sample gets ``labelled``
+        (1.0 or 0.0), and the unlabelled ones (False) an all-clear placeholder ``mask`` that the loss leaves out,
+        so that batches of both collate."""
         self.index = index.reset_index(drop=True)
+        self.labelled_flag = labelled_flag
         has = "label" in self.index.columns and bool(len(self.index)) and all(self.index["label"].astype(bool))
         if with_labels and not has:
             raise ValueError("with_labels=True but the chip table has no label paths")
@@ -74,6 +79,10 @@ class ChipDataset(Dataset):
         sample: Dict[str, object] = {"image": normalise(refl)}
         if self.with_labels:
             sample["mask"] = read_label(row["label"], refl.shape[1:]).astype(np.float32)[None]
+        elif self.labelled_flag is False:
+            sample["mask"] = np.zeros((1,) + refl.shape[1:], np.float32)
+        if self.labelled_flag is not None:
+            sample["labelled"] = np.float32(bool(self.with_labels and self.labelled_flag))
         if self.soft_dir is not None:
             sample["soft"] = read_soft(self.soft_dir / f"{row['chip_id']}.tif", refl.shape[1:])[None]
         if self.transform is not None:

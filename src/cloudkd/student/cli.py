@@ -196,7 +196,10 @@ def _train_options(distill: bool):
         teacher_onnx=typer.Option(None, help="Online teacher: any ONNX segmentation model (normalised input)."),
         onnx_output=typer.Option(C.teacher_onnx_output, help="What the ONNX teacher outputs: logits or "
                                                              "probabilities."),
-        unlabelled=typer.Option(None, help="Extra unlabelled chips to distil on (needs --label-weight 0)."),
+        unlabelled=typer.Option(None, help="Extra chips without labels to distil on: a *_features folder or a "
+                                           "dataset root (its unlabelled_features/, from synth "
+                                           "--n-unlabelled). The teacher's loss covers every chip, the "
+                                           "labels' loss the labelled ones."),
         steps=typer.Option(None, callback=at_least(1), help="Training steps per epoch (default: one pass over the "
                                                             "chips)."),
         accelerator=typer.Option(C.accelerator, help="auto, cpu, gpu."),

@@ -46,7 +46,7 @@ class TrainConfig:
     #: its validation labels; another needs ``allow_teacher_leak``, see student.teachers.nnunet_teacher_folds)
     teacher_folds: Optional[List[int]] = None
     allow_teacher_leak: bool = False
-    unlabelled: Optional[str] = None  # extra unlabelled chips (label_weight must be 0)
+    unlabelled: Optional[str] = None  # extra chips without labels: KD loss only (the labels' loss on the labelled chips)
     cloud_paste: float = 0.0  # probability of pasting a batch-mate's labelled cloud onto a low-cover chip
     boundary_ignore: int = 0  # px around label outlines left out of the hard loss
     seed: int = 0

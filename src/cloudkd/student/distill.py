@@ -124,14 +124,21 @@ class LossConfig:
             raise ValueError("boundary_ignore must be >= 0 pixels")
 
     def __call__(self, logits: torch.Tensor, target: Optional[torch.Tensor] = None,
-                 teacher_logits: Optional[torch.Tensor] = None) -> dict:
-        """Total loss and its parts (dict of tensors: ``loss``, ``hard``, ``kd``)."""
+                 teacher_logits: Optional[torch.Tensor] = None, labelled: Optional[torch.Tensor] = None) -> dict:
+        """Total loss and its parts (dict of tensors: ``loss``, ``hard``, ``kd``). ``labelled`` (N values of 0/1,
+        batches mixing labelled and unlabelled chips): the loss on labels is taken over the labelled samples only
+        (0 when there is none); the KD loss over all."""
         parts = {}
         total = logits.new_zeros(())
         if self.label_weight > 0:
             if target is None:
                 raise ValueError("label_weight > 0 needs labels")
-            parts["hard"] = bce_dice(logits, target, ignore_band=self.boundary_ignore)
+            if labelled is not None:
+                keep = labelled.reshape(-1) > 0.5
+                parts["hard"] = bce_dice(logits[keep], target[keep], ignore_band=self.boundary_ignore) \
+                    if bool(keep.any()) else logits.sum() * 0.0
+            else:
+                parts["hard"] = bce_dice(logits, target, ignore_band=self.boundary_ignore)
             total = total + self.label_weight * parts["hard"]
         if self.kd_weight > 0:
             if teacher_logits is None:

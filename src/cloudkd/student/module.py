@@ -91,7 +91,8 @@ class StudentModule(pl.LightningModule):
                 self._paste_gen = torch.Generator().manual_seed(1000 * self.hparams.seed + self.global_rank)
             cloud_paste(batch, self.hparams.cloud_paste, self._paste_gen)
         logits = self(batch["image"])
-        parts = self.loss(logits, batch.get("mask"), self._teacher_logits(batch) if self.loss.kd_weight else None)
+        parts = self.loss(logits, batch.get("mask"), self._teacher_logits(batch) if self.loss.kd_weight else None,
+                          batch.get("labelled"))
         for k, v in parts.items():
             self.log(f"train_{k}", v, prog_bar=k == "loss", on_step=False, on_epoch=True,
                      batch_size=logits.shape[0])

@@ -161,6 +161,10 @@ class SynthConfig:
     #: "empty" (cloud fraction >= 0.3), "full" (<= 0.05), "nodata" (nodata wedge labelled cloud); see
     #: :func:`apply_label_noise`. Test labels stay clean. 0 (the default) writes exactly what it wrote before.
     label_noise: float = 0.0
+    #: chips written without labels to ``unlabelled_features/`` (``unlabelled_metadata.csv``), drawn at the TRAIN
+    #: locations from their own random stream (train and test chips are unchanged by it): the unlabelled pool that
+    #: real users have without limit, for distillation (``cloudkd student distill --unlabelled``). 0 = none.
+    n_unlabelled: int = 0
 
     def __post_init__(self):
         if self.size < 32:
@@ -175,7 +179,11 @@ class SynthConfig:
             raise ValueError(f"label_threshold must be in (0, 1), got {self.label_threshold}")
         if self.n_train < 0 or self.n_test < 0 or self.n_train + self.n_test == 0:
             raise ValueError("need at least one chip (n_train + n_test > 0)")
-        if self.n_train + self.n_test > 26 ** 4:
+        if self.n_unlabelled < 0:
+            raise ValueError(f"n_unlabelled must be >= 0, got {self.n_unlabelled}")
+        if self.n_unlabelled and not self.n_train:
+            raise ValueError("unlabelled chips are drawn at the train locations: they need n_train > 0")
+        if self.n_train + self.n_test + self.n_unlabelled > 26 ** 4:
             raise ValueError("at most 26^4 chips (ids are 4 lower-case letters)")
         if not 0.0 <= self.label_noise <= 0.5:  # NaN fails too
             raise ValueError(f"label_noise must be in [0, 0.5], got {self.label_noise}")
@@ -626,6 +634,10 @@ def split_locations(cfg: SynthConfig) -> Tuple[List[Location], List[Location]]:
     return train, test
 
 
+#: the random stream of the unlabelled chips' plan (seeded with (seed, 20211108, this))
+UNLABELLED_STREAM = int.from_bytes(b"unlabelled", "big")
+
+
 def plan_dataset(cfg: SynthConfig) -> List[ChipPlan]:
     """Deterministic plan of every chip (id, split, location, datetime, seed, georeference)."""
     rng = np.random.default_rng([cfg.seed, 20211108])
@@ -653,6 +665,18 @@ def plan_dataset(cfg: SynthConfig) -> List[ChipPlan]:
         step = cfg.size * 10.0
         plans.append(ChipPlan(chip_id, split, loc.name, dates[int(rng.integers(2))],
                               int(rng.integers(2 ** 31 - 1)), e0 + gx * step, n0 - gy * step))
+    if cfg.n_unlabelled:
+        # their own stream, after the labelled chips: a dataset with them has the same train and test chips
+        urng = np.random.default_rng([cfg.seed, 20211108, UNLABELLED_STREAM])
+        taken = set(ids)
+        uids = [c for c in _chip_ids(urng, cfg.n_unlabelled + len(taken)) if c not in taken][: cfg.n_unlabelled]
+        for chip_id in uids:
+            loc = train_locs[int(urng.integers(len(train_locs)))]
+            dates, e0, n0 = loc_info[loc.name]
+            gx, gy = urng.integers(0, 21, size=2)
+            step = cfg.size * 10.0
+            plans.append(ChipPlan(chip_id, "unlabelled", loc.name, dates[int(urng.integers(2))],
+                                  int(urng.integers(2 ** 31 - 1)), e0 + gx * step, n0 - gy * step))
     return plans
 
 
@@ -676,7 +700,8 @@ def _write_chip(args) -> Tuple[str, float, str, int]:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    write_mask(Path(root) / f"{plan.split}_labels" / f"{plan.chip_id}.tif", out["label"], tags)
+    if plan.split != "unlabelled":
+        write_mask(Path(root) / f"{plan.split}_labels" / f"{plan.chip_id}.tif", out["label"], tags)
     return plan.chip_id, float(out["label"].mean()), str(out["regime"]), int(np.count_nonzero(out["dn"][0] == 0))
 
 
@@ -907,8 +932,9 @@ def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), worker
     root = Path(root)
     stamp = root / "synth.json"
     want = asdict(cfg)
-    if not cfg.label_noise:  # recorded only when used: clean datasets keep the stamp (and reuse) they had before
-        del want["label_noise"]
+    for name in ("label_noise", "n_unlabelled"):  # recorded only when used: datasets without them keep the stamp
+        if not want[name]:                          # (and the reuse) they had before
+            del want[name]
     if claim_root(root, stamp, want, overwrite):
         return SynthResult(root, cfg.n_train, cfg.n_test, 0.0, True)
 
@@ -943,7 +969,7 @@ def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), worker
     # label noise last: it needs other chips' labels; before the stamp, so an interrupted run stays unfinished
     noise = apply_label_noise(root, cfg, plans, frac, {cid: k for cid, _, _, k in results}) \
         if cfg.label_noise else {}
-    for split in ("train", "test"):
+    for split in ("train", "test", "unlabelled"):
         rows = [p for p in plans if p.split == split]
         if not rows:
             continue
