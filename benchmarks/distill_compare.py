@@ -1,30 +1,35 @@
 """Does distillation help? The same student at the same budget, trained on labels only and distilled from the
-nnU-Net teacher (online pixel KD, online CWD, offline pixel KD), over several truly seeded runs, scored on the
-held-out generated test split with the leaderboard metric.
+nnU-Net teacher (online pixel KD, online CWD, offline pixel KD, online CWD with an unlabelled pool), over several
+truly seeded runs, for each student model, scored on the held-out generated test split and on the labelled real
+chips with the leaderboard metric.
 
-    python benchmarks/distill_compare.py --demo runs/demo --data data/generated/demo \
-        --teacher runs/demo/nnunet --seeds 0 1 2 [--runs labels online_pixel online_cwd offline] [--epochs 10]
+    python benchmarks/distill_compare.py --demo runs/demo --data data/generated/demo --teacher runs/demo/nnunet \
+        --models unet-s unet-s2d2 --seeds 0 1 2 [--runs labels online_pixel online_cwd offline pool_cwd]
 
-Every run trains unet-s on the fold-0 training chips of the demo (``DEMO/folds.csv``) with the demo's student
+Every run trains its model on the fold-0 training chips of the demo (``DEMO/folds.csv``) with the demo's student
 budget (``cloudkd.demo.StudentBudget``: epochs, batch, crop, learning rate, T, KD weight), selects its best
 epoch on the fold-0 validation locations and is scored on the test split (other locations). ``--seed`` seeds
-initialisation, data order and augmentation. Both modes distil from teacher fold 0, the only fold that has not
+initialisation, data order and augmentation. Every KD mode distils from teacher fold 0, the only fold that has not
 seen the fold-0 validation labels (online: ``fit``'s default, the student's validation fold); the offline run
 reads that fold's soft labels of the training chips from ``TEACHER/soft_train_fold0`` (written on the first use).
 Teacher logits are capped alike in both modes (``cloudkd.student.distill.LOGIT_CAP``).
 
-Writes (a finished run+seed already in the CSV is reused):
+``pool_cwd`` adds the unlabelled pool ``--pool`` (the demo's dataset written again with ``cloudkd data synth ...
+--n-unlabelled 640``: the same train and test chips, and 640 chips without labels at the train locations) to the
+training chips: the labels' loss on the labelled ones, CWD from the teacher on all. It keeps the labels-only
+run's steps per epoch, so it costs the same compute and sees the pool in place of repeated labelled chips.
 
-* ``--csv`` (default ``benchmarks/results/distill_seeds.csv``): one row per run and seed, columns ``run, seed,
-  params, teacher_test_jaccard, val_jaccard, test_jaccard, train_s``;
-* the same name with ``.md``: mean ± sd per run, and ``--png`` (default ``docs/distill_seeds.png``): a chart of it;
-* with ``--real`` (default ``../shared/data/real_labelled`` when present): every student also scored on those
-  labelled real chips, ``distill_seeds_real.csv`` beside the CSV (``run, seed, real_jaccard, precision, recall``)
-  and a column in the ``.md``.
+Writes (a finished run + model + seed already in the CSV is reused):
+
+* ``--csv`` (default ``benchmarks/results/distill_seeds.csv``): one row per run, model and seed, columns ``run,
+  model, seed, params, teacher_test_jaccard, val_jaccard, test_jaccard, test_precision, test_recall,
+  real_jaccard, real_precision, real_recall, train_s`` (real: the ``--real`` labelled chips, default
+  ``../shared/data/real_labelled`` when present);
+* the same name with ``.md``: mean ± sd per run and model, and ``--png`` (default ``docs/distill_seeds.png``).
 
 Optional runs: ``resnet34`` (the smp U-Net/ResNet-34 benchmark model, labels only); ``online_cwd_s2d2`` and
-``online_cwd_s2d4``, ``online_cwd_s2d2r``, the on-board candidates (space-to-depth stems) with the demo student's recipe, which
-``benchmarks/student_candidates.py --seeds-csv`` puts on its Pareto front:
+``online_cwd_s2d4``, ``online_cwd_s2d2r``, the on-board candidates (space-to-depth stems) with the demo student's
+recipe, which ``benchmarks/student_candidates.py --seeds-csv`` puts on its Pareto front:
 
     python benchmarks/distill_compare.py --runs online_cwd online_cwd_s2d2 online_cwd_s2d4 --seeds 0 1 2 \
         --csv benchmarks/results/student_candidates_seeds.csv --png docs/student_candidates_seeds.png
@@ -32,6 +37,7 @@ Optional runs: ``resnet34`` (the smp U-Net/ResNet-34 benchmark model, labels onl
 
 import argparse
 import csv
+import sys
 import time
 from pathlib import Path
 
@@ -55,13 +61,19 @@ RUNS = {
     "online_pixel": dict(model="unet-s", online=True, kd="pixel"),
     "online_cwd": dict(model="unet-s", online=True, kd="cwd"),
     "offline": dict(model="unet-s", soft=True, kd="pixel"),
+    # online CWD on the labelled chips plus the unlabelled pool (--pool), at the labels-only run's steps per epoch
+    "pool_cwd": dict(model="unet-s", online=True, kd="cwd", pool=True),
     "resnet34": dict(model="smp:Unet:resnet34", kd_weight=0.0),
     # the on-board candidates of issue 18 with the demo student's recipe (online CWD from the teacher)
     "online_cwd_s2d2": dict(model="unet-s2d2", online=True, kd="cwd"),
     "online_cwd_s2d4": dict(model="unet-s2d4", online=True, kd="cwd"),
     "online_cwd_s2d2r": dict(model="unet-s2d2r", online=True, kd="cwd"),
 }
-COLUMNS = ["run", "seed", "params", "teacher_test_jaccard", "val_jaccard", "test_jaccard", "train_s"]
+COLUMNS = ["run", "model", "seed", "params", "teacher_test_jaccard", "val_jaccard", "test_jaccard", "test_precision",
+           "test_recall", "real_jaccard", "real_precision", "real_recall", "train_s"]
+#: the student models of the study (``--models``); a run whose spec names another model (resnet34, the s2d
+#: candidates) keeps it
+MODELS = ("unet-s", "unet-s2d2")
 
 
 def teacher_test_jaccard(ws: Workspace, test, out: Path) -> float:
@@ -104,17 +116,32 @@ def fit_and_score(cfg: TrainConfig, test, real=None) -> dict:
     return row
 
 
+def _key(r) -> tuple:
+    """A row's run and model (rows written before the model column: the run's own model)."""
+    return r["run"], r.get("model") or RUNS[r["run"]]["model"]
+
+
 def summarise(rows):
     out = []
-    for run in dict.fromkeys(r["run"] for r in rows):
-        v = np.array([float(r["test_jaccard"]) for r in rows if r["run"] == run])
-        val = np.array([float(r["val_jaccard"]) for r in rows if r["run"] == run])
-        secs = np.array([float(r["train_s"]) for r in rows if r["run"] == run])
-        out.append({"run": run, "seeds": len(v), "params": int(next(r["params"] for r in rows if r["run"] == run)),
-                    "test_jaccard_mean": round(v.mean(), 4), "test_jaccard_sd": round(v.std(ddof=1), 4)
-                    if len(v) > 1 else None, "val_jaccard_mean": round(val.mean(), 4),
-                    "train_s_mean": round(secs.mean())})
+    for run, model in dict.fromkeys(_key(r) for r in rows):
+        mine = [r for r in rows if _key(r) == (run, model)]
+        v = np.array([float(r["test_jaccard"]) for r in mine])
+        val = np.array([float(r["val_jaccard"]) for r in mine])
+        secs = np.array([float(r["train_s"]) for r in mine])
+        real = np.array([float(r["real_jaccard"]) for r in mine if r.get("real_jaccard") not in (None, "")])
+        sd = (lambda a: round(a.std(ddof=1), 4) if len(a) > 1 else None)
+        out.append({"run": run, "model": model, "seeds": len(v), "params": int(mine[0]["params"]),
+                    "test_jaccard_mean": round(v.mean(), 4), "test_jaccard_sd": sd(v),
+                    "real_jaccard_mean": round(real.mean(), 4) if len(real) else None, "real_jaccard_sd": sd(real),
+                    "val_jaccard_mean": round(val.mean(), 4), "train_s_mean": round(secs.mean())})
     return out
+
+
+def labelled_steps(folds: Path, batch: int, val_fold: int = 0) -> int:
+    """Steps per epoch of the labels-only run: one pass over the training chips of ``val_fold`` (last batch
+    dropped), the budget a pool run keeps so that it costs the same compute."""
+    n = sum(1 for r in csv.DictReader(folds.open()) if int(r["fold"]) not in (val_fold, -1))
+    return max(1, n // batch)
 
 
 def main():
@@ -123,8 +150,12 @@ def main():
     ap.add_argument("--demo", default="runs/demo")
     ap.add_argument("--data", default="data/generated/demo")
     ap.add_argument("--teacher", default=None, help="nnU-Net workdir of the teacher (default DEMO/nnunet)")
-    ap.add_argument("--runs", nargs="+", default=["labels", "online_pixel", "online_cwd", "offline"],
+    ap.add_argument("--runs", nargs="+", default=["labels", "online_pixel", "online_cwd", "offline", "pool_cwd"],
                     choices=list(RUNS))
+    ap.add_argument("--models", nargs="+", default=["unet-s"], help=f"student models (study: {' '.join(MODELS)})")
+    ap.add_argument("--pool", default="data/generated/demo_pool",
+                    help="unlabelled pool of the pool_* runs: a dataset root with unlabelled_features/ (cloudkd "
+                         "data synth --n-unlabelled with the demo's settings) or a *_features folder")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=sb.epochs)
     ap.add_argument("--steps", type=int, default=sb.steps, help="steps per epoch (default: one pass)")
@@ -147,58 +178,56 @@ def main():
     csv_path = Path(a.csv)
     rows = list(csv.DictReader(csv_path.open())) if csv_path.is_file() else []
     real = resolve_split(a.real, "train") if a.real and Path(a.real).is_dir() else None
-    real_csv = csv_path.with_name(csv_path.stem + "_real.csv")
-    real_rows = list(csv.DictReader(real_csv.open())) if real is not None and real_csv.is_file() else []
-    done = {(r["run"], int(r["seed"])) for r in rows}
+    done = {(*_key(r), int(r["seed"])) for r in rows}
     for seed in a.seeds:
-        for name in a.runs:
-            if (name, seed) in done:
-                continue
-            spec = RUNS[name]
-            kd_weight = spec.get("kd_weight", a.kd_weight)
-            run_dir = out_root / f"{name}_s{seed}"
-            cfg = TrainConfig(data=a.data, out=str(run_dir), model=spec["model"], folds=str(folds),
-                              epochs=a.epochs, batch_size=a.batch, crop=sb.crop, lr=a.lr, label_weight=1.0,
-                              kd_weight=kd_weight, kd=spec.get("kd", "pixel"), temperature=a.temperature,
-                              soft_dir=str(soft_labels(ws, a.data, folds)) if spec.get("soft") else None,
-                              teacher_nnunet=str(ws.root) if spec.get("online") else None,
-                              limit_train_batches=a.steps, seed=seed, progress=False)
-            r = fit_and_score(cfg, test, real)
-            rows.append({"run": name, "seed": seed, "params": r["params"], "teacher_test_jaccard": round(t_jac, 4),
-                         "val_jaccard": r["val_jaccard"], "test_jaccard": r["test_jaccard"],
-                         "train_s": r["train_s"]})
-            write_rows(csv_path, rows, COLUMNS)
-            if real is not None:
-                real_rows.append({"run": name, "seed": seed, "real_jaccard": r["real_jaccard"],
-                                  "precision": r["real_precision"], "recall": r["real_recall"]})
-                write_rows(real_csv, real_rows)
-            print(format_table(rows[-1:], COLUMNS), flush=True)
+        for model in a.models:
+            for name in a.runs:
+                spec = RUNS[name]
+                model_of_run = spec["model"] if spec["model"] not in MODELS else model
+                if (name, model_of_run, seed) in done:
+                    continue
+                kd_weight = spec.get("kd_weight", a.kd_weight)
+                tag = "" if model_of_run == spec["model"] else f"_{model_of_run}"
+                run_dir = out_root / f"{name}{tag}_s{seed}"
+                steps = a.steps or labelled_steps(folds, a.batch) if spec.get("pool") else a.steps
+                cfg = TrainConfig(data=a.data, out=str(run_dir), model=model_of_run, folds=str(folds),
+                                  epochs=a.epochs, batch_size=a.batch, crop=sb.crop, lr=a.lr, label_weight=1.0,
+                                  kd_weight=kd_weight, kd=spec.get("kd", "pixel"), temperature=a.temperature,
+                                  soft_dir=str(soft_labels(ws, a.data, folds)) if spec.get("soft") else None,
+                                  teacher_nnunet=str(ws.root) if spec.get("online") else None,
+                                  unlabelled=a.pool if spec.get("pool") else None,
+                                  limit_train_batches=steps, seed=seed, progress=False)
+                r = fit_and_score(cfg, test, real)
+                rows.append({"run": name, "model": model_of_run, "seed": seed, "params": r["params"],
+                             "teacher_test_jaccard": round(t_jac, 4), **{k: r.get(k) for k in COLUMNS if k in r}})
+                write_rows(csv_path, rows, COLUMNS)
+                print(format_table(rows[-1:], COLUMNS), flush=True)
     summary = summarise(rows)
-    for srow in summary:
-        v = np.array([float(r["real_jaccard"]) for r in real_rows if r["run"] == srow["run"]])
-        if len(v):
-            srow["real_jaccard_mean"] = round(v.mean(), 4)
-            srow["real_jaccard_sd"] = round(v.std(ddof=1), 4) if len(v) > 1 else None
     cols = list(dict.fromkeys(k for srow in summary for k in srow))
     md = format_table([{k: srow.get(k) for k in cols} for srow in summary], cols)
     print(md)
     csv_path.with_suffix(".md").write_text(
+        f"`python benchmarks/distill_compare.py {' '.join(sys.argv[1:])}` ({time.strftime('%Y-%m-%d')})\n\n"
         f"Teacher: {ws.root} (test Jaccard {t_jac:.4f}); student budget: {a.epochs} epochs, batch {a.batch}, "
-        f"crop {sb.crop}, lr {a.lr}, KD weight {a.kd_weight}, T {a.temperature}.\n\n{md}\n")
+        f"crop {sb.crop}, lr {a.lr}, KD weight {a.kd_weight}, T {a.temperature}; pool runs: the labels-only "
+        f"run's steps per epoch. Real: the {a.real or 'no'} chips.\n\n{md}\n")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(summary) + 1.6))
-    names = [s["run"] for s in summary]
+    fig, ax = plt.subplots(figsize=(8.5, 0.5 * len(summary) + 1.6))
+    names = [f"{s['run']} ({s['model']})" for s in summary]
     means = [s["test_jaccard_mean"] for s in summary]
     sds = [s["test_jaccard_sd"] or 0.0 for s in summary]
-    ax.barh(names, means, xerr=sds, color="tab:blue", capsize=4)
-    for i, run in enumerate(names):
-        pts = [float(r["test_jaccard"]) for r in rows if r["run"] == run]
+    ax.barh(names, means, xerr=sds, color=["tab:blue" if s["model"] == "unet-s" else "tab:green" for s in summary],
+            capsize=4)
+    for i, s_ in enumerate(summary):
+        pts = [float(r["test_jaccard"]) for r in rows if _key(r) == (s_["run"], s_["model"])]
         ax.plot(pts, [i] * len(pts), "k.", ms=5)
-        ax.text(max(pts) + 0.01, i, f"{means[i]:.3f} ± {sds[i]:.3f} (n={len(pts)})", va="center")
+        real_txt = f"; real {s_['real_jaccard_mean']:.3f}" if s_.get("real_jaccard_mean") is not None else ""
+        ax.text(max(pts) + 0.01, i, f"{means[i]:.3f} ± {sds[i]:.3f} (n={len(pts)}){real_txt}", va="center",
+                fontsize=8)
     ax.axvline(t_jac, color="tab:red", ls="--", label=f"teacher {t_jac:.3f}")
     lo = min(min(float(r["test_jaccard"]) for r in rows), t_jac)
     ax.set_xlim(max(0.0, lo - 0.05), 1.0)
