@@ -73,6 +73,22 @@ def test_real_bench_reports_every_method_it_was_given(real_labelled, student, tm
     assert j["onnx"] == pytest.approx(j["student"], abs=2e-3)
     saved = pd.read_csv(out / "summary.csv")
     assert list(saved.method) == names and (out / "per_chip.csv").is_file()
+    # cloud by brightness: the label rows count every labelled pixel once (these chips have no nodata), and the
+    # bare brightness rule (cloud iff mean visible reflectance > 0.25) finds none of the labelled cloud below 0.2
+    # and all of it above 0.35; each method's band counts add up to its global recall and precision
+    bands = pd.read_csv(out / "bands.csv")
+    assert list(bands.band[bands.method == "label"]) == ["<0.2", "0.2-0.35", "0.35-0.6", ">0.6"]
+    n_label = sum(int(read_label(p).sum()) for p in (real_labelled / "train_labels").glob("*.tif"))
+    assert bands[bands.method == "label"].label_px.sum() == n_label
+    rule = bands[bands.method == "bright"].set_index("band")
+    assert rule.recall["<0.2"] == 0 and rule.pred_px["<0.2"] == 0 and np.isnan(rule.precision["<0.2"])
+    assert rule.recall["0.35-0.6"] == 1 and rule.recall[">0.6"] == 1 and 0 < rule.recall["0.2-0.35"] < 1
+    for row in r.summary.itertuples():
+        b = bands[bands.method == row.method]
+        hits = (b.recall.fillna(0) * b.label_px).sum()
+        assert hits / b.label_px.sum() == pytest.approx(row.recall, abs=1e-9)
+        assert hits / b.pred_px.sum() == pytest.approx(row.precision, abs=1e-9)
+    assert (out / "bands.png").is_file()
     with Image.open(r.figure) as im:
         assert im.format == "PNG" and im.size[0] > im.size[1] > 200
 
@@ -114,3 +130,22 @@ def test_peer_teacher_adapter_agrees_with_the_peer_as_shipped(real_labelled):
     ours, shipped = (z[0, 0] > 0).numpy(), peer.predict_chip(refl).astype(bool)
     assert (ours == shipped).mean() > 0.95  # it tiles without overlap; the package blends overlapping tiles
     assert 0.5 < ours.mean() < 0.9
+
+
+def test_band_counts_by_hand():
+    """Six pixels of known brightness (mean of B02-B04), one nodata: counts per band counted by hand."""
+    from cloudkd.evaluate.bands import band_counts, band_rows, visible_brightness
+
+    vis = np.array([0.1, 0.25, 0.3, 0.5, 0.9, 0.0], np.float32)  # bands 0, 1, 1, 2, 3 and nodata
+    refl = np.stack([vis, vis, vis, np.full(6, 0.4, np.float32)])[:, None, :]
+    refl[:, 0, 5] = 0.0
+    label = np.array([[1, 1, 0, 1, 1, 1]], bool)
+    pred = np.array([[0, 1, 1, 0, 1, 1]], bool)
+    bright, valid = visible_brightness(refl)
+    assert valid.tolist() == [[True] * 5 + [False]]
+    c = band_counts(bright, valid, label, pred)
+    assert c.tolist() == [[1, 0, 0, 0], [1, 1, 2, 1], [1, 0, 0, 0], [1, 1, 1, 1]]
+    rows = {r["band"]: r for r in band_rows(c, method="m")}
+    assert rows["<0.2"]["recall"] == 0 and np.isnan(rows["<0.2"]["precision"])
+    assert rows["0.2-0.35"]["recall"] == 1 and rows["0.2-0.35"]["precision"] == 0.5
+    assert rows[">0.6"]["label_share"] == 0.25

@@ -104,7 +104,13 @@ def real_bench(
     from ..common.cli import format_table
 
     typer.echo(format_table(r.rows, list(r.summary.columns)))
-    typer.echo(f"-> {out / 'summary.csv'}, {out / 'per_chip.csv'}, {r.figure}")
+    typer.echo("recall of the labelled cloud / precision of the predicted cloud by mean visible reflectance:")
+    table = []
+    for method, rows in r.bands[r.bands["method"] != "label"].groupby("method", sort=False):
+        table.append({"method": method, **{f"R {b}": round(v, 3) for b, v in zip(rows["band"], rows["recall"])},
+                      **{f"P {b}": round(v, 3) for b, v in zip(rows["band"], rows["precision"])}})
+    typer.echo(format_table(table, list(table[0])))
+    typer.echo(f"-> {out / 'summary.csv'}, {out / 'per_chip.csv'}, {out / 'bands.csv'}, {r.figure}")
 
 
 @app.command("audit")

@@ -8,7 +8,10 @@ and ``baseline threshold predict`` use) into ``OUT/predictions/{method}``, and e
 * ``per_chip.csv``: method, chip, IoU, precision, recall, cloud fraction of label and prediction;
 * ``summary.csv`` / ``summary.json``: per method the global Jaccard, precision, recall, parameters, bytes and
   seconds per chip;
-* ``real_chips.png``: RGB, NIR, label and every method's mask, one row per chip.
+* ``real_chips.png``: RGB, NIR, label and every method's mask, one row per chip;
+* ``bands.csv`` / ``bands.png``: per method, recall of the labelled cloud and precision of the predicted cloud
+  by band of mean visible reflectance, and the share of the labelled cloud in each band
+  (:mod:`cloudkd.evaluate.bands`): which cloud, dim or bright, a method misses.
 
 Methods (:class:`Method`): fitted thresholding (``threshold.json``), an nnU-Net teacher workdir, student runs,
 exported ONNX models, and the ukis-csmask peer (only when installed).
@@ -96,6 +99,7 @@ class RealBenchResult:
     per_chip: pd.DataFrame
     figure: Path
     out: Path
+    bands: Optional[pd.DataFrame] = None  # bands.csv: recall and precision by brightness band, per method
 
 
 def method_folder(out: os.PathLike | str, name: str) -> Path:
@@ -108,6 +112,7 @@ def run_real_bench(data: os.PathLike | str, methods: Sequence[Method], out: os.P
     """Predict a labelled split of ``data`` (``split``; default train, or test for a root with test labels
     only) with every method, score each with the leaderboard metric and write the tables and the figure under
     ``out``."""
+    from .bands import bands_of_folders, plot_bands
     from .scoring import score_folder
     from ..data.viz import plot_chips
 
@@ -154,4 +159,7 @@ def run_real_bench(data: os.PathLike | str, methods: Sequence[Method], out: os.P
         {"data": str(split.root), "chips": ids, "methods": rows}, indent=2, default=float)))
     fig = plot_chips(split, ids, out / "real_chips.png", folders,
                      title=f"{split.root.name}: {len(ids)} labelled chips")
-    return RealBenchResult(rows, summary, per_chip, fig, out)
+    bands = bands_of_folders(split.features_dir, split.labels_dir, folders, ids)
+    atomic_write(out / "bands.csv", lambda t: bands.to_csv(t, index=False))
+    plot_bands(bands, out / "bands.png", title=f"{split.root.name}: cloud by brightness ({len(ids)} chips)")
+    return RealBenchResult(rows, summary, per_chip, fig, out, bands)
