@@ -26,9 +26,9 @@ runtime-env: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -r requirements.txt 2>&1 | $(PIPQUIET)
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-test.txt 2>&1 | $(PIPQUIET)
 	$(BIN)/python -m pip install -q --no-deps -e . 2>&1 | $(PIPQUIET)
 	$(BIN)/python -c "import cloudkd, torch, pytorch_lightning, segmentation_models_pytorch, nnunetv2"
 	touch $(STAMP)

@@ -241,6 +241,39 @@ def test_out_of_fold_audit_judges_each_chip_by_the_model_that_did_not_see_it(noi
     assert pd.read_csv(tmp_path / "oof" / "audit.csv").equals(table)
 
 
+
+def test_out_of_fold_audit_retrains_when_a_label_changes_and_logs_each_epoch(noisy, tmp_path, capsys):
+    """Issue 29: the fold models were reused after a label changed (the stamp held the config only), so the audit
+    judged chips with models trained on the old labels; and a fold's training was silent until it ended."""
+    import os
+
+    root = tmp_path / "data"
+    shutil.copytree(noisy[0], root)
+    folds = tmp_path / "folds.csv"
+    assert invoke(["data", "folds", root, "--k", 2, "--out", folds], capsys)[0] == 0
+    args = ["evaluate", "audit", root, "--folds", folds, "--train", "--epochs", 2, "--steps", 1, "--batch", 4,
+            "--crop", 64, "--student-model", "unet-xs", "--out", tmp_path / "oof"]
+    code, text = invoke(args, capsys)
+    assert code == 0, text
+    for k, i in ((0, 1), (1, 2)):  # progress: one line per epoch of each fold's training
+        for e in (1, 2):
+            assert re.search(rf"fold {k} \({i} of 2\): epoch {e}/2, val Jaccard [0-9.]+ \(\d+ s\)", text), text
+    # rewrite one label in place: the same size and modification time, other content
+    split = resolve_split(root, "train")
+    path = split.label_path(split.chip_ids()[0])
+    st = path.stat()
+    tifffile.imwrite(path, 1 - read_label(path))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+    code, text = invoke(args + ["--force"], capsys)
+    assert code == 0, text
+    assert "reusing" not in text and text.count("training unet-xs on the other folds") == 2, text
+    assert "the labels or folds changed" in text
+    # unchanged labels: reused
+    code, text = invoke(args + ["--force"], capsys)
+    assert code == 0 and text.count("reusing") == 2, text
+
+
 def _bad_roots(tmp_path):
     chips = {c: np.full((4, 64, 64), 1000, np.uint16) for c in ("aaaa", "bbbb")}
     no_labels = make_dataset(tmp_path / "nolabels", chips)

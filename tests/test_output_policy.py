@@ -356,6 +356,13 @@ def test_folds_out_force_replaces_its_own_csv(small_data, tmp_path, capsys):
     assert invoke(args + ["--force"], capsys)[0] == 0
 
 
+def test_the_marks_name_the_command_that_wrote(small_data, tmp_path, capsys):
+    """Issue 29: typer 0.2x runs on its own copy of click, so every mark said "cloudkd (library)"."""
+    assert invoke(["data", "folds", small_data, "--out", tmp_path / "f.csv", "--k", 2], capsys)[0] == 0
+    entry = json.loads((tmp_path / O.MANIFEST).read_text())["files"]["f.csv"]
+    assert entry["command"] == "cloudkd data folds"
+
+
 def test_export_does_not_replace_another_models_export_without_force(student, tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()

@@ -70,12 +70,20 @@ _LOCK_GRACE_S = 10.0
 
 def current_command() -> str:
     """The command being run ("cloudkd submission runtime-test"), or "cloudkd (library)" outside the CLI."""
-    try:
-        import click
+    ctx = None
+    try:  # typer 0.2x carries its own click (typer._click): its context is the one the CLI runs in
+        from typer._click.globals import get_current_context
 
-        ctx = click.get_current_context(silent=True)
-    except ImportError:  # pragma: no cover - typer ships click
-        ctx = None
+        ctx = get_current_context(silent=True)
+    except ImportError:  # pragma: no cover - an older typer, which runs on click itself
+        pass
+    if ctx is None:
+        try:
+            import click
+
+            ctx = click.get_current_context(silent=True)
+        except ImportError:
+            pass
     return ctx.command_path if ctx is not None else "cloudkd (library)"
 
 

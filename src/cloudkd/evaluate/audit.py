@@ -294,31 +294,86 @@ def write_exclude(table: pd.DataFrame, path: os.PathLike | str, above: float, so
     return len(ids)
 
 
+def labels_fingerprint(data: os.PathLike | str, files: Sequence[Optional[os.PathLike | str]] = ()) -> str:
+    """sha256 of what a fold model learns from besides its config: every label of ``data``'s training split (chip
+    id and bytes) and the bytes of ``files`` (the folds CSV, an exclusion list). A label rewritten in place, even
+    with its old size and time, changes it."""
+    import hashlib
+
+    from ..data.chips import load_index
+    from ..data.roots import resolve_split
+
+    index = load_index(resolve_split(data, "train"), require_labels=True)
+    h = hashlib.sha256()
+    for cid, path in sorted(zip(index["chip_id"], index["label"])):
+        try:
+            body = Path(path).read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read the label ({exc.strerror or exc})") from None
+        h.update(f"{cid}\0{len(body)}\0".encode())
+        h.update(body)
+    for f in files:
+        if f is not None:
+            body = Path(f).read_bytes()
+            h.update(f"{Path(f).name}\0{len(body)}\0".encode())
+            h.update(body)
+    return h.hexdigest()
+
+
+def _epoch_log(log, prefix: str, epochs: int):
+    """A Lightning callback that logs one line per finished epoch of a fold's training (its validation Jaccard
+    and the time so far)."""
+    import pytorch_lightning as pl
+
+    class EpochLog(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            v = trainer.callback_metrics.get("val_jaccard")
+            score = f", val Jaccard {float(v):.4f}" if v is not None else ""
+            log(f"{prefix}: epoch {trainer.current_epoch + 1}/{epochs}{score} "
+                f"({time.perf_counter() - self.t0:.0f} s)")
+
+    return EpochLog()
+
+
 def train_fold_models(data: os.PathLike | str, folds_csv: os.PathLike | str, out: os.PathLike | str,
                       base: "object", log=print) -> Dict[int, Path]:
     """Out of fold: for every fold k of ``folds_csv``, a student trained on the other folds (``base``, a
     :class:`cloudkd.student.config.TrainConfig` whose data / out / folds / val_fold are set here) in
-    ``out/fold{k}``; a finished run with the same config is reused. Fold k's labels choose the best epoch only
-    (validation); they are never trained on."""
+    ``out/fold{k}``; a finished run with the same config, trained on the same labels and folds
+    (:func:`labels_fingerprint`), is reused, any other is trained again. Fold k's labels choose the best epoch only
+    (validation); they are never trained on. ``log`` gets a line per fold and per epoch of its training."""
     from dataclasses import asdict, replace
 
     from ..data.folds import read_folds
     from ..student.train import fit
 
     folds = sorted(int(f) for f in set(read_folds(folds_csv)["fold"]) if int(f) >= 0)
+    fingerprint = labels_fingerprint(data, [folds_csv, getattr(base, "exclude", None)])
     runs = {}
-    for k in folds:
+    for i, k in enumerate(folds, 1):
         run = Path(out) / f"fold{k}"
         cfg = replace(base, data=str(data), out=str(run), folds=str(folds_csv), val_fold=k, progress=False)
         stamp = run / "audit_fold.json"
         want = {k2: v for k2, v in asdict(cfg).items() if k2 not in ("progress", "resume")}
-        if stamp.is_file() and json.loads(stamp.read_text()) == want and (run / "student.pt").is_file():
-            log(f"fold {k}: reusing {run}")
+        want["labels_sha256"] = fingerprint
+        try:
+            have = json.loads(stamp.read_text()) if stamp.is_file() else None
+        except ValueError:
+            have = None
+        name = f"fold {k} ({i} of {len(folds)})"
+        if have == want and (run / "student.pt").is_file():
+            log(f"{name}: reusing {run}")
         else:
+            if have is not None and have.get("labels_sha256") not in (None, fingerprint):
+                log(f"{name}: the labels or folds changed since {run} was trained; training it again")
             t0 = time.perf_counter()
-            log(f"fold {k}: training {cfg.model} on the other folds -> {run}")
-            fit(cfg)
+            log(f"{name}: training {cfg.model} on the other folds -> {run}")
+            stamp.unlink(missing_ok=True)  # a training that fails leaves no stamp to reuse
+            fit(cfg, callbacks=[_epoch_log(log, name, cfg.epochs)])
             stamp.write_text(json.dumps(want, indent=2))
-            log(f"fold {k}: trained in {time.perf_counter() - t0:.0f} s")
+            log(f"{name}: trained in {time.perf_counter() - t0:.0f} s")
         runs[k] = run
     return runs

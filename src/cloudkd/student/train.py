@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -132,10 +132,11 @@ class _RecordRun(pl.Callback):
             atomic_write(self.path, lambda t: Path(t).write_text(json.dumps(self.record, indent=2)))
 
 
-def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None) -> FitResult:
+def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: Sequence = ()) -> FitResult:
     """Train the run ``cfg`` describes in ``cfg.out`` (or in ``into``, where the command line builds a run that
     replaces ``cfg.out`` when it has finished; ``cfg.out`` is what student.json records). A new run goes only
-    into a new or empty folder or a run folder cloudkd wrote (output policy kind "student-run"), which it marks."""
+    into a new or empty folder or a run folder cloudkd wrote (output policy kind "student-run"), which it marks.
+    ``callbacks``: more Lightning callbacks (e.g. a progress log)."""
     mode = cfg.teacher_mode
     if cfg.kd_weight > 0 and mode == "none":
         raise DataError("distillation (kd_weight > 0) needs --soft (offline) or --teacher-nnunet / --teacher-onnx")
@@ -191,7 +192,8 @@ def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None) -> FitResult
         pass
     trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
                          num_nodes=cfg.num_nodes, strategy=cfg.strategy, logger=loggers,
-                         callbacks=[ckpt, _RecordRun(out / RUN_JSON, {"identity": identity, "config": asdict(cfg)})],
+                         callbacks=[ckpt, _RecordRun(out / RUN_JSON, {"identity": identity, "config": asdict(cfg)}),
+                                    *callbacks],
                          enable_progress_bar=cfg.progress, enable_model_summary=False, log_every_n_steps=1,
                          limit_train_batches=cfg.limit_train_batches, deterministic=False,
                          use_distributed_sampler=False)  # the data module splits (validation without padding)
