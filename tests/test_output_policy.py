@@ -186,6 +186,40 @@ def test_masks_folder_force_never_deletes_masks_cloudkd_did_not_write(tmp_path):
     assert not (tmp_path / "m2" / "c.tif").exists()
 
 
+def test_masks_of_a_model_retrained_in_place_are_another_producers(student, small_data, tmp_path, capsys):
+    """Issue 29: the masks record named the run's path only, so the masks of a run trained again in place mixed
+    with the old run's masks in one folder; the weights' fingerprint now tells the two apart."""
+    from cloudkd.student.runs import load_student
+
+    run = tmp_path / "run"
+    shutil.copytree(student, run)
+    out = tmp_path / "masks"
+    args = ["student", "predict", "--model", run, "--features", small_data / "test_features", "--out", out]
+    code, text = invoke(args, capsys)
+    assert code == 0, text
+    assert invoke(args, capsys)[0] == 0  # the same weights again: the same producer
+    # the run trained again in place: other weights in student.pt, the same size and modification time
+    pt = run / "student.pt"
+    st = pt.stat()
+    state = torch.load(pt, weights_only=True)
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first] + 0.5
+    torch.save(state, pt)
+    os.utime(pt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    before = snapshot(out)
+    code, text = invoke(args, capsys)
+    _one_line_refusal(code, text, "made with other weights")
+    assert snapshot(out) == before
+    assert invoke(args + ["--force"], capsys)[0] == 0
+    note = json.loads((out / O.MASKS_RECORD).read_text())
+    assert note["fingerprint"] == O.model_fingerprint(network=load_student(run))
+    # the rule itself: a record without a fingerprint, or with another one, is another producer
+    O.claim_masks_folder(tmp_path / "m3", "student X", fingerprint="a" * 64)
+    O.claim_masks_folder(tmp_path / "m3", "student X", fingerprint="a" * 64)
+    with pytest.raises(DataError, match="other weights"):
+        O.claim_masks_folder(tmp_path / "m3", "student X", fingerprint="b" * 64)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The data-loss cases of issue 29 (each failed before its fix)
 # ---------------------------------------------------------------------------------------------------------------

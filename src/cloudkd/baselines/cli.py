@@ -64,11 +64,12 @@ def threshold_predict(
 ):
     """Apply fitted thresholds to a folder of chips, writing one mask per chip."""
     from ..common.io import claim_masks_folder
+    from ..common.outputs import model_fingerprint
     from ..data.roots import resolve_split
     from .threshold import ThresholdModel, predict_folder
 
     m = ThresholdModel.load(model)
     s = resolve_split(features, split_name)
-    claim_masks_folder(out, f"thresholding {model.resolve()}", force)
+    claim_masks_folder(out, f"thresholding {model.resolve()}", force, model_fingerprint([model]))
     n = predict_folder(m, s.features_dir, out, progress=True)
     typer.echo(f"wrote {n} masks to {out}")

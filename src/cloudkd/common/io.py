@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 # the process umask, read once: files written through a temporary name get the usual permissions
 _UMASK = os.umask(0)
@@ -35,9 +36,10 @@ def atomic_write(path: os.PathLike | str, write, suffix: str = "") -> Path:
 MASKS_RECORD = ".cloudkd-masks.json"
 
 
-def claim_masks_folder(folder: os.PathLike | str, producer: str, force: bool = False) -> Path:
-    """Make ``folder`` ready for the masks of ``producer``: :func:`cloudkd.common.outputs.claim_masks_folder`
-    (the output policy's rule, kept here for its callers)."""
+def claim_masks_folder(folder: os.PathLike | str, producer: str, force: bool = False,
+                       fingerprint: Optional[str] = None) -> Path:
+    """Make ``folder`` ready for the masks of ``producer`` (whose weights have ``fingerprint``):
+    :func:`cloudkd.common.outputs.claim_masks_folder` (the output policy's rule, kept here for its callers)."""
     from .outputs import claim_masks_folder as claim
 
-    return claim(folder, producer, force)
+    return claim(folder, producer, force, fingerprint)

@@ -448,21 +448,49 @@ def _age(path: Path) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 # Masks folders (the masks of one model; used by every command that writes {chip_id}.tif masks)
 # ---------------------------------------------------------------------------------------------------------------
-def check_masks_folder(folder: os.PathLike | str, producer: Optional[str] = None, force: bool = False) -> list:
+def model_fingerprint(files: Iterable[os.PathLike | str] = (), network=None) -> str:
+    """sha256 of a model's weights: the bytes of its weight ``files`` (in the order given) and/or the tensors of
+    ``network``'s state dict (anything with ``state_dict()``). A model retrained in place gets another one, even
+    when its files keep their size and time."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0file\0")
+    if network is not None:
+        for k, v in sorted(network.state_dict().items()):
+            h.update(k.encode() + b"\0")
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _masks_record(record: Path) -> dict:
+    try:
+        note = json.loads(record.read_text())
+        return note if isinstance(note, dict) else {}
+    except (ValueError, OSError):
+        return {}
+
+
+def check_masks_folder(folder: os.PathLike | str, producer: Optional[str] = None, force: bool = False,
+                       fingerprint: Optional[str] = None) -> list:
     """The rule of :func:`claim_masks_folder` without writing anything: refuse (DataError) a file, a folder that
-    holds anything but cloudkd's masks, and (``producer`` given) the masks of another producer without ``force``.
-    Returns the masks that claiming the folder for ``producer`` would remove. With ``producer`` None (not known
-    yet, e.g. before a model is loaded) only what no producer may write into is refused."""
+    holds anything but cloudkd's masks, and (``producer`` given) the masks of another producer without ``force``;
+    the same producer with other weights (``fingerprint``, :func:`model_fingerprint`: a run retrained in place)
+    is another producer. Returns the masks that claiming the folder for ``producer`` would remove. With
+    ``producer`` None (not known yet, e.g. before a model is loaded) only what no producer may write into is
+    refused."""
     folder = Path(folder)
     record = folder / MASKS_RECORD
     if folder.exists() and not folder.is_dir():
         raise DataError(f"{folder}: is a file, not a folder")
     masks = sorted(folder.glob("*.tif")) if folder.is_dir() else []
     if record.is_file():
-        try:
-            have = json.loads(record.read_text()).get("producer")
-        except (ValueError, OSError, AttributeError):
-            have = None
+        note = _masks_record(record)
+        have, have_fp = note.get("producer"), note.get("fingerprint")
     elif masks:
         raise DataError(f"{folder}: holds masks of an unknown model (*.tif without cloudkd's {MASKS_RECORD}): "
                         f"they were not written by cloudkd; remove them yourself, or write elsewhere")
@@ -470,24 +498,33 @@ def check_masks_folder(folder: os.PathLike | str, producer: Optional[str] = None
         raise DataError(f"{folder}: holds files but no masks of cloudkd's ({MASKS_RECORD}): it was not written by "
                         f"cloudkd; write the masks to a new or empty folder")
     else:
-        have = producer
-    if producer is None or have == producer:
+        have, have_fp = producer, fingerprint
+    if producer is None or (have == producer and have_fp == fingerprint):
         return []
     if not force:
-        raise DataError(f"{folder}: holds masks of {have}; write elsewhere, or --force to replace them")
+        if have != producer:
+            raise DataError(f"{folder}: holds masks of {have}; write elsewhere, or --force to replace them")
+        was = f"sha256 {have_fp[:12]}" if have_fp else "not recorded"
+        now = f"sha256 {fingerprint[:12]}" if fingerprint else "not known"
+        raise DataError(f"{folder}: holds masks of {have} made with other weights ({was}, now {now}: the model "
+                        f"was trained again since?); write elsewhere, or --force to replace them")
     return masks
 
 
-def claim_masks_folder(folder: os.PathLike | str, producer: str, force: bool = False) -> Path:
-    """Make ``folder`` ready for the masks of ``producer`` (a model, named by its path and settings).
+def claim_masks_folder(folder: os.PathLike | str, producer: str, force: bool = False,
+                       fingerprint: Optional[str] = None) -> Path:
+    """Make ``folder`` ready for the masks of ``producer`` (a model, named by its path and settings, whose weights
+    have the ``fingerprint`` of :func:`model_fingerprint`).
 
     A folder of masks written by another producer is refused unless ``force``, which first removes its masks, so
     the masks of two models never mix. Masks without a record (not written by cloudkd) are never removed, and a
     folder that holds anything but cloudkd's masks is refused (masks would mix with its files):
-    :func:`check_masks_folder`. The folder records its producer in :data:`~cloudkd.common.io.MASKS_RECORD`.
+    :func:`check_masks_folder`. The folder records its producer and fingerprint in
+    :data:`~cloudkd.common.io.MASKS_RECORD`: masks of the same model retrained in place are another producer's.
     """
     folder = Path(folder)
-    for p in check_masks_folder(folder, producer, force):
+    for p in check_masks_folder(folder, producer, force, fingerprint):
         p.unlink()
-    atomic_write(folder / MASKS_RECORD, lambda t: Path(t).write_text(json.dumps({"producer": producer}) + "\n"))
+    note = {"producer": producer, "fingerprint": fingerprint}
+    atomic_write(folder / MASKS_RECORD, lambda t: Path(t).write_text(json.dumps(note) + "\n"))
     return folder

@@ -160,7 +160,7 @@ def teacher_predict(
 ):
     """Teacher masks and/or soft labels for a folder of chips (nnU-Net's own inference path)."""
     from ..common.io import claim_masks_folder
-    from ..common.outputs import check_masks_folder, outputs_apart
+    from ..common.outputs import check_masks_folder, model_fingerprint, outputs_apart
     from ..data.roots import resolve_split
     from .model import NnUNetTeacher, predict_folder
     from .workspace import Workspace, default_device
@@ -182,9 +182,11 @@ def teacher_predict(
     split = resolve_split(features, split_name)
     outputs_apart([masks_out, soft_out], [split.features_dir])
     who = f"teacher {workdir.resolve()} folds {list(teacher.folds)} (threshold {threshold}, tta {tta})"
+    # the checkpoints' content: a teacher trained again in place is another producer
+    weights = model_fingerprint([teacher.model_folder / f"fold_{f}" / "checkpoint_final.pth" for f in teacher.folds])
     for folder in (masks_out, soft_out):
         if folder is not None:
-            claim_masks_folder(folder, who, force)
+            claim_masks_folder(folder, who, force, weights)
     r = predict_folder(teacher, split.features_dir, masks_out, soft_out, threshold=threshold)
     typer.echo(f"{r['n_chips']} chips, {r['ms_per_chip']:.0f} ms/chip inference (folds {list(teacher.folds)}, "
                f"tta {tta}, {dev})" + (f"; masks -> {masks_out}" if masks_out else "")
