@@ -100,3 +100,31 @@ def test_report_files(case, tmp_path):
     chips = pd.read_csv(tmp_path / "rep" / "per_chip.csv")
     assert set(chips.columns) >= {"chip_id", "location", "iou", "precision", "recall"}
     assert len(pd.read_csv(tmp_path / "rep" / "per_location.csv")) == 2
+
+
+def test_a_label_of_the_wrong_shape_is_blamed_not_the_prediction(tmp_path, capsys):
+    """Issue 29: a 16-px label among 32-px chips made `evaluate score` call the (right) prediction invalid."""
+    from conftest import invoke, make_dataset, one_line_refusal
+
+    chips = {c: np.full((4, 32, 32), 1000, np.uint16) for c in ("aaaa", "bbbb", "cccc")}
+    labels = {c: np.ones((32, 32), np.uint8) for c in chips}
+    labels["bbbb"] = np.ones((16, 16), np.uint8)
+    root = make_dataset(tmp_path / "data", chips, "train", labels)
+    for c in chips:
+        write_mask(tmp_path / "pred" / f"{c}.tif", np.ones((32, 32), np.uint8))
+    bad = root / "train_labels" / "bbbb.tif"
+
+    def score(*args):
+        code, text = invoke(["evaluate", "score", *args], capsys)
+        return code, "\n".join(ln for ln in text.replace("\r", "\n").splitlines() if "chip/s" not in ln)  # the bar
+
+    code, text = score("--pred", tmp_path / "pred", "--labels", root / "train_labels", "--report-dir", tmp_path / "rep")
+    one_line_refusal(code, text, f"{bad}: a label of 16x16 pixels, but its chip")
+    assert "32x32: the label does not fit its chip" in text
+    # a labels folder without its chips: the shape of the other labels says which is wrong
+    (tmp_path / "labels").mkdir()
+    for c in chips:
+        (tmp_path / "labels" / f"{c}.tif").write_bytes((root / "train_labels" / f"{c}.tif").read_bytes())
+    code, text = score("--pred", tmp_path / "pred", "--labels", tmp_path / "labels", "--report-dir", tmp_path / "rep2")
+    one_line_refusal(code, text, f"{tmp_path / 'labels' / 'bbbb.tif'}: a label of 16x16 pixels, but the other "
+                                 f"labels of")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +33,54 @@ def guess_metadata(labels_dir: os.PathLike | str) -> Optional[Path]:
         if cand.is_file():
             return cand
     return None
+
+
+def _tiff_shape(path: os.PathLike | str) -> Optional[tuple]:
+    """(H, W) of a single-band TIFF from its header (nothing decoded), None when unreadable or not 2-D."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0] if tif.series else tif.pages[0]
+            shape = tuple(int(d) for d in series.shape if int(d) != 1)
+    except Exception:
+        return None
+    return shape if len(shape) == 2 else None
+
+
+class _ChipShapes:
+    """What shape the label of a chip must have, to tell a wrong label from a wrong prediction: the chip's own
+    (its B02 band in the dataset's ``{split}_features`` folder beside ``{split}_labels``), else the shape most of
+    the labels have (more than half of them, at least two)."""
+
+    def __init__(self, labels_dir: Path, labels: dict):
+        self.labels = labels
+        self.features = None
+        if labels_dir.name.endswith("_labels"):
+            f = labels_dir.parent / (labels_dir.name[: -len("_labels")] + "_features")
+            self.features = f if f.is_dir() else None
+        self._common, self._lock = False, threading.Lock()
+
+    def common(self) -> Optional[tuple]:
+        from collections import Counter
+
+        with self._lock:
+            if self._common is False:
+                counts = Counter(_tiff_shape(p) for p in self.labels.values())
+                counts.pop(None, None)
+                shape, n = counts.most_common(1)[0] if counts else (None, 0)
+                self._common = shape if n >= 2 and n > len(self.labels) / 2 else None
+            return self._common
+
+    def want(self, chip_id: str):
+        """(shape, whose) the label of ``chip_id`` must have, or (None, None) when nothing says."""
+        if self.features is not None:
+            band = self.features / chip_id / "B02.tif"
+            shape = _tiff_shape(band) if band.is_file() else None
+            if shape is not None:
+                return shape, f"its chip ({band})"
+        shape = self.common()
+        return (shape, f"the other labels of {Path(self.labels[chip_id]).parent}") if shape else (None, None)
 
 
 @dataclass
@@ -133,15 +182,23 @@ def score_folder(pred_dir: os.PathLike | str, labels_dir: os.PathLike | str,
     extra = sorted(c for c in preds if c not in exp_set)
     todo = [c for c in expected if c in preds]
 
+    shapes = _ChipShapes(Path(labels_dir), labels)
+
     def one(chip_id: str):
         try:
             y = read_label(labels[chip_id])
         except DataError as exc:
             raise DataError(f"chip {chip_id}: {exc}") from None
         try:
-            p = read_mask(preds[chip_id], y.shape, what="predicted mask")
+            p = read_mask(preds[chip_id], what="predicted mask")
         except DataError as exc:
             return chip_id, None, str(exc)
+        if p.shape != y.shape:  # which is wrong: a label that does not fit its chip is bad input, named as such
+            want, whose = shapes.want(chip_id)
+            if want is not None and y.shape != want:
+                raise DataError(f"{labels[chip_id]}: a label of {y.shape[0]}x{y.shape[1]} pixels, but {whose} is "
+                                f"{want[0]}x{want[1]}: the label does not fit its chip")
+            return chip_id, None, f"{preds[chip_id]}: wrong shape {p.shape}, expected {y.shape}"
         return chip_id, confusion(p, y), None
 
     rows, invalid = [], []
