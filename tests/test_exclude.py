@@ -10,10 +10,10 @@ import pytest
 from cloudkd.baselines.threshold import ThresholdModel, fit_threshold
 from cloudkd.data import DataError, apply_exclude, load_index, read_exclude, read_label, resolve_split
 from cloudkd.data.datamodule import CloudDataModule
-from cloudkd.data.folds import EXCLUDED, make_folds, read_folds, split_by_fold, write_folds
+from cloudkd.data.folds import EXCLUDED, make_folds, read_folds, split_by_fold, training_split, write_folds
 from cloudkd.data.soft import write_soft
 
-from conftest import invoke, snapshot
+from conftest import invoke, one_line_refusal, snapshot
 
 #: tiny trainings: one step of the smallest student on small crops
 TINY = ["--model", "unet-xs", "--epochs", "1", "--steps", "1", "--batch", "2", "--crop", "32", "--accelerator", "cpu"]
@@ -40,9 +40,18 @@ def test_read_exclude_format(tmp_path):
     assert read_exclude(tmp_path / "empty.txt") == []
     (tmp_path / "audit.csv").write_text("chip_id,iou,suspicious\nabcd,0.1,True\n efgh ,0.2,True\n")
     assert read_exclude(tmp_path / "audit.csv") == ["abcd", "efgh"]  # an audit CSV: its chip_id column
-    for missing in (tmp_path / "nope.txt", tmp_path):
-        with pytest.raises(DataError, match=f"{missing}: exclude file does not exist"):
-            read_exclude(missing)
+    with pytest.raises(DataError, match=f"{tmp_path / 'nope.txt'}: exclude file does not exist"):
+        read_exclude(tmp_path / "nope.txt")
+
+
+def test_an_exclude_folder_is_called_a_folder_not_a_missing_file(small_data, tmp_path, capsys):
+    ids = tmp_path / "ids"
+    ids.mkdir()
+    with pytest.raises(DataError, match=f"{ids}: is a folder, not a file of chip ids"):
+        read_exclude(ids)
+    code, text = invoke(["data", "folds", small_data, "--out", tmp_path / "f.csv", "--exclude", ids], capsys)
+    one_line_refusal(code, text, f"{ids}: is a folder, not a file of chip ids")
+    assert "does not exist" not in text and not (tmp_path / "f.csv").exists()
 
 
 def test_apply_exclude_counts_unique_ids_and_refuses_unknown_ones(small_data, chosen):
@@ -72,7 +81,26 @@ def test_split_by_fold_leaves_fold_minus_one_out_of_both_parts(tmp_path):
         read_folds(tmp_path / "bad.csv")
 
 
-def test_folds_exclude_marks_minus_one_and_balances_the_rest(small_data, chosen, tmp_path, capsys):
+def test_training_split_excluding_chips_moves_no_other_chip():
+    """62 chips at 12 locations: folds are made on the full table, then the 4 excluded chips get fold -1 (folds
+    made after the exclusion moved 29 of the other 58 chips to another fold)."""
+    counts = [9, 8, 7, 7, 6, 5, 5, 4, 4, 3, 2, 2]
+    index = pd.DataFrame([(f"c{i:02d}{j:02d}", f"loc{i:02d}") for i, n in enumerate(counts) for j in range(n)],
+                         columns=["chip_id", "location"])
+    assert len(index) == 62
+    full = make_folds(index, k=5, seed=0).set_index("chip_id")["fold"]
+    out = [index.chip_id[index.location == loc].iloc[0] for loc in ("loc00", "loc03", "loc06", "loc09")]
+    for given in (None, make_folds(index, k=5, seed=0)):  # folds made here, or a folds file's
+        split = training_split(index, given, out, k=5, seed=0).set_index("chip_id")["fold"]
+        assert sorted(split.index) == sorted(index.chip_id)  # every chip still listed
+        assert sorted(split.index[split == EXCLUDED]) == sorted(out)
+        rest = split[split != EXCLUDED]
+        pd.testing.assert_series_equal(rest, full[rest.index], check_dtype=False)
+    with pytest.raises(DataError, match="f.csv: 1 chip.* have no fold assigned: \\['c0000'\\]"):
+        training_split(index, make_folds(index, k=5).iloc[1:], source="f.csv")
+
+
+def test_folds_exclude_marks_minus_one_and_moves_no_other_chip(small_data, chosen, tmp_path, capsys):
     code, out = invoke(["data", "folds", small_data, "--out", tmp_path / "folds.csv", "--k", 3, "--exclude",
                         chosen["file"]], capsys)
     assert code == 0, out
@@ -80,10 +108,13 @@ def test_folds_exclude_marks_minus_one_and_balances_the_rest(small_data, chosen,
     folds = read_folds(tmp_path / "folds.csv")
     assert sorted(folds.chip_id) == sorted(chosen["index"].chip_id)  # every chip still listed
     assert sorted(folds.chip_id[folds.fold == EXCLUDED]) == chosen["ids"]
-    # the other chips: exactly the folds made as if the excluded chips did not exist (balance ignores them)
-    alone = make_folds(chosen["kept"], k=3, seed=0).set_index("chip_id")["fold"]
+    # the other chips: exactly their folds without --exclude (folds are made on all chips; made after the
+    # exclusion, 20 of these 26 chips moved)
+    code, out = invoke(["data", "folds", small_data, "--out", tmp_path / "all.csv", "--k", 3], capsys)
+    assert code == 0, out
+    everyone = read_folds(tmp_path / "all.csv").set_index("chip_id")["fold"]
     rest = folds[folds.fold != EXCLUDED].set_index("chip_id")["fold"]
-    pd.testing.assert_series_equal(rest.sort_index(), alone.sort_index(), check_dtype=False)
+    pd.testing.assert_series_equal(rest, everyone[rest.index], check_dtype=False)
 
     # the readers of this folds file: the left-out chips in neither part, and counted
     train, val = split_by_fold(chosen["index"], folds, 0)
@@ -103,6 +134,19 @@ def test_folds_exclude_marks_minus_one_and_balances_the_rest(small_data, chosen,
         code, out = invoke([*cmd, "--folds", tmp_path / "folds.csv", "--val-fold", -1], capsys)
         assert code == 2 and "--val-fold" in out and "Traceback" not in out, out
     assert not (tmp_path / "t2.json").exists() and not (tmp_path / "run").exists()
+
+
+def test_datamodule_exclude_moves_no_other_chip(small_data, chosen):
+    """A student's folds made from the data (no folds file): the excluded chips are in no part, and every other
+    chip is in the part its fold gives it without --exclude."""
+    full = make_folds(chosen["index"], k=3, seed=0).set_index("chip_id")["fold"]
+    for val_fold in range(3):
+        dm = CloudDataModule(small_data, val_fold=val_fold, k=3, exclude=chosen["file"])
+        dm.setup_index()
+        assert dm.excluded == chosen["ids"]
+        want_val = set(full.index[full == val_fold]) - set(chosen["ids"])
+        want_train = set(full.index[full != val_fold]) - set(chosen["ids"])
+        assert set(dm.val_index.chip_id) == want_val and set(dm.train_index.chip_id) == want_train
 
 
 # ---------------------------------------------------------------------------------------------------- each command
@@ -166,11 +210,12 @@ def test_teacher_prepare_converts_no_excluded_chip(small_data, chosen, tmp_path,
     assert meta["numTraining"] == 26 and meta["cloudkd_excluded"]["chip_ids"] == chosen["ids"]
     splits = json.loads(next((ws / "nnUNet_preprocessed").rglob("splits_final.json")).read_text())
     assert len(splits) == 3 and not {c for s in splits for c in s["train"] + s["val"]} & set(chosen["ids"])
+    full = make_folds(chosen["index"], k=3, seed=0)  # the folds without --exclude: no other chip moved
+    for f, s in enumerate(splits):
+        assert sorted(s["val"]) == sorted(set(full.chip_id[full.fold == f]) - set(chosen["ids"]))
 
     # a folds file's fold -1 leaves the same chips out (no --exclude needed)
-    folds = pd.concat([make_folds(chosen["kept"], k=3, seed=0),
-                       chosen["index"][chosen["index"].chip_id.isin(chosen["ids"])][["chip_id", "location"]]
-                       .assign(fold=EXCLUDED)])
+    folds = training_split(chosen["index"], exclude=chosen["ids"], k=3, seed=0)
     write_folds(folds, tmp_path / "folds.csv")
     code, out = invoke(["teacher", "prepare", small_data, "--workdir", tmp_path / "ws2", "--folds",
                         tmp_path / "folds.csv"], capsys)
@@ -192,7 +237,7 @@ COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("problem", ["unknown-id", "missing-file"])
+@pytest.mark.parametrize("problem", ["unknown-id", "missing-file", "folder"])
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_a_bad_exclude_file_is_refused_up_front_and_nothing_is_written(small_data, chosen, tmp_path, capsys,
                                                                         command, problem):
@@ -201,6 +246,9 @@ def test_a_bad_exclude_file_is_refused_up_front_and_nothing_is_written(small_dat
     bad = tmp_path / "exclude.txt"
     if problem == "unknown-id":
         bad.write_text(f"{chosen['ids'][0]}\n# a comment\nnot_a_chip\n")
+    elif problem == "folder":
+        bad = tmp_path / "exclude"
+        bad.mkdir()
     args = [str(a).format(data=small_data, w=w) for a in COMMANDS[command]]
     before = snapshot(w, small_data)
     code, out = invoke([*args, "--exclude", bad], capsys)
@@ -209,6 +257,8 @@ def test_a_bad_exclude_file_is_refused_up_front_and_nothing_is_written(small_dat
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: ") and "Traceback" not in out, out
     if problem == "unknown-id":
         assert f"not in {small_data / 'train_features'}: not_a_chip" in lines[0]
+    elif problem == "folder":
+        assert "is a folder, not a file of chip ids" in lines[0]
     else:
         assert "exclude file does not exist" in lines[0]
     assert snapshot(w, small_data) == before, f"{command} wrote something"

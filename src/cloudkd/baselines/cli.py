@@ -28,8 +28,8 @@ def threshold_fit(
     from .threshold import fit_threshold
     from ..data.chips import load_index
     from ..data.roots import resolve_split
-    from ..data.exclude import apply_exclude, exclude_message
-    from ..data.folds import excluded_by_folds, folds_exclusion_message, read_folds, split_by_fold
+    from ..data.exclude import exclude_ids, exclude_message
+    from ..data.folds import folds_exclusion_line, read_folds, split_by_fold, training_split
 
     if val_fold is not None and folds_csv is None:
         fail("--val-fold needs --folds (the folds CSV the fold is defined in)", 2)
@@ -37,16 +37,19 @@ def threshold_fit(
         fail("--folds needs --val-fold", 2)
     split = resolve_split(data, "train")
     idx = load_index(split, require_labels=True)
+    ids = []
     if exclude is not None:
-        kept, n = apply_exclude(idx, exclude, split.features_dir)
-        typer.echo(exclude_message(n, len(idx), exclude))
-        idx = kept
+        ids = exclude_ids(idx, exclude, split.features_dir)
+        typer.echo(exclude_message(len(ids), len(idx), exclude))
     if folds_csv is not None:
-        folds = read_folds(folds_csv)
-        left_out = excluded_by_folds(idx, folds)
-        if len(left_out):
-            typer.echo(folds_exclusion_message(len(left_out), len(idx), folds_csv))
-        idx, _ = split_by_fold(idx, folds, val_fold)
+        given = read_folds(folds_csv)
+        line = folds_exclusion_line(idx, given, ids, folds_csv)
+        if line:
+            typer.echo(line)
+        # the one split: the given folds, the excluded chips then fold -1 (no other chip moves)
+        idx, _ = split_by_fold(idx, training_split(idx, given, ids, source=str(folds_csv)), val_fold)
+    else:
+        idx = idx[~idx["chip_id"].isin(set(ids))].reset_index(drop=True)
     model = fit_threshold(idx["features"], idx["label"], stride=stride, progress=True)
     model.save(out)
     typer.echo(f"brightness > {model.brightness_min:.4f} and whiteness < {model.whiteness_max:.4f}: "

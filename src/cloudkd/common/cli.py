@@ -141,6 +141,20 @@ device_check = check(device_problem)
 
 
 output_check = check(output_problem)
+#: an output that is a file (a folder there is refused) / a folder (a file there is refused)
+file_output_check = check(lambda v: output_problem(v, "file"))
+folder_output_check = check(lambda v: output_problem(v, "folder"))
+
+
+def cores(low: int = 1):
+    """A count of worker processes or threads: ``low`` .. this machine's CPU cores (checked before any work, so
+    a huge value is refused instead of starting that many processes or threads)."""
+    def rule(v):
+        n = os.cpu_count() or 1
+        if not low <= v <= n:
+            return f"must be between {low} and {n} (the CPU cores of this machine), got {v}"
+        return None
+    return check(rule)
 
 
 def threshold_option(help: str = "Cloud probability threshold of the prediction rule (nodata pixels are always "

@@ -64,6 +64,11 @@ STAMPS: Dict[str, str] = {
     STUDENT_RUN_STAMP: "student-run",
 }
 
+#: what :func:`output_problem` says of an existing path of the wrong kind (also :func:`check_file`'s and
+#: :func:`check_folder`'s words)
+IS_A_FOLDER = "is a folder; give a file name"
+IS_A_FILE = "is a file, not a folder"
+
 #: a lock file younger than this whose content cannot be read yet is its writer's, not stale
 _LOCK_GRACE_S = 10.0
 
@@ -139,7 +144,7 @@ def check_folder(folder: os.PathLike | str, kind: str, force: bool = False, opti
     if not folder.exists() and not folder.is_symlink():
         return "new"
     if not folder.is_dir():
-        raise DataError(f"{name}: is a file, not a folder")
+        raise DataError(f"{name}: {IS_A_FILE}")
     note = folder_mark(folder)
     if note is None:
         if not any(folder.iterdir()):
@@ -282,7 +287,7 @@ def check_file(path: os.PathLike | str, force: bool = False, option: Optional[st
     path = Path(path)
     name = _name(path, option)
     if path.is_dir():
-        raise DataError(f"{name}: is a folder; give a file name")
+        raise DataError(f"{name}: {IS_A_FOLDER}")
     if not path.exists() and not path.is_symlink():
         return
     if not force:
@@ -347,19 +352,25 @@ def outputs_apart(outputs: Iterable[Optional[os.PathLike | str]],
             raise DataError(f"{o}: this output {how} the input {i}; write outputs elsewhere")
 
 
-def output_problem(path) -> Optional[str]:
-    """None when ``path`` can be written (created if missing), else why not. Never inside a dataset's
-    ``*_labels`` or ``*_features`` folder, where outputs would mix with (or replace) the data."""
+def output_problem(path, want: Optional[str] = None) -> Optional[str]:
+    """None when ``path`` can be written (created if missing), else why not, in one line naming ``path``: it lies
+    under a file, its folder is not writable, it is inside a dataset's ``*_labels`` or ``*_features`` folder
+    (outputs would mix with, or replace, the data), or it exists as the wrong kind (``want``: "file" refuses a
+    folder, "folder" refuses a file; None takes either)."""
     p = Path(path).absolute()
     for part in (p, *p.parents):
         if part.name.endswith(("_labels", "_features")) and (part.parent / f"{part.name.rsplit('_', 1)[0]}"
                                                                             f"_metadata.csv").is_file():
             return f"{path}: inside the dataset folder {part}; write outputs elsewhere"
+    if want == "file" and p.is_dir():
+        return f"{path}: {IS_A_FOLDER}"
+    if want == "folder" and (p.exists() or p.is_symlink()) and not p.is_dir():
+        return f"{path}: {IS_A_FILE}"
     probe = p if p.is_dir() else p.parent  # an existing file is replaced in its folder
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        return f"{path}: {probe} is a file, so nothing can be written below it"
+        return f"{path}: lies under the file {probe} ({probe.name} is a file, so nothing can be written below it)"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{path}: {probe} is not writable"
     return None

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..common.cli import at_least, check_memory, exclude_option, fail, finite, output_check, side, stage_app
+from ..common.cli import (at_least, check_memory, cores, exclude_option, fail, file_output_check, finite,
+                          folder_output_check, output_check, side, stage_app)
 
 #: peak memory of rendering one chip, per pixel (measured: 310-314 B/px at 512 and 1024 px)
 SYNTH_BYTES_PER_PIXEL = 320
@@ -17,8 +18,8 @@ app = stage_app("1. Data: generate a benchmark, preview, validate, make location
 
 @app.command()
 def synth(
-    out: Path = typer.Argument(..., callback=output_check, help="Folder to write the dataset to (On Cloud N "
-                                                                "layout)."),
+    out: Path = typer.Argument(..., callback=folder_output_check, help="Folder to write the dataset to (On Cloud "
+                                                                       "N layout)."),
     n_train: int = typer.Option(200, callback=at_least(0), help="Chips in the train split (with labels)."),
     n_test: int = typer.Option(60, callback=at_least(0), help="Chips in the test split (held-out locations; labels in "
                                                               ""
@@ -38,7 +39,7 @@ def synth(
     n_unlabelled: int = typer.Option(0, callback=at_least(0), help="Extra chips without labels at the train "
                                                                  "locations, in OUT/unlabelled_features (a pool to "
                                                                  "distil on: student distill --unlabelled)."),
-    workers: int = typer.Option(0, callback=at_least(0), help="Processes (0 = one per core)."),
+    workers: int = typer.Option(0, callback=cores(0), help="Processes (0 = one per core)."),
     overwrite: bool = typer.Option(False, help="Replace whatever is in OUT."),
     preview: bool = typer.Option(True, help="Write OUT/preview.png with sample chips."),
 ):
@@ -115,14 +116,15 @@ def validate(
 @app.command()
 def folds(
     data: Path = typer.Argument(..., help="Dataset root or train_features folder."),
-    out: Path = typer.Option(..., "--out", callback=output_check, help="CSV to write (chip_id, location, fold)."),
+    out: Path = typer.Option(..., "--out", callback=file_output_check, help="CSV to write (chip_id, location, "
+                                                                            "fold)."),
     k: int = typer.Option(5, callback=at_least(2), help="Number of folds."),
     seed: int = typer.Option(0, callback=at_least(0), help="Seed for tie-breaking."),
     exclude: Optional[Path] = exclude_option(),
     force: bool = typer.Option(False, help="Replace a folds CSV cloudkd wrote at OUT (nothing else is replaced)."),
 ):
-    """Location-grouped K folds (no location in two folds), written to a CSV (--exclude: fold -1 for those chips,
-    the folds made from the others)."""
+    """Location-grouped K folds (no location in two folds), written to a CSV (--exclude: fold -1 for those chips;
+    the folds are made from all chips, so excluding chips moves no other chip)."""
     from ..common.outputs import file_outputs
 
     with file_outputs({"--out": out}, "folds-csv", force, inputs=[data, exclude]):
@@ -130,24 +132,19 @@ def folds(
 
 
 def _folds(data: Path, out: Path, k: int, seed: int, exclude: Optional[Path]) -> None:
-    import pandas as pd
-
     from .chips import load_index
-    from .exclude import apply_exclude, exclude_message
+    from .exclude import exclude_ids, exclude_message
     from .roots import resolve_split
-    from .folds import EXCLUDED, make_folds, write_folds
+    from .folds import training_split, write_folds
 
     split = resolve_split(data, "train")
     index = load_index(split, require_labels=False)
-    kept = index
+    ids = []
     if exclude is not None:
-        kept, n = apply_exclude(index, exclude, split.features_dir)
-        typer.echo(exclude_message(n, len(index), exclude))
-    f = make_folds(kept, k=k, seed=seed)
-    left_out = index[~index["chip_id"].isin(set(kept["chip_id"]))]
-    if len(left_out):  # still listed, so that a reader of the folds knows them: in no fold
-        f = pd.concat([f, left_out[["chip_id", "location"]].assign(fold=EXCLUDED)])
-        f = f.sort_values("chip_id").reset_index(drop=True)
+        ids = exclude_ids(index, exclude, split.features_dir)
+        typer.echo(exclude_message(len(ids), len(index), exclude))
+    # folds of the full table, then fold -1 for the excluded chips (still listed, so that a reader knows them)
+    f = training_split(index, exclude=ids, k=k, seed=seed)
     write_folds(f, out)
     counts = f.groupby("fold").agg(chips=("chip_id", "size"), locations=("location", "nunique"))
     typer.echo(counts.to_string())

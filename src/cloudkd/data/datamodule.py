@@ -34,8 +34,8 @@ from ..common.errors import DataError
 from .chips import load_index
 from .roots import resolve_split
 from .dataset import ChipDataset
-from .exclude import apply_exclude, exclude_message
-from .folds import excluded_by_folds, folds_exclusion_message, make_folds, read_folds, split_by_fold
+from .exclude import exclude_ids, exclude_message
+from .folds import EXCLUDED, folds_exclusion_line, read_folds, split_by_fold, training_split
 
 
 def _log(msg: str) -> None:
@@ -86,17 +86,18 @@ class CloudDataModule(pl.LightningDataModule):
             return
         split = resolve_split(self.data, "train")
         index = load_index(split, require_labels=True)
-        excluded = []
+        ids = []
         if self.exclude is not None:
-            kept, n = apply_exclude(index, self.exclude, split.features_dir)
-            _log(exclude_message(n, len(index), self.exclude))
-            excluded = sorted(set(index["chip_id"]) - set(kept["chip_id"]))
-            index = kept
-        folds = read_folds(self.folds_path) if self.folds_path else make_folds(index, k=self.k, seed=self.seed)
-        left_out = excluded_by_folds(index, folds)
-        if len(left_out):
-            _log(folds_exclusion_message(len(left_out), len(index), self.folds_path))
-            excluded = sorted(excluded + list(left_out["chip_id"]))
+            ids = exclude_ids(index, self.exclude, split.features_dir)
+            _log(exclude_message(len(ids), len(index), self.exclude))
+        given = read_folds(self.folds_path) if self.folds_path else None
+        if given is not None:
+            line = folds_exclusion_line(index, given, ids, self.folds_path)
+            if line:
+                _log(line)
+        # the one split: folds of the full table, the excluded chips then fold -1 (no other chip moves)
+        folds = training_split(index, given, ids, k=self.k, seed=self.seed, source=str(self.folds_path))
+        excluded = sorted(folds["chip_id"][folds["fold"] == EXCLUDED])
         train, val = split_by_fold(index, folds, self.val_fold)
         for part, rows in (("training", train), ("validation", val)):
             if rows.empty and excluded:

@@ -25,6 +25,8 @@ from ..common.errors import DataError
 def read_exclude(path: os.PathLike | str) -> List[str]:
     """The chip ids listed in ``path``, in file order, each once (see the module doc for the format)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file of chip ids (one per line)")
     if not path.is_file():
         raise DataError(f"{path}: exclude file does not exist")
     try:
@@ -53,13 +55,20 @@ def check_exclude(ids: Sequence[str], chip_ids: Iterable[str], path: os.PathLike
         raise DataError(f"{path}: {len(unknown)} listed chip id(s) not in {where}: {few}")
 
 
+def exclude_ids(index: pd.DataFrame, path: os.PathLike | str, where: os.PathLike | str,
+                ids: Sequence[str] = None) -> List[str]:
+    """The chip ids listed in ``path`` (``ids``: already read from it), each once, checked against ``index`` (a
+    chip table of the split ``where``): the chips :func:`cloudkd.data.folds.training_split` sets to fold -1."""
+    ids = read_exclude(path) if ids is None else list(dict.fromkeys(ids))
+    check_exclude(ids, index["chip_id"], path, where)
+    return ids
+
+
 def apply_exclude(index: pd.DataFrame, path: os.PathLike | str, where: os.PathLike | str,
                   ids: Sequence[str] = None) -> Tuple[pd.DataFrame, int]:
     """``index`` (a chip table of the split ``where``, :func:`cloudkd.data.chips.load_index`) without the chips
     listed in ``path`` (``ids``: already read from it), and how many chips that left out."""
-    ids = read_exclude(path) if ids is None else list(dict.fromkeys(ids))
-    check_exclude(ids, index["chip_id"], path, where)
-    drop = index["chip_id"].isin(set(ids))
+    drop = index["chip_id"].isin(set(exclude_ids(index, path, where, ids)))
     return index[~drop].reset_index(drop=True), int(drop.sum())
 
 

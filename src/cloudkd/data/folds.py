@@ -3,13 +3,18 @@
 Folds are written to / read from a CSV (``chip_id,location,fold``) so that every experiment (threshold, teacher,
 student) uses the same split. Fold :data:`EXCLUDED` (-1) marks chips left out of every fold (``cloudkd data folds
 --exclude``): they are in neither part of any split, and no location check counts them.
+
+One split (:func:`training_split`): folds are assigned on the full chip table, and the excluded chips are then
+set to fold -1, so excluding a chip never moves another chip to another fold. Every command that reads a training
+set with ``--exclude`` (``data folds``, ``student train`` / ``distill``, ``teacher prepare``, ``baseline threshold
+fit``) splits through it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Tuple
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -99,6 +104,33 @@ def excluded_by_folds(index: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
 def folds_exclusion_message(n: int, total: int, source: os.PathLike | str) -> str:
     """The one line a reader of a folds file logs for the chips it leaves out (fold -1)."""
     return f"excluding {n} of {total} chips left out of every fold (fold {EXCLUDED}) in {source}"
+
+
+def folds_exclusion_line(index: pd.DataFrame, folds: pd.DataFrame, exclude: Iterable[str],
+                         source: os.PathLike | str) -> Optional[str]:
+    """The line to log for the chips of ``index`` that ``folds`` (read from ``source``) leaves out (fold -1),
+    beside the ones ``exclude`` lists; None when there are none."""
+    rest = index[~index["chip_id"].isin(set(exclude))]
+    n = len(excluded_by_folds(rest, folds))
+    return folds_exclusion_message(n, len(rest), source) if n else None
+
+
+def training_split(index: pd.DataFrame, folds: Optional[pd.DataFrame] = None, exclude: Iterable[str] = (),
+                   k: int = 5, seed: int = 0, source: str = "the folds") -> pd.DataFrame:
+    """The fold of every chip of ``index`` (``chip_id, location, fold``, sorted by chip_id): ``folds`` (a folds
+    table, e.g. :func:`read_folds` of ``source``; every chip of ``index`` must be in it) or, when None,
+    :func:`make_folds` (``k``, ``seed``) of the FULL ``index``; then the chips listed in ``exclude`` get fold
+    :data:`EXCLUDED`. Folds come before the exclusion, so excluding chips never moves another chip's fold."""
+    if folds is None:
+        table = make_folds(index, k=k, seed=seed)
+    else:
+        missing = sorted(set(index["chip_id"]) - set(folds["chip_id"]))
+        if missing:
+            raise DataError(f"{source}: {len(missing)} chip(s) have no fold assigned: {missing[:10]}")
+        table = folds.loc[folds["chip_id"].isin(set(index["chip_id"])), ["chip_id", "location", "fold"]].copy()
+        table["fold"] = table["fold"].astype(int)
+    table.loc[table["chip_id"].isin(set(exclude)), "fold"] = EXCLUDED
+    return table.sort_values("chip_id").reset_index(drop=True)
 
 
 def split_by_fold(index: pd.DataFrame, folds: pd.DataFrame, val_fold: int) -> Tuple[pd.DataFrame, pd.DataFrame]:

@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from ..common.cli import (at_least, fail, finite, output_check, refuse_incomplete, side, split_option, stage_app,
-                          threshold_option)
+from ..common.cli import (at_least, cores, fail, file_output_check, finite, folder_output_check, output_check,
+                          refuse_incomplete, side, split_option, stage_app, threshold_option)
 from .audit import EXCLUDE_ABOVE
 
 app = stage_app("5. Evaluate: leaderboard scoring of predictions, the real-chip benchmark.")
@@ -23,17 +23,25 @@ def score(
                                                        "(default: the labels folder's sibling *_metadata.csv)."),
     folds_csv: Optional[Path] = typer.Option(None, "--folds", help="Folds CSV: score one fold only."),
     fold: Optional[int] = typer.Option(None, callback=at_least(0), help="The fold to score (with --folds)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", callback=output_check, help="Write the summary as JSON "
-                                                                                         "here."),
-    report_dir: Optional[Path] = typer.Option(None, callback=output_check, help="Where per_chip.csv / "
-                                                                                "per_location.csv go "
-                                                         "(default: PRED's sibling PRED_score/)."),
-    workers: int = typer.Option(2, callback=at_least(1), help="Reader threads."),
+    json_path: Optional[Path] = typer.Option(None, "--json", callback=file_output_check, help="Write the summary "
+                                                                                              "as JSON here."),
+    report_dir: Optional[Path] = typer.Option(None, callback=folder_output_check, help="Where per_chip.csv / "
+                                                                                       "per_location.csv go "
+                                                                                       "(default: PRED's sibling "
+                                                                                       "PRED_score/)."),
+    workers: int = typer.Option(2, callback=cores(1), help="Reader threads."),
     force: bool = typer.Option(False, help="Replace a --json file cloudkd wrote (nothing else is replaced)."),
 ):
     """Leaderboard metric: one global Jaccard over all pixels of all chips, plus per-chip / per-location CSVs."""
-    from ..common.outputs import file_outputs, outputs_apart
+    from ..common.errors import DataError
+    from ..common.outputs import file_outputs, output_problem, outputs_apart
 
+    report_dir = report_dir or pred.parent / f"{pred.name}_score"
+    for path, want in ((report_dir, "folder"), (report_dir / "per_chip.csv", "file"),
+                       (report_dir / "per_location.csv", "file")):  # the default folder too, before any work
+        problem = output_problem(path, want)
+        if problem:
+            raise DataError(problem)
     outputs_apart([report_dir], [pred, labels, metadata, folds_csv])
     with file_outputs({"--json": json_path}, "score-json", force, inputs=[pred, labels, metadata, folds_csv]):
         _score(pred, labels, metadata, folds_csv, fold, json_path, report_dir, workers)
@@ -58,7 +66,6 @@ def _score(pred, labels, metadata, folds_csv, fold, json_path, report_dir, worke
         rep = score_folder(pred, labels, chips=chips, metadata=metadata, workers=workers, progress=True)
     except EmptyUnionError as exc:
         fail(f"{exc} (no cloud pixel in any label or prediction)")
-    report_dir = report_dir or pred.parent / f"{pred.name}_score"
     rep.write(report_dir, json_path)
     s = rep.summary()
     if rep.extra:

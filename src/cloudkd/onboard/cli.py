@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import at_least, fail, finite, output_check, side, stage_app, threshold_option
+from ..common.cli import (at_least, cores, fail, finite, folder_output_check, output_check, side, stage_app,
+                          threshold_option)
 from .downlink import DEFAULT_THRESHOLDS
 
 app = stage_app("6. On board: export to ONNX / int8, predict whole scenes, downlink savings, benchmark.")
@@ -17,8 +18,8 @@ app = stage_app("6. On board: export to ONNX / int8, predict whole scenes, downl
 @app.command()
 def export(
     checkpoint: Path = typer.Option(..., help="A student run folder (or a file in it)."),
-    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for the ONNX artefacts and "
-                                                                       "export.json."),
+    out: Path = typer.Option(..., "--out", callback=folder_output_check, help="Folder for the ONNX artefacts "
+                                                                              "and export.json."),
     calib: Optional[Path] = typer.Option(None, help="Chips (a *_features folder or dataset root) to calibrate int8."),
     heldout: Optional[Path] = typer.Option(None, help="Other chips for the checks (default: more calib chips)."),
     n_calib: int = typer.Option(16, callback=at_least(1), help="Calibration chips."),
@@ -82,7 +83,7 @@ def predict_scene_cmd(
     overlap: int = typer.Option(64, callback=at_least(0), help="Overlap between tiles (blended)."),
     batch: int = typer.Option(4, callback=at_least(1), help="Tiles per batch."),
     threshold: float = threshold_option(),
-    threads: Optional[int] = typer.Option(None, callback=at_least(1), help="CPU threads."),
+    threads: Optional[int] = typer.Option(None, callback=cores(1), help="CPU threads."),
     force: bool = typer.Option(False, help="Replace existing output files cloudkd wrote."),
 ):
     """Cloud mask of a whole scene or Sentinel-2 product by overlapping, blended tiles, in bounded memory: a
@@ -198,7 +199,7 @@ def bench_cmd(
     resnet34: Optional[Path] = typer.Option(None, help="smp ResNet-34 run (default DEMO/distill/resnet34)."),
     export_dir: Optional[Path] = typer.Option(None, help="cloudkd export folder (default DEMO/export; made if "
                                                          "missing)."),
-    threads: int = typer.Option(2, callback=at_least(1), help="Threads for every method."),
+    threads: int = typer.Option(2, callback=cores(1), help="Threads for every method."),
     batch: int = typer.Option(8, callback=at_least(1), help="Batch size of the throughput pass."),
     n_latency: int = typer.Option(16, callback=at_least(1), help="Chips timed one by one."),
     limit: Optional[int] = typer.Option(None, callback=at_least(1), help="Use only the first N chips."),

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import (at_least, check_memory, exclude_option, fail, finite, output_check, side, split_option,
-                          stage_app, threshold_option)
+from ..common.cli import (at_least, check_memory, cores, exclude_option, fail, finite, folder_output_check,
+                          output_check, side, split_option, stage_app, threshold_option)
 from .config import DISTILL_KD_WEIGHT, RUN_KIND, TrainConfig as C
 
 #: unet-s training memory per pixel of batch x crop^2 (forward + backward; measured 830-990 B/px)
@@ -159,8 +159,8 @@ def _fold_list(value: Optional[str]) -> Optional[list]:
 
 
 _DATA = typer.Argument(..., help="Labelled dataset root (train split, On Cloud N layout).")
-_OUT = typer.Option(..., "--out", callback=output_check, help="Run folder (checkpoints, logs, student.pt, "
-                                                              "student.json).")
+_OUT = typer.Option(..., "--out", callback=folder_output_check, help="Run folder (checkpoints, logs, student.pt, "
+                                                                     "student.json).")
 _FOLDS = typer.Option(None, "--folds", help="Folds CSV (default: location folds made from the data).")
 _EXCLUDE = exclude_option()
 
@@ -206,7 +206,7 @@ def _train_options(distill: bool):
         devices=typer.Option(C.devices, callback=at_least(1), help="Devices (processes) per node."),
         num_nodes=typer.Option(C.num_nodes, callback=at_least(1), help="Nodes."),
         strategy=typer.Option(C.strategy, help="Lightning strategy, e.g. ddp."),
-        workers=typer.Option(C.num_workers, callback=at_least(0), help="Data loader workers."),
+        workers=typer.Option(C.num_workers, callback=cores(0), help="Data loader workers."),
         seed=typer.Option(C.seed, callback=at_least(0), help="Random seed."),
         resume=typer.Option(C.resume, help="Resume the run in OUT from OUT/checkpoints/last.ckpt."),
         force=typer.Option(False, help="Replace the run already in OUT (a run folder cloudkd wrote): the new run is "

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..common.cli import (at_least, check, check_memory, device_check, exclude_option, fail, finite, output_check,
-                          side, split_option, stage_app, threshold_option)
+from ..common.cli import (at_least, check, check_memory, device_check, exclude_option, fail, finite,
+                          folder_output_check, output_check, side, split_option, stage_app, threshold_option)
 from ..common.errors import DataError
 from .plans import LOSSES, OPTIMIZERS, TEACHER_RECIPES as RECIPES, Budget as B
 from .workspace import DEFAULT_DATASET_ID, DEFAULT_NAME, name_problem
@@ -30,7 +30,7 @@ WORKDIR_HELP = "Teacher workspace (nnU-Net raw / preprocessed / results live ins
 @app.command("prepare")
 def teacher_prepare(
     data: Path = typer.Argument(..., help="Dataset root (On Cloud N layout, with train_labels)."),
-    workdir: Path = typer.Option(Path("runs/nnunet"), callback=output_check, help=WORKDIR_HELP),
+    workdir: Path = typer.Option(Path("runs/nnunet"), callback=folder_output_check, help=WORKDIR_HELP),
     dataset_id: int = typer.Option(DEFAULT_DATASET_ID, callback=DATASET_ID, help="nnU-Net dataset id (3 digits)."),
     name: str = typer.Option(DEFAULT_NAME, callback=check(name_problem), help="nnU-Net dataset name (letters, "
                                                                               "digits, '_', '-', '.')."),
@@ -40,13 +40,18 @@ def teacher_prepare(
     exclude: Optional[Path] = exclude_option(),
 ):
     """Convert a labelled dataset into an nnU-Net raw dataset and write splits_final.json from the folds."""
+    from ..common.outputs import outputs_apart
     from ..data.folds import read_folds
-    from .workspace import Workspace
+    from .workspace import Workspace, claim_workspace
     from .convert import prepare
 
+    # the output policy: WORKDIR new, empty or a workspace cloudkd wrote (reused), apart from the inputs
+    outputs_apart([workdir], [data, folds_csv, exclude])
+    claim_workspace(workdir)
     folds = read_folds(folds_csv) if folds_csv is not None else None
     r = prepare(data, Workspace(workdir), dataset_id, name, folds=folds, k=k, seed=seed, exclude=exclude,
                 folds_source=str(folds_csv))
+    claim_workspace(workdir, mark=True)  # marked once it holds a dataset
     verb = "already prepared (same data and folds)" if r.reused else f"prepared in {r.seconds:.1f} s"
     typer.echo(f"{r.dataset_name}: {r.n_chips} chips of {r.shape[0]}x{r.shape[1]} {verb} -> {r.raw_dir}")
     if r.excluded:
@@ -56,7 +61,7 @@ def teacher_prepare(
 
 @app.command("train")
 def teacher_train(
-    workdir: Path = typer.Option(Path("runs/nnunet"), callback=output_check, help=WORKDIR_HELP),
+    workdir: Path = typer.Option(Path("runs/nnunet"), callback=folder_output_check, help=WORKDIR_HELP),
     dataset_id: int = typer.Option(DEFAULT_DATASET_ID, callback=DATASET_ID, help="nnU-Net dataset id."),
     fold: List[int] = typer.Option([0], callback=at_least(0), help="Fold(s) to train (repeat the option for "
                                                                    "several)."),
@@ -149,7 +154,7 @@ def teacher_predict(
                                                                                "format) here."),
     soft_out: Optional[Path] = typer.Option(None, callback=output_check, help="Write soft labels (uint8-quantised "
                                                                               "probabilities) here."),
-    workdir: Path = typer.Option(Path("runs/nnunet"), callback=output_check, help=WORKDIR_HELP),
+    workdir: Path = typer.Option(Path("runs/nnunet"), callback=folder_output_check, help=WORKDIR_HELP),
     fold: List[int] = typer.Option([], callback=at_least(0), help="Fold(s) to ensemble (default: every trained "
                                                                   "fold)."),
     tta: bool = typer.Option(False, help="Mirroring test-time augmentation, as nnU-Net does (4x slower)."),
@@ -195,7 +200,7 @@ def teacher_predict(
 
 @app.command("info")
 def teacher_info(
-    workdir: Path = typer.Option(Path("runs/nnunet"), callback=output_check, help=WORKDIR_HELP),
+    workdir: Path = typer.Option(Path("runs/nnunet"), callback=folder_output_check, help=WORKDIR_HELP),
     dataset_id: int = typer.Option(DEFAULT_DATASET_ID, callback=DATASET_ID, help="nnU-Net dataset id."),
     configuration: List[str] = typer.Option([], help="Configuration(s) to describe (default: 2d and budgets)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (params, n_stages, features_per_stage, "

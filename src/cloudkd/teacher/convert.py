@@ -25,8 +25,8 @@ import tifffile
 from ..common.errors import DataError
 from ..common.io import atomic_write
 from ..data.chips import BANDS, load_index, read_chip, read_label, validate_split
-from ..data.exclude import apply_exclude, check_exclude, exclude_message, read_exclude
-from ..data.folds import EXCLUDED, excluded_by_folds, folds_exclusion_message, make_folds
+from ..data.exclude import exclude_ids, exclude_message
+from ..data.folds import EXCLUDED, folds_exclusion_line, training_split
 from ..data.normalise import MEAN, REFL_MAX, STD, normalise
 from ..data.roots import resolve_split
 from .workspace import DEFAULT_DATASET_ID, DEFAULT_NAME, FILE_ENDING, Workspace, dataset_name, dump_json, load_json
@@ -81,29 +81,30 @@ def prepare(data: os.PathLike | str, workspace: Workspace, dataset_id: int = DEF
                         f"labelled chips (nothing was written)")
     drop_ids = []
     if exclude is not None:  # before the long validation: an unknown id fails at once
-        drop_ids = read_exclude(exclude)
-        check_exclude(drop_ids, split.chip_ids(), exclude, split.features_dir)
+        drop_ids = exclude_ids(pd.DataFrame({"chip_id": split.chip_ids()}), exclude, split.features_dir)
     report = validate_split(split, labels=True, progress=progress)
     if not report.ok:
         report.raise_if_failed(context="teacher prepare: ", after="; nothing was written")
     index = load_index(split, require_labels=True)
-    excluded = []
     if exclude is not None:
-        kept, n = apply_exclude(index, exclude, split.features_dir, ids=drop_ids)
-        print(exclude_message(n, len(index), exclude), flush=True)
-        excluded, index = sorted(drop_ids), kept
-    if folds is None:
-        folds = make_folds(index, k=k, seed=seed)
+        print(exclude_message(len(drop_ids), len(index), exclude), flush=True)
+    if folds is not None:
+        line = folds_exclusion_line(index, folds, drop_ids, folds_source)
+        if line:
+            print(line, flush=True)
+        n_folds = int(folds.fold.max()) + 1
     else:
-        missing = sorted(set(index.chip_id) - set(folds.chip_id))
-        if missing:
-            raise DataError(f"teacher prepare: {len(missing)} chip(s) have no fold: {missing[:10]}")
-        left_out = excluded_by_folds(index, folds)
-        if len(left_out):
-            print(folds_exclusion_message(len(left_out), len(index), folds_source), flush=True)
-            excluded = sorted(excluded + list(left_out.chip_id))
-            index = index[~index.chip_id.isin(set(left_out.chip_id))].reset_index(drop=True)
-        folds = folds[folds.chip_id.isin(set(index.chip_id)) & (folds.fold != EXCLUDED)]
+        n_folds = k
+    # the one split: folds of the full table, then fold -1 for the excluded chips (no other chip moves)
+    split_table = training_split(index, folds, drop_ids, k=k, seed=seed, source=f"teacher prepare: {folds_source}")
+    out_of_folds = set(split_table.chip_id[split_table.fold == EXCLUDED])
+    excluded = sorted(out_of_folds)
+    index = index[~index.chip_id.isin(out_of_folds)].reset_index(drop=True)
+    folds = split_table[split_table.fold != EXCLUDED].reset_index(drop=True)
+    empty = [f for f in range(n_folds) if not (folds.fold == f).any()]
+    if empty:
+        raise DataError(f"teacher prepare: fold(s) {empty} have no chip left after leaving out {len(excluded)} "
+                        f"chip(s) (nnU-Net's fold i is fold i of the folds); exclude fewer chips or give --folds")
     ds_name = dataset_name(dataset_id, name)
     fp = _fingerprint(split.root.resolve(), index, folds, report.shape)
     raw_dir = workspace.raw / ds_name
@@ -157,7 +158,7 @@ def prepare(data: os.PathLike | str, workspace: Workspace, dataset_id: int = DEF
 
     # nnU-Net fold i = our fold i; validation = the chips of that fold (whole locations)
     splits = []
-    for f in sorted(folds.fold.unique()):
+    for f in range(n_folds):
         splits.append({"train": sorted(folds.chip_id[folds.fold != f]), "val": sorted(folds.chip_id[folds.fold == f])})
     splits_file.parent.mkdir(parents=True, exist_ok=True)
     dump_json(splits_file, splits)

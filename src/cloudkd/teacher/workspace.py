@@ -121,6 +121,38 @@ class Workspace:
             raise DataError(f"{self.raw}: no nnU-Net dataset with id {dataset_id}; run 'cloudkd teacher prepare'")
         return folders[0].name
 
+#: the kind of content of a teacher workspace (the output policy's mark, :mod:`cloudkd.common.outputs`)
+WORKSPACE_KIND = "teacher-workspace"
+def is_old_workspace(folder: os.PathLike | str) -> bool:
+    """Whether ``folder`` is a teacher workspace cloudkd wrote before workspaces carried the output policy's mark:
+    a raw dataset in it has the ``dataset.json`` ``teacher prepare`` writes (with its ``cloudkd`` fingerprint)."""
+    raw = Path(folder) / "nnUNet_raw"
+    for djson in (sorted(raw.glob("Dataset*/dataset.json")) if raw.is_dir() else []):
+        try:
+            if isinstance(json.loads(djson.read_text()).get("cloudkd"), dict):
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+def claim_workspace(folder: os.PathLike | str, option: str = "--workdir", mark: bool = False) -> str:
+    """The output policy for a teacher workspace: new, empty, or cloudkd's own (reused: its datasets and trained
+    folds stay, ``prepare`` decides about each dataset); a file, a folder cloudkd did not write (even with
+    ``--force``) or cloudkd's folder of another kind is refused (DataError). ``mark``: write the mark (after the
+    work succeeded, so that a refused or failed command leaves nothing). Returns :func:`check_folder`'s state."""
+    from ..common.outputs import check_folder, folder_mark, mark_folder
+
+    folder = Path(folder)
+    if folder.is_dir() and folder_mark(folder) is None and is_old_workspace(folder):
+        state = "replace"
+    else:
+        state = check_folder(folder, WORKSPACE_KIND, force=True, option=option)  # its own kind: reused
+    if mark and folder_mark(folder) is None:
+        mark_folder(folder, WORKSPACE_KIND)
+    return state
+
+
 def _plot_backend() -> Optional[str]:
     """matplotlib's backend now (None without matplotlib)."""
     try:
