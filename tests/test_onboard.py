@@ -162,6 +162,21 @@ def test_export_cli_reports_and_flags_int8(student, small_data, tmp_path, monkey
     assert f"on-board artefact: {tmp_path / 'e2' / 'model_int8.onnx'}" in r.output
 
 
+def test_export_says_how_many_calibration_chips_there_are(student, small_data, tmp_path, capsys):
+    """Issue 29: --n-calib above the chips there are said "no chips to use" (the checks found none left)."""
+    from conftest import invoke, one_line_refusal
+
+    feats = small_data / "test_features"  # 10 chips
+    base = ["onboard", "export", "--checkpoint", student, "--out", tmp_path / "e", "--calib", feats, "--size", 96,
+            "--no-memory"]
+    code, text = invoke(base + ["--n-calib", 100000], capsys)
+    one_line_refusal(code, text, f"--n-calib 100000: {feats} has only 10 chip(s), and the checks need chips after "
+                                 f"the calibration ones; give --n-calib 9 or fewer, or --heldout CHIPS")
+    code, text = invoke(base + ["--n-calib", 11, "--heldout", small_data / "train_features"], capsys)
+    one_line_refusal(code, text, f"--n-calib 11: {feats} has only 10 chip(s); give --n-calib 10 or fewer")
+    assert not (tmp_path / "e").exists()  # refused before any work
+
+
 # ---------------------------------------------------------------------------------------------------- scenes
 def _write_band_files(folder, scene, **tiff_kwargs):
     """A scene folder of one zlib-compressed TIFF per band (B02.tif ... B08.tif)."""

@@ -203,6 +203,7 @@ def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optiona
     out = Path(out)
     run, info, state = resolve_run(checkpoint)
     outputs_apart([out], [checkpoint, run, calib, heldout])
+    check_chip_counts(calib, heldout, n_calib)  # before any work
     with folder_lock(out):
         claim_folder(out, EXPORT_KIND, force)
         return _export_into(out, run, info, state, calib, heldout, n_calib, n_check, size, int8, measure_memory,
@@ -211,6 +212,24 @@ def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optiona
 
 #: the kind of content of an export folder (the output policy's mark)
 EXPORT_KIND = "onnx-export"
+
+
+def check_chip_counts(calib: Optional[os.PathLike | str], heldout: Optional[os.PathLike | str],
+                      n_calib: int) -> None:
+    """Refuse (one line) an ``n_calib`` the ``calib`` chips cannot give: more than there are, or, without
+    ``heldout``, all of them (the checks use the chips after the calibration ones)."""
+    if calib is None:
+        return
+    n = len(list_chip_ids(calib))
+    if n == 0:
+        raise DataError(f"{calib}: no chips to calibrate on (--calib)")
+    if heldout is not None:
+        if n_calib > n:
+            raise DataError(f"--n-calib {n_calib}: {calib} has only {n} chip(s); give --n-calib {n} or fewer")
+    elif n_calib >= n:
+        fix = f"--n-calib {n - 1} or fewer, or --heldout CHIPS" if n > 1 else "--heldout CHIPS"
+        raise DataError(f"--n-calib {n_calib}: {calib} has only {n} chip(s), and the checks need chips after the "
+                        f"calibration ones; give {fix}")
 
 
 def _export_into(out: Path, run: Path, info: dict, state: dict, calib, heldout, n_calib: int, n_check: int, size: int,
