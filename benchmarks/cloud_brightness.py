@@ -13,6 +13,10 @@ Sources of cloud pixels (nodata left out; brightness = mean(B02, B03, B04) refle
   beyond one scene that needs no label here;
 * ``generated train labels`` / ``generated test labels``: the generator's annotator labels of the demo dataset.
 
+With ``--student RUN`` (repeatable): each student run's masks on the unlabelled real chips are compared with the
+peer's, band by band (recall of the peer's cloud, precision against it: ``cloud_brightness_vs_peer.csv``), the
+nearest thing to a real-chip check beyond one scene that needs no label (the peer is a model, not a label).
+
 Writes ``benchmarks/results/cloud_brightness.csv`` (source, band, cloud pixels, share) and ``.md`` with the
 command and date, a finer histogram (0.05 reflectance bins) in ``cloud_brightness_hist.csv``, and
 ``docs/cloud_brightness.png``. Per chip, ``cloud_brightness_chips.csv`` lists the cloud pixels' median brightness
@@ -68,7 +72,9 @@ def main():
     ap.add_argument("--work", default="runs/cloud_brightness", help="where the peer's masks are written")
     ap.add_argument("--out", default="benchmarks/results/cloud_brightness.csv")
     ap.add_argument("--png", default="docs/cloud_brightness.png")
+    ap.add_argument("--student", action="append", default=[], help="student run(s) to compare with the peer")
     a = ap.parse_args()
+    vs_peer = []
     sources = {}
     chip_rows = []
     if Path(a.real_labelled).is_dir():
@@ -89,6 +95,17 @@ def main():
             name = f"real peer ({Path(root).name})"
             sources[name] = cloud_pixels(split.features_dir, {c: out / f"{c}.tif" for c in split.chip_ids()},
                                          name, chip_rows)
+            for run in a.student:
+                from cloudkd.evaluate.bands import bands_of_folders
+                from cloudkd.student.predict import predict_folder
+                from cloudkd.student.runs import load_student, recorded_threshold
+
+                pred = Path(a.work) / f"{Path(run).name}_{Path(root).name}"
+                predict_folder(load_student(run), split.features_dir, pred, threshold=recorded_threshold(run),
+                               progress=False)
+                t = bands_of_folders(split.features_dir, out, {str(run): pred}, split.chip_ids())
+                t.insert(0, "chips", Path(root).name)
+                vs_peer += t[t.method != "label"].round(4).to_dict("records")
     else:
         print(f"(the peer is not installed: {peer.INSTALL}; its rows are left out)")
     for part in ("train", "test"):
@@ -108,6 +125,9 @@ def main():
                  for name, (_, hist) in sources.items() for lo, n in zip(BINS[:-1], hist)]
     write_rows(out.with_name(out.stem + "_hist.csv"), hist_rows)
     write_rows(out.with_name(out.stem + "_chips.csv"), chip_rows)
+    if vs_peer:
+        write_rows(out.with_name(out.stem + "_vs_peer.csv"), vs_peer)
+        print(format_table(vs_peer, list(vs_peer[0])))
     wide = pd.DataFrame(rows).pivot(index="source", columns="band", values="share")[list(BAND_NAMES)]
     wide = wide.loc[list(sources)]
     table = [{"source": s, **{b: wide.loc[s, b] for b in BAND_NAMES},
