@@ -10,7 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import invoke, make_dataset, snapshot
+from conftest import invoke, make_dataset, one_line_refusal, snapshot
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -368,3 +368,27 @@ def test_an_interrupted_run_says_resume_not_not_a_run_folder(small_data, run_cop
     code, text = invoke(["student", "predict", "--model", run_copy, "--features", small_data / "test_features",
                          "--out", tmp_path / "masks"], capsys)
     assert code == 2 and "interrupted: " in text and "--resume" in text and "not a student run folder" not in text
+
+
+def test_a_run_killed_while_exporting_says_resume_and_resume_finishes_it(small_data, run_copy, tmp_path, capsys):
+    """Issue 29: a run killed after its checkpoints (and even student.pt) but before student.json, the record a run
+    writes last, was called "not a student run folder"; and one without last.ckpt was told to --resume."""
+    (run_copy / "student.json").unlink()  # killed while exporting: student.pt written, the record not
+    predict = ["student", "predict", "--model", run_copy, "--features", small_data / "test_features", "--out",
+               tmp_path / "masks"]
+    code, text = invoke(predict, capsys)
+    one_line_refusal(code, text, f"{run_copy}: interrupted: its training did not finish")
+    assert "--resume" in text and "not a student run folder" not in text
+    code, text = invoke(_train_args(small_data, run_copy), capsys)
+    one_line_refusal(code, text, "interrupted: ")
+    assert "--resume" in text
+    code, text = invoke(_train_args(small_data, run_copy, "--resume"), capsys)  # the advice works
+    assert code == 0, text
+    assert (run_copy / "student.json").is_file()
+    assert invoke(predict, capsys)[0] == 0
+    # killed before a last.ckpt was written: nothing to resume, so the advice is --force
+    (run_copy / "student.json").unlink()
+    (run_copy / "checkpoints" / "last.ckpt").unlink()
+    code, text = invoke(predict + ["--force"], capsys)
+    one_line_refusal(code, text, "left no")
+    assert "--resume" not in text and "--force" in text

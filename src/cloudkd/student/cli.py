@@ -45,7 +45,7 @@ def run_folder(out: Path, resume: bool, force: bool) -> str:
     silently overwritten, which would also leave the old run's checkpoint for a later --resume. Returns
     "resume", or the output policy's state of ``out``: "new", "empty" or "replace"."""
     from ..common.outputs import check_folder
-    from .runs import interrupted
+    from .runs import interrupted, interrupted_message
 
     if resume and force:
         fail("--resume continues the run in OUT and --force replaces it: give one", 2)
@@ -56,8 +56,7 @@ def run_folder(out: Path, resume: bool, force: bool) -> str:
         return "resume"
     state = check_folder(out, RUN_KIND, True, "--out")  # a file, or a folder cloudkd did not write: refused
     if not force and interrupted(out):
-        fail(f"{out}: interrupted: a run that did not finish ({last} is there, no student.pt); use --resume to "
-             f"continue it (or --force to start anew)", 2)
+        fail(interrupted_message(out), 2)
     if state == "replace" and not force:
         fail(f"{out}: already holds a run (or other files); --resume continues it, --force replaces it", 2)
     return state

@@ -34,9 +34,26 @@ def lightning_state(ckpt: os.PathLike | str) -> Dict[str, torch.Tensor]:
 
 
 def interrupted(run: os.PathLike | str) -> bool:
-    """A run folder whose training started (``checkpoints/last.ckpt``) but did not finish (no ``student.pt``)."""
+    """A run folder whose training started (its ``run.json``, written when training starts, or a checkpoint in
+    ``checkpoints/``) but did not finish (no ``student.json``, the record a run writes last: a run killed while
+    it exported its weights has ``student.pt`` but not the record)."""
     run = Path(run)
-    return (run / "checkpoints" / "last.ckpt").is_file() and not (run / "student.pt").is_file()
+    if (run / "student.json").is_file():
+        return False
+    ck = run / "checkpoints"
+    return (run / "run.json").is_file() or (ck.is_dir() and any(ck.glob("*.ckpt")))
+
+
+def interrupted_message(run: os.PathLike | str) -> str:
+    """One line on an :func:`interrupted` run: continue it with --resume from its ``last.ckpt``, or, without one,
+    start it anew with --force."""
+    run = Path(run)
+    last = run / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return (f"{run}: interrupted: its training did not finish ({last} is there, no student.json); continue it "
+                f"with 'cloudkd student train/distill ... --out {run} --resume' (or start it anew with --force)")
+    return (f"{run}: interrupted: its training did not finish and left no {last} to resume from; start it anew with "
+            f"'cloudkd student train/distill ... --out {run} --force'")
 
 
 def resolve_run(checkpoint: os.PathLike | str) -> Tuple[Path, dict, Dict[str, torch.Tensor]]:
@@ -53,9 +70,7 @@ def resolve_run(checkpoint: os.PathLike | str) -> Tuple[Path, dict, Dict[str, to
         run = p.parent
     info_path = run / "student.json"
     if not info_path.is_file() and interrupted(run):
-        raise DataError(f"{run}: interrupted: its training did not finish (checkpoints/last.ckpt, no student.pt); "
-                        f"continue it with 'cloudkd student train/distill ... --out {run} --resume' (or start it "
-                        f"anew with --force)")
+        raise DataError(interrupted_message(run))
     if not info_path.is_file():
         raise DataError(f"{info_path}: missing; not a student run folder of 'cloudkd train/distill' "
                         f"(or a file in it)")
