@@ -384,6 +384,31 @@ def test_runtime_test_fails_with_reasons_when_main_py_misbehaves(packed, small_d
     assert r.exit_code == 1 and "no main.py" in r.output
 
 
+def test_runtime_test_shows_the_log_of_a_failing_main_py_it_does_not_keep(small_data, tmp_path, monkeypatch):
+    """Issue 29: with --quiet the FAIL line pointed to main.log in the emulated root, which was deleted; and an
+    interpreter given by a relative path ran main.py from inside that root (a traceback, not a verdict)."""
+    z = tmp_path / "fails.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("main.py", "import sys\nprint('loading the model')\nprint('boom: assets/model.pt is missing')\n"
+                              "sys.exit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").symlink_to(sys.executable)
+    python = os.path.join("bin", "python")  # relative, as a user types it
+    r = runner.invoke(app, ["runtime-test", "--zip", "fails.zip", "--data", str(small_data), "--quiet", "--python",
+                            python])
+    assert r.exit_code == 1, r.output
+    assert "FAIL: main.py exited with code 3 (the end of its log follows; --keep FOLDER keeps main.log)" in r.output
+    assert "  | boom: assets/model.pt is missing" in r.output and "(log: " not in r.output
+    r = runner.invoke(app, ["runtime-test", "--zip", "fails.zip", "--data", str(small_data), "--python", python])
+    assert r.exit_code == 1 and "main.py exited with code 3 (its log is above;" in r.output, r.output
+    r = runner.invoke(app, ["runtime-test", "--zip", "fails.zip", "--data", str(small_data), "--quiet", "--keep",
+                            "rt"])
+    log = tmp_path / "rt" / "main.log"
+    assert r.exit_code == 1 and f"main.py exited with code 3 (log: {log})" in r.output, r.output
+    assert "boom" in log.read_text() and "the end of main.py's log" not in r.output
+
+
 # ---------------------------------------------------------------------------------------------------- entrypoint
 def test_entrypoint_script_unzips_runs_validates_and_tars(packed, small_data, tmp_path):
     root = tmp_path / "codeexecution"
