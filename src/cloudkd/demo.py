@@ -101,7 +101,7 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
     from .data.folds import read_folds, split_by_fold
     from .student.predict import predict_folder as student_predict
     from .student.train import TrainConfig, fit
-    from .student.runs import load_student
+    from .student.runs import load_student, recorded_threshold
     from .common.sizes import count_params
     from .teacher.model import predict_folder as teacher_predict
 
@@ -141,7 +141,7 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
         _log(f"    distilled in {r.seconds:.0f} s ({r.epochs} epochs); best val global Jaccard {r.val_jaccard:.4f}")
     model = load_student(run)
     pred = work / "predictions" / "student"
-    p = student_predict(model, test_split.features_dir, pred, progress=progress)
+    p = student_predict(model, test_split.features_dir, pred, threshold=recorded_threshold(run), progress=progress)
     row, _ = _score_row(f"student {sb.model} (KD)", count_params(model), p["ms_per_chip"],
                         pred, test_split, work, (run / "student.pt").stat().st_size)
     _log(f"    student: global Jaccard {row['jaccard']:.4f}; {p['ms_per_chip']:.0f} ms/chip inference")
@@ -153,6 +153,7 @@ def _export_stage(cfg: DemoConfig, work: Path, test_split, rebuilt: bool, progre
     from .common.onnx import OnnxModel
     from .onboard.export import INT8_MIN_IOU, export
     from .student.predict import predict_folder as student_predict
+    from .student.runs import recorded_threshold
 
     out = work / "export"
     student = work / "student" / "student.pt"
@@ -169,7 +170,8 @@ def _export_stage(cfg: DemoConfig, work: Path, test_split, rebuilt: bool, progre
              f"(mask IoU vs fp32 {checks['int8_vs_fp32_mask_iou']:.4f}{'' if ok else f', BELOW {INT8_MIN_IOU}'}) -> {out}")
     q = out / "model_int8.onnx"
     pred = work / "predictions" / "student_int8"
-    p = student_predict(OnnxModel(q), test_split.features_dir, pred, progress=progress)
+    p = student_predict(OnnxModel(q), test_split.features_dir, pred, threshold=recorded_threshold(q),
+                        progress=progress)
     info = json.loads((work / "student" / "student.json").read_text())
     row, _ = _score_row("student int8 ONNX", info["params"], p["ms_per_chip"], pred, test_split, work,
                         q.stat().st_size)

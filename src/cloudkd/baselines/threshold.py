@@ -24,7 +24,7 @@ import numpy as np
 
 from ..common.errors import DataError
 from ..common.io import atomic_write
-from ..data.chips import list_chip_ids, read_chip, read_label, write_mask
+from ..data.chips import check_chip_shapes, list_chip_ids, read_chip, read_label, write_mask
 
 METHOD = "brightness-whiteness"
 
@@ -156,6 +156,7 @@ def predict_folder(model: ThresholdModel, features_dir: os.PathLike | str, out_d
     """Write ``out_dir/{chip_id}.tif`` masks (submission format) for the chips of a features folder."""
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     ids = list(chip_ids) if chip_ids is not None else list_chip_ids(features_dir)
+    check_chip_shapes(features_dir, ids)  # the one chip-shape rule, before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     it = ids
     if progress:

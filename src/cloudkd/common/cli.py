@@ -164,6 +164,18 @@ def threshold_option(help: str = "Cloud probability threshold of the prediction 
     return typer.Option(default, "--threshold", help=help, callback=_check_threshold)
 
 
+#: the help of ``--threshold`` on a command that makes masks from a trained model
+MODEL_THRESHOLD_HELP = ("Cloud probability threshold of the prediction rule (nodata pixels are always clear); "
+                        "default: the one the model recorded (a student run's training threshold, an exported "
+                        "model's export threshold).")
+
+
+def model_threshold_option(help: str = MODEL_THRESHOLD_HELP):
+    """``--threshold`` of a command that makes masks from a trained model: not given (None), the command takes the
+    model's recorded threshold (:func:`cloudkd.student.runs.recorded_threshold`), never a default of its own."""
+    return threshold_option(help, default=None)
+
+
 def refuse_incomplete(rep, what: str, items: str, limit: int = 50) -> None:
     """Print a scoring report's missing and invalid predictions and fail (exit 1) unless ``rep.ok``: the same
     refusal for chip folders (``evaluate score``) and Landsat scenes (``landsat score``)."""

@@ -149,6 +149,61 @@ def read_chip(chip_dir: os.PathLike | str, shape: Optional[Tuple[int, int]] = No
     return dn_to_reflectance(read_chip_dn(chip_dir, shape))
 
 
+def chip_shape(chip_dir: os.PathLike | str) -> Optional[Tuple[int, int]]:
+    """(H, W) of a chip from the TIFF headers of its band files, nothing decoded; None when a band is missing,
+    unreadable or not 2-D, or the bands disagree (:func:`read_chip` names that problem when the chip is read)."""
+    shapes = set()
+    for band in BANDS:
+        try:
+            with tifffile.TiffFile(Path(chip_dir) / f"{band}.tif") as tif:
+                series = tif.series[0] if tif.series else tif.pages[0]
+                shapes.add(tuple(int(d) for d in series.shape if int(d) != 1))
+        except Exception:  # missing, unreadable: read_chip's own message, when the chip is read
+            return None
+    shape = shapes.pop() if len(shapes) == 1 else None
+    return shape if shape is not None and len(shape) == 2 else None
+
+
+def chip_shape_problems(features_dir: os.PathLike | str,
+                        chip_ids: Sequence[str]) -> Tuple[Optional[Tuple[int, int]], Dict[str, str]]:
+    """The one rule of a chip's shape: a chip is square, side x side pixels, and all the chips of a folder have one
+    side (the On Cloud N contract: 512 x 512). The folder's shape is that of most of its chips (ties: the first
+    chip's). From the TIFF headers, nothing decoded. Returns (the folder's (H, W) or None when no chip is
+    readable, {chip_id: problem} of the chips that break the rule; chips whose bands cannot be read or disagree
+    are left to :func:`read_chip`)."""
+    from collections import Counter
+
+    features_dir = Path(features_dir)
+    shapes = {c: chip_shape(features_dir / c) for c in chip_ids}
+    counts = Counter(s for s in shapes.values() if s is not None)
+    if not counts:
+        return None, {}
+    top = max(counts.values())
+    want = next(s for s in shapes.values() if s is not None and counts[s] == top)
+    bad = {}
+    for c, s in shapes.items():
+        if s is None:
+            continue
+        if s != want:
+            bad[c] = (f"bands of {s[0]}x{s[1]} pixels, but the chips of {features_dir} are {want[0]}x{want[1]} (a "
+                      f"chip is square, one size for the folder; On Cloud N: 512x512)")
+        elif s[0] != s[1]:
+            bad[c] = f"bands of {s[0]}x{s[1]} pixels: a chip must be square (side x side; On Cloud N: 512x512)"
+    return want, bad
+
+
+def check_chip_shapes(features_dir: os.PathLike | str, chip_ids: Sequence[str]) -> Optional[Tuple[int, int]]:
+    """:func:`chip_shape_problems` as every predictor applies it before it predicts anything: a chip that breaks
+    the rule is a :class:`DataError` naming it (``submission/main.py``, which must never fail, gives such a chip its
+    documented fallback instead: an all-clear mask of the chip size, logged). Returns the folder's (H, W)."""
+    want, bad = chip_shape_problems(features_dir, chip_ids)
+    if bad:
+        c = next(iter(bad))
+        more = f" (and {len(bad) - 1} more chip(s))" if len(bad) > 1 else ""
+        raise DataError(f"{Path(features_dir) / c}: {bad[c]}{more}")
+    return want
+
+
 def read_mask(path: os.PathLike | str, shape: Optional[Tuple[int, int]] = None, what: str = "mask") -> np.ndarray:
     """A binary mask file (label or prediction) as uint8 (H, W) with values in {0, 1}."""
     path = Path(path)

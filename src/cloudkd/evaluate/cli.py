@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from ..common.cli import (at_least, cores, fail, file_output_check, finite, folder_output_check, output_check,
-                          refuse_incomplete, side, split_option, stage_app, threshold_option)
+                          model_threshold_option, refuse_incomplete, side, split_option, stage_app)
 from .audit import EXCLUDE_ABOVE
 
 app = stage_app("5. Evaluate: leaderboard scoring of predictions, the real-chip benchmark.")
@@ -146,7 +146,10 @@ def audit(
     above: float = typer.Option(EXCLUDE_ABOVE, callback=finite(0.0, 1.0),
                                 help="Suspicion above which --exclude-out lists a chip (a fifth of its pixels "
                                      "confidently wrong)."),
-    threshold: float = threshold_option(),
+    threshold: Optional[float] = model_threshold_option("Cloud probability threshold of the judge's masks "
+                                                        "(default: the one the judge recorded: a student run's "
+                                                        "training threshold, an exported model's; --train: the "
+                                                        "students' training threshold)."),
     split: Optional[str] = split_option(),
     force: bool = typer.Option(False, help="Replace an existing audit in --out, and an --exclude-out file cloudkd "
                                            "wrote."),
@@ -189,6 +192,8 @@ def audit(
         missing = sorted(set(index["chip_id"]) - set(folds["chip_id"]))
         if missing:
             fail(f"{folds_csv}: {len(missing)} chip(s) of {sp.features_dir} have no fold, e.g. {missing[:5]}", 2)
+        if threshold is None:
+            threshold = TrainConfig.threshold  # what the out-of-fold students train (and so record) by default
         base = TrainConfig(data=str(sp.root), out="", model=student_model, epochs=epochs, batch_size=batch,
                            crop=crop, limit_train_batches=steps, seed=seed, threshold=threshold)
         runs = A.train_fold_models(sp.root, folds_csv, out / "oof", base, log=typer.echo)
@@ -199,6 +204,11 @@ def audit(
         judge = next(iter(models.values()))
     else:
         judge = A.load_model(model, teacher_nnunet)
+        if threshold is None:
+            from ..common.infer import DEFAULT_THRESHOLD
+            from ..student.runs import recorded_threshold
+
+            threshold = recorded_threshold(model) if model is not None else DEFAULT_THRESHOLD  # the teacher: none
         models, source = None, judge.name
         rows = A.audit_chips(index, judge, threshold, batch)
     seconds = time.perf_counter() - t0

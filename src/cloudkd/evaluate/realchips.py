@@ -52,26 +52,30 @@ def threshold_method(path: os.PathLike | str, name: str = "thresholding") -> Met
 
 def student_method(run: os.PathLike | str, name: Optional[str] = None) -> Method:
     from ..student.predict import predict_folder
-    from ..student.runs import load_student, resolve_run
+    from ..student.runs import load_student, resolve_run, run_threshold
     from ..common.sizes import count_params
 
     folder, info, _ = resolve_run(run)
     model = load_student(run)
     pt = folder / "student.pt"
+    t = run_threshold(info)  # the run's own prediction rule
     return Method(name or f"student {info['model']} ({folder.name})",
-                  lambda f, o: predict_folder(model, f, o, progress=False), count_params(model),
+                  lambda f, o: predict_folder(model, f, o, threshold=t, progress=False), count_params(model),
                   pt.stat().st_size if pt.is_file() else None)
 
 
 def onnx_method(path: os.PathLike | str, name: Optional[str] = None) -> Method:
     from ..common.onnx import OnnxModel
     from ..student.predict import predict_folder
+    from ..student.runs import recorded_threshold
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: ONNX model not found")
     model = OnnxModel(path)
-    return Method(name or f"ONNX {path.name}", lambda f, o: predict_folder(model, f, o, progress=False),
+    t = recorded_threshold(path)  # the threshold the export recorded in the model
+    return Method(name or f"ONNX {path.name}", lambda f, o: predict_folder(model, f, o, threshold=t,
+                                                                           progress=False),
                   None, path.stat().st_size)
 
 

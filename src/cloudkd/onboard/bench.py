@@ -91,6 +91,16 @@ def machine_peak(threads: int, seconds: float = 1.0) -> Dict[str, float]:
     return {"fp32": fp32, "int8": int8}
 
 
+def method_threshold(method: str, path: str) -> float:
+    """The threshold a method's model recorded (a student run's, an exported model's: :func:`recorded_threshold`);
+    the rule's default for the others (the teacher, the speed reference)."""
+    if method in ("smp_resnet34", "student_torch", "student_onnx_fp32", "student_onnx_int8"):
+        from ..student.runs import recorded_threshold
+
+        return recorded_threshold(path)
+    return DEFAULT_THRESHOLD
+
+
 def _load(method: str, path: str, threads: int, threshold: float = DEFAULT_THRESHOLD):
     """(predict(refl (N,4,H,W) float32) -> masks (N,H,W), params, bytes, macs); the models' masks come from the
     one prediction rule at ``threshold`` (nodata pixels clear)."""
@@ -156,8 +166,9 @@ def _load(method: str, path: str, threads: int, threshold: float = DEFAULT_THRES
 
 
 def run_worker(method: str, path: str, features: str, labels: str, threads: int, batch: int, n_latency: int,
-               limit: Optional[int] = None, threshold: float = DEFAULT_THRESHOLD) -> dict:
-    """One method, measured in this process."""
+               limit: Optional[int] = None, threshold: Optional[float] = None) -> dict:
+    """One method, measured in this process (``threshold`` None: the model's recorded one, see
+    :func:`method_threshold`)."""
     from ..data.chips import list_chip_ids, read_chip, read_label
     from ..common.metrics import Confusion, confusion
     from ..common.sizes import vm_hwm_mb
@@ -165,6 +176,7 @@ def run_worker(method: str, path: str, features: str, labels: str, threads: int,
     ids = list_chip_ids(features)[:limit] if limit else list_chip_ids(features)
     refl = np.stack([read_chip(Path(features) / c) for c in ids])
     labs = np.stack([read_label(Path(labels) / f"{c}.tif") for c in ids])
+    threshold = method_threshold(method, path) if threshold is None else threshold
     predict, params, nbytes, macs = _load(method, path, threads, threshold)
     predict(refl[:1])  # warm-up
     lat = []
@@ -186,8 +198,9 @@ def run_worker(method: str, path: str, features: str, labels: str, threads: int,
 
 def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, batch: int = 8,
           n_latency: int = 16, limit: Optional[int] = None, progress: bool = True,
-          threshold: float = DEFAULT_THRESHOLD, peak: bool = True) -> List[dict]:
-    """Run every method of ``models`` (method -> path) in its own process; rows in METHODS order.
+          threshold: Optional[float] = None, peak: bool = True) -> List[dict]:
+    """Run every method of ``models`` (method -> path) in its own process; rows in METHODS order. ``threshold``
+    None: each model's recorded threshold (:func:`method_threshold`).
 
     With the reference in ``models`` every row gets ``x_reference`` (its chips/s over the reference's, measured
     in the same run); with ``peak`` every row gets ``gmacs_per_s`` (MACs per chip x chips/s) and ``peak_share``
@@ -227,7 +240,7 @@ def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, 
 
 
 def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34: Optional[Path] = None,
-                export_dir: Optional[Path] = None, threshold: float = DEFAULT_THRESHOLD, peer: bool = True,
+                export_dir: Optional[Path] = None, threshold: Optional[float] = None, peer: bool = True,
                 log=print) -> Dict[str, Path]:
     """The models ``make demo`` left in ``demo_dir`` (method -> path, those present), with the student exported to
     ONNX first when its export is missing (calibrated on the training split of ``split``'s root), the speed
@@ -319,4 +332,4 @@ if __name__ == "__main__":
         print(json.dumps(machine_peak(int(a["peak"]))))
         sys.exit(0)
     print(json.dumps(run_worker(a["method"], a["path"], a["features"], a["labels"], a["threads"], a["batch"],
-                                a["n_latency"], a.get("limit"), a.get("threshold", DEFAULT_THRESHOLD))))
+                                a["n_latency"], a.get("limit"), a.get("threshold"))))

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import (at_least, cores, fail, finite, folder_output_check, output_check, side, stage_app,
-                          threshold_option)
+from ..common.cli import (at_least, cores, fail, finite, folder_output_check, model_threshold_option, output_check,
+                          side, stage_app)
 from .downlink import DEFAULT_THRESHOLDS
 
 app = stage_app("6. On board: export to ONNX / int8, predict whole scenes, downlink savings, benchmark.")
@@ -27,7 +27,9 @@ def export(
     size: int = typer.Option(512, callback=side(32), help="Chip side for the fixed-shape model and the cost report."),
     int8: bool = typer.Option(True, help="Also write the int8 model (needs --calib)."),
     memory: bool = typer.Option(True, help="Measure the peak memory of one inference per artefact."),
-    threshold: float = threshold_option("Cloud probability threshold of the checks' masks (use the one you pack)."),
+    threshold: Optional[float] = model_threshold_option("Cloud probability threshold of the checks' masks, recorded "
+                                                        "in the ONNX models (default: the run's recorded "
+                                                        "threshold, which pack ships too)."),
     force: bool = typer.Option(False, help="Replace an export cloudkd wrote at OUT (nothing else is replaced)."),
 ):
     """ONNX fp32 (dynamic and fixed batch) and int8 export, checked against PyTorch, with a size/cost report."""
@@ -54,7 +56,7 @@ def export(
                    f"(calibrated on {c['n_calib_chips']}): {verdict}")
     elif calib is None:
         typer.echo("no --calib chips: int8 export and the checks on real inputs were skipped")
-    typer.echo(f"on-board artefact: {out / rep.onboard_artefact}")
+    typer.echo(f"on-board artefact: {out / rep.onboard_artefact} (threshold {rep.threshold:g})")
     typer.echo(f"report: {out / 'export.json'}")
     if rep.int8_ok is False:  # the int8 model exists but must not be flown
         fail(f"the int8 model missed its check against fp32 (mask IoU {c['int8_vs_fp32_mask_iou']:.4f} < "
@@ -82,7 +84,7 @@ def predict_scene_cmd(
     tile: int = typer.Option(512, callback=side(32), help="Tile side."),
     overlap: int = typer.Option(64, callback=at_least(0), help="Overlap between tiles (blended)."),
     batch: int = typer.Option(4, callback=at_least(1), help="Tiles per batch."),
-    threshold: float = threshold_option(),
+    threshold: Optional[float] = model_threshold_option(),
     threads: Optional[int] = typer.Option(None, callback=cores(1), help="CPU threads."),
     force: bool = typer.Option(False, help="Replace existing output files cloudkd wrote."),
 ):
@@ -109,9 +111,20 @@ def predict_scene_cmd(
         sc = open_scene(scene, offset=offset, scale=scale)  # bad input: one line naming the file, before any work
     try:
         outputs_apart(outputs, [b.path for b in sc.bands])  # the band files a product folder points to
+        if model.suffix == ".onnx" and model.is_file():  # a fixed-size model (model_fp32_b1.onnx) and the tiles
+            from ..common.errors import DataError
+            from ..common.onnx import fixed_size_problem, ort_session
+
+            problem = fixed_size_problem(ort_session(model), min(tile, sc.height), min(tile, sc.width))
+            if problem:
+                raise DataError(f"{model}: {problem}; choose --tile to match")
         for msg in sc.warnings:
             typer.secho(f"warning: {msg}", fg="yellow", err=True)
         typer.echo(sc.describe())
+        if threshold is None:
+            from ..student.runs import recorded_threshold
+
+            threshold = recorded_threshold(model)
         r = predict_scene(sc, out, load_predictor(model, threads), tile=tile, overlap=overlap, batch_size=batch, threshold=threshold,
                           prob_out=prob_out, chip_report=chip_report, tags={"CLOUDKD_MODEL": str(model)})
     finally:
@@ -205,7 +218,10 @@ def bench_cmd(
     limit: Optional[int] = typer.Option(None, callback=at_least(1), help="Use only the first N chips."),
     out: Path = typer.Option(Path("runs/bench"), "--out", callback=output_check, help="Folder for bench.md, "
                                                                                       "bench.json, bench.png."),
-    threshold: float = threshold_option(),
+    threshold: Optional[float] = model_threshold_option("Cloud probability threshold of every model's masks "
+                                                        "(default: each model's recorded threshold: a student "
+                                                        "run's, an exported model's; the rule's default for the "
+                                                        "teacher)."),
     peer: bool = typer.Option(True, "--peer/--no-peer", help="Add the real-trained ukis-csmask peer when it is "
                                                              "installed (about 1.3 s per chip on 2 cores)."),
 ):

@@ -8,6 +8,9 @@ Writes into ``out``:
   uint8 activations, MinMax calibration on a folder of chips);
 * ``export.json``: the checks and the cost report.
 
+Every ONNX artefact carries the threshold of its prediction rule in its metadata (``cloudkd_threshold``: the run's
+recorded threshold unless another is given), which the commands that make masks with it take as their default.
+
 Checks on real inputs: the fp32 ONNX logits against PyTorch (max abs diff, mask agreement) and the int8 masks
 against the fp32 masks on held-out chips (mask IoU; it must stay >= 0.98 or the command says so).
 Costs per artefact: parameters, bytes on disk, multiply-accumulates per chip (convolutions and linear layers;
@@ -29,10 +32,10 @@ import numpy as np
 import torch
 
 from ..common.errors import DataError
-from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits, nodata_mask
+from ..common.infer import masks_from_logits, nodata_mask
 from ..common.io import atomic_write
 from ..common.metrics import confusion
-from ..common.onnx import ort_logits, ort_session
+from ..common.onnx import ort_logits, ort_session, stamp_threshold
 from ..common.sizes import count_params
 from ..data.chips import list_chip_ids, read_chip
 from ..data.normalise import normalise
@@ -172,10 +175,11 @@ class ExportReport:
     artefacts: Dict[str, dict] = field(default_factory=dict)
     checks: Dict[str, float] = field(default_factory=dict)
     int8_ok: Optional[bool] = None
+    threshold: Optional[float] = None  # the prediction rule's, recorded in every ONNX artefact
 
     def to_json(self) -> dict:
         return {"out": str(self.out), "artefacts": self.artefacts, "checks": self.checks, "int8_ok": self.int8_ok,
-                "int8_min_iou": INT8_MIN_IOU, "onboard_artefact": self.onboard_artefact}
+                "int8_min_iou": INT8_MIN_IOU, "onboard_artefact": self.onboard_artefact, "threshold": self.threshold}
 
     @property
     def onboard_artefact(self) -> str:
@@ -186,10 +190,11 @@ class ExportReport:
 
 def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optional[os.PathLike | str] = None,
            heldout: Optional[os.PathLike | str] = None, n_calib: int = 16, n_check: int = 8, size: int = 512,
-           int8: bool = True, measure_memory: bool = True, threshold: float = DEFAULT_THRESHOLD,
+           int8: bool = True, measure_memory: bool = True, threshold: Optional[float] = None,
            force: bool = False) -> ExportReport:
     """Export, check and cost a trained model (see the module docstring). The masks of the checks come from the
-    one prediction rule at ``threshold`` (nodata pixels clear), the rule ``submission/main.py`` applies.
+    one prediction rule at ``threshold`` (None: the run's recorded threshold; nodata pixels clear), the rule
+    ``submission/main.py`` applies; the ONNX artefacts record it.
 
     ``calib``: chips for the int8 calibration (e.g. the training split's features); ``heldout``: other chips
     for the checks (default: ``calib`` chips after the calibration ones).
@@ -198,10 +203,13 @@ def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optiona
     from the run and the chips, and locked while it is written.
     """
     from ..common.outputs import claim_folder, folder_lock, outputs_apart
-    from ..student.runs import resolve_run
+    from ..common.infer import logit_threshold
+    from ..student.runs import resolve_run, run_threshold
 
     out = Path(out)
     run, info, state = resolve_run(checkpoint)
+    threshold = run_threshold(info) if threshold is None else float(threshold)
+    logit_threshold(threshold)
     outputs_apart([out], [checkpoint, run, calib, heldout])
     check_chip_counts(calib, heldout, n_calib)  # before any work
     with folder_lock(out):
@@ -241,9 +249,9 @@ def _export_into(out: Path, run: Path, info: dict, state: dict, calib, heldout, 
     model.eval()
     params = count_params(model)
     macs = count_macs(model, size)
-    rep = ExportReport(out)
-    fp32 = export_onnx(model, out / "model_fp32.onnx", dynamic=True, size=size)
-    fixed = export_onnx(model, out / "model_fp32_b1.onnx", dynamic=False, size=size)
+    rep = ExportReport(out, threshold=threshold)
+    fp32 = stamp_threshold(export_onnx(model, out / "model_fp32.onnx", dynamic=True, size=size), threshold)
+    fixed = stamp_threshold(export_onnx(model, out / "model_fp32_b1.onnx", dynamic=False, size=size), threshold)
     weights_bytes = sum(v.numel() * v.element_size() for v in state.values())
     rep.artefacts["pytorch"] = {"path": str(run / "student.pt"), "params": params, "macs": macs,
                                 "bytes": (run / "student.pt").stat().st_size if (run / "student.pt").is_file()
@@ -274,7 +282,7 @@ def _export_into(out: Path, run: Path, info: dict, state: dict, calib, heldout, 
         rep.checks["onnx_fp32_mask_agreement"] = float((masks(got) == masks(ref)).mean())
         rep.checks["n_check_chips"] = len(check_refl)
         if int8:
-            q = quantize_int8(fp32, out / "model_int8.onnx", calib_chips)
+            q = stamp_threshold(quantize_int8(fp32, out / "model_int8.onnx", calib_chips), threshold)
             qz = ort_logits(ort_session(q), x)
             iou = confusion(masks(qz), masks(got)).iou(empty=1.0)
             rep.checks["int8_vs_fp32_mask_iou"] = iou

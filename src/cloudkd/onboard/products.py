@@ -23,7 +23,14 @@ come out 0.1 too bright, which pushes bright ground towards cloud. No data is th
 * input that looks like a product (a ``.SAFE`` folder, JPEG 2000 bands, bands named like a product's) is refused:
   its offset cannot be guessed;
 * plain GeoTIFF bands are read as before, DN / 10000 (the On Cloud N chips), no data 0 (or the files' own
-  no-data value).
+  no-data value);
+* bands of floating-point values are refused: floats are most often reflectance already (0 .. 1.5), which read
+  as DN / 10000 would be 10000 times too dark; give ``--scale 1`` for reflectance (``--scale 10000`` for digital
+  numbers stored as floats).
+
+NaN and infinite values are no data (the rule ``submission/main.py`` applies to chips): they read as the no-data
+value, so a pixel with no finite value in any band is no data (clear in the mask, counted in the chip report's
+``nodata_fraction``), never a valid pixel.
 
 An L1C product is read (top-of-atmosphere reflectance) with a warning: the models were trained on L2A surface
 reflectance.
@@ -335,13 +342,26 @@ class Scene:
             return None
         return abs(self.transform.a * self.transform.e - self.transform.b * self.transform.d) / 1e6
 
+    @property
+    def nodata_value(self) -> float:
+        """The digital number of no data: the radiometry's (0 where that is NaN, a float file's usual no-data)."""
+        v = self.radiometry.nodata
+        return v if v is not None and np.isfinite(v) else 0
+
     def rows(self, y0: int, y1: int) -> np.ndarray:
-        """Digital numbers of rows [y0, y1), (4, y1 - y0, W), as stored. The bands of one multi-band file come in
-        one read, so a pixel-interleaved file's blocks are decoded once, not once per band."""
+        """Digital numbers of rows [y0, y1), (4, y1 - y0, W), as stored, except that NaN and infinite values read as
+        the no-data value (see the module docstring). The bands of one multi-band file come in one read, so a
+        pixel-interleaved file's blocks are decoded once, not once per band."""
         first = self.bands[0]
         if all(b.path == first.path and b.dtype == first.dtype for b in self.bands[1:]):
-            return first.rows(y0, y1, [b.index for b in self.bands])
-        return np.stack([b.rows(y0, y1) for b in self.bands])
+            dn = first.rows(y0, y1, [b.index for b in self.bands])
+        else:
+            dn = np.stack([b.rows(y0, y1) for b in self.bands])
+        if dn.dtype.kind == "f":
+            bad = ~np.isfinite(dn)
+            if bad.any():
+                dn[bad] = self.nodata_value
+        return dn
 
     def reflectance(self, dn: np.ndarray) -> np.ndarray:
         """float32 reflectance of digital numbers (4, h, w) of this scene (the project's one conversion)."""
@@ -350,7 +370,7 @@ class Scene:
 
     def nodata(self, dn: np.ndarray) -> np.ndarray:
         """Boolean (h, w): no data in every band (the project's one rule, at the product's no-data value)."""
-        return nodata_mask(dn, self.radiometry.nodata)
+        return nodata_mask(dn, self.nodata_value)
 
     def describe(self) -> str:
         return f"{self.path}: {self.kind}, {self.width}x{self.height} pixels; {self.radiometry.describe()}"
@@ -485,6 +505,12 @@ def open_scene(path: os.PathLike | str, offset: Optional[float] = None, scale: O
             why = _unknown_offset(p, files)
             if why:
                 raise DataError(why)
+            floats = [b for b in bands if b.dtype.kind == "f"]
+            if floats:
+                raise DataError(f"{floats[0].path}: {floats[0].dtype} values, not digital numbers (reflectance x "
+                                f"10000, as the On Cloud N chips): floats are most often reflectance already, "
+                                f"which read as DN / 10000 would be 10000 times too dark; give --scale 1 for "
+                                f"reflectance (--scale 10000 for digital numbers stored as floats)")
             radiometry = Radiometry(nodata=_files_nodata(bands))
         if radiometry.level is None and kind == "Sentinel-2 product":  # the layout tells the level
             radiometry.level = "L1C" if files[0].parent.name == "IMG_DATA" else "L2A"

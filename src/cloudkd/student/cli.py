@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..common.cli import (at_least, check_memory, cores, exclude_option, fail, finite, folder_output_check,
-                          output_check, side, split_option, stage_app, threshold_option)
+                          model_threshold_option, output_check, side, split_option, stage_app, threshold_option)
 from .config import DISTILL_KD_WEIGHT, RUN_KIND, TrainConfig as C
 
 #: unet-s training memory per pixel of batch x crop^2 (forward + backward; measured 830-990 B/px)
@@ -271,7 +271,7 @@ def predict(
                                                                        "(submission format)."),
     batch: int = typer.Option(8, callback=at_least(1), help="Chips per batch."),
     tta: bool = typer.Option(False, help="Average logits over flips."),
-    threshold: float = threshold_option(),
+    threshold: Optional[float] = model_threshold_option(),
     split_name: Optional[str] = split_option(),
     force: bool = typer.Option(False, help="Replace the masks of another model already in OUT."),
 ):
@@ -280,10 +280,11 @@ def predict(
     from ..common.outputs import model_fingerprint, outputs_apart
     from ..data.roots import resolve_split
     from .predict import predict_folder
-    from .runs import load_student
+    from .runs import load_student, recorded_threshold
 
     outputs_apart([out], [features, model])  # never among the chips (a features folder has no record) or the run
     net, feats = load_student(model), resolve_split(features, split_name).features_dir
+    threshold = recorded_threshold(model) if threshold is None else threshold
     outputs_apart([out], [feats])
     claim_masks_folder(out, f"student {model.resolve()} (threshold {threshold}, tta {tta})", force,
                        model_fingerprint(network=net))  # a run retrained in place is another producer

@@ -10,19 +10,22 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..data.chips import list_chip_ids, read_chip, write_mask
+from ..data.chips import check_chip_shapes, list_chip_ids, read_chip, write_mask
 from ..data.normalise import normalise
-from ..common.infer import nodata_mask, predict_masks
+from ..common.infer import DEFAULT_THRESHOLD, nodata_mask, predict_masks
 
 
 def predict_folder(model: torch.nn.Module, features_dir: os.PathLike | str, out_dir: os.PathLike | str,
                    chip_ids: Optional[Sequence[str]] = None, batch_size: int = 8, tta: bool = False,
-                   threshold: float = 0.5, progress: bool = True) -> dict:
+                   threshold: float = DEFAULT_THRESHOLD, progress: bool = True) -> dict:
     """Write ``out_dir/{chip_id}.tif`` (submission format) for every chip with the one prediction rule
-    (:func:`cloudkd.common.infer.predict_masks`); returns timing (``ms_per_chip`` counts the model and the rule,
-    ``wall_ms_per_chip`` includes reading and writing)."""
+    (:func:`cloudkd.common.infer.predict_masks`; ``threshold``: pass the model's, see
+    :func:`cloudkd.student.runs.recorded_threshold`). Chips that break the chip-shape rule
+    (:func:`cloudkd.data.chips.check_chip_shapes`) are refused before anything is written. Returns timing
+    (``ms_per_chip`` counts the model and the rule, ``wall_ms_per_chip`` includes reading and writing)."""
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     ids = list(chip_ids) if chip_ids is not None else list_chip_ids(features_dir)
+    check_chip_shapes(features_dir, ids)
     model.eval()
     batches = [ids[i:i + batch_size] for i in range(len(ids)) if i % batch_size == 0]
     it = batches

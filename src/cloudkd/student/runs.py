@@ -1,5 +1,7 @@
 """A trained student run folder (``cloudkd train`` / ``distill``) -> its network: the one loader every later
-stage uses (predict, export, bench, pack, the real-chip benchmark)."""
+stage uses (predict, export, bench, pack, the real-chip benchmark); and the one answer to "which threshold does
+this model's prediction rule use" (:func:`recorded_threshold`), which every command that makes masks from a model
+takes as its default."""
 
 from __future__ import annotations
 
@@ -101,6 +103,39 @@ def load_weights(path: os.PathLike | str) -> Dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DataError(f"{path}: not a state dict of a student's weights")
     return state
+
+
+def run_threshold(info: dict) -> float:
+    """The threshold a run recorded (``student.json``'s training config: its validation scored at it); runs from
+    before it was recorded: the rule's default."""
+    from ..common.infer import DEFAULT_THRESHOLD
+
+    t = (info.get("config") or {}).get("threshold")
+    return DEFAULT_THRESHOLD if t is None else float(t)
+
+
+def recorded_threshold(model: os.PathLike | str) -> float:
+    """The threshold of the prediction rule a model was made for: a student run (its folder, student.pt /
+    student.json or a .ckpt in it) -> :func:`run_threshold`; an ``.onnx`` file exported by ``cloudkd onboard
+    export`` -> the threshold in its metadata; anything else (an nnU-Net work folder, a file without a record)
+    -> the rule's default."""
+    from ..common.infer import DEFAULT_THRESHOLD
+
+    p = Path(model)
+    if p.suffix == ".onnx" and p.is_file():
+        from ..common.onnx import onnx_threshold, ort_session
+
+        t = onnx_threshold(ort_session(p))
+        return DEFAULT_THRESHOLD if t is None else t
+    run = p if p.is_dir() else p.parent.parent if p.suffix == ".ckpt" else p.parent
+    info_path = run / "student.json"
+    if not info_path.is_file():
+        return DEFAULT_THRESHOLD
+    try:
+        info = json.loads(info_path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{info_path}: not readable JSON ({exc})") from None
+    return run_threshold(info if isinstance(info, dict) else {})
 
 
 def load_student(run: os.PathLike | str) -> torch.nn.Module:

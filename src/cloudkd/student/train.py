@@ -152,6 +152,10 @@ def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: S
                          with_labels=cfg.label_weight > 0, num_workers=cfg.num_workers, seed=cfg.seed,
                          exclude=cfg.exclude)
     dm.setup_index()  # the chip tables (and --exclude) checked before anything in ``out`` is touched
+    if mode == "offline":
+        from ..data.soft import check_soft_folder
+
+        check_soft_folder(cfg.soft_dir)  # label masks (0/1) given as soft labels: one line, before any work
     teacher, factory = None, None  # the online teacher as recorded in student.json, and how to build it
     if cfg.teacher_folds is not None and not cfg.teacher_nnunet:
         raise DataError("--teacher-folds chooses folds of an nnU-Net teacher: give it with --teacher-nnunet")

@@ -28,7 +28,7 @@ import torch
 
 from ..common.errors import DataError
 from ..common.io import atomic_write
-from ..student.runs import resolve_run
+from ..student.runs import resolve_run, run_threshold
 from ..common.sizes import count_params
 
 PKG = Path(__file__).resolve().parents[1]  # src/cloudkd
@@ -66,7 +66,7 @@ def pack(checkpoint: os.PathLike | str, out: os.PathLike | str, threshold: Optio
          batch_size: int = 8, chip_size: int = 512, main_py: Optional[os.PathLike | str] = None) -> PackResult:
     """Write the submission zip. ``threshold`` None: the run's training threshold (the one its validation Jaccard
     was measured at; runs from before it was recorded: the rule's default)."""
-    from ..common.infer import DEFAULT_THRESHOLD, logit_threshold
+    from ..common.infer import logit_threshold
     from ..student.models import build_model
 
     if threshold is not None:
@@ -76,7 +76,7 @@ def pack(checkpoint: os.PathLike | str, out: os.PathLike | str, threshold: Optio
         raise DataError(f"{main_py}: submission main.py not found (pack runs from a cloudkd checkout)")
     run, info, state = resolve_run(checkpoint)
     if threshold is None:
-        threshold = float(info.get("config", {}).get("threshold", DEFAULT_THRESHOLD))
+        threshold = run_threshold(info)  # the one answer to "the run's threshold"
     logit_threshold(threshold)
     model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
     model.load_state_dict(state)  # fails loudly on a mismatch, before anything is written

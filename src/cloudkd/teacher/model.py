@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ..common.errors import DataError
-from ..common.infer import masks_from_probabilities, nodata_mask
+from ..common.infer import DEFAULT_THRESHOLD, masks_from_probabilities, nodata_mask
 from ..data.normalise import normalise
 from .workspace import Workspace
 
@@ -111,7 +111,7 @@ class NnUNetTeacher:
         return count_params(self.network)
 
     # ------------------------------------------------------------------------------------------------------------
-    def predict_chip(self, refl: np.ndarray, threshold: float = 0.5) -> Tuple[np.ndarray, np.ndarray]:
+    def predict_chip(self, refl: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> Tuple[np.ndarray, np.ndarray]:
         """nnU-Net's own path for one (4, H, W) reflectance chip: (cloud probability float32 (H, W), mask uint8
         by the project's prediction rule: probability above ``threshold``, nodata pixels clear)."""
         x = normalise(refl)[:, None]  # (4, 1, H, W): one slice
@@ -159,18 +159,19 @@ class NnUNetTeacher:
 
 def predict_folder(teacher: NnUNetTeacher, features_dir: os.PathLike | str, masks_out: Optional[os.PathLike | str],
                    soft_out: Optional[os.PathLike | str], chip_ids: Optional[Sequence[str]] = None,
-                   progress: bool = True, threshold: float = 0.5) -> dict:
+                   progress: bool = True, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Teacher masks (submission format) and/or soft labels for every chip of a features folder.
 
     Returns timing: ``n_chips``, ``seconds``, ``ms_per_chip`` (inference only, reading and writing excluded).
     """
     import time
 
-    from ..data.chips import list_chip_ids, read_chip, write_mask
+    from ..data.chips import check_chip_shapes, list_chip_ids, read_chip, write_mask
     from ..data.soft import write_soft
 
     features_dir = Path(features_dir)
     ids = list(chip_ids) if chip_ids is not None else list_chip_ids(features_dir)
+    check_chip_shapes(features_dir, ids)  # the one chip-shape rule, before anything is written
     it = ids
     if progress:
         from tqdm.auto import tqdm
