@@ -102,6 +102,11 @@ def runtime_test(
                    f"{' ...' if len(documented) > 10 else ''} (e.g. {c}: {documented[c][:160]})")
     for line in v["reasons"]:
         typer.echo(f"FAIL: {line}")
+    if quiet and keep is None and v.get("returncode") not in (None, 0) and v.get("log"):
+        # main.py failed, its log was not echoed and went with the emulated root: show its end
+        typer.echo("the end of main.py's log:")
+        for line in v["log"].rstrip().splitlines()[-20:]:
+            typer.echo(f"  | {line}")
     score = f"; global Jaccard {v['jaccard']:.4f}" if v["jaccard"] is not None else ""
     typer.echo(f"runtime-test {'passed' if v['ok'] else 'FAILED'}: {v['n_chips']} chips, {len(v['missing'])} "
                f"missing, {len(v['extra'])} extra, {len(v['invalid'])} invalid, main.py {v['seconds']} s{score}")

@@ -238,6 +238,8 @@ def runtime_test(zip_path: os.PathLike | str, data: os.PathLike | str, labels: O
     if keep:
         keep = Path(keep).absolute()  # main.py runs in it: a relative path would point elsewhere from there
         check_folder(keep, RUNTIME_KIND, force, "--keep")
+    if os.sep in str(python):  # main.py runs in the emulated root: a relative interpreter path would miss there
+        python = os.path.abspath(python)
     versions = interpreter_versions(python)  # the interpreter is checked before anything is written
     if not keep:
         return _emulate(Path(tempfile.mkdtemp(prefix="cloudkd-runtime-")), False, zip_path, features, labels,
@@ -298,7 +300,10 @@ def _emulate(root: Path, keep: bool, zip_path: Path, features: Path, labels: Opt
         verdict["reasons"] = reasons(verdict)
         if proc.returncode != 0:
             verdict["ok"] = False
-            verdict["reasons"].insert(0, f"main.py exited with code {proc.returncode} (log: {root / 'main.log'})")
+            # the log of a root that is not kept goes with it: point to what the user sees instead
+            where = (f"log: {root / 'main.log'}" if keep else
+                     f"{'its log is above' if echo else 'the end of its log follows'}; --keep FOLDER keeps main.log")
+            verdict["reasons"].insert(0, f"main.py exited with code {proc.returncode} ({where})")
         log_text = (root / "main.log").read_text()
         verdict["fallback"], why, verdict["fallback_documented"] = _fallback_reasons(
             log_text, root / "data" / "test_features")
