@@ -554,6 +554,20 @@ def test_labels_and_an_unlabelled_pool_mix_the_labels_loss_skips_the_unlabelled_
     assert np.isfinite(metrics["train_kd"].dropna()).all() and np.isfinite(metrics["train_hard"].dropna()).all()
 
 
+def test_an_unfinished_unlabelled_pool_is_refused_before_the_run_folder_is_touched(small_data, tmp_path):
+    """A pool whose generation did not finish (its marker still there) fails at the chip tables, before the run
+    folder exists (it used to fail inside the trainer and leave a claimed folder with logs behind)."""
+    from cloudkd.data import DataError
+    from cloudkd.data.synth.sentinel2 import SynthConfig, synthesize
+
+    pool = tmp_path / "pool"
+    synthesize(pool, SynthConfig(n_train=2, n_test=0, size=96, seed=3, n_unlabelled=3), workers=1, progress=False)
+    (pool / "generation.unfinished").write_text("{}")
+    with pytest.raises(DataError, match="generation did not finish"):
+        fit(_cfg(small_data, tmp_path / "run", kd_weight=0.0, unlabelled=str(pool), epochs=1))
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_distill_then_predict_writes_one_valid_mask_per_chip(small_data, smoothed_soft, tmp_path):
     r = runner.invoke(app, ["distill", str(small_data), "--out", str(tmp_path / "run")])
     assert r.exit_code != 0 and "needs a teacher" in r.output

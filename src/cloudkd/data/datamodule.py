@@ -77,6 +77,7 @@ class CloudDataModule(pl.LightningDataModule):
         self.soft_dir, self.unlabelled = soft_dir, unlabelled
         self.with_labels, self.num_workers, self.augment, self.seed = with_labels, num_workers, augment, seed
         self.train_index: Optional[pd.DataFrame] = None
+        self.unlabelled_index: Optional[pd.DataFrame] = None
         self.val_index: Optional[pd.DataFrame] = None
 
     def setup_index(self) -> None:
@@ -104,6 +105,10 @@ class CloudDataModule(pl.LightningDataModule):
                 raise DataError(f"no {part} chip left (fold {self.val_fold} validates) after leaving out "
                                 f"{len(excluded)} chip(s)")
         self.train_index, self.val_index, self.excluded = train, val, excluded
+        if self.unlabelled is not None:  # the pool's table too: an unfinished or broken pool fails here
+            pool = Path(self.unlabelled)
+            self.unlabelled_index = load_index(resolve_split(
+                pool, "unlabelled" if (pool / "unlabelled_features").is_dir() else None), require_labels=False)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if getattr(self, "train_set", None) is not None:
@@ -116,9 +121,7 @@ class CloudDataModule(pl.LightningDataModule):
         sets = [ChipDataset(self.train_index, transform=tf, with_labels=self.with_labels, soft_dir=self.soft_dir,
                             labelled_flag=mixed)]
         if self.unlabelled is not None:
-            pool = Path(self.unlabelled)
-            extra = load_index(resolve_split(pool, "unlabelled" if (pool / "unlabelled_features").is_dir() else None),
-                               require_labels=False)
+            extra = self.unlabelled_index
             # the same soft-label folder: every training sample then carries the same keys (a batch mixing
             # labelled and unlabelled chips collates), and a chip without its soft label is named up front
             sets.append(ChipDataset(extra, transform=tf, with_labels=False, soft_dir=self.soft_dir,
