@@ -24,7 +24,8 @@ from cloudkd.data import load_index, read_chip, read_label, resolve_split
 from cloudkd.data.synth.annotator import AnnotatorStyle
 from cloudkd.data.labelstyle import BRIGHT, DIST_BINS, brightness, chip_style, summarise, visible_cloud
 from cloudkd.common.cli import format_table
-from cloudkd.data.synth.sentinel2 import LOCATIONS, SynthConfig, plan_dataset, render_chip
+from cloudkd.data.synth.catalogue import LOCATIONS
+from cloudkd.data.synth.sentinel2 import SynthConfig, plan_dataset, render_chip
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

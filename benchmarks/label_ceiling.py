@@ -34,7 +34,8 @@ from _results import write_rows
 from cloudkd.common.cli import format_table
 from cloudkd.data import DataError, read_label, resolve_split
 from cloudkd.data.synth.ceiling import COLUMNS, DATASET, ceiling_labels, ceiling_rows
-from cloudkd.data.synth.sentinel2 import LOCATIONS, plan_dataset, recorded_config
+from cloudkd.data.synth.catalogue import LOCATIONS
+from cloudkd.data.synth.sentinel2 import plan_dataset, recorded_config
 from cloudkd.demo import DemoConfig
 
 

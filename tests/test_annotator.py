@@ -8,7 +8,8 @@ from cloudkd.data.synth.annotator import (AnnotatorStyle, annotator_label, drop_
                                           margin_field, opacity_label, seen_cloud)
 from cloudkd.data.labelstyle import (chip_style, components, label_by_distance, left_out_cloud, outline_length,
                                      roughness, signed_margin, summarise)
-from cloudkd.data.synth.sentinel2 import LOCATIONS, SynthConfig, render_chip
+from cloudkd.data.synth.catalogue import LOCATIONS
+from cloudkd.data.synth.sentinel2 import SynthConfig, render_chip
 
 #: no randomness in the margin, no smoothing, no size rules: each property can be tested on its own
 PLAIN = AnnotatorStyle(level=0.5, margin=10.0, margin_spread=0.0, margin_wobble=0.0, smooth=0.0, min_hole=0,

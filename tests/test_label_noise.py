@@ -15,7 +15,8 @@ from cloudkd.cli import main
 from cloudkd.data import DataError, read_label
 from cloudkd.data.chips import UNFINISHED, read_chip_dn
 from cloudkd.data.synth import sentinel2
-from cloudkd.data.synth.sentinel2 import NOISE_KINDS, SynthConfig, synthesize
+from cloudkd.data.synth.label_noise import NOISE_KINDS
+from cloudkd.data.synth.sentinel2 import SynthConfig, synthesize
 
 # 40 train chips on 4 locations (so swaps have partners), many nodata chips: with this seed every kind is drawn
 NOISY = SynthConfig(n_train=40, n_test=4, size=64, seed=5, n_train_locations=4, p_nodata=0.3, label_noise=0.25)

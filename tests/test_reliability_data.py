@@ -12,6 +12,7 @@ import tifffile
 from PIL import Image
 
 from cloudkd.common.errors import DataError
+from cloudkd.data import generation
 from cloudkd.data.chips import validate_split
 from cloudkd.data.roots import resolve_split
 from cloudkd.data.synth import sentinel2
@@ -189,7 +190,7 @@ def _kill_at(monkeypatch, module, name: str):
 
 def test_a_killed_synth_is_reported_incomplete_and_generated_again(tmp_path, monkeypatch):
     root = tmp_path / "ds"
-    _kill_at(monkeypatch, sentinel2, "synth.json")  # killed after both metadata CSVs, before the stamp
+    _kill_at(monkeypatch, generation, "synth.json")  # killed after both metadata CSVs, before the stamp
     with pytest.raises(KeyboardInterrupt):
         synthesize(root, TINY, workers=1, progress=False)
     monkeypatch.undo()
@@ -224,7 +225,7 @@ def test_a_killed_landsat_synth_is_not_imported_and_is_generated_again(tmp_path,
     cfg = lsynth.Landsat38Config(n_train_scenes=1, n_test_scenes=0, min_grid=1, max_grid=1, oversample=1,
                                  p_partial=0.0)
     root = tmp_path / "l8"
-    _kill_at(monkeypatch, sentinel2, "synth38.json")
+    _kill_at(monkeypatch, generation, "synth38.json")
     _kill_at(monkeypatch, lsynth, "synth38.json")
     with pytest.raises(KeyboardInterrupt):
         lsynth.synthesize_38cloud(root, cfg, progress=False)

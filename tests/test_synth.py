@@ -10,8 +10,9 @@ import tifffile
 from PIL import Image
 
 from cloudkd.data import DataError, load_index, read_chip, read_label, resolve_split, validate_split
-from cloudkd.data.synth.sentinel2 import (COVERS, LOCATIONS, SynthConfig, _Spectral, plan_dataset, render_chip,
-                                          render_cover, split_locations, synthesize)
+from cloudkd.data.synth.catalogue import COVERS, LOCATIONS
+from cloudkd.data.synth.ground import render_cover
+from cloudkd.data.synth.sentinel2 import SynthConfig, _Spectral, plan_dataset, render_chip, split_locations, synthesize
 
 from conftest import SMALL
 

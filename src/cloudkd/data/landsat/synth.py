@@ -19,8 +19,9 @@ import pandas as pd
 
 from ..chips import write_band
 from ..normalise import SCALE
-from ..synth.sentinel2 import (Location, SynthConfig, SynthResult, claim_root, finish_root, render_chip,
-                               split_locations)
+from ..generation import SynthResult, claim_root, finish_root
+from ..synth.catalogue import Location
+from ..synth.sentinel2 import SynthConfig, render_chip, split_locations
 from .reader import LANDSAT_BANDS, PATCH, SCENE_GTS, cut_scene, dn_to_landsat_dn, write_gt
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ import numpy as np
 
 from ...common.metrics import Confusion, confusion, rates
 from .annotator import AnnotatorStyle
-from .sentinel2 import ANNOTATOR_STREAM, Location, SynthConfig, chip_label, render_chip
+from .catalogue import Location
+from .sentinel2 import ANNOTATOR_STREAM, SynthConfig, chip_label, render_chip
 
 #: keys of :func:`ceiling_labels`' dict besides the annotator streams (ints)
 DATASET, ORACLE = "dataset", "oracle"
