@@ -135,6 +135,9 @@ def test_score_refuses_missing_chips(small_data, tmp_path):
     gone = sorted(pred.iterdir())[0]
     gone.unlink()                                      # ... minus one chip
     r = invoke("score", "--pred", pred, "--labels", small_data / "test_labels", "--json", tmp_path / "s.json")
+    assert "pred_score: holds a score-report" in str(r.exception)  # the first run's report folder: --force
+    r = invoke("score", "--pred", pred, "--labels", small_data / "test_labels", "--json", tmp_path / "s.json",
+               "--force")
     assert r.exit_code == 1
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["missing"] == [gone.stem] and s["jaccard"] is None

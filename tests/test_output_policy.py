@@ -430,6 +430,9 @@ def world(small_data, student, landsat_root, onnx_model, tmp_path_factory):
     _user_folder(w / "user")
     (w / "user.txt").write_text("the user's file\n")
     _scene_file(w / "X.tif")
+    from cloudkd.baselines.threshold import ThresholdModel
+
+    ThresholdModel(0.3, 0.7).save(w / "t.json")
     return {"w": w, "data": data, "run": run, "l8": l8, "onnx": onnx_model, "labels": data / "test_labels",
             "test": data / "test_features"}
 
@@ -460,10 +463,18 @@ WRITERS = {  # command -> (args with {out} for the output under test, which argu
                               "{out}"],
     "teacher-predict-soft": ["teacher", "predict", "--features", "{test}", "--workdir", "{w}/nn", "--soft-out",
                              "{out}"],
+    "score-report-dir": ["evaluate", "score", "--pred", "{labels}", "--labels", "{labels}", "--report-dir", "{out}"],
+    "real-bench": ["evaluate", "real-bench", "{data}", "--out", "{out}", "--student", "{run}", "--peer", "no"],
+    "downlink": ["onboard", "downlink", "--pred", "{labels}", "--labels", "{labels}", "--out", "{out}"],
+    "bench": ["onboard", "bench", "--data", "{data}", "--demo", "{w}/demo", "--student", "{run}", "--out", "{out}",
+              "--no-peer"],
+    "threshold-fit": ["baseline", "threshold", "fit", "{data}", "--out", "{out}"],
+    "threshold-predict": ["baseline", "threshold", "predict", "--model", "{w}/t.json", "--features", "{test}",
+                          "--out", "{out}"],
 }
 FOLDER_OUTPUTS = {"runtime-test-keep", "landsat-import", "demo-data", "export", "data-synth", "landsat-synth",
                   "student-train", "student-distill", "student-predict", "teacher-predict-masks",
-                  "teacher-predict-soft"}
+                  "teacher-predict-soft", "score-report-dir", "real-bench", "downlink", "bench", "threshold-predict"}
 OWN_INPUTS = {  # the output placed on (or in, or around) one of the command's inputs
     "runtime-test-keep": ["{data}", "{w}"],
     "runtime-test-json": ["{data}/v.json", "{w}/s.zip"],
@@ -480,21 +491,65 @@ OWN_INPUTS = {  # the output placed on (or in, or around) one of the command's i
     "student-predict": ["{test}", "{test}/masks", "{run}", "{run}/masks", "{w}"],
     "teacher-predict-masks": ["{test}", "{w}/nn", "{w}/nn/masks", "{w}"],
     "teacher-predict-soft": ["{test}", "{w}/nn/soft", "{w}"],
+    "score-report-dir": ["{labels}", "{labels}/rep", "{w}"],
+    "real-bench": ["{data}", "{data}/rb", "{run}", "{run}/rb", "{w}"],
+    "downlink": ["{labels}", "{labels}/d", "{w}"],
+    "bench": ["{data}", "{data}/b", "{run}/b", "{w}"],
+    "threshold-fit": ["{data}/t.json", "{data}/train_metadata.csv", "{w}"],
+    "threshold-predict": ["{test}", "{test}/masks", "{w}/t.json", "{w}"],
 }
 SWEEP = ([(cmd, "{w}/user" if cmd in FOLDER_OUTPUTS else "{w}/user.txt") for cmd in WRITERS]
          + [(cmd, out) for cmd, outs in OWN_INPUTS.items() for out in outs])
 
 
-@pytest.mark.parametrize("cmd, out", SWEEP, ids=[f"{c}:{o.split('}')[-1] or o}" for c, o in SWEEP])
-def test_every_writing_command_with_force_changes_nothing_it_does_not_own(world, monkeypatch, capsys, cmd, out):
+def _sweep(world, monkeypatch, capsys, cmd, out, force):
     import cloudkd.demo as demo
 
     monkeypatch.setattr(demo, "load_index", lambda *a, **k: (_ for _ in ()).throw(DataError("STOPPED")))
     fill = {k: str(v) for k, v in world.items()}
     fill["out"] = out.format(**fill)
-    args = [a.format(**fill) for a in WRITERS[cmd]] + (["--force"] if "--overwrite" not in WRITERS[cmd] else [])
+    args = [a.format(**fill) for a in WRITERS[cmd] if force or a != "--overwrite"]
+    args += ["--force"] if force and "--overwrite" not in WRITERS[cmd] else []
     before = snapshot(world["w"])
     code, text = invoke(args, capsys)
     _one_line_refusal(code, text)
-    assert "STOPPED" not in text, text
-    assert snapshot(world["w"]) == before, f"{cmd} --force changed files on disk"
+    assert "STOPPED" not in text and "No such option" not in text, text
+    assert snapshot(world["w"]) == before, f"{cmd} {'--force ' if force else ''}changed files on disk"
+
+
+@pytest.mark.parametrize("cmd, out", SWEEP, ids=[f"{c}:{o.split('}')[-1] or o}" for c, o in SWEEP])
+def test_every_writing_command_with_force_changes_nothing_it_does_not_own(world, monkeypatch, capsys, cmd, out):
+    _sweep(world, monkeypatch, capsys, cmd, out, force=True)
+
+
+@pytest.mark.parametrize("cmd, out", SWEEP, ids=[f"{c}:{o.split('}')[-1] or o}" for c, o in SWEEP])
+def test_every_writing_command_without_force_changes_nothing_that_exists(world, monkeypatch, capsys, cmd, out):
+    """Without --force too: an existing file or folder (the user's) and the command's own inputs are refused."""
+    _sweep(world, monkeypatch, capsys, cmd, out, force=False)
+
+
+OWN_AGAIN = {  # writers that took up the policy in issue 29: their own output is replaced with --force only
+    "score-report-dir": ("folder", WRITERS["score-report-dir"]),
+    "real-bench": ("folder", WRITERS["real-bench"]),
+    "downlink": ("folder", WRITERS["downlink"]),
+    "threshold-fit": ("file", WRITERS["threshold-fit"]),
+}
+
+
+@pytest.mark.parametrize("cmd", sorted(OWN_AGAIN))
+def test_a_writers_own_output_is_replaced_with_force_only(world, tmp_path, capsys, cmd):
+    kind, args = OWN_AGAIN[cmd]
+    fill = {k: str(v) for k, v in world.items()}
+    fill["out"] = str(tmp_path / ("out" if kind == "folder" else "out.json"))
+    args = [a.format(**fill) for a in args]
+    code, text = invoke(args, capsys)
+    assert code == 0, text
+    out = tmp_path / ("out" if kind == "folder" else "out.json")
+    assert (O.folder_mark(out) if kind == "folder" else O.file_mark(out)) is not None  # cloudkd's mark
+    before = snapshot(tmp_path)
+    code, text = invoke(args, capsys)
+    _one_line_refusal(code, text, "--force")
+    assert snapshot(tmp_path) == before
+    code, text = invoke(args + ["--force"], capsys)
+    assert code == 0, text
+    assert not list(tmp_path.glob(".*cloudkd-new")) and not list(tmp_path.glob(".*cloudkd-lock"))

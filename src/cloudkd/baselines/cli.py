@@ -23,8 +23,10 @@ def threshold_fit(
                                                                             "--folds)."),
     stride: int = typer.Option(4, callback=at_least(1), help="Pixel subsampling stride for the fit."),
     exclude: Optional[Path] = exclude_option(),
+    force: bool = typer.Option(False, help="Replace a thresholds JSON cloudkd wrote (nothing else is replaced)."),
 ):
     """Fit brightness/whiteness thresholds on training chips to maximise the global Jaccard."""
+    from ..common.outputs import file_outputs
     from .threshold import fit_threshold
     from ..data.chips import load_index
     from ..data.roots import resolve_split
@@ -50,8 +52,9 @@ def threshold_fit(
         idx, _ = split_by_fold(idx, training_split(idx, given, ids, source=str(folds_csv)), val_fold)
     else:
         idx = idx[~idx["chip_id"].isin(set(ids))].reset_index(drop=True)
-    model = fit_threshold(idx["features"], idx["label"], stride=stride, progress=True)
-    model.save(out)
+    with file_outputs({"--out": out}, "thresholds", force, inputs=[data, folds_csv, exclude]):
+        model = fit_threshold(idx["features"], idx["label"], stride=stride, progress=True)
+        model.save(out)
     typer.echo(f"brightness > {model.brightness_min:.4f} and whiteness < {model.whiteness_max:.4f}: "
                f"train global Jaccard {model.fit_jaccard:.4f} on {model.n_train_chips} chips -> {out}")
 
@@ -67,12 +70,15 @@ def threshold_predict(
 ):
     """Apply fitted thresholds to a folder of chips, writing one mask per chip."""
     from ..common.io import claim_masks_folder
-    from ..common.outputs import model_fingerprint
+    from ..common.outputs import check_masks_folder, model_fingerprint, outputs_apart
     from ..data.roots import resolve_split
     from .threshold import ThresholdModel, predict_folder
 
+    outputs_apart([out], [model, features])  # never onto, into or around the chips or the thresholds
+    check_masks_folder(out)  # before any work: a file, or a folder of anything but cloudkd's masks
     m = ThresholdModel.load(model)
     s = resolve_split(features, split_name)
+    outputs_apart([out], [s.features_dir])
     claim_masks_folder(out, f"thresholding {model.resolve()}", force, model_fingerprint([model]))
     n = predict_folder(m, s.features_dir, out, progress=True)
     typer.echo(f"wrote {n} masks to {out}")

@@ -253,6 +253,22 @@ def replace_on_success(folder: os.PathLike | str, build: Optional[os.PathLike | 
     swap_in(build, folder)
 
 
+@contextmanager
+def folder_output(folder: os.PathLike | str, kind: str, force: bool = False, option: Optional[str] = None,
+                  also: Sequence[str] = ()) -> Iterator[Path]:
+    """The whole policy for a folder a command writes: :func:`check_folder` (new, empty, or cloudkd's own ``kind``
+    with ``force``), its :func:`folder_lock`, and :func:`replace_on_success`: the block writes into the yielded
+    build folder (marked ``kind``), which takes the place of ``folder`` when the block succeeds; when it fails,
+    ``folder`` is as it was. Call :func:`check_folder` before the work too, so that a refusal costs nothing."""
+    folder = Path(folder)
+    check_folder(folder, kind, force, option, also)
+    with folder_lock(folder):
+        check_folder(folder, kind, force, option, also)  # again, under the lock
+        with replace_on_success(folder) as build:
+            mark_folder(build, kind)
+            yield build
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Ownership of files
 # ---------------------------------------------------------------------------------------------------------------

@@ -30,11 +30,12 @@ def score(
                                                                                        "(default: PRED's sibling "
                                                                                        "PRED_score/)."),
     workers: int = typer.Option(2, callback=cores(1), help="Reader threads."),
-    force: bool = typer.Option(False, help="Replace a --json file cloudkd wrote (nothing else is replaced)."),
+    force: bool = typer.Option(False, help="Replace a --json file and a report folder cloudkd wrote (nothing else "
+                                           "is replaced)."),
 ):
     """Leaderboard metric: one global Jaccard over all pixels of all chips, plus per-chip / per-location CSVs."""
     from ..common.errors import DataError
-    from ..common.outputs import file_outputs, output_problem, outputs_apart
+    from ..common.outputs import check_folder, file_outputs, output_problem, outputs_apart
 
     report_dir = report_dir or pred.parent / f"{pred.name}_score"
     for path, want in ((report_dir, "folder"), (report_dir / "per_chip.csv", "file"),
@@ -43,13 +44,21 @@ def score(
         if problem:
             raise DataError(problem)
     outputs_apart([report_dir], [pred, labels, metadata, folds_csv])
+    check_folder(report_dir, SCORE_REPORT_KIND, force, "--report-dir")  # the default folder too, before any work
     with file_outputs({"--json": json_path}, "score-json", force, inputs=[pred, labels, metadata, folds_csv]):
-        _score(pred, labels, metadata, folds_csv, fold, json_path, report_dir, workers)
+        _score(pred, labels, metadata, folds_csv, fold, json_path, report_dir, workers, force)
 
 
-def _score(pred, labels, metadata, folds_csv, fold, json_path, report_dir, workers):
+#: the kind of content of a folder of per-chip / per-location CSVs (the output policy's mark)
+SCORE_REPORT_KIND = "score-report"
+#: the kind of content of a real-chip benchmark's --out folder
+REAL_BENCH_KIND = "real-bench"
+
+
+def _score(pred, labels, metadata, folds_csv, fold, json_path, report_dir, workers, force):
     from ..data.folds import read_folds
     from ..common.metrics import EmptyUnionError
+    from ..common.outputs import folder_output
     from .scoring import score_folder
 
     chips = None
@@ -66,7 +75,9 @@ def _score(pred, labels, metadata, folds_csv, fold, json_path, report_dir, worke
         rep = score_folder(pred, labels, chips=chips, metadata=metadata, workers=workers, progress=True)
     except EmptyUnionError as exc:
         fail(f"{exc} (no cloud pixel in any label or prediction)")
-    rep.write(report_dir, json_path)
+    with folder_output(report_dir, SCORE_REPORT_KIND, force, "--report-dir") as build:
+        rep.write(build)
+    rep.write(None, json_path)
     s = rep.summary()
     if rep.extra:
         typer.echo(f"warning: {len(rep.extra)} extra file(s) not among the expected chips: {rep.extra[:10]}")
@@ -92,13 +103,19 @@ def real_bench(
     onnx: List[Path] = typer.Option([], help="Exported ONNX model(s) (cloudkd export); repeatable."),
     peer: str = typer.Option("auto", help="The pretrained ukis-csmask peer: auto (when installed), yes, no."),
     split: Optional[str] = split_option(),
+    force: bool = typer.Option(False, help="Replace a real-chip benchmark cloudkd wrote at OUT (nothing else is "
+                                           "replaced)."),
 ):
     """Score every given model side by side on labelled (real) chips with the leaderboard metric."""
+    from ..common.outputs import check_folder, folder_output, outputs_apart
     from ..teacher import peer as peer_mod
     from .realchips import nnunet_method, onnx_method, peer_method, run_real_bench, student_method, threshold_method
 
     if peer not in ("auto", "yes", "no"):
         fail(f"--peer must be auto, yes or no, got {peer!r}", 2)
+    # the output policy, before any model is loaded: apart from the data and the models, new or cloudkd's own
+    outputs_apart([out], [data, threshold, teacher_nnunet, *student, *onnx])
+    check_folder(out, REAL_BENCH_KIND, force, "--out")
     methods = [threshold_method(threshold)] if threshold else []
     if teacher_nnunet:
         methods.append(nnunet_method(teacher_nnunet))
@@ -107,7 +124,8 @@ def real_bench(
         methods.append(peer_method())
     elif peer == "auto":
         typer.echo(f"(the pretrained peer is not installed; {peer_mod.INSTALL} adds it)")
-    r = run_real_bench(data, methods, out, split=split)
+    with folder_output(out, REAL_BENCH_KIND, force, "--out") as build:  # built beside OUT, swapped in at the end
+        r = run_real_bench(data, methods, build, split=split)
     from ..common.cli import format_table
 
     typer.echo(format_table(r.rows, list(r.summary.columns)))
@@ -117,7 +135,7 @@ def real_bench(
         table.append({"method": method, **{f"R {b}": round(v, 3) for b, v in zip(rows["band"], rows["recall"])},
                       **{f"P {b}": round(v, 3) for b, v in zip(rows["band"], rows["precision"])}})
     typer.echo(format_table(table, list(table[0])))
-    typer.echo(f"-> {out / 'summary.csv'}, {out / 'per_chip.csv'}, {out / 'bands.csv'}, {r.figure}")
+    typer.echo(f"-> {out / 'summary.csv'}, {out / 'per_chip.csv'}, {out / 'bands.csv'}, {out / Path(r.figure).name}")
 
 
 @app.command("audit")

@@ -171,12 +171,20 @@ def downlink(
                                    help="Cloud-cover thresholds (fractions in [0, 1]), comma-separated."),
     out: Optional[Path] = typer.Option(None, "--out", callback=output_check, help="Folder for downlink.json and "
                                                                                   "downlink.png."),
+    force: bool = typer.Option(False, help="Replace a downlink report cloudkd wrote at OUT (nothing else is "
+                                           "replaced)."),
 ):
     """Downlink savings of a cloud mask: chips/pixels/bytes discarded per cloud-cover threshold, clear pixels lost."""
     import json as _json
 
     from . import downlink as dl
+    from ..common.io import atomic_write
+    from ..common.outputs import check_folder, folder_output, outputs_apart
     from ..data.chips import read_mask
+
+    if out is not None:  # the output policy, before any work
+        outputs_apart([out], [pred, labels, features])
+        check_folder(out, DOWNLINK_KIND, force, "--out")
 
     ts = [float(t) for t in thresholds.split(",") if t.strip()]
     if pred.is_dir():
@@ -198,9 +206,15 @@ def downlink(
     typer.echo(f"pixel policy (drop every cloudy pixel): {100 * pp['pixels_discarded']:.1f}% of pixels dropped" +
                (f", {100 * pp['clear_lost']:.2f}% of clear pixels lost" if "clear_lost" in pp else ""))
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "downlink.json").write_text(_json.dumps(summ, indent=2))
-        typer.echo(f"-> {out / 'downlink.json'}, {dl.plot(summ, out / 'downlink.png')}")
+        with folder_output(out, DOWNLINK_KIND, force, "--out") as build:
+            atomic_write(build / "downlink.json", lambda t: Path(t).write_text(_json.dumps(summ, indent=2)))
+            dl.plot(summ, build / "downlink.png")
+        typer.echo(f"-> {out / 'downlink.json'}, {out / 'downlink.png'}")
+
+
+#: the kinds of content of downlink's and bench's --out folders (the output policy's marks)
+DOWNLINK_KIND = "downlink-report"
+BENCH_KIND = "bench-report"
 
 
 @app.command("bench")
@@ -224,22 +238,29 @@ def bench_cmd(
                                                         "teacher)."),
     peer: bool = typer.Option(True, "--peer/--no-peer", help="Add the real-trained ukis-csmask peer when it is "
                                                              "installed (about 1.3 s per chip on 2 cores)."),
+    force: bool = typer.Option(False, help="Replace a bench cloudkd wrote at OUT (nothing else is replaced)."),
 ):
     """Speed reference, thresholding, teacher, peer, ResNet-34, student (PyTorch, ONNX fp32, ONNX int8) side by
     side."""
     import json as _json
 
+    from ..common.io import atomic_write
+    from ..common.outputs import check_folder, folder_output, outputs_apart
     from ..data.roots import resolve_split
     from .bench import bench, demo_models, plot, to_markdown
 
+    # the output policy, before any work (demo_models may export the student): apart from the data and the models
+    outputs_apart([out], [data, demo_dir, student, resnet34, export_dir])
+    check_folder(out, BENCH_KIND, force, "--out")
     split = resolve_split(data, "test") if not data.name.endswith("_features") else resolve_split(data)
     present = demo_models(split, demo_dir, student, resnet34, export_dir, threshold, peer=peer,
                           log=typer.echo)
     rows = bench({k: str(v) for k, v in present.items()}, str(split.features_dir), str(split.labels_dir),
                  threads=threads, batch=batch, n_latency=n_latency, limit=limit, threshold=threshold)
-    out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(rows)
-    (out / "bench.md").write_text(md + "\n")
-    (out / "bench.json").write_text(_json.dumps(rows, indent=2))
+    with folder_output(out, BENCH_KIND, force, "--out") as build:
+        atomic_write(build / "bench.md", lambda t: Path(t).write_text(md + "\n"))
+        atomic_write(build / "bench.json", lambda t: Path(t).write_text(_json.dumps(rows, indent=2)))
+        plot(rows, build / "bench.png")
     typer.echo(md)
-    typer.echo(f"-> {out / 'bench.md'}, {out / 'bench.json'}, {plot(rows, out / 'bench.png')}")
+    typer.echo(f"-> {out / 'bench.md'}, {out / 'bench.json'}, {out / 'bench.png'}")
