@@ -220,6 +220,22 @@ def test_masks_of_a_model_retrained_in_place_are_another_producers(student, smal
         O.claim_masks_folder(tmp_path / "m3", "student X", fingerprint="b" * 64)
 
 
+def test_masks_of_thresholds_fitted_again_in_place_are_another_producers(small_data, tmp_path, capsys):
+    from cloudkd.baselines.threshold import ThresholdModel
+
+    model, out = tmp_path / "t.json", tmp_path / "masks"
+    ThresholdModel(0.3, 0.7).save(model)
+    args = ["baseline", "threshold", "predict", "--model", model, "--features", small_data / "test_features",
+            "--out", out]
+    assert invoke(args, capsys)[0] == 0
+    ThresholdModel(0.4, 0.7).save(model)  # fitted again into the same file
+    before = snapshot(out)
+    code, text = invoke(args, capsys)
+    _one_line_refusal(code, text, "made with other weights")
+    assert snapshot(out) == before
+    assert invoke(args + ["--force"], capsys)[0] == 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The data-loss cases of issue 29 (each failed before its fix)
 # ---------------------------------------------------------------------------------------------------------------
