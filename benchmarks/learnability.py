@@ -15,7 +15,7 @@ import torch
 
 from cloudkd.baselines.threshold import fit_threshold
 from cloudkd.data import load_index, normalise, read_chip, read_label, resolve_split
-from cloudkd.common.metrics import JaccardMeter
+from cloudkd.common.metrics import Confusion, confusion
 
 
 def main():
@@ -54,16 +54,16 @@ def main():
         if it % 25 == 0:
             print(f"iter {it}  loss {loss.item():.3f}  {time.perf_counter() - t0:.0f} s", flush=True)
     model.eval()
-    cnn, thr = JaccardMeter(), JaccardMeter()
+    cnn, thr = Confusion(), Confusion()
     tm = fit_threshold(train.features, train.label)
     with torch.no_grad():
         for f, lab in zip(test.features, test.label):
             refl = read_chip(f)
             target = read_label(lab)
-            cnn.update(model(torch.from_numpy(normalise(refl)[None]))[0, 0].numpy() > 0, target)
-            thr.update(tm.predict(refl), target)
+            cnn += confusion(model(torch.from_numpy(normalise(refl)[None]))[0, 0].numpy() > 0, target)
+            thr += confusion(tm.predict(refl), target)
     print(f"{len(train)} train chips, {it} iterations of {a.batch}x{c}x{c} in {a.minutes:g} min")
-    print(f"test split ({len(test)} chips): thresholding {thr.compute():.4f}   smp U-Net/ResNet-18 {cnn.compute():.4f}")
+    print(f"test split ({len(test)} chips): thresholding {thr.jaccard():.4f}   smp U-Net/ResNet-18 {cnn.jaccard():.4f}")
 
 
 if __name__ == "__main__":

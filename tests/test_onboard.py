@@ -356,7 +356,7 @@ def test_bench_rows_for_student_backends_and_thresholding(student, small_data, t
     from cloudkd.baselines.threshold import fit_threshold
     from cloudkd.onboard.bench import REFERENCE, bench, reference_model, to_markdown
     from cloudkd.data import load_index
-    from cloudkd.common.metrics import JaccardMeter
+    from cloudkd.common.metrics import Confusion, confusion
 
     idx = load_index(resolve_split(small_data))
     fit_threshold(idx["features"], idx["label"], progress=False).save(tmp_path / "thr.json")
@@ -391,15 +391,15 @@ def test_bench_rows_for_student_backends_and_thresholding(student, small_data, t
         assert r["ms_per_chip_median"] > 0 and r["chips_per_s"] > 0 and r["n_chips"] == 10
     # the student's Jaccard is the leaderboard metric of its masks, whatever the backend
     model = load_student(student)
-    meter = JaccardMeter()
+    total = Confusion()
     from cloudkd.data import read_label
 
     with torch.no_grad():
         for c in test.chip_ids():
-            meter.update(model(torch.from_numpy(normalise(read_chip(test.chip_dir(c)))[None]))[0, 0] > 0,
-                         read_label(test.label_path(c)))
-    assert by["student_torch"]["jaccard"] == pytest.approx(meter.compute(), abs=1e-9)
-    assert by["student_onnx_fp32"]["jaccard"] == pytest.approx(meter.compute(), abs=2e-3)
+            total += confusion(model(torch.from_numpy(normalise(read_chip(test.chip_dir(c)))[None]))[0, 0] > 0,
+                               read_label(test.label_path(c)))
+    assert by["student_torch"]["jaccard"] == pytest.approx(total.jaccard(), abs=1e-9)
+    assert by["student_onnx_fp32"]["jaccard"] == pytest.approx(total.jaccard(), abs=2e-3)
     assert by["student_onnx_int8"]["bytes"] < by["student_onnx_fp32"]["bytes"]
     assert by["student_torch"]["macs"] == _unet_macs((8, 16, 24, 32, 72), 512)
     assert "| student_onnx_int8 |" in to_markdown(rows)

@@ -387,15 +387,15 @@ def _rule_jaccard(model, val):
     """Global Jaccard of ``model`` on the chips of ``val`` (whole chips), from scratch by the one prediction rule
     (threshold 0.5, nodata pixels of the reflectance clear)."""
     from cloudkd.common.infer import nodata_mask, predict_masks
-    from cloudkd.common.metrics import JaccardMeter
+    from cloudkd.common.metrics import Confusion, confusion
     from cloudkd.data import read_label
 
-    m = JaccardMeter()
+    m = Confusion()
     for f, lab in zip(val.features, val.label):
         refl = read_chip(f)
-        m.update(predict_masks(model, torch.from_numpy(normalise(refl)[None]), nodata_mask(refl)[None])[0],
-                 read_label(lab))
-    return m.compute()
+        m += confusion(predict_masks(model, torch.from_numpy(normalise(refl)[None]), nodata_mask(refl)[None])[0],
+                       read_label(lab))
+    return m.jaccard()
 
 
 def _val_jaccard(run_dir, data, val_fold=0):

@@ -130,29 +130,3 @@ def confusion(pred, target) -> Confusion:
         n *= int(s)
     fp, fn = ps - tp, ts - tp
     return Confusion(tp, fp, fn, n - tp - fp - fn)
-
-
-def global_jaccard(pairs) -> float:
-    """The leaderboard metric over an iterable of (prediction, label) mask pairs."""
-    total = Confusion()
-    for pred, target in pairs:
-        total += confusion(pred, target)
-    return total.jaccard()
-
-
-class JaccardMeter:
-    """Streaming global Jaccard for training/validation loops: ``update(pred, target)`` then ``compute()``."""
-
-    def __init__(self):
-        self.total = Confusion()
-
-    def reset(self) -> None:
-        self.total = Confusion()
-
-    def update(self, pred, target) -> Confusion:
-        c = confusion(pred, target)
-        self.total += c
-        return c
-
-    def compute(self) -> float:
-        return self.total.jaccard()

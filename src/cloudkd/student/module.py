@@ -38,7 +38,7 @@ from .models import build_model
 
 
 class StudentModule(pl.LightningModule):
-    def __init__(self, model: str = C.model, model_kwargs: Optional[dict] = None, label_weight: float = C.label_weight,
+    def __init__(self, model: str = C.model, *, label_weight: float = C.label_weight,
                  kd_weight: float = C.kd_weight, kd: str = C.kd, temperature: float = C.temperature,
                  teacher_mode: str = "none", lr: float = C.lr, weight_decay: float = C.weight_decay,
                  max_epochs: int = C.epochs, cloud_paste: float = C.cloud_paste,
@@ -49,7 +49,7 @@ class StudentModule(pl.LightningModule):
         if teacher_mode == "none" and kd_weight > 0:
             raise ValueError("kd_weight > 0 needs a teacher (offline soft labels or an online teacher)")
         self.save_hyperparameters()
-        self.model = build_model(model, model_kwargs=model_kwargs)
+        self.model = build_model(model)
         if not 0.0 <= cloud_paste <= 1.0:
             raise ValueError(f"cloud_paste must be a probability in [0, 1], got {cloud_paste}")
         self.loss = LossConfig(label_weight, kd_weight, kd, temperature, boundary_ignore)

@@ -179,9 +179,10 @@ def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: S
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.resume and not (out / MARK).is_file():
         mark_folder(out, RUN_KIND)
-    module = StudentModule(cfg.model, None, cfg.label_weight, cfg.kd_weight, cfg.kd, cfg.temperature, mode,
-                           cfg.lr, cfg.weight_decay, cfg.epochs, cfg.cloud_paste, cfg.boundary_ignore, cfg.seed,
-                           cfg.threshold)
+    module = StudentModule(cfg.model, label_weight=cfg.label_weight, kd_weight=cfg.kd_weight, kd=cfg.kd,
+                           temperature=cfg.temperature, teacher_mode=mode, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           max_epochs=cfg.epochs, cloud_paste=cfg.cloud_paste, boundary_ignore=cfg.boundary_ignore,
+                           seed=cfg.seed, threshold=cfg.threshold)
     if factory is not None:  # built when fitting starts, on each process's own device (StudentModule.on_fit_start)
         module.teacher_from(factory)
     # one best.ckpt and one last.ckpt, replaced in place: a run folder resumed after being moved or copied would
