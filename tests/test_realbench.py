@@ -80,6 +80,7 @@ def test_real_bench_reports_every_method_it_was_given(real_labelled, student, tm
     assert list(bands.band[bands.method == "label"]) == ["<0.2", "0.2-0.35", "0.35-0.6", ">0.6"]
     n_label = sum(int(read_label(p).sum()) for p in (real_labelled / "train_labels").glob("*.tif"))
     assert bands[bands.method == "label"].label_px.sum() == n_label
+    assert bands[bands.method == "label"][["recall", "precision"]].isna().all().all()  # the labels alone: no rates
     rule = bands[bands.method == "bright"].set_index("band")
     assert rule.recall["<0.2"] == 0 and rule.pred_px["<0.2"] == 0 and np.isnan(rule.precision["<0.2"])
     assert rule.recall["0.35-0.6"] == 1 and rule.recall[">0.6"] == 1 and 0 < rule.recall["0.2-0.35"] < 1

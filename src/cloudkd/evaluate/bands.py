@@ -65,16 +65,17 @@ def band_counts(brightness: np.ndarray, valid: np.ndarray, label: Optional[np.nd
     return out
 
 
-def band_rows(counts: np.ndarray, **keys) -> List[dict]:
-    """Table rows of summed :func:`band_counts` (one per band), each starting with ``keys``."""
+def band_rows(counts: np.ndarray, rates: bool = True, **keys) -> List[dict]:
+    """Table rows of summed :func:`band_counts` (one per band), each starting with ``keys``; ``rates=False`` (the
+    labels alone, no prediction) leaves recall and precision NaN."""
     total_label = counts[:, 0].sum()
     rows = []
     for (name, c) in zip(BAND_NAMES, counts):
         label_px, hit, pred_px, right = (int(v) for v in c)
         rows.append({**keys, "band": name, "label_px": label_px,
                      "label_share": label_px / total_label if total_label else float("nan"),
-                     "recall": hit / label_px if label_px else float("nan"), "pred_px": pred_px,
-                     "precision": right / pred_px if pred_px else float("nan")})
+                     "recall": hit / label_px if label_px and rates else float("nan"), "pred_px": pred_px,
+                     "precision": right / pred_px if pred_px and rates else float("nan")})
     return rows
 
 
@@ -105,7 +106,7 @@ def bands_of_folders(features_dir: os.PathLike | str, labels_dir: Optional[os.Pa
             if not mask.is_file():
                 raise DataError(f"{folder}: no mask for chip {cid}")
             sums[name] += band_counts(bright, valid, label, _read_mask(mask, refl.shape[1:], "mask"))
-    rows = band_rows(label_only, method="label") if labels_dir is not None else []
+    rows = band_rows(label_only, rates=False, method="label") if labels_dir is not None else []
     for name, c in sums.items():
         rows += band_rows(c, method=name)
     return pd.DataFrame(rows)
