@@ -405,6 +405,9 @@ def test_landsat_score_refuses_missing_patches(landsat, tmp_path, monkeypatch):
     monkeypatch.setenv("CLOUDKD_LANDSAT_CACHE", str(tmp_path / "cache"))
     test = resolve_split(landsat, "test")
     r = invoke("landsat", "score", "--pred", test.labels_dir, "--data", landsat)
+    assert isinstance(r.exception, DataError) and "lies inside the input" in str(r.exception)  # the default
+    # report folder would be in the import, which a new import replaces
+    r = invoke("landsat", "score", "--pred", test.labels_dir, "--data", landsat, "--report-dir", tmp_path / "truth")
     assert r.exit_code == 0 and "accuracy 100.00" in r.output, r.output  # the truth scores 100 %
     pred = tmp_path / "pred"
     pred.mkdir()

@@ -449,8 +449,11 @@ def world(small_data, student, landsat_root, onnx_model, tmp_path_factory):
     from cloudkd.baselines.threshold import ThresholdModel
 
     ThresholdModel(0.3, 0.7).save(w / "t.json")
+    from cloudkd.data.landsat.reader import ensure_imported
+
+    l8imp = ensure_imported(l8, progress=False)  # the import `landsat score` reads (made once, here)
     return {"w": w, "data": data, "run": run, "l8": l8, "onnx": onnx_model, "labels": data / "test_labels",
-            "test": data / "test_features"}
+            "test": data / "test_features", "l8imp": l8imp, "l8pred": l8imp / "test_labels"}
 
 
 WRITERS = {  # command -> (args with {out} for the output under test, which argument is the output)
@@ -487,10 +490,16 @@ WRITERS = {  # command -> (args with {out} for the output under test, which argu
     "threshold-fit": ["baseline", "threshold", "fit", "{data}", "--out", "{out}"],
     "threshold-predict": ["baseline", "threshold", "predict", "--model", "{w}/t.json", "--features", "{test}",
                           "--out", "{out}"],
+    "landsat-score-report-dir": ["landsat", "score", "--pred", "{l8pred}", "--data", "{l8}", "--report-dir", "{out}"],
+    "landsat-score-json": ["landsat", "score", "--pred", "{l8pred}", "--data", "{l8}", "--report-dir", "{out}.rep",
+                           "--json", "{out}"],
+    "landsat-score-masks": ["landsat", "score", "--pred", "{l8pred}", "--data", "{l8}", "--report-dir", "{out}.rep",
+                            "--masks", "{out}"],
 }
 FOLDER_OUTPUTS = {"runtime-test-keep", "landsat-import", "demo-data", "export", "data-synth", "landsat-synth",
                   "student-train", "student-distill", "student-predict", "teacher-predict-masks",
-                  "teacher-predict-soft", "score-report-dir", "real-bench", "downlink", "bench", "threshold-predict"}
+                  "teacher-predict-soft", "score-report-dir", "real-bench", "downlink", "bench", "threshold-predict",
+                  "landsat-score-report-dir", "landsat-score-masks"}
 OWN_INPUTS = {  # the output placed on (or in, or around) one of the command's inputs
     "runtime-test-keep": ["{data}", "{w}"],
     "runtime-test-json": ["{data}/v.json", "{w}/s.zip"],
@@ -513,6 +522,9 @@ OWN_INPUTS = {  # the output placed on (or in, or around) one of the command's i
     "bench": ["{data}", "{data}/b", "{run}/b", "{w}"],
     "threshold-fit": ["{data}/t.json", "{data}/train_metadata.csv", "{w}"],
     "threshold-predict": ["{test}", "{test}/masks", "{w}/t.json", "{w}"],
+    "landsat-score-report-dir": ["{l8pred}", "{l8pred}/rep", "{l8}", "{l8}/rep", "{l8imp}", "{l8imp}/rep", "{w}"],
+    "landsat-score-json": ["{l8pred}/s.json", "{l8}/s.json", "{l8imp}/s.json"],
+    "landsat-score-masks": ["{l8pred}", "{l8pred}/m", "{l8}/m", "{l8imp}/m", "{w}"],
 }
 SWEEP = ([(cmd, "{w}/user" if cmd in FOLDER_OUTPUTS else "{w}/user.txt") for cmd in WRITERS]
          + [(cmd, out) for cmd, outs in OWN_INPUTS.items() for out in outs])
@@ -549,6 +561,9 @@ OWN_AGAIN = {  # writers that took up the policy in issue 29: their own output i
     "real-bench": ("folder", WRITERS["real-bench"]),
     "downlink": ("folder", WRITERS["downlink"]),
     "threshold-fit": ("file", WRITERS["threshold-fit"]),
+    "landsat-score-report-dir": ("folder", WRITERS["landsat-score-report-dir"]),
+    "landsat-score-json": ("file", WRITERS["landsat-score-json"]),
+    "landsat-score-masks": ("folder", WRITERS["landsat-score-masks"]),
 }
 
 
@@ -569,3 +584,27 @@ def test_a_writers_own_output_is_replaced_with_force_only(world, tmp_path, capsy
     code, text = invoke(args + ["--force"], capsys)
     assert code == 0, text
     assert not list(tmp_path.glob(".*cloudkd-new")) and not list(tmp_path.glob(".*cloudkd-lock"))
+
+
+def test_landsat_score_outputs_are_apart_and_nothing_is_left_when_it_fails(world, tmp_path, monkeypatch, capsys):
+    """landsat score's three outputs never overlap one another, and a scoring that fails half-way leaves no
+    report, JSON, masks, build or lock behind."""
+    import cloudkd.data.landsat.scenes as scenes
+
+    base = ["landsat", "score", "--pred", world["l8pred"], "--data", world["l8"]]
+    for extra in (["--report-dir", tmp_path / "r", "--masks", tmp_path / "r"],
+                  ["--report-dir", tmp_path / "r", "--masks", tmp_path / "r" / "m"],
+                  ["--report-dir", tmp_path / "r", "--json", tmp_path / "r" / "s.json"],
+                  ["--report-dir", tmp_path / "r", "--masks", tmp_path / "m", "--json", tmp_path / "m" / "s.json"]):
+        code, text = invoke(base + extra, capsys)
+        _one_line_refusal(code, text, "this output")
+        assert not list(tmp_path.iterdir()), extra
+
+    def broken(*a, **k):
+        raise DataError("STOPPED while scoring")
+
+    monkeypatch.setattr(scenes, "confusion", broken)  # after the first scene's mask is written
+    code, text = invoke(base + ["--report-dir", tmp_path / "r", "--masks", tmp_path / "m", "--json",
+                                tmp_path / "s.json"], capsys)
+    _one_line_refusal(code, text, "STOPPED")
+    assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())

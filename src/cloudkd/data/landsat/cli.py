@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ...common.cli import at_least, fail, output_check, refuse_incomplete, stage_app
+from ...common.cli import (at_least, fail, file_output_check, folder_output_check, output_check, refuse_incomplete,
+                           stage_app)
 
 app = stage_app("Landsat-8 (38-Cloud / 95-Cloud): generate, import, scene-level scoring. Other commands "
                 "take a 38-Cloud root as --data / features as they are.")
@@ -70,21 +72,46 @@ def landsat_score(
                                         "predict / baseline threshold predict)."),
     data: Path = typer.Option(..., help="The 38-Cloud root (or its import) whose test split was predicted."),
     split: str = typer.Option("test", help="Split to score."),
-    report_dir: Optional[Path] = typer.Option(None, callback=output_check, help="Where per_scene.csv goes (default "
-                                                                                "PRED's sibling "
-                                                         "PRED_scenes/)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", callback=output_check, help="Write the summary as JSON "
-                                                                                         "here."),
-    masks: Optional[Path] = typer.Option(None, callback=output_check, help="Also write the stitched scene masks "
-                                                                           "{scene}.tif here."),
+    report_dir: Optional[Path] = typer.Option(None, callback=folder_output_check, help="Where per_scene.csv goes "
+                                                                                       "(default PRED's sibling "
+                                                                                       "PRED_scenes/)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", callback=file_output_check, help="Write the summary "
+                                                                                              "as JSON here."),
+    masks: Optional[Path] = typer.Option(None, callback=folder_output_check, help="Also write the stitched scene "
+                                                                                  "masks {scene}.tif here."),
+    force: bool = typer.Option(False, help="Replace a report folder, --json file and masks folder cloudkd wrote "
+                                           "(nothing else is replaced)."),
 ):
     """The 38-Cloud protocol: stitch patches into scenes; precision, recall, specificity, Jaccard, accuracy per
     scene, averaged over scenes."""
+    from ...common.errors import DataError
+    from ...common.outputs import check_folder, file_outputs, folder_output, output_problem, outputs_apart
+    from ..roots import resolve_split
     from .scenes import SCENE_METRICS, score_scenes
 
-    rep = score_scenes(pred, data, split, masks_out=masks, progress=True)
+    # the output policy, before any work: the default report folder too; outputs apart from the inputs and from
+    # each other; an existing output only cloudkd's own, with --force
     report_dir = report_dir or pred.parent / f"{pred.name}_scenes"
-    rep.write(report_dir, json_path)
+    problem = output_problem(report_dir, "folder")
+    if problem:
+        raise DataError(problem)
+    inputs = [pred, data]
+    outputs_apart([report_dir, masks, json_path], inputs)
+    outputs_apart([masks, json_path], [report_dir])
+    outputs_apart([json_path], [masks])
+    check_folder(report_dir, SCORE_REPORT_KIND, force, "--report-dir")
+    if masks is not None:
+        check_folder(masks, SCENE_MASKS_KIND, force, "--masks")
+    with file_outputs({"--json": json_path}, "landsat-score-json", force, inputs=inputs):
+        s = resolve_split(data, split)  # a 38-Cloud root is imported here: its import is an input too
+        outputs_apart([report_dir, masks, json_path], [s.root])
+        with ExitStack() as stack:  # the masks are built beside --masks and swapped in once all is written
+            build = None if masks is None else stack.enter_context(
+                folder_output(masks, SCENE_MASKS_KIND, force, "--masks"))
+            rep = score_scenes(pred, s.root, split, masks_out=build, progress=True)
+            with folder_output(report_dir, SCORE_REPORT_KIND, force, "--report-dir") as report_build:
+                rep.write(report_build)
+            rep.write(None, json_path)
     refuse_incomplete(rep, "predictions", "non-empty patch(es)", limit=20)
     table = rep.per_scene[["scene", "height", "width", *SCENE_METRICS]]
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{100 * v:.2f}"))
@@ -92,3 +119,8 @@ def landsat_score(
     typer.echo(f"mean over {len(table)} scenes (%): " + ", ".join(
         f"{k} {100 * v:.2f}" if v is not None else f"{k} -" for k, v in m.items()))
     typer.echo(f"per-scene CSV in {report_dir}")
+
+
+#: the kinds of content of landsat score's --report-dir and --masks folders (the output policy's marks)
+SCORE_REPORT_KIND = "landsat-score-report"
+SCENE_MASKS_KIND = "landsat-scene-masks"
