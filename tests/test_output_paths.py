@@ -24,6 +24,10 @@ OUTPUTS = {
     "export": (["onboard", "export", "--checkpoint", "{w}/no_run", "--out", "{out}", "--no-int8", "--no-memory"],
                "folder"),
     "teacher-prepare": (["teacher", "prepare", "{data}", "--workdir", "{out}"], "folder"),
+    "audit-out": (["evaluate", "audit", "{data}", "--model", "{w}/no_run", "--out", "{out}"], "folder"),
+    "landsat-score-masks": (["landsat", "score", "--pred", "{w}/p", "--data", "{data}", "--masks", "{out}"],
+                            "folder"),
+    "landsat-score-json": (["landsat", "score", "--pred", "{w}/p", "--data", "{data}", "--json", "{out}"], "file"),
 }
 CASES = [(cmd, how) for cmd in OUTPUTS for how in ("wrong-kind", "under-a-file")]
 

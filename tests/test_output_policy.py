@@ -490,6 +490,7 @@ WRITERS = {  # command -> (args with {out} for the output under test, which argu
     "threshold-fit": ["baseline", "threshold", "fit", "{data}", "--out", "{out}"],
     "threshold-predict": ["baseline", "threshold", "predict", "--model", "{w}/t.json", "--features", "{test}",
                           "--out", "{out}"],
+    "audit-out": ["evaluate", "audit", "{data}", "--model", "{run}", "--out", "{out}"],
     "landsat-score-report-dir": ["landsat", "score", "--pred", "{l8pred}", "--data", "{l8}", "--report-dir", "{out}"],
     "landsat-score-json": ["landsat", "score", "--pred", "{l8pred}", "--data", "{l8}", "--report-dir", "{out}.rep",
                            "--json", "{out}"],
@@ -499,7 +500,7 @@ WRITERS = {  # command -> (args with {out} for the output under test, which argu
 FOLDER_OUTPUTS = {"runtime-test-keep", "landsat-import", "demo-data", "export", "data-synth", "landsat-synth",
                   "student-train", "student-distill", "student-predict", "teacher-predict-masks",
                   "teacher-predict-soft", "score-report-dir", "real-bench", "downlink", "bench", "threshold-predict",
-                  "landsat-score-report-dir", "landsat-score-masks"}
+                  "audit-out", "landsat-score-report-dir", "landsat-score-masks"}
 OWN_INPUTS = {  # the output placed on (or in, or around) one of the command's inputs
     "runtime-test-keep": ["{data}", "{w}"],
     "runtime-test-json": ["{data}/v.json", "{w}/s.zip"],
@@ -522,6 +523,7 @@ OWN_INPUTS = {  # the output placed on (or in, or around) one of the command's i
     "bench": ["{data}", "{data}/b", "{run}/b", "{w}"],
     "threshold-fit": ["{data}/t.json", "{data}/train_metadata.csv", "{w}"],
     "threshold-predict": ["{test}", "{test}/masks", "{w}/t.json", "{w}"],
+    "audit-out": ["{data}", "{data}/a", "{run}", "{run}/a", "{w}"],
     "landsat-score-report-dir": ["{l8pred}", "{l8pred}/rep", "{l8}", "{l8}/rep", "{l8imp}", "{l8imp}/rep", "{w}"],
     "landsat-score-json": ["{l8pred}/s.json", "{l8}/s.json", "{l8imp}/s.json"],
     "landsat-score-masks": ["{l8pred}", "{l8pred}/m", "{l8}/m", "{l8imp}/m", "{w}"],
@@ -561,6 +563,7 @@ OWN_AGAIN = {  # writers that took up the policy in issue 29: their own output i
     "real-bench": ("folder", WRITERS["real-bench"]),
     "downlink": ("folder", WRITERS["downlink"]),
     "threshold-fit": ("file", WRITERS["threshold-fit"]),
+    "audit-out": ("folder", WRITERS["audit-out"]),
     "landsat-score-report-dir": ("folder", WRITERS["landsat-score-report-dir"]),
     "landsat-score-json": ("file", WRITERS["landsat-score-json"]),
     "landsat-score-masks": ("folder", WRITERS["landsat-score-masks"]),
@@ -608,3 +611,29 @@ def test_landsat_score_outputs_are_apart_and_nothing_is_left_when_it_fails(world
                                 tmp_path / "s.json"], capsys)
     _one_line_refusal(code, text, "STOPPED")
     assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_audit_out_never_replaces_a_users_file_and_a_failed_audit_leaves_nothing(world, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """`evaluate audit --out` wrote audit.csv / audit.png into any folder, replacing the user's audit.png without
+    --force (and their audit.csv with it); a failing contact sheet left audit.csv behind."""
+    import cloudkd.evaluate.audit as A
+
+    mine = _user_folder(tmp_path / "mine")
+    (mine / "audit.png").write_bytes(b"the user's picture")
+    base = ["evaluate", "audit", world["data"], "--model", world["run"]]
+    before = snapshot(tmp_path)
+    for extra in ([], ["--force"]):
+        code, text = invoke(base + ["--out", mine, *extra], capsys)
+        _one_line_refusal(code, text, "was not written by cloudkd")
+        assert snapshot(tmp_path) == before
+    code, text = invoke(base + ["--out", tmp_path / "a", "--exclude-out", tmp_path / "a"], capsys)
+    _one_line_refusal(code, text, "--exclude-out")
+
+    def broken(*a, **k):
+        raise DataError("STOPPED while drawing")
+
+    monkeypatch.setattr(A, "contact_sheet", broken)
+    code, text = invoke(base + ["--out", tmp_path / "a"], capsys)
+    _one_line_refusal(code, text, "STOPPED")
+    assert snapshot(tmp_path) == before

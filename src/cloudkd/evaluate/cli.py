@@ -142,7 +142,9 @@ def real_bench(
 def audit(
     data: Path = typer.Argument(..., help="Dataset root (On Cloud N layout or a 38-Cloud root) whose labelled "
                                           "split is audited, or a *_features folder."),
-    out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for audit.csv and audit.png."),
+    out: Path = typer.Option(..., "--out", callback=folder_output_check, help="Folder for audit.csv and audit.png "
+                                                                              "(and, with --train, the fold "
+                                                                              "students in OUT/oof)."),
     model: Optional[Path] = typer.Option(None, help="The judge: a student run folder (cloudkd train/distill), its "
                                                     "student.pt / a .ckpt, or an .onnx model."),
     teacher_nnunet: Optional[Path] = typer.Option(None, help="The judge: a trained nnU-Net teacher workdir."),
@@ -169,17 +171,11 @@ def audit(
                                                         "training threshold, an exported model's; --train: the "
                                                         "students' training threshold)."),
     split: Optional[str] = split_option(),
-    force: bool = typer.Option(False, help="Replace an existing audit in --out, and an --exclude-out file cloudkd "
-                                           "wrote."),
+    force: bool = typer.Option(False, help="Replace an audit cloudkd wrote in --out (its fold students are reused "
+                                           "when they still fit), and an --exclude-out file cloudkd wrote (nothing "
+                                           "else is replaced)."),
 ):
     """Rank every labelled chip by how likely its label is wrong (audit.csv), show the worst (audit.png)."""
-    import time
-
-    from ..common.io import atomic_write
-    from ..data.chips import load_index
-    from ..data.roots import resolve_split
-    from . import audit as A
-
     if train and folds_csv is None:
         fail("--train needs --folds (the location-grouped folds the out-of-fold students are trained on)", 2)
     if folds_csv is not None and not train:
@@ -189,14 +185,42 @@ def audit(
     if not train and (model is None) == (teacher_nnunet is None):
         fail("give one judge: --model RUN (a student run folder or an .onnx file), --teacher-nnunet WORKDIR, or "
              "--folds FOLDS --train", 2)
-    if (out / "audit.csv").exists() and not force:
-        fail(f"{out / 'audit.csv'}: exists; pass --force to replace it", 2)
-    from ..common.outputs import check_file, outputs_apart, record_file
+    import os
+    from contextlib import nullcontext
 
-    # the output policy: outputs apart from the data and the judges; --exclude-out a new file or one cloudkd wrote
+    from ..common.outputs import check_file, check_folder, folder_lock, outputs_apart
+
+    # the output policy: outputs apart from the data, the judges and each other; --out new, empty or an audit
+    # cloudkd wrote (with --force); --exclude-out a new file or one cloudkd wrote
     outputs_apart([out, exclude_out], [data, model, teacher_nnunet, folds_csv])
+    if exclude_out is not None and os.path.realpath(exclude_out) == os.path.realpath(out):
+        fail(f"--exclude-out {exclude_out} is --out; give it a file name (e.g. {out / 'exclude.txt'})", 2)
+    check_folder(out, AUDIT_KIND, force, "--out")
     if exclude_out is not None:
         check_file(exclude_out, force, "--exclude-out")
+    # --train: the fold students are trained into OUT/oof and reused by a later --force, so OUT is claimed (locked
+    # and marked) before they train and its audit.png / audit.csv replaced at the end; with a judge, the audit is
+    # built beside OUT and swapped in when it is complete
+    with folder_lock(out) if train else nullcontext():
+        _audit(data, out, model, teacher_nnunet, folds_csv, train, student_model, epochs, batch, crop, steps, seed,
+               top, exclude_out, above, threshold, split, force)
+
+
+#: the kind of content of an audit's --out folder (the output policy's mark)
+AUDIT_KIND = "label-audit"
+
+
+def _audit(data, out, model, teacher_nnunet, folds_csv, train, student_model, epochs, batch, crop, steps, seed,
+           top, exclude_out, above, threshold, split, force):
+    import time
+    from contextlib import nullcontext
+
+    from ..common.io import atomic_write
+    from ..common.outputs import check_folder, folder_output, mark_folder, record_file
+    from ..data.chips import load_index
+    from ..data.roots import resolve_split
+    from . import audit as A
+
     sp = resolve_split(data, split or ("train" if not str(data).endswith("_features") else None))
     index = load_index(sp, require_labels=True)
     if index.empty:
@@ -214,6 +238,8 @@ def audit(
             threshold = TrainConfig.threshold  # what the out-of-fold students train (and so record) by default
         base = TrainConfig(data=str(sp.root), out="", model=student_model, epochs=epochs, batch_size=batch,
                            crop=crop, limit_train_batches=steps, seed=seed, threshold=threshold)
+        check_folder(out, AUDIT_KIND, force, "--out")  # again, under the lock
+        mark_folder(out, AUDIT_KIND)
         runs = A.train_fold_models(sp.root, folds_csv, out / "oof", base, log=typer.echo)
         models = {k: A.load_model(r) for k, r in runs.items()}
         source = f"out of fold, {len(models)} {student_model} students"
@@ -231,10 +257,11 @@ def audit(
         rows = A.audit_chips(index, judge, threshold, batch)
     seconds = time.perf_counter() - t0
     table = A.rank(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "audit.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.5g"))
-    sheet = A.contact_sheet(table, index, judge, out / "audit.png", top=top, threshold=threshold,
-                            models_by_fold=models)
+    with nullcontext(out) if train else folder_output(out, AUDIT_KIND, force, "--out") as build:
+        A.contact_sheet(table, index, judge, build / "audit.png", top=top, threshold=threshold,
+                        models_by_fold=models)
+        atomic_write(build / "audit.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.5g"))
+    sheet = out / "audit.png"
     typer.echo(f"audited {len(table)} chips of {sp.features_dir} with {source}: {len(table) / seconds:.1f} chips/s")
     typer.echo(table.head(min(10, len(table)))[["rank", "chip_id", "location", "suspicion", "label_iou",
                                                  "label_fraction", "pred_fraction"]]
