@@ -16,8 +16,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ..common.infer import nodata_mask
-from ..data.normalise import BANDS
+from cloudkd.common.infer import nodata_mask
+from cloudkd.data.normalise import BANDS
 
 #: Sentinel-2's 13 bands in band_id order
 S2_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
