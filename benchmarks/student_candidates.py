@@ -12,7 +12,7 @@ Pareto table ``student_candidates_pareto.md`` (mean +- sd over seeds of the gene
 Jaccard against int8 chips/s) and the figure ``docs/student_candidates_pareto.png``. ``--reuse-speed`` skips
 the timing and reads the speed CSV written before.
 
-    python benchmarks/student_candidates.py [--reuse-speed]
+    python benchmarks/student_candidates.py [--reuse-speed] [--candidates s2d2 ...] [--out PREFIX]
 """
 
 import argparse
@@ -66,6 +66,8 @@ def main():
     ap.add_argument("--seeds-csv", default=str(REPO / "benchmarks" / "results" / "student_candidates_seeds.csv"))
     ap.add_argument("--png", default=str(REPO / "docs" / "student_candidates_pareto.png"))
     ap.add_argument("--reuse-speed", action="store_true", help="read the speed CSV instead of timing again")
+    ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES),
+                    help="time only these (the reference is always timed)")
     a = ap.parse_args()
     out = Path(a.out)
     df = pd.read_csv(out.with_suffix(".csv")) if a.reuse_speed else measure(a, out)
@@ -82,6 +84,8 @@ def measure(a, out: Path) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {}
         for name, kw in CANDIDATES.items():
+            if name not in a.candidates and name != "unet-s (reference)":
+                continue
             m = CompactUNet(**kw).eval()
             fp32 = export_onnx(m, Path(tmp) / f"{name}.onnx")
             q = quantize_int8(fp32, Path(tmp) / f"{name}_int8.onnx", calib)
