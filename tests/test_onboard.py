@@ -16,7 +16,7 @@ from cloudkd.data.normalise import dn_to_reflectance
 from cloudkd.onboard.downlink import chip_stats, stats_from_scene, summarise
 from cloudkd.onboard.export import count_macs, export
 from cloudkd.common.infer import logit_threshold, predict_logits
-from cloudkd.onboard.products import BandWindows
+from cloudkd.data.products import BandWindows
 from cloudkd.onboard.scene import predict_scene, torch_predictor
 from cloudkd.student.runs import load_student
 from cloudkd.student.unet import CompactUNet

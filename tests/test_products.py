@@ -16,7 +16,7 @@ from affine import Affine
 
 from cloudkd.common.errors import DataError
 from cloudkd.data.normalise import BANDS, dn_to_reflectance, normalise
-from cloudkd.onboard.products import ProductWarning, open_scene, read_product_metadata
+from cloudkd.data.products import ProductWarning, open_scene, read_product_metadata
 from cloudkd.onboard.scene import predict_scene
 from synthproduct import DEFAULT_CRS, DEFAULT_TRANSFORM, write_safe
 

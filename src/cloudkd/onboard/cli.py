@@ -92,7 +92,7 @@ def predict_scene_cmd(
     georeferenced Cloud-Optimised GeoTIFF, optionally the probability and a per-chip cloud report."""
     import warnings
 
-    from .products import ProductWarning, open_scene
+    from ..data.products import ProductWarning, open_scene
     from .scene import load_predictor, predict_scene
 
     if overlap >= tile:

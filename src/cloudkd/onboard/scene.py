@@ -1,7 +1,7 @@
 """``cloudkd predict-scene``: a cloud mask for a whole raster (e.g. a 10980 x 10980 Sentinel-2 tile) in bounded
 memory.
 
-Input (:mod:`cloudkd.onboard.products`): a ``.SAFE`` product folder (L2A or L1C), a folder of per-band files in any
+Input (:mod:`cloudkd.data.products`): a ``.SAFE`` product folder (L2A or L1C), a folder of per-band files in any
 format GDAL reads (GeoTIFF, COG, JPEG 2000), or one multi-band file, read through rasterio window by window, with
 the product's radiometry (reflectance = (DN + offset) / quantification value, from ``MTD_MSIL2A.xml`` /
 ``MTD_MSIL1C.xml``; plain GeoTIFF bands: DN / 10000).
@@ -35,7 +35,7 @@ import numpy as np
 from ..common.io import atomic_write
 from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits, probabilities_from_logits
 from ..data.normalise import normalise
-from .products import Scene, open_scene
+from ..data.products import Scene, open_scene
 
 #: output blocks, and the chip grid of the chip report: the On Cloud N chip size
 OUT_TILE = 512

@@ -50,7 +50,7 @@ import numpy as np
 
 from ..common.errors import DataError
 from ..common.infer import nodata_mask
-from ..data.normalise import BANDS, SCALE, dn_to_reflectance
+from .normalise import BANDS, SCALE, dn_to_reflectance
 
 #: Sentinel-2's band_id of each of the model's bands (the MTD's Spectral_Information: B1 = 0, B2 = 1 ... B8 = 7)
 BAND_IDS = {"B02": 1, "B03": 2, "B04": 3, "B08": 7}
