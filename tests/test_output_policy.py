@@ -429,6 +429,46 @@ def test_export_does_not_replace_another_models_export_without_force(student, tm
     assert (other / "model_fp32.onnx").read_bytes() != b"another model"
 
 
+def test_a_failed_export_leaves_nothing_and_an_old_export_as_it_was(student, small_data, tmp_path, capsys):
+    """A corrupt calibration chip failed `onboard export` after its fp32 models were written: a new --out was left
+    with cloudkd's marker and model_fp32*.onnx, and with --force the old export was already gone."""
+    cal = tmp_path / "cal"
+    shutil.copytree(small_data / "train_features", cal / "train_features")
+    for band in (cal / "train_features").glob("*/B02.tif"):
+        band.write_bytes(b"not a TIFF")
+    args = ["onboard", "export", "--checkpoint", student, "--no-memory", "--no-int8", "--size", 96, "--n-calib", 3]
+    code, text = invoke(args + ["--out", tmp_path / "new", "--calib", cal], capsys)
+    _one_line_refusal(code, text, "B02.tif")
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".*cloudkd*"))
+    assert invoke(args + ["--out", tmp_path / "old", "--calib", small_data / "train_features"], capsys)[0] == 0
+    report = json.loads((tmp_path / "old" / "export.json").read_text())
+    assert report["out"] == str(tmp_path / "old")  # the paths it has, not where it was built
+    assert all(a["path"].startswith(str(tmp_path / "old")) for k, a in report["artefacts"].items() if k != "pytorch")
+    before = snapshot(tmp_path)
+    code, text = invoke(args + ["--out", tmp_path / "old", "--calib", cal, "--force"], capsys)
+    _one_line_refusal(code, text, "B02.tif")
+    assert snapshot(tmp_path) == before
+
+
+def test_bench_neither_replaces_nor_benchmarks_another_models_export(world, tmp_path, capsys):
+    """`onboard bench --student RUN --export-dir DIR` exported RUN over DIR with force when DIR had no int8 model
+    (another model's export, silently replaced), and took DIR's int8 model as RUN's when it had one."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model_fp32.onnx").write_bytes(b"another model")
+    (other / "export.json").write_text(json.dumps({"out": str(other), "artefacts": {
+        "pytorch": {"path": str(tmp_path / "another_run" / "student.pt")}}}))
+    before = snapshot(tmp_path)
+    for int8 in (False, True):
+        if int8:
+            (other / "model_int8.onnx").write_bytes(b"another int8 model")
+            before = snapshot(tmp_path)
+        code, text = invoke(["onboard", "bench", "--data", world["data"], "--demo", tmp_path / "demo", "--student",
+                             world["run"], "--export-dir", other, "--out", tmp_path / "b", "--no-peer"], capsys)
+        _one_line_refusal(code, text, "holds the export of")
+        assert snapshot(tmp_path) == before
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The sweep: every writing command, with --force, against what cloudkd did not write and against its own inputs
 # ---------------------------------------------------------------------------------------------------------------

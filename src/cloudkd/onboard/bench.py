@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..common.errors import DataError
 from ..common.infer import DEFAULT_THRESHOLD
 
 METHODS = ("reference_unet_s_int8", "thresholding", "nnunet_teacher", "csmask_peer", "smp_resnet34", "student_torch",
@@ -239,6 +240,17 @@ def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, 
     return rows
 
 
+def _export_of(student: Path, export_dir: Path) -> None:
+    """Refuse (DataError) an ``export_dir`` whose export.json says it was made from another run than ``student``."""
+    try:
+        made_from = json.loads((export_dir / "export.json").read_text())["artefacts"]["pytorch"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        made_from = None
+    if made_from and os.path.realpath(Path(made_from).parent) != os.path.realpath(student):
+        raise DataError(f"{export_dir}: holds the export of {Path(made_from).parent}, not of the student {student}; "
+                        f"give --export-dir a new folder or that student's own export")
+
+
 def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34: Optional[Path] = None,
                 export_dir: Optional[Path] = None, threshold: Optional[float] = None, peer: bool = True,
                 log=print) -> Dict[str, Path]:
@@ -253,6 +265,8 @@ def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34:
     export_dir = export_dir or demo_dir / "export"
     models = {"thresholding": demo_dir / "threshold.json", "nnunet_teacher": demo_dir / "nnunet",
               "smp_resnet34": resnet34, "student_torch": student}
+    if (student / "student.json").is_file() and (export_dir / "export.json").is_file():
+        _export_of(student, export_dir)  # another model's export is neither benchmarked as this one nor replaced
     if (student / "student.json").is_file() and not (export_dir / "model_int8.onnx").is_file():
         log(f"exporting {student} -> {export_dir}")
         train = resolve_split(split.root, "train").features_dir if (split.root / "train_features").is_dir() else None

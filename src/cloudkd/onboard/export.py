@@ -200,9 +200,11 @@ def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optiona
     for the checks (default: ``calib`` chips after the calibration ones).
 
     The output policy: ``out`` is new, empty, or an export cloudkd wrote (replaced only with ``force``), apart
-    from the run and the chips, and locked while it is written.
+    from the run and the chips, and locked while it is written. The export is built beside ``out`` and takes its
+    place only when it is complete: a failed export leaves nothing (no marker, no fp32 model) and an old export
+    as it was.
     """
-    from ..common.outputs import claim_folder, folder_lock, outputs_apart
+    from ..common.outputs import check_folder, folder_output, outputs_apart
     from ..common.infer import logit_threshold
     from ..student.runs import resolve_run, run_threshold
 
@@ -212,10 +214,10 @@ def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optiona
     logit_threshold(threshold)
     outputs_apart([out], [checkpoint, run, calib, heldout])
     check_chip_counts(calib, heldout, n_calib)  # before any work
-    with folder_lock(out):
-        claim_folder(out, EXPORT_KIND, force)
-        return _export_into(out, run, info, state, calib, heldout, n_calib, n_check, size, int8, measure_memory,
-                            threshold)
+    check_folder(out, EXPORT_KIND, force)
+    with folder_output(out, EXPORT_KIND, force) as build:
+        return _export_into(build, run, info, state, calib, heldout, n_calib, n_check, size, int8, measure_memory,
+                            threshold, final=out)
 
 
 #: the kind of content of an export folder (the output policy's mark)
@@ -241,7 +243,9 @@ def check_chip_counts(calib: Optional[os.PathLike | str], heldout: Optional[os.P
 
 
 def _export_into(out: Path, run: Path, info: dict, state: dict, calib, heldout, n_calib: int, n_check: int, size: int,
-                 int8: bool, measure_memory: bool, threshold: float) -> ExportReport:
+                 int8: bool, measure_memory: bool, threshold: float, final: Optional[Path] = None) -> ExportReport:
+    """Write the export into ``out`` (the build folder); the report names the artefacts where they will be once
+    the build takes the place of ``final``."""
     from ..student.models import build_model
 
     model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
@@ -298,5 +302,10 @@ def _export_into(out: Path, run: Path, info: dict, state: dict, calib, heldout, 
         for name, a in rep.artefacts.items():
             kind = "torch" if name == "pytorch" else "onnx"
             a.update(peak_memory(kind, run if kind == "torch" else a["path"], size))
+    if final is not None:  # the paths the artefacts have once the build is swapped in
+        rep.out = Path(final)
+        for name, a in rep.artefacts.items():
+            if name != "pytorch":
+                a["path"] = str(Path(final) / Path(a["path"]).name)
     atomic_write(out / "export.json", lambda t: Path(t).write_text(json.dumps(rep.to_json(), indent=2)))
     return rep
