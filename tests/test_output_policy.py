@@ -186,6 +186,63 @@ def test_masks_folder_force_never_deletes_masks_cloudkd_did_not_write(tmp_path):
     assert not (tmp_path / "m2" / "c.tif").exists()
 
 
+def _with_corrupt_last_chip(small_data, root):
+    """A copy of the test chips whose last chip has a corrupt band: a prediction fails after the first masks."""
+    feats = root / "test_features"
+    shutil.copytree(small_data / "test_features", feats)
+    (sorted(feats.iterdir())[-1] / "B03.tif").write_bytes(b"not a TIFF")
+    return feats
+
+
+def test_a_failed_prediction_leaves_no_masks_and_keeps_the_masks_it_would_replace(student, small_data, tmp_path,
+                                                                                   capsys):
+    """A chip that fails to read stopped student / threshold predict half-way: their masks folder was left with
+    the record and the masks written so far, and with --force another model's masks were already deleted."""
+    from cloudkd.baselines.threshold import ThresholdModel
+
+    feats = _with_corrupt_last_chip(small_data, tmp_path / "data")
+    ThresholdModel(0.3, 0.7).save(tmp_path / "t.json")
+    writers = {"student": ["student", "predict", "--model", student, "--batch", 2],
+               "threshold": ["baseline", "threshold", "predict", "--model", tmp_path / "t.json"]}
+    before = snapshot(tmp_path)
+    for name, args in writers.items():
+        code, text = invoke(args + ["--features", feats, "--out", tmp_path / "new"], capsys)
+        _one_line_refusal(code, text, "B03.tif")
+        assert snapshot(tmp_path) == before, name
+    for name, args in writers.items():  # the other writer's masks are kept when a replacement fails
+        other = next(o for o in writers if o != name)
+        out = tmp_path / f"by_{other}"
+        assert invoke(writers[other] + ["--features", small_data / "test_features", "--out", out], capsys)[0] == 0
+        kept = snapshot(out)
+        code, text = invoke(args + ["--features", feats, "--out", out, "--force"], capsys)
+        _one_line_refusal(code, text, "B03.tif")
+        assert snapshot(out) == kept, name
+        assert not list(tmp_path.glob(".*cloudkd*")), name
+        assert invoke(args + ["--features", small_data / "test_features", "--out", out, "--force"], capsys)[0] == 0
+        assert json.loads((out / ".cloudkd-masks.json").read_text())["producer"].startswith(
+            "student" if name == "student" else "thresholding")
+
+
+def test_a_masks_folder_being_written_is_locked(small_data, tmp_path, capsys):
+    from cloudkd.baselines.threshold import ThresholdModel
+
+    ThresholdModel(0.3, 0.7).save(tmp_path / "t.json")
+    out = tmp_path / "masks"
+    args = ["baseline", "threshold", "predict", "--model", tmp_path / "t.json", "--features",
+            small_data / "test_features", "--out", out]
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # another cloudkd writing masks into the folder (its process is alive)
+        O.lock_path(out).write_text(json.dumps({"pid": sleeper.pid, "host": __import__("socket").gethostname()}))
+        _one_line_refusal(*invoke(args, capsys), f"pid {sleeper.pid}")
+        assert not out.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    code, text = invoke(args, capsys)  # its process is gone: a stale lock, taken over
+    assert code == 0, text
+    assert not O.lock_path(out).exists()
+
+
 def test_masks_of_a_model_retrained_in_place_are_another_producers(student, small_data, tmp_path, capsys):
     """Issue 29: the masks record named the run's path only, so the masks of a run trained again in place mixed
     with the old run's masks in one folder; the weights' fingerprint now tells the two apart."""

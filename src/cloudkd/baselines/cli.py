@@ -69,8 +69,7 @@ def threshold_predict(
     force: bool = typer.Option(False, help="Replace the masks of another model already in OUT."),
 ):
     """Apply fitted thresholds to a folder of chips, writing one mask per chip."""
-    from ..common.io import claim_masks_folder
-    from ..common.outputs import check_masks_folder, model_fingerprint, outputs_apart
+    from ..common.outputs import check_masks_folder, masks_output, model_fingerprint, outputs_apart
     from ..data.roots import resolve_split
     from .threshold import ThresholdModel, predict_folder
 
@@ -79,6 +78,6 @@ def threshold_predict(
     m = ThresholdModel.load(model)
     s = resolve_split(features, split_name)
     outputs_apart([out], [s.features_dir])
-    claim_masks_folder(out, f"thresholding {model.resolve()}", force, model_fingerprint([model]))
-    n = predict_folder(m, s.features_dir, out, progress=True)
+    with masks_output(out, f"thresholding {model.resolve()}", force, model_fingerprint([model])) as into:
+        n = predict_folder(m, s.features_dir, into, progress=True)
     typer.echo(f"wrote {n} masks to {out}")

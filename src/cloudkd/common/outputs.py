@@ -15,6 +15,9 @@
 - **Replacement on success.** :func:`replace_on_success` builds the new content of a folder beside it and swaps
   it in when the work succeeds (one atomic exchange where the system has one), so a killed or failed replacement
   leaves the old content as it was.
+- **Masks folders.** :func:`masks_output` claims a folder for one model's masks (:func:`claim_masks_folder`),
+  locks it while they are written, and removes what a failed prediction wrote (another model's masks that
+  ``--force`` replaces are swapped out on success only).
 - **Locks.** :func:`folder_lock` holds a pid file beside a folder being written: a second writer is refused, a
   lock whose process is gone (same host) is stale and taken over (:func:`running_elsewhere`, the rule synth's
   ``generation.unfinished`` marker uses too).
@@ -555,3 +558,34 @@ def claim_masks_folder(folder: os.PathLike | str, producer: str, force: bool = F
     note = {"producer": producer, "fingerprint": fingerprint}
     atomic_write(folder / MASKS_RECORD, lambda t: Path(t).write_text(json.dumps(note) + "\n"))
     return folder
+
+
+@contextmanager
+def masks_output(folder: os.PathLike | str, producer: str, force: bool = False,
+                 fingerprint: Optional[str] = None) -> Iterator[Path]:
+    """The whole policy for a command that writes the masks of ``producer`` (:func:`claim_masks_folder`'s rule)
+    into ``folder``: the folder is locked while they are written (:func:`folder_lock`: a second writer is refused),
+    and a failure leaves nothing of this run behind. The masks of another producer that ``force`` replaces are
+    replaced on success only: the new ones are built beside the folder and swapped in; otherwise the masks are
+    written in place, and when the block fails the files it added are removed (the folder too, when this run
+    created it). Yields the folder to write the masks into."""
+    folder = Path(folder)
+    check_masks_folder(folder, producer, force, fingerprint)
+    with folder_lock(folder):
+        if check_masks_folder(folder, producer, force, fingerprint):  # again, under the lock
+            with replace_on_success(folder) as build:
+                claim_masks_folder(build, producer, force, fingerprint)
+                yield build
+            return
+        created = not folder.exists()
+        before = set(os.listdir(folder)) if folder.is_dir() else set()
+        claim_masks_folder(folder, producer, force, fingerprint)
+        try:
+            yield folder
+        except BaseException:
+            if created:
+                remove_tree(folder)
+            else:
+                for name in set(os.listdir(folder)) - before:
+                    remove_tree(folder / name)
+            raise

@@ -276,8 +276,7 @@ def predict(
     force: bool = typer.Option(False, help="Replace the masks of another model already in OUT."),
 ):
     """Masks for a folder of chips from a trained student."""
-    from ..common.io import claim_masks_folder
-    from ..common.outputs import model_fingerprint, outputs_apart
+    from ..common.outputs import masks_output, model_fingerprint, outputs_apart
     from ..data.roots import resolve_split
     from .predict import predict_folder
     from .runs import load_student, recorded_threshold
@@ -286,8 +285,8 @@ def predict(
     net, feats = load_student(model), resolve_split(features, split_name).features_dir
     threshold = recorded_threshold(model) if threshold is None else threshold
     outputs_apart([out], [feats])
-    claim_masks_folder(out, f"student {model.resolve()} (threshold {threshold}, tta {tta})", force,
-                       model_fingerprint(network=net))  # a run retrained in place is another producer
-    r = predict_folder(net, feats, out, batch_size=batch, tta=tta, threshold=threshold)
+    with masks_output(out, f"student {model.resolve()} (threshold {threshold}, tta {tta})", force,
+                      model_fingerprint(network=net)) as into:  # a run retrained in place is another producer
+        r = predict_folder(net, feats, into, batch_size=batch, tta=tta, threshold=threshold)
     typer.echo(f"{r['n_chips']} masks -> {out}; {r['ms_per_chip']:.1f} ms/chip model, "
                f"{r['wall_ms_per_chip']:.1f} ms/chip with I/O")

@@ -164,8 +164,9 @@ def teacher_predict(
     force: bool = typer.Option(False, help="Replace the masks of another model already in the output folder(s)."),
 ):
     """Teacher masks and/or soft labels for a folder of chips (nnU-Net's own inference path)."""
-    from ..common.io import claim_masks_folder
-    from ..common.outputs import check_masks_folder, model_fingerprint, outputs_apart
+    from contextlib import ExitStack
+
+    from ..common.outputs import check_masks_folder, masks_output, model_fingerprint, outputs_apart
     from ..data.roots import resolve_split
     from .model import NnUNetTeacher, predict_folder
     from .workspace import Workspace, default_device
@@ -189,10 +190,10 @@ def teacher_predict(
     who = f"teacher {workdir.resolve()} folds {list(teacher.folds)} (threshold {threshold}, tta {tta})"
     # the checkpoints' content: a teacher trained again in place is another producer
     weights = model_fingerprint([teacher.model_folder / f"fold_{f}" / "checkpoint_final.pth" for f in teacher.folds])
-    for folder in (masks_out, soft_out):
-        if folder is not None:
-            claim_masks_folder(folder, who, force, weights)
-    r = predict_folder(teacher, split.features_dir, masks_out, soft_out, threshold=threshold)
+    with ExitStack() as stack:  # locked while written; a failure leaves nothing of this run behind
+        into = [None if folder is None else stack.enter_context(masks_output(folder, who, force, weights))
+                for folder in (masks_out, soft_out)]
+        r = predict_folder(teacher, split.features_dir, *into, threshold=threshold)
     typer.echo(f"{r['n_chips']} chips, {r['ms_per_chip']:.0f} ms/chip inference (folds {list(teacher.folds)}, "
                f"tta {tta}, {dev})" + (f"; masks -> {masks_out}" if masks_out else "")
                + (f"; soft labels -> {soft_out}" if soft_out else ""))
