@@ -66,6 +66,26 @@ def test_a_second_training_into_a_locked_run_folder_is_refused_and_a_stale_lock_
     _no_build_beside(out)
 
 
+def test_a_new_run_that_fails_leaves_nothing(small_data, tmp_path, capsys):
+    """A chip that cannot be read stopped a new training after OUT was claimed: OUT was left with cloudkd's marker,
+    run.json and the log folders, and the next training into it was refused as an interrupted run (nothing to
+    resume). A new or empty OUT is now left as it was when no checkpoint was saved."""
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    for band in (data / "train_features").glob("*/B04.tif"):
+        band.write_bytes(b"not a TIFF")
+    (tmp_path / "empty").mkdir()
+    before = snapshot(tmp_path)
+    for out in (tmp_path / "run", tmp_path / "empty"):
+        code, text = invoke(_train(data, out), capsys)
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        assert code == 2 and "Traceback" not in text and last.startswith("error: ") and "B04.tif" in last, text
+        after = snapshot(tmp_path)
+        after.pop(str(tmp_path / "empty"))  # emptied again (its time changes)
+        assert after == {k: v for k, v in before.items() if k != str(tmp_path / "empty")}, out
+        assert not any((tmp_path / "empty").iterdir())
+
+
 @pytest.fixture
 def old_run(small_data, tmp_path, capsys):
     run = tmp_path / "run"

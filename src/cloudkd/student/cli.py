@@ -86,7 +86,7 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
          allow_teacher_leak: bool = False):
     import os
 
-    from ..common.outputs import folder_lock, outputs_apart, replace_on_success
+    from ..common.outputs import folder_lock, outputs_apart, remove_tree, replace_on_success
     from .teachers import PEER
     from .train import fit
 
@@ -125,7 +125,15 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
                 with replace_on_success(out) as into:
                     r = _fit_into(fit, cfg, into)
             else:
-                r = _fit_into(fit, cfg, out)
+                try:
+                    r = _fit_into(fit, cfg, out)
+                except Exception:  # a failed new run leaves nothing, unless a checkpoint --resume can continue
+                    if state != "resume" and not (out / "checkpoints" / "last.ckpt").is_file():
+                        for sub in out.iterdir() if out.is_dir() else ():
+                            remove_tree(sub)
+                        if state == "new":
+                            remove_tree(out)
+                    raise
     except ValueError as exc:
         fail(str(exc), 2)
     if r.val_jaccard is not None:
