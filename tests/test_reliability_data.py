@@ -202,6 +202,29 @@ def test_a_killed_synth_is_reported_incomplete_and_generated_again(tmp_path, mon
     assert validate_split(resolve_split(root, "train")).ok
 
 
+def test_a_dataset_being_generated_is_locked_against_a_second_generator(tmp_path):
+    """Issue 29 (locks): a second generator into a folder another live one is writing is refused (the marker's pid
+    is alive on this host), even with overwrite; the first one's files stay."""
+    import socket
+    import subprocess
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (root / UNFINISHED).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        (root / "train_metadata.csv").write_text("being written\n")
+        for overwrite in (False, True):
+            with pytest.raises(DataError, match=f"another generation \\(pid {sleeper.pid}\\) is still writing"):
+                synthesize(root, TINY, workers=1, overwrite=overwrite, progress=False)
+            assert (root / "train_metadata.csv").read_text() == "being written\n"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not synthesize(root, TINY, workers=1, progress=False).reused  # its process is gone: generated again
+    assert validate_split(resolve_split(root, "train")).ok
+
+
 def test_the_unfinished_marker_wins_over_the_stamp_and_real_datasets_still_validate(tmp_path):
     root = tmp_path / "ds"
     synthesize(root, TINY, workers=1, progress=False)
