@@ -47,6 +47,15 @@ ROWS = {
     "oversample0": ("foreground oversampling 0", {"oversample": 0.0}, {}),
     "oversample1": ("foreground oversampling 1", {"oversample": 1.0}, {}),
     "tta": ("inference: mirror TTA", {}, {"tta": True}),
+    # the prediction rule's threshold chosen on the fold's validation chips (never on the test split)
+    "adamw_valthr": ("AdamW + inference: threshold fitted on the validation fold", {"optimizer": "adamw"},
+                     {"threshold": "val"}),
+    "adamw_e16": ("AdamW, 16 epochs (2x)", {"optimizer": "adamw", "epochs": 16}, {}),
+    "adamw_e16_valthr": ("AdamW, 16 epochs + threshold fitted on the validation fold",
+                         {"optimizer": "adamw", "epochs": 16}, {"threshold": "val"}),
+    "adamw_e32": ("AdamW, 32 epochs (4x)", {"optimizer": "adamw", "epochs": 32}, {}),
+    "adamw_e32_valthr": ("AdamW, 32 epochs + threshold fitted on the validation fold",
+                         {"optimizer": "adamw", "epochs": 32}, {"threshold": "val"}),
     "ens2": ("inference: folds 0+1 ensemble", {}, {"folds": (0, 1)}),
     "batch8": ("batch 8 (2x pixels per iteration)", {"batch": 8}, {}),
     "patch512_b1": ("patch 512, batch 1 (same pixels)", {"patch": 512, "batch": 1}, {}),
@@ -57,8 +66,10 @@ ROWS = {
     "adamw_lr1e-3": ("AdamW 1e-3 + cosine", {"optimizer": "adamw", "lr": 1e-3}, {}),
     "adamw_lr1e-2": ("AdamW 1e-2 + cosine", {"optimizer": "adamw", "lr": 1e-2}, {}),
 }
-COLUMNS = ["row", "seed", "varies", "params", "train_s", "s_per_iteration", "test_jaccard", "precision", "recall",
-           "real_jaccard", "real_precision", "real_recall"]
+COLUMNS = ["row", "seed", "varies", "params", "train_s", "s_per_iteration", "threshold", "test_jaccard", "precision",
+           "recall", "real_jaccard", "real_precision", "real_recall"]
+#: the thresholds a validation-fitted row chooses from
+THRESHOLDS = np.round(np.arange(0.2, 0.71, 0.05), 2)
 
 
 #: the training-recipe fields of a Budget (the rest is its size: epochs, iterations, patch, batch, width, norm)
@@ -87,8 +98,31 @@ def prepared_workspace(demo_ws: Workspace, root: Path) -> Workspace:
     return ws
 
 
-def score(teacher: NnUNetTeacher, split, pred: Path):
-    predict_folder(teacher, split.features_dir, pred, None, progress=False)
+def val_threshold(teacher: NnUNetTeacher, data: Path, folds_csv: Path, fold: int = 0) -> float:
+    """The threshold of :data:`THRESHOLDS` with the best global Jaccard on the validation chips of ``fold`` (the
+    chips teacher fold ``fold`` did not train on; ties: the one nearest 0.5)."""
+    from cloudkd.common.infer import nodata_mask
+    from cloudkd.data import read_chip, read_label
+    from cloudkd.data.folds import read_folds
+
+    folds = read_folds(folds_csv)
+    split = resolve_split(data, "train")
+    tp, union = np.zeros(len(THRESHOLDS)), np.zeros(len(THRESHOLDS))
+    for cid in folds.chip_id[folds.fold == fold]:
+        refl = read_chip(split.chip_dir(cid))
+        prob, _ = teacher.predict_chip(refl)
+        label, clear = read_label(split.label_path(cid)) > 0, ~nodata_mask(refl)
+        for i, t in enumerate(THRESHOLDS):
+            mask = (prob > t) & clear
+            tp[i] += np.count_nonzero(mask & label)
+            union[i] += np.count_nonzero(mask | label)
+    j = tp / union
+    best = np.flatnonzero(j == j.max())
+    return float(THRESHOLDS[best[np.argmin(np.abs(THRESHOLDS[best] - 0.5))]])
+
+
+def score(teacher: NnUNetTeacher, split, pred: Path, threshold: float = 0.5):
+    predict_folder(teacher, split.features_dir, pred, None, progress=False, threshold=threshold)
     rep = score_folder(pred, split.labels_dir)
     return rep.jaccard, rep.total.precision, rep.total.recall
 
@@ -109,12 +143,14 @@ def run_teacher(changes: dict, infer: dict, seed: int, demo_ws: Workspace, study
         per_iter.append(r.seconds_per_iteration or float("nan"))
     teacher = NnUNetTeacher.from_workspace(ws, folds=folds, tta=bool(infer.get("tta")))
     tag = "_".join(f"{k}-{v}" for k, v in sorted(infer.items())) or "plain"
-    j, p, rc = score(teacher, test, ws.root / f"pred_{tag}")
+    threshold = val_threshold(teacher, test.root, study.parent / "folds.csv", folds[0]) \
+        if infer.get("threshold") == "val" else 0.5
+    j, p, rc = score(teacher, test, ws.root / f"pred_{tag}", threshold)
     row = {"params": teacher.n_params, "train_s": round(train_s),
-           "s_per_iteration": round(float(np.nanmean(per_iter)), 3), "test_jaccard": round(j, 4),
-           "precision": round(p, 4), "recall": round(rc, 4)}
+           "s_per_iteration": round(float(np.nanmean(per_iter)), 3), "threshold": threshold,
+           "test_jaccard": round(j, 4), "precision": round(p, 4), "recall": round(rc, 4)}
     if real is not None:
-        rj, rp, rr = score(teacher, real, ws.root / f"real_{tag}")
+        rj, rp, rr = score(teacher, real, ws.root / f"real_{tag}", threshold)
         row.update(real_jaccard=round(rj, 4), real_precision=round(rp, 4), real_recall=round(rr, 4))
     return row
 
@@ -136,6 +172,7 @@ def summarise(rows, md: Path):
         real = np.array([float(r["real_jaccard"]) for r in rs if r.get("real_jaccard") not in (None, "")])
         pm = lambda a: "-" if not len(a) else (f"{a.mean():.4f}" if len(a) == 1 else f"{a.mean():.4f} ± {a.std(ddof=1):.4f}")
         out.append({"row": name, "varies": rs[0]["varies"], "seeds": len(rs), "params": rs[0]["params"],
+                    "threshold": rs[0].get("threshold") or 0.5,
                     "train_s": round(np.mean([float(r["train_s"]) for r in rs])),
                     "s_per_iteration": round(np.mean([float(r["s_per_iteration"]) for r in rs]), 3),
                     "test_jaccard": pm(j),
