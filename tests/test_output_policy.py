@@ -384,6 +384,35 @@ def test_demo_force_never_replaces_a_real_dataset(tmp_path, monkeypatch, capsys)
     assert snapshot(tmp_path) == before
 
 
+def test_demo_workdir_is_new_or_the_demos_own(tmp_path, monkeypatch, capsys):
+    """`demo --workdir DIR` wrote folds.csv, threshold.json, predictions/ ... into any folder and deleted its
+    student/ (a stale run) when it rebuilt: a user's folder is refused even with --force, before the data is
+    generated; the demo's own workdir (marked, or with a results.json of a demo from before the mark) is reused;
+    a workdir that is or holds the data folder is refused."""
+    import cloudkd.demo as demo
+
+    monkeypatch.setattr(demo, "load_index", lambda *a, **k: (_ for _ in ()).throw(DataError("STOPPED")))
+    mine = _user_folder(tmp_path / "mine")
+    (mine / "student").mkdir()
+    (mine / "student" / "thesis.tex").write_text("the user's work\n")
+    before = snapshot(tmp_path)
+    for extra in ([], ["--force"]):
+        code, text = invoke(["demo", "--quick", "--data", tmp_path / "d", "--workdir", mine, *extra], capsys)
+        _one_line_refusal(code, text, "was not written by cloudkd")
+        assert snapshot(tmp_path) == before
+    for work, data in ((tmp_path / "w", tmp_path / "w"), (tmp_path / "w", tmp_path / "w" / "d")):
+        code, text = invoke(["demo", "--quick", "--data", data, "--workdir", work], capsys)
+        _one_line_refusal(code, text, "the input")
+        assert snapshot(tmp_path) == before
+    legacy = tmp_path / "legacy"  # a demo's workdir from before the mark
+    legacy.mkdir()
+    (legacy / "results.json").write_text(json.dumps({"config": {"workdir": str(legacy)}, "rows": []}))
+    for work in (tmp_path / "new", legacy, tmp_path / "new"):  # the second time: its own, marked
+        code, text = invoke(["demo", "--quick", "--data", tmp_path / "d", "--workdir", work], capsys)
+        assert code == 2 and "STOPPED" in text, text  # past the workdir and data checks
+        assert O.folder_mark(work)["kind"] == "demo"
+
+
 def test_demo_force_still_regenerates_its_own_data(tmp_path, monkeypatch, capsys):
     import cloudkd.demo as demo
     from cloudkd.data.synth.sentinel2 import SynthConfig, synthesize
@@ -559,6 +588,7 @@ WRITERS = {  # command -> (args with {out} for the output under test, which argu
                           "{out}"],
     "landsat-import": ["landsat", "import", "{l8}", "--out", "{out}"],
     "demo-data": ["demo", "--quick", "--data", "{out}", "--workdir", "{w}/demo-work"],
+    "demo-workdir": ["demo", "--quick", "--data", "{w}/demo-data", "--workdir", "{out}"],
     "predict-scene": ["onboard", "predict-scene", "{w}/X.tif", "--model", "{onnx}", "--out", "{out}"],
     "pack": ["submission", "pack", "--checkpoint", "{run}", "--out", "{out}"],
     "score-json": ["evaluate", "score", "--pred", "{labels}", "--labels", "{labels}", "--json", "{out}",
@@ -594,7 +624,7 @@ WRITERS = {  # command -> (args with {out} for the output under test, which argu
     "landsat-score-masks": ["landsat", "score", "--pred", "{l8pred}", "--data", "{l8}", "--report-dir", "{out}.rep",
                             "--masks", "{out}"],
 }
-FOLDER_OUTPUTS = {"runtime-test-keep", "landsat-import", "demo-data", "export", "data-synth", "landsat-synth",
+FOLDER_OUTPUTS = {"runtime-test-keep", "landsat-import", "demo-data", "demo-workdir", "export", "data-synth", "landsat-synth",
                   "student-train", "student-distill", "student-predict", "teacher-predict-masks",
                   "teacher-predict-soft", "score-report-dir", "real-bench", "downlink", "bench", "threshold-predict",
                   "audit-out", "landsat-score-report-dir", "landsat-score-masks"}

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from .baselines import cli as baselines
-from .common.cli import run
+from .common.cli import folder_output_check, run
 from .data import cli as data
 from .data.landsat import cli as landsat
 from .evaluate import cli as evaluate
@@ -49,8 +49,11 @@ for _alias, _fn in ALIASES.items():
 @app.command()
 def demo(
     quick: bool = typer.Option(False, help="Seconds-long variant on a few small chips (used by the tests)."),
-    workdir: Optional[Path] = typer.Option(None, help="Where results go (default runs/demo)."),
-    data: Optional[Path] = typer.Option(None, help="Where the generated data goes (default data/generated/demo)."),
+    workdir: Optional[Path] = typer.Option(None, callback=folder_output_check, help="Where results go (default "
+                                                                                    "runs/demo); a folder the demo "
+                                                                                    "wrote, or a new one."),
+    data: Optional[Path] = typer.Option(None, callback=folder_output_check, help="Where the generated data goes "
+                                                                                 "(default data/generated/demo)."),
     force: bool = typer.Option(False, help="Rebuild everything instead of reusing what exists."),
 ):
     """The main job end to end on generated data: generate, fit, predict, score, print the results table."""

@@ -198,6 +198,31 @@ def _submission_stage(cfg: DemoConfig, work: Path, test_split) -> dict:
             "precision": None, "recall": None}
 
 
+#: the kind of content of the demo's workdir (the output policy's mark)
+DEMO_KIND = "demo"
+
+
+def check_workdir(work: Path, data) -> None:
+    """The output policy for the demo's workdir, whose stages reuse what an earlier demo left there: it is new,
+    empty, or the demo's own (its mark, or the results.json of a demo from before the mark); a folder cloudkd did
+    not write (a user's project, whose ``student/`` the demo would delete) is refused even with --force, and so
+    is a workdir overlapping the data folder."""
+    from .common.errors import DataError
+    from .common.outputs import check_folder, folder_mark, outputs_apart
+
+    outputs_apart([work], [data])
+    if folder_mark(work) is None and (work / "results.json").is_file():
+        try:
+            legacy = "workdir" in json.loads((work / "results.json").read_text()).get("config", {})
+        except (ValueError, AttributeError):
+            legacy = False
+        if legacy:
+            return
+    if work.exists() and not work.is_dir():
+        raise DataError(f"--workdir {work}: is a file, not a folder")
+    check_folder(work, DEMO_KIND, True, "--workdir")
+
+
 def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     from .common.sizes import state_dict_bytes
     from .teacher.model import NnUNetTeacher
@@ -210,12 +235,15 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     work = Path(cfg.workdir)
     t_all = time.perf_counter()
     rows = []
+    check_workdir(work, cfg.data)  # before anything is created
 
     # 1. data (first: a folder the generator did not write is refused before anything is created)
     scfg = cfg.synth_config()
     _log(f"1/7 generate {cfg.n_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
     res = synthesize(cfg.data, scfg, overwrite=cfg.force, progress=progress)
-    work.mkdir(parents=True, exist_ok=True)
+    from .common.outputs import mark_folder
+
+    mark_folder(work, DEMO_KIND)
     _log("    reused the existing dataset" if res.reused else f"    generated in {res.seconds:.1f} s")
     train = load_index(resolve_split(cfg.data, "train"))
     test_split = resolve_split(cfg.data, "test")
