@@ -24,6 +24,8 @@ OUTPUTS = {
     "export": (["onboard", "export", "--checkpoint", "{w}/no_run", "--out", "{out}", "--no-int8", "--no-memory"],
                "folder"),
     "teacher-prepare": (["teacher", "prepare", "{data}", "--workdir", "{out}"], "folder"),
+    "demo-workdir": (["demo", "--quick", "--data", "{w}/d", "--workdir", "{out}"], "folder"),
+    "demo-data": (["demo", "--quick", "--data", "{out}", "--workdir", "{w}/run"], "folder"),
     "audit-out": (["evaluate", "audit", "{data}", "--model", "{w}/no_run", "--out", "{out}"], "folder"),
     "landsat-score-masks": (["landsat", "score", "--pred", "{w}/p", "--data", "{data}", "--masks", "{out}"],
                             "folder"),
