@@ -37,7 +37,6 @@ recipe, which ``benchmarks/student_candidates.py --seeds-csv`` puts on its Paret
 
 import argparse
 import csv
-import sys
 import time
 from pathlib import Path
 
@@ -166,6 +165,7 @@ def main():
     ap.add_argument("--csv", default="benchmarks/results/distill_seeds.csv")
     ap.add_argument("--png", default="docs/distill_seeds.png")
     ap.add_argument("--real", default="../shared/data/real_labelled", help="labelled real chips ('' to skip)")
+    ap.add_argument("--summary", action="store_true", help="train nothing: write the summary and chart of the CSV")
     a = ap.parse_args()
     demo = Path(a.demo)
     folds = demo / "folds.csv"
@@ -179,7 +179,7 @@ def main():
     rows = list(csv.DictReader(csv_path.open())) if csv_path.is_file() else []
     real = resolve_split(a.real, "train") if a.real and Path(a.real).is_dir() else None
     done = {(*_key(r), int(r["seed"])) for r in rows}
-    for seed in a.seeds:
+    for seed in [] if a.summary else a.seeds:
         for model in a.models:
             for name in a.runs:
                 spec = RUNS[name]
@@ -207,7 +207,8 @@ def main():
     md = format_table([{k: srow.get(k) for k in cols} for srow in summary], cols)
     print(md)
     csv_path.with_suffix(".md").write_text(
-        f"`python benchmarks/distill_compare.py {' '.join(sys.argv[1:])}` ({time.strftime('%Y-%m-%d')})\n\n"
+        f"`python benchmarks/distill_compare.py --models MODEL ... --runs RUN ... --seeds SEED ...` (the rows below; "
+        f"summary written {time.strftime('%Y-%m-%d')})\n\n"
         f"Teacher: {ws.root} (test Jaccard {t_jac:.4f}); student budget: {a.epochs} epochs, batch {a.batch}, "
         f"crop {sb.crop}, lr {a.lr}, KD weight {a.kd_weight}, T {a.temperature}; pool runs: the labels-only "
         f"run's steps per epoch. Real: the {a.real or 'no'} chips.\n\n{md}\n")
