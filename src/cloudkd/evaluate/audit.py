@@ -75,36 +75,20 @@ class AuditModel:
 
 def load_model(model: Optional[os.PathLike | str] = None, teacher_nnunet: Optional[os.PathLike | str] = None,
                threads: Optional[int] = None) -> AuditModel:
-    """Any model the project can load: a student run folder (or its student.pt / a .ckpt), an ``.onnx`` file,
-    or (``teacher_nnunet``) an nnU-Net work folder. Errors name the path and what was expected."""
+    """Any model :func:`cloudkd.student.predictor.load_predictor` loads (a student run folder or its student.pt / a
+    .ckpt, an ``.onnx`` file, an nnU-Net work folder), or (``teacher_nnunet``) an nnU-Net work folder. Errors name
+    the path and what was expected."""
     if (model is None) == (teacher_nnunet is None):
         raise DataError("give one model: --model RUN (a student run folder or an .onnx file) or "
                         "--teacher-nnunet WORKDIR")
+    from ..student.predictor import load_predictor
+
     if teacher_nnunet is not None:
-        from ..teacher.model import NnUNetTeacher
-        from ..teacher.workspace import Workspace
-
-        t = NnUNetTeacher.from_workspace(Workspace(teacher_nnunet), device="cpu")
+        t = load_predictor(teacher_nnunet, kind="nnunet")
         return AuditModel(f"nnU-Net teacher ({teacher_nnunet})", "nnunet", t.logits)
-    p = Path(model)
-    if not p.exists():
-        raise DataError(f"{p}: model not found")
-    if p.is_file() and p.suffix == ".onnx":
-        from ..common.onnx import OnnxModel
-
-        return AuditModel(f"ONNX {p}", "onnx", OnnxModel(p, threads))
-    if (p.is_dir() and (p / "student.json").is_file()) or p.suffix in (".pt", ".ckpt"):
-        import torch
-
-        from ..common.infer import predict_logits
-        from ..student.runs import load_student
-
-        if threads:
-            torch.set_num_threads(threads)
-        net = load_student(p)
-        return AuditModel(f"student {p}", "student", lambda x: predict_logits(net, x))
-    raise DataError(f"{p}: unknown model kind: expected a student run folder (with student.json), its student.pt "
-                    f"or a .ckpt, or an .onnx file (an nnU-Net work folder goes to --teacher-nnunet)")
+    p = load_predictor(model, threads)
+    name = {"onnx": f"ONNX {Path(model)}", "student": f"student {Path(model)}"}.get(p.kind, p.name)
+    return AuditModel(name, p.kind, p.logits)
 
 
 def _block_mean(a: np.ndarray, f: int) -> np.ndarray:

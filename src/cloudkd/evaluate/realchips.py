@@ -52,41 +52,28 @@ def threshold_method(path: os.PathLike | str, name: str = "thresholding") -> Met
 
 def student_method(run: os.PathLike | str, name: Optional[str] = None) -> Method:
     from ..student.predict import predict_folder
-    from ..student.runs import load_student, resolve_run, run_threshold
-    from ..common.sizes import count_params
+    from ..student.predictor import load_predictor
 
-    folder, info, _ = resolve_run(run)
-    model = load_student(run)
-    pt = folder / "student.pt"
-    t = run_threshold(info)  # the run's own prediction rule
-    return Method(name or f"student {info['model']} ({folder.name})",
-                  lambda f, o: predict_folder(model, f, o, threshold=t, progress=False), count_params(model),
-                  pt.stat().st_size if pt.is_file() else None)
+    m = load_predictor(run, kind="student")  # masks by the run's own prediction rule (its threshold)
+    return Method(name or m.name, lambda f, o: predict_folder(m.model, f, o, threshold=m.threshold, progress=False),
+                  m.params, m.bytes)
 
 
 def onnx_method(path: os.PathLike | str, name: Optional[str] = None) -> Method:
-    from ..common.onnx import OnnxModel
     from ..student.predict import predict_folder
-    from ..student.runs import recorded_threshold
+    from ..student.predictor import load_predictor
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: ONNX model not found")
-    model = OnnxModel(path)
-    t = recorded_threshold(path)  # the threshold the export recorded in the model
-    return Method(name or f"ONNX {path.name}", lambda f, o: predict_folder(model, f, o, threshold=t,
-                                                                           progress=False),
-                  None, path.stat().st_size)
+    m = load_predictor(path, kind="onnx")  # the threshold the export recorded in the model
+    return Method(name or m.name, lambda f, o: predict_folder(m.model, f, o, threshold=m.threshold, progress=False),
+                  m.params, m.bytes)
 
 
 def nnunet_method(workdir: os.PathLike | str, name: str = "nnU-Net teacher") -> Method:
-    from ..common.sizes import state_dict_bytes
-    from ..teacher.model import NnUNetTeacher, predict_folder
-    from ..teacher.workspace import Workspace
+    from ..student.predictor import load_predictor
+    from ..teacher.model import predict_folder
 
-    teacher = NnUNetTeacher.from_workspace(Workspace(workdir))
-    return Method(name, lambda f, o: predict_folder(teacher, f, o, None, progress=False), teacher.n_params,
-                  state_dict_bytes(teacher.network))
+    m = load_predictor(workdir, kind="nnunet")
+    return Method(name, lambda f, o: predict_folder(m.model, f, o, None, progress=False), m.params, m.bytes)
 
 
 def peer_method() -> Method:

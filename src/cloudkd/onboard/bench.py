@@ -107,11 +107,9 @@ def _load(method: str, path: str, threads: int, threshold: float = DEFAULT_THRES
     one prediction rule at ``threshold`` (nodata pixels clear)."""
     import torch
 
-    from ..common.infer import clear_nodata, masks_from_logits, nodata_mask, predict_masks
-    from ..common.onnx import ort_logits, ort_session
-
+    from ..common.infer import clear_nodata, masks_from_logits, nodata_mask
     from ..data.normalise import normalise
-    from .export import count_macs
+    from ..student.predictor import load_predictor
 
     torch.set_num_threads(threads)
     if method == "thresholding":
@@ -119,51 +117,31 @@ def _load(method: str, path: str, threads: int, threshold: float = DEFAULT_THRES
 
         m = ThresholdModel.load(path)
         return (lambda refl: np.stack([m.predict(r) for r in refl]) > 0), 2, Path(path).stat().st_size, 0
-    if method == "nnunet_teacher":
-        import math
-
-        from ..common.sizes import state_dict_bytes
-        from ..teacher.model import NnUNetTeacher
-        from ..teacher.workspace import Workspace
-
-        t = NnUNetTeacher.from_workspace(Workspace(path), device="cpu")
-        patch = t.patch_size
-        # nnU-Net's sliding window (step 0.5) runs this many patches over a 512x512 chip
-        tiles = math.prod(1 if p >= 512 else math.ceil((512 - p) / (p * 0.5)) + 1 for p in patch)
-        macs = count_macs(t.network, patch[0]) * tiles if patch[0] == patch[1] else 0
-        # bytes: the weights alone (nnU-Net's checkpoint adds optimiser state)
-        return (lambda refl: masks_from_logits(t.logits(torch.from_numpy(normalise(refl))), threshold,
-                                               nodata_mask(refl))), t.n_params, \
-            state_dict_bytes(t.network), macs
     if method == "csmask_peer":
         from ..teacher import peer
 
         return (lambda refl: clear_nodata(np.stack([peer.predict_chip(r, threads) for r in refl]),
                                            nodata_mask(refl))), peer.params(), peer.model_file().stat().st_size, 0
-    if method in ("smp_resnet34", "student_torch"):
-        from ..student.runs import load_student
-        from ..common.sizes import count_params
+    kinds = {"nnunet_teacher": "nnunet", "smp_resnet34": "student", "student_torch": "student", REFERENCE: "onnx",
+             "student_onnx_fp32": "onnx", "student_onnx_int8": "onnx"}
+    if method not in kinds:
+        raise ValueError(f"unknown method {method!r}")
+    m = load_predictor(path, threads, kind=kinds[method])
 
-        m = load_student(path)
-        return (lambda refl: predict_masks(m, torch.from_numpy(normalise(refl)), nodata_mask(refl), threshold)), \
-            count_params(m), (Path(path) / "student.pt").stat().st_size, \
-            count_macs(m, 512)
-    if method == REFERENCE:
-        from ..common.sizes import count_params
+    def predict(refl):  # the one prediction rule at ``threshold``, nodata pixels clear
+        return masks_from_logits(m.logits(normalise(refl)), threshold, nodata_mask(refl))
+
+    if method == REFERENCE:  # fixed random weights of today's unet-s
+        from ..common.sizes import count_macs, count_params
         from ..student.unet import from_preset
 
-        sess = ort_session(path, threads)
         ref = from_preset("unet-s")
-        return (lambda refl: masks_from_logits(ort_logits(sess, normalise(refl)), threshold, nodata_mask(refl))), \
-            count_params(ref), Path(path).stat().st_size, count_macs(ref, 512)
-    if method in ("student_onnx_fp32", "student_onnx_int8"):
-        sess = ort_session(path, threads)
+        return predict, count_params(ref), m.bytes, count_macs(ref, 512)
+    if m.kind == "onnx":
         info = json.loads((Path(path).parent / "export.json").read_text())
         art = info["artefacts"]["onnx_int8" if method.endswith("int8") else "onnx_fp32"]
-        return (lambda refl: masks_from_logits(ort_logits(sess, normalise(refl)), threshold, nodata_mask(refl))), \
-            art["params"], \
-            Path(path).stat().st_size, art["macs"]
-    raise ValueError(f"unknown method {method!r}")
+        return predict, art["params"], m.bytes, art["macs"]
+    return predict, m.params, m.bytes, (0 if m.macs is None else m.macs)
 
 
 def run_worker(method: str, path: str, features: str, labels: str, threads: int, batch: int, n_latency: int,

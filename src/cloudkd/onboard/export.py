@@ -36,41 +36,11 @@ from ..common.infer import masks_from_logits, nodata_mask
 from ..common.io import atomic_write
 from ..common.metrics import confusion
 from ..common.onnx import ort_logits, ort_session, stamp_threshold
-from ..common.sizes import count_params
+from ..common.sizes import count_macs, count_params  # noqa: F401  (count_macs: re-exported)
 from ..data.chips import list_chip_ids, read_chip
 from ..data.normalise import normalise
 
 INT8_MIN_IOU = 0.98
-
-
-def count_macs(model: torch.nn.Module, size: int = 512, in_channels: int = 4) -> int:
-    """Multiply-accumulates of one (1, C, size, size) forward pass in Conv/ConvTranspose/Linear layers."""
-    total = [0]
-
-    def conv_hook(m, inp, out):
-        k = int(np.prod(m.kernel_size))
-        if isinstance(m, torch.nn.ConvTranspose2d):  # every input pixel scatters a k x k x cout patch
-            total[0] += inp[0].numel() * k * m.out_channels // m.groups
-        else:
-            total[0] += out.numel() * k * m.in_channels // m.groups
-
-    def linear_hook(m, inp, out):
-        total[0] += out.numel() * m.in_features
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, torch.nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, in_channels, size, size))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
-    return int(total[0])
 
 
 def load_chips(features_dir: os.PathLike | str, n: Optional[int] = None, offset: int = 0) -> List[np.ndarray]:

@@ -304,21 +304,15 @@ def torch_predictor(model, device: str = "cpu") -> Callable[[np.ndarray], np.nda
 
 
 def onnx_predictor(path: os.PathLike | str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
-    from ..common.onnx import ort_logits, ort_session
+    from ..student.predictor import load_predictor
 
-    sess = ort_session(path, threads)
-    return lambda b: ort_logits(sess, b)
+    return load_predictor(path, threads, kind="onnx").numpy_logits
 
 
 def load_predictor(model: os.PathLike | str, threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
-    """The ``predict`` of :func:`predict_scene` for a model file: an exported ``.onnx`` model (ONNX Runtime on
-    ``threads``) or a student run folder / checkpoint (PyTorch on ``threads``)."""
-    if Path(model).suffix == ".onnx":
-        return onnx_predictor(model, threads)
-    import torch
+    """The ``predict`` of :func:`predict_scene` for a model (:func:`cloudkd.student.predictor.load_predictor`: an
+    exported ``.onnx`` model on ONNX Runtime, a student run folder / checkpoint or an nnU-Net work folder on
+    PyTorch, on ``threads``)."""
+    from ..student.predictor import load_predictor as load
 
-    from ..student.runs import load_student
-
-    if threads:
-        torch.set_num_threads(threads)
-    return torch_predictor(load_student(model))
+    return load(model, threads).numpy_logits

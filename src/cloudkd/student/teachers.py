@@ -51,16 +51,13 @@ class OnnxTeacher:
     """
 
     def __init__(self, path: os.PathLike | str, output: str = "logits", threads: Optional[int] = None):
-        import onnxruntime as ort
+        from ..common.onnx import ort_session
 
         self.path = onnx_teacher_file(path)
         if output not in ("logits", "probabilities"):
             raise ValueError("output must be 'logits' or 'probabilities'")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort_session(self.path, threads)
         except Exception as exc:
             raise DataError(f"{self.path}: cannot load ONNX model ({exc})") from None
         inputs = self.session.get_inputs()
@@ -71,7 +68,9 @@ class OnnxTeacher:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         arr = x.detach().cpu().numpy().astype(np.float32)
-        y = torch.from_numpy(np.asarray(self.session.run(None, {self.input_name: arr})[0], np.float32))
+        from ..common.onnx import ort_logits
+
+        y = torch.from_numpy(np.asarray(ort_logits(self.session, arr), np.float32))
         if y.ndim != 4 or y.shape[0] != arr.shape[0] or tuple(y.shape[2:]) != tuple(arr.shape[2:]):
             raise DataError(f"{self.path}: output shape {tuple(y.shape)} does not match input {arr.shape}")
         if y.shape[1] == 2:
@@ -100,10 +99,9 @@ def load_online_teacher(nnunet_workdir: Optional[os.PathLike | str] = None,
     if onnx:
         return OnnxTeacher(onnx, onnx_output)
     if nnunet_workdir:
-        from ..teacher.model import NnUNetTeacher
-        from ..teacher.workspace import Workspace
+        from .predictor import load_predictor
 
-        return NnUNetTeacher.from_workspace(Workspace(nnunet_workdir), folds=folds, device=device)
+        return load_predictor(nnunet_workdir, kind="nnunet", device=device, folds=folds).model
     return None
 
 
