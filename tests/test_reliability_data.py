@@ -106,12 +106,13 @@ def test_runtime_verdict_fails_when_readable_chips_get_fallback_masks(student, s
 
 def test_runtime_verdict_fails_when_labels_are_given_and_no_score_comes_out(zip96, small_data, tmp_path):
     ids = _copy_test_chips(small_data, tmp_path / "data", 2)
-    for cid in ids:  # labels of another size: every prediction is refused by the scorer
+    for cid in ids:  # labels of another size: the scorer refuses them, blaming the label, not the prediction
         tifffile.imwrite(tmp_path / "data" / "test_labels" / f"{cid}.tif", np.ones((48, 48), np.uint8))
     v = runtime_test(zip96, tmp_path / "data", labels=tmp_path / "data", echo=False)
     assert v["fallback"] == [] and v["returncode"] == 0
     assert not v["ok"] and v["jaccard"] is None
-    assert any("no score came out" in r and "wrong shape" in r for r in v["reasons"]), v["reasons"]
+    assert any("no score came out" in r and "test_labels" in r and "does not fit its chip" in r
+               for r in v["reasons"]), v["reasons"]
 
 
 def test_fallback_chips_reads_main_py_log_lines():
