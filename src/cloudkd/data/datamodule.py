@@ -1,8 +1,9 @@
 """Lightning data module: location-grouped folds, augmented training chips, whole validation chips.
 
 Training uses the chips outside ``val_fold`` (plus, optionally, a pool of unlabelled chips to distil on: with
-labels, each sample says whether it is labelled and the loss on labels skips the others; offline, ``soft_dir`` then holds the soft labels of those chips too: one folder for all the
-training chips, e.g. ``cloudkd teacher predict --soft-out DIR`` run on both feature folders), with
+labels, each sample says whether it is labelled and the loss on labels skips the others; offline, ``soft_dir``
+then holds the soft labels of those chips too: one folder for all the training chips, e.g. ``cloudkd teacher
+predict --soft-out DIR`` run on both feature folders), with
 :class:`cloudkd.data.augment.Augment` (random crop, flips, rot90, light affine) applied to image, label and soft
 label together. Validation uses the whole chips of ``val_fold`` (locations never seen
 in training) without augmentation. ``exclude`` (a file of chip ids, :mod:`cloudkd.data.exclude`) and chips of

@@ -262,28 +262,24 @@ def plan_dataset(cfg: SynthConfig) -> List[ChipPlan]:
         if loc.lat < 0:
             n0 = 10_000_000.0 - n0
         loc_info[loc.name] = ([str(t) + "Z" for t in dates], e0, n0)
-    plans = []
-    for i, chip_id in enumerate(ids):
-        split = "train" if i < cfg.n_train else "test"
-        locs = train_locs if split == "train" else test_locs
-        loc = locs[int(rng.integers(len(locs)))]
+    step = cfg.size * 10.0
+
+    def place(r: np.random.Generator, chip_id: str, split: str, locs) -> ChipPlan:
+        """A chip at a location of ``locs``: one of its two dates, a grid cell of its tile, a render seed."""
+        loc = locs[int(r.integers(len(locs)))]
         dates, e0, n0 = loc_info[loc.name]
-        gx, gy = rng.integers(0, 21, size=2)
-        step = cfg.size * 10.0
-        plans.append(ChipPlan(chip_id, split, loc.name, dates[int(rng.integers(2))],
-                              int(rng.integers(2 ** 31 - 1)), e0 + gx * step, n0 - gy * step))
+        gx, gy = r.integers(0, 21, size=2)
+        return ChipPlan(chip_id, split, loc.name, dates[int(r.integers(2))], int(r.integers(2 ** 31 - 1)),
+                        e0 + gx * step, n0 - gy * step)
+
+    plans = [place(rng, chip_id, "train", train_locs) if i < cfg.n_train else place(rng, chip_id, "test", test_locs)
+             for i, chip_id in enumerate(ids)]
     if cfg.n_unlabelled:
         # their own stream, after the labelled chips: a dataset with them has the same train and test chips
         urng = np.random.default_rng([cfg.seed, 20211108, UNLABELLED_STREAM])
         taken = set(ids)
         uids = [c for c in _chip_ids(urng, cfg.n_unlabelled + len(taken)) if c not in taken][: cfg.n_unlabelled]
-        for chip_id in uids:
-            loc = train_locs[int(urng.integers(len(train_locs)))]
-            dates, e0, n0 = loc_info[loc.name]
-            gx, gy = urng.integers(0, 21, size=2)
-            step = cfg.size * 10.0
-            plans.append(ChipPlan(chip_id, "unlabelled", loc.name, dates[int(urng.integers(2))],
-                                  int(urng.integers(2 ** 31 - 1)), e0 + gx * step, n0 - gy * step))
+        plans += [place(urng, chip_id, "unlabelled", train_locs) for chip_id in uids]
     return plans
 
 
