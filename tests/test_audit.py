@@ -219,12 +219,17 @@ def test_audit_with_an_onnx_model_equals_the_run(noisy, student, tmp_path, capsy
     assert np.abs(a["suspicion"] - b["suspicion"]).max() < 0.01
 
 
-def test_out_of_fold_audit_judges_each_chip_by_the_model_that_did_not_see_it(noisy, tmp_path, capsys):
-    root, wrong = noisy
+def _oof_audit(root, tmp_path, capsys, epochs, steps):
+    """Two location folds of ``root`` (TMP/folds.csv) and the arguments of an out-of-fold audit into TMP/oof."""
     folds = tmp_path / "folds.csv"
     assert invoke(["data", "folds", root, "--k", 2, "--out", folds], capsys)[0] == 0
-    args = ["evaluate", "audit", root, "--folds", folds, "--train", "--epochs", 1, "--steps", 2, "--batch", 4,
-            "--crop", 64, "--student-model", "unet-xs", "--out", tmp_path / "oof"]
+    return folds, ["evaluate", "audit", root, "--folds", folds, "--train", "--epochs", epochs, "--steps", steps,
+                   "--batch", 4, "--crop", 64, "--student-model", "unet-xs", "--out", tmp_path / "oof"]
+
+
+def test_out_of_fold_audit_judges_each_chip_by_the_model_that_did_not_see_it(noisy, tmp_path, capsys):
+    root, wrong = noisy
+    folds, args = _oof_audit(root, tmp_path, capsys, epochs=1, steps=2)
     code, text = invoke(args, capsys)
     assert code == 0, text
     table = pd.read_csv(tmp_path / "oof" / "audit.csv")
@@ -249,10 +254,7 @@ def test_out_of_fold_audit_retrains_when_a_label_changes_and_logs_each_epoch(noi
 
     root = tmp_path / "data"
     shutil.copytree(noisy[0], root)
-    folds = tmp_path / "folds.csv"
-    assert invoke(["data", "folds", root, "--k", 2, "--out", folds], capsys)[0] == 0
-    args = ["evaluate", "audit", root, "--folds", folds, "--train", "--epochs", 2, "--steps", 1, "--batch", 4,
-            "--crop", 64, "--student-model", "unet-xs", "--out", tmp_path / "oof"]
+    folds, args = _oof_audit(root, tmp_path, capsys, epochs=2, steps=1)
     code, text = invoke(args, capsys)
     assert code == 0, text
     for k, i in ((0, 1), (1, 2)):  # progress: one line per epoch of each fold's training
