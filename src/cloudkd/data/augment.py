@@ -1,7 +1,7 @@
 """Training augmentation with albumentations, applied identically to image, label and soft label.
 
-Geometric only (random crop, flips, 90-degree rotations, a light affine): brightness is the main cloud cue
-and the inputs are fixed-normalised reflectance, so no colour or intensity changes. The image is float32
+:class:`Augment` is geometric only (random crop, flips, 90-degree rotations, a light affine): brightness is the
+main cloud cue and the inputs are fixed-normalised reflectance, so it changes no colour or intensity. The image is float32
 (albumentations mishandles some transforms on uint16 4-band arrays). Label and soft label travel together as
 one two-channel float32 mask, so every geometric transform moves them with the image; the affine interpolates
 them linearly and the label is re-binarised at 0.5 afterwards. ``Augment(seed=...)`` draws every decision from
@@ -9,7 +9,9 @@ one seeded generator; :func:`seed_worker` reseeds it in each DataLoader worker (
 repeat each other's crops).
 
 :func:`cloud_paste` works on whole training batches (tensors): clouds and their labels copied from a cloudy
-chip onto a low-cover chip of the same batch.
+chip onto a low-cover chip of the same batch. :func:`reflectance_gain` (also on batches) darkens a share of the
+chips by a random gain, labels unchanged: a whole scene seen under a lower sun or over darker ground, whose cloud
+is still cloud (issue 30: real L2A ground and cloud are darker than the generator's).
 
 Samples are dicts of numpy arrays in the dataset's layout: ``image`` (4, H, W), ``mask`` (1, H, W) and
 optionally ``soft`` (1, H, W).
@@ -17,6 +19,7 @@ optionally ``soft`` (1, H, W).
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 import numpy as np
@@ -124,3 +127,37 @@ def cloud_paste(batch: Dict[str, "torch.Tensor"], p: float, generator: "torch.Ge
         batch["mask"][t] = torch.maximum(batch["mask"][t], m[0])
         n += 1
     return n
+
+
+def reflectance_gain(batch: Dict[str, "torch.Tensor"], p: float, low: float, generator: "torch.Generator",
+                     high: float = 1.0) -> int:
+    """Gain randomisation, in place on a training batch of tensors: each chip, with probability ``p``, has its
+    surface reflectance multiplied by one gain drawn log-uniformly from [``low``, ``high``] (all bands alike);
+    labels and soft labels are unchanged. The images are normalised (:func:`cloudkd.data.normalise.normalise`),
+    so the gain is applied to the reflectance they stand for and normalised again (clipped as ``normalise``
+    clips); nodata pixels stay nodata. Returns the number of chips changed."""
+    import torch
+
+    from .dataset import image_nodata
+    from .normalise import MEAN, REFL_MAX, STD
+
+    if p <= 0:
+        return 0
+    if not 0 < low <= high:
+        raise ValueError(f"gain range must satisfy 0 < low <= high, got [{low}, {high}]")
+    img = batch["image"]
+    n = img.shape[0]
+    draws = torch.rand(n, generator=generator)
+    gains = torch.exp(math.log(low) + (math.log(high) - math.log(low)) * torch.rand(n, generator=generator))
+    mean = torch.tensor(MEAN, dtype=img.dtype, device=img.device).view(4, 1, 1)
+    std = torch.tensor(STD, dtype=img.dtype, device=img.device).view(4, 1, 1)
+    changed = 0
+    for i in range(n):
+        if float(draws[i]) >= p:
+            continue
+        nodata = torch.as_tensor(image_nodata(img[i]), device=img.device)
+        refl = (img[i] * std + mean) * float(gains[i])
+        out = (refl.clamp(0.0, REFL_MAX) - mean) / std
+        img[i] = torch.where(nodata[None], img[i], out)
+        changed += 1
+    return changed

@@ -49,6 +49,13 @@ class TrainConfig:
     unlabelled: Optional[str] = None  # extra chips without labels: KD loss only (the labels' loss on the labelled chips)
     cloud_paste: float = 0.0  # probability of pasting a batch-mate's labelled cloud onto a low-cover chip
     boundary_ignore: int = 0  # px around label outlines left out of the hard loss
+    kd_on: str = "all"  # the chips the KD loss covers: all, or unlabelled (the --unlabelled chips only)
+    #: gain randomisation (issue 30): the share of training chips darkened by a gain drawn log-uniformly from
+    #: [gain_min, 1] (0 = off; cloudkd.data.augment.reflectance_gain)
+    gain: float = 0.0
+    #: the darkest gain: the median clear ground of real L2A chips beyond Chifunfu (0.064, 25 chips) over that of
+    #: the generated training chips (0.157), benchmarks/results/cloud_brightness_chips.csv
+    gain_min: float = 0.4
     seed: int = 0
     #: the prediction rule's cloud probability threshold: validation scores at it and ``pack`` ships it
     threshold: float = DEFAULT_THRESHOLD

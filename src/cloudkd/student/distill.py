@@ -42,6 +42,8 @@ from .config import TrainConfig as C
 #: soft labels are stored with 255 levels; probabilities are clipped half a level away from 0 and 1
 PROB_EPS = 1.0 / 510.0
 KD_LOSSES = ("pixel", "cwd")
+#: the chips the KD loss covers (:attr:`LossConfig.kd_on`)
+KD_ON = ("all", "unlabelled")
 
 
 #: the largest teacher logit either mode uses: logit(1 - PROB_EPS) = log(509)
@@ -112,6 +114,10 @@ class LossConfig:
     kd: str = C.kd
     temperature: float = C.temperature
     boundary_ignore: int = C.boundary_ignore  # px around label outlines left out of the hard loss
+    #: the chips the KD loss covers in batches that mix labelled and unlabelled chips: ``all``, or ``unlabelled``
+    #: (a teacher that is not trained on these labels, e.g. the real-trained peer, then teaches only the chips
+    #: that have no label, and the labels alone teach the rest)
+    kd_on: str = C.kd_on
 
     def __post_init__(self):
         if self.kd not in KD_LOSSES:
@@ -122,12 +128,15 @@ class LossConfig:
             raise ValueError("temperature must be > 0")
         if self.boundary_ignore < 0:
             raise ValueError("boundary_ignore must be >= 0 pixels")
+        if self.kd_on not in KD_ON:
+            raise ValueError(f"kd_on must be one of {KD_ON}, got {self.kd_on!r}")
 
     def __call__(self, logits: torch.Tensor, target: Optional[torch.Tensor] = None,
                  teacher_logits: Optional[torch.Tensor] = None, labelled: Optional[torch.Tensor] = None) -> dict:
         """Total loss and its parts (dict of tensors: ``loss``, ``hard``, ``kd``). ``labelled`` (N values of 0/1,
         batches mixing labelled and unlabelled chips): the loss on labels is taken over the labelled samples only
-        (0 when there is none); the KD loss over all."""
+        (0 when there is none); the KD loss over all, or with ``kd_on="unlabelled"`` over the unlabelled ones
+        (0 when there is none; without ``labelled`` every chip counts as labelled)."""
         parts = {}
         total = logits.new_zeros(())
         if self.label_weight > 0:
@@ -144,7 +153,13 @@ class LossConfig:
             if teacher_logits is None:
                 raise ValueError("kd_weight > 0 needs teacher logits")
             fn = pixel_kd if self.kd == "pixel" else cwd
-            parts["kd"] = fn(logits, teacher_logits.detach(), self.temperature)
+            if self.kd_on == "unlabelled":
+                take = labelled.reshape(-1) < 0.5 if labelled is not None else \
+                    torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+                parts["kd"] = fn(logits[take], teacher_logits[take].detach(), self.temperature) \
+                    if bool(take.any()) else logits.sum() * 0.0
+            else:
+                parts["kd"] = fn(logits, teacher_logits.detach(), self.temperature)
             total = total + self.kd_weight * parts["kd"]
         parts["loss"] = total
         return parts

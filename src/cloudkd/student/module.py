@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import pytorch_lightning as pl
 import torch
 
-from ..data.augment import cloud_paste
+from ..data.augment import cloud_paste, reflectance_gain
 from ..data.dataset import image_nodata
 from ..common.infer import masks_from_logits
 from ..common.metrics import Confusion, confusion, rates
@@ -42,7 +42,8 @@ class StudentModule(pl.LightningModule):
                  kd_weight: float = C.kd_weight, kd: str = C.kd, temperature: float = C.temperature,
                  teacher_mode: str = "none", lr: float = C.lr, weight_decay: float = C.weight_decay,
                  max_epochs: int = C.epochs, cloud_paste: float = C.cloud_paste,
-                 boundary_ignore: int = C.boundary_ignore, seed: int = C.seed, threshold: float = C.threshold):
+                 boundary_ignore: int = C.boundary_ignore, seed: int = C.seed, threshold: float = C.threshold,
+                 kd_on: str = C.kd_on, gain: float = C.gain, gain_min: float = C.gain_min):
         super().__init__()
         if teacher_mode not in ("none", "offline", "online"):
             raise ValueError(f"teacher_mode must be none, offline or online, got {teacher_mode!r}")
@@ -52,8 +53,13 @@ class StudentModule(pl.LightningModule):
         self.model = build_model(model)
         if not 0.0 <= cloud_paste <= 1.0:
             raise ValueError(f"cloud_paste must be a probability in [0, 1], got {cloud_paste}")
-        self.loss = LossConfig(label_weight, kd_weight, kd, temperature, boundary_ignore)
+        if not 0.0 <= gain <= 1.0:
+            raise ValueError(f"gain must be a probability in [0, 1], got {gain}")
+        if not 0.0 < gain_min <= 1.0:
+            raise ValueError(f"gain_min must be in (0, 1], got {gain_min}")
+        self.loss = LossConfig(label_weight, kd_weight, kd, temperature, boundary_ignore, kd_on)
         self._paste_gen = None
+        self._gain_gen = None
         self.teacher = None  # set with attach_teacher(); not a submodule, never saved in checkpoints
         self._teacher_factory = None  # set with teacher_from(); builds the teacher in on_fit_start
         self._val = Confusion()
@@ -90,6 +96,10 @@ class StudentModule(pl.LightningModule):
             if self._paste_gen is None:
                 self._paste_gen = torch.Generator().manual_seed(1000 * self.hparams.seed + self.global_rank)
             cloud_paste(batch, self.hparams.cloud_paste, self._paste_gen)
+        if self.hparams.gain > 0:  # likewise: the teacher sees the darkened chips the student sees
+            if self._gain_gen is None:
+                self._gain_gen = torch.Generator().manual_seed(1000 * self.hparams.seed + 7 + self.global_rank)
+            reflectance_gain(batch, self.hparams.gain, self.hparams.gain_min, self._gain_gen)
         logits = self(batch["image"])
         parts = self.loss(logits, batch.get("mask"), self._teacher_logits(batch) if self.loss.kd_weight else None,
                           batch.get("labelled"))

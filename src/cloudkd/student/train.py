@@ -140,6 +140,9 @@ def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: S
     mode = cfg.teacher_mode
     if cfg.kd_weight > 0 and mode == "none":
         raise DataError("distillation (kd_weight > 0) needs --soft (offline) or --teacher-nnunet / --teacher-onnx")
+    if cfg.kd_on == "unlabelled" and not (cfg.unlabelled and cfg.label_weight > 0 and cfg.kd_weight > 0):
+        raise DataError("--kd-on unlabelled distils on the --unlabelled chips alone: it needs --unlabelled, labels "
+                        "(--label-weight > 0) and a teacher (--kd-weight > 0)")
     out = Path(into if into is not None else cfg.out)
     if not cfg.resume:
         check_folder(out, RUN_KIND, True, "out")  # never a file, or a folder cloudkd did not write
@@ -182,7 +185,8 @@ def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: S
     module = StudentModule(cfg.model, label_weight=cfg.label_weight, kd_weight=cfg.kd_weight, kd=cfg.kd,
                            temperature=cfg.temperature, teacher_mode=mode, lr=cfg.lr, weight_decay=cfg.weight_decay,
                            max_epochs=cfg.epochs, cloud_paste=cfg.cloud_paste, boundary_ignore=cfg.boundary_ignore,
-                           seed=cfg.seed, threshold=cfg.threshold)
+                           seed=cfg.seed, threshold=cfg.threshold, kd_on=cfg.kd_on, gain=cfg.gain,
+                           gain_min=cfg.gain_min)
     if factory is not None:  # built when fitting starts, on each process's own device (StudentModule.on_fit_start)
         module.teacher_from(factory)
     # one best.ckpt and one last.ckpt, replaced in place: a run folder resumed after being moved or copied would

@@ -1,0 +1,166 @@
+"""Issue 30's levers for dim real cloud, each against labels-only at the demo's student budget, over seeds.
+
+    python benchmarks/real_levers.py [--levers labels gain peer_real gain_peer_real] [--seeds 0 1 2] \
+        [--data data/generated/demo] [--demo runs/demo] [--summary]
+
+Levers (every run: unet-s, the demo's fold-0 split and student budget, ``cloudkd.demo.StudentBudget``, labels on
+the generated training chips):
+
+* ``labels``: labels only (the reference);
+* ``gain``: gain randomisation (``--gain 0.5``: half the training chips darkened by a gain drawn log-uniformly
+  from [``gain_min``, 1]; ``gain_min`` = 0.4 is the measured ratio of real to generated clear-ground brightness,
+  ``benchmarks/results/cloud_brightness_chips.csv``, not a fitted value);
+* ``peer_real``: the real-trained ukis-csmask peer (optional package) distils, by pixel KD (weight 1), on the
+  real unlabelled chips of the *training half* of ``real_unlabelled`` only (``--kd-on unlabelled``): the
+  labels teach the generated chips, the peer the real ones;
+* ``gain_peer_real``: both.
+
+The real unlabelled chips are split once, by chip id: every other Eswatini chip trains (12), the other 11 and
+the two other places (Eritrea ``iacc``, Kimberley ``ijgr``) are held out. No run sees the 4 labelled real chips
+(nor ``real_chips``, which holds the same Chifunfu images).
+
+Each run is scored on:
+
+* the generated test split (80 chips, other locations): global Jaccard, precision, recall;
+* the 4 labelled real chips (Chifunfu): global Jaccard, precision, recall, and recall by brightness band;
+* agreement with the peer on the 13 held-out unlabelled real chips (the peer is a model, not a label):
+  recall of the peer's cloud in the bands < 0.2 and 0.2-0.35, precision against it overall.
+
+Rows land in ``--csv`` (default ``benchmarks/results/real_levers.csv``) as each run finishes; a lever + seed
+already there is skipped. ``.md`` beside it: mean ± sd per lever.
+"""
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _results import write_rows
+from distill_compare import fit_and_score
+from cloudkd.common.cli import format_table
+from cloudkd.data import load_index, resolve_split
+from cloudkd.demo import StudentBudget
+from cloudkd.evaluate.bands import BAND_NAMES, bands_of_folders
+from cloudkd.student.predict import predict_folder
+from cloudkd.student.runs import load_student
+from cloudkd.student.train import TrainConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+LEVERS = {
+    "labels": dict(),
+    "gain": dict(gain=0.5),
+    "peer_real": dict(peer=True),
+    "gain_peer_real": dict(gain=0.5, peer=True),
+}
+COLUMNS = ["lever", "seed", "test_jaccard", "test_precision", "test_recall", "real_jaccard", "real_precision",
+           "real_recall"] + [f"real_recall_{b}" for b in BAND_NAMES] + \
+          ["peer_recall_<0.2", "peer_recall_0.2-0.35", "peer_precision", "val_jaccard", "train_s"]
+
+
+def real_split(unlabelled_root: Path, work: Path):
+    """The training half of the real unlabelled chips as a ``*_features`` folder of links (made once), and the
+    held-out chip ids."""
+    split = resolve_split(unlabelled_root, "test")
+    idx = load_index(split, require_labels=False)
+    esw = sorted(idx.chip_id[idx.location == "Eswatini"])
+    train = esw[::2]
+    held = sorted(set(idx.chip_id) - set(train))
+    feats = work / "real_train_features"
+    feats.mkdir(parents=True, exist_ok=True)
+    for cid in train:
+        link = feats / cid
+        if not link.exists():
+            link.symlink_to((split.features_dir / cid).resolve(), target_is_directory=True)
+    meta = idx[idx.chip_id.isin(train)][["chip_id", "location", "datetime"]]
+    meta.to_csv(work / "real_train_metadata.csv", index=False)
+    return feats, split, held
+
+
+def peer_masks(split, out: Path) -> Path:
+    from cloudkd.teacher import peer
+
+    if not out.is_dir() or len(list(out.glob("*.tif"))) < len(split.chip_ids()):
+        peer.predict_folder(split.features_dir, out, progress=False)
+    return out
+
+
+def summarise(rows):
+    out = []
+    for lever in dict.fromkeys(r["lever"] for r in rows):
+        mine = [r for r in rows if r["lever"] == lever]
+        row = {"lever": lever, "seeds": len(mine)}
+        for k in ("test_jaccard", "real_jaccard", "real_recall_<0.2", "peer_recall_<0.2", "peer_recall_0.2-0.35",
+                  "peer_precision"):
+            v = np.array([float(r[k]) for r in mine])
+            row[k] = f"{v.mean():.4f}" + (f" ± {v.std(ddof=1):.4f}" if len(v) > 1 else "")
+        out.append(row)
+    return out
+
+
+def main():
+    sb = StudentBudget()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--data", default="data/generated/demo")
+    ap.add_argument("--demo", default="runs/demo")
+    ap.add_argument("--work", default="runs/real_levers")
+    ap.add_argument("--real", default=str(SHARED / "real_labelled"))
+    ap.add_argument("--real-unlabelled", default=str(SHARED / "real_unlabelled"))
+    ap.add_argument("--csv", default="benchmarks/results/real_levers.csv")
+    ap.add_argument("--summary", action="store_true", help="train nothing: write the summary of the CSV")
+    a = ap.parse_args()
+    work = Path(a.work)
+    csv_path = Path(a.csv)
+    rows = list(csv.DictReader(csv_path.open())) if csv_path.is_file() else []
+    done = {(r["lever"], int(r["seed"])) for r in rows}
+    test = resolve_split(a.data, "test")
+    real = resolve_split(a.real, "train")
+    real_train, unl, held = real_split(Path(a.real_unlabelled), work)
+    peer_dir = peer_masks(unl, work / "peer_real_unlabelled")
+    for seed in [] if a.summary else a.seeds:
+        for lever in a.levers:
+            if (lever, seed) in done:
+                continue
+            spec = LEVERS[lever]
+            run_dir = work / f"{lever}_s{seed}"
+            cfg = TrainConfig(data=a.data, out=str(run_dir), model=sb.model, folds=str(Path(a.demo) / "folds.csv"),
+                              epochs=sb.epochs, batch_size=sb.batch, crop=sb.crop, lr=sb.lr, label_weight=1.0,
+                              kd_weight=1.0 if spec.get("peer") else 0.0, kd="pixel", temperature=sb.temperature,
+                              teacher_onnx="ukis-csmask" if spec.get("peer") else None,
+                              unlabelled=str(real_train) if spec.get("peer") else None,
+                              kd_on="unlabelled" if spec.get("peer") else "all", gain=spec.get("gain", 0.0),
+                              seed=seed, progress=False)
+            t0 = time.time()
+            row = {"lever": lever, "seed": seed, **fit_and_score(cfg, test, real)}
+            b = bands_of_folders(real.features_dir, real.labels_dir, {"s": run_dir / "real_pred"}, real.chip_ids())
+            b = b[b.method == "s"].set_index("band")
+            for name in BAND_NAMES:
+                row[f"real_recall_{name}"] = round(float(b.loc[name, "recall"]), 4)
+            pred = run_dir / "unlabelled_pred"
+            predict_folder(load_student(run_dir), unl.features_dir, pred, chip_ids=held, progress=False)
+            p = bands_of_folders(unl.features_dir, peer_dir, {"s": pred}, held)
+            p = p[p.method == "s"].set_index("band")
+            row["peer_recall_<0.2"] = round(float(p.loc["<0.2", "recall"]), 4)
+            row["peer_recall_0.2-0.35"] = round(float(p.loc["0.2-0.35", "recall"]), 4)
+            tp = p["tp"].sum() if "tp" in p else np.nan
+            row["peer_precision"] = round(float(tp / p["pred_px"].sum()), 4) if "tp" in p else None
+            # read again before writing: several processes may share the CSV (e.g. one per lever)
+            rows = list(csv.DictReader(csv_path.open())) if csv_path.is_file() else []
+            rows.append({k: row.get(k) for k in COLUMNS})
+            write_rows(csv_path, rows, COLUMNS)
+            print(f"{lever} seed {seed}: {row} ({time.time() - t0:.0f} s)", flush=True)
+    rows = list(csv.DictReader(csv_path.open())) if csv_path.is_file() else []
+    if rows:
+        s = summarise(rows)
+        table = format_table(s, list(s[0]))
+        csv_path.with_suffix(".md").write_text(
+            f"`python benchmarks/real_levers.py` ({time.strftime('%Y-%m-%d')}); mean ± sd over seeds\n\n{table}\n")
+        print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
