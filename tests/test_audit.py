@@ -228,23 +228,51 @@ def _oof_audit(root, tmp_path, capsys, epochs, steps):
 
 
 def test_out_of_fold_audit_judges_each_chip_by_the_model_that_did_not_see_it(noisy, tmp_path, capsys):
+    """Every chip's evidence is that of the fold model whose validation fold holds the chip: its suspicion is
+    recomputed here from that model's probabilities, and the other fold's model (which trained on the chip) would
+    have given other values; each fold model's record says it validated on exactly the chips of its fold."""
+    import hashlib
+    import json
+
+    import torch
+
+    from cloudkd.data import normalise, read_chip
+    from cloudkd.student.runs import load_student, recorded_threshold
+
     root, wrong = noisy
     folds, args = _oof_audit(root, tmp_path, capsys, epochs=1, steps=2)
     code, text = invoke(args, capsys)
     assert code == 0, text
     table = pd.read_csv(tmp_path / "oof" / "audit.csv")
     fold_of = pd.read_csv(folds).set_index("chip_id")["fold"]
-    assert (table["fold"] == table["chip_id"].map(fold_of)).all()  # each chip judged by its own fold's model
-    import json
-
-    for k in (0, 1):
-        stamp = json.loads((tmp_path / "oof" / "oof" / f"fold{k}" / "audit_fold.json").read_text())
+    split = resolve_split(root, "train")
+    assert sorted(table["chip_id"]) == split.chip_ids() and set(fold_of) == {0, 1}
+    runs = {k: tmp_path / "oof" / "oof" / f"fold{k}" for k in (0, 1)}
+    for k, run in runs.items():
+        stamp = json.loads((run / "audit_fold.json").read_text())
         assert stamp["val_fold"] == k and stamp["folds"] == str(folds) and stamp["model"] == "unet-xs"
+        # trained on the other fold: the chips it validated on (never trained on) are fold k's
+        ids = sorted(fold_of.index[fold_of == k])
+        val = json.loads((run / "run.json").read_text())["identity"]["val_chips"]
+        assert val == {"n": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    nets = {k: load_student(run) for k, run in runs.items()}
+    threshold = recorded_threshold(runs[0])
+    other_differs = 0
+    for _, r in table.iterrows():
+        refl, lab = read_chip(split.chip_dir(r["chip_id"])), read_label(split.label_path(r["chip_id"]))
+        with torch.no_grad():
+            ev = {k: A.chip_evidence(refl, lab, torch.sigmoid(net(torch.from_numpy(normalise(refl))[None]))[0, 0]
+                                     .numpy(), threshold) for k, net in nets.items()}
+        k = int(fold_of[r["chip_id"]])
+        assert r["fold"] == k
+        for col in ("suspicion", "label_iou", "pred_fraction"):
+            assert r[col] == pytest.approx(ev[k][col], abs=1e-4), (r["chip_id"], col)
+        other_differs += abs(ev[1 - k]["suspicion"] - ev[k]["suspicion"]) > 1e-3
+    assert other_differs >= len(table) // 2  # the other fold's model would have judged most chips otherwise
     # again with --force: the fold models are reused, not trained again
     code, text = invoke(args + ["--force"], capsys)
     assert code == 0 and text.count("reusing") == 2, text
     assert pd.read_csv(tmp_path / "oof" / "audit.csv").equals(table)
-
 
 
 def test_out_of_fold_audit_retrains_when_a_label_changes_and_logs_each_epoch(noisy, tmp_path, capsys):

@@ -304,24 +304,6 @@ def labels_fingerprint(data: os.PathLike | str, files: Sequence[Optional[os.Path
     return h.hexdigest()
 
 
-def _epoch_log(log, prefix: str, epochs: int):
-    """A Lightning callback that logs one line per finished epoch of a fold's training (its validation Jaccard
-    and the time so far)."""
-    import pytorch_lightning as pl
-
-    class EpochLog(pl.Callback):
-        def on_train_start(self, trainer, pl_module):
-            self.t0 = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            v = trainer.callback_metrics.get("val_jaccard")
-            score = f", val Jaccard {float(v):.4f}" if v is not None else ""
-            log(f"{prefix}: epoch {trainer.current_epoch + 1}/{epochs}{score} "
-                f"({time.perf_counter() - self.t0:.0f} s)")
-
-    return EpochLog()
-
-
 def train_fold_models(data: os.PathLike | str, folds_csv: os.PathLike | str, out: os.PathLike | str,
                       base: "object", log=print) -> Dict[int, Path]:
     """Out of fold: for every fold k of ``folds_csv``, a student trained on the other folds (``base``, a
@@ -356,7 +338,7 @@ def train_fold_models(data: os.PathLike | str, folds_csv: os.PathLike | str, out
             t0 = time.perf_counter()
             log(f"{name}: training {cfg.model} on the other folds -> {run}")
             stamp.unlink(missing_ok=True)  # a training that fails leaves no stamp to reuse
-            fit(cfg, callbacks=[_epoch_log(log, name, cfg.epochs)])
+            fit(cfg, log=lambda line, name=name: log(f"{name}: {line}"))  # a line per epoch
             stamp.write_text(json.dumps(want, indent=2))
             log(f"{name}: trained in {time.perf_counter() - t0:.0f} s")
         runs[k] = run

@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -44,7 +44,7 @@ from .runs import lightning_state, load_checkpoint
 from .teachers import PEER
 from ..common.sizes import count_params
 
-__all__ = ["TrainConfig", "FitResult", "fit", "export_best", "run_identity", "check_resume"]
+__all__ = ["TrainConfig", "FitResult", "EpochLog", "fit", "export_best", "run_identity", "check_resume"]
 
 #: the record of what a run trains, written when it starts and compared by --resume
 RUN_JSON = "run.json"
@@ -132,11 +132,30 @@ class _RecordRun(pl.Callback):
             atomic_write(self.path, lambda t: Path(t).write_text(json.dumps(self.record, indent=2)))
 
 
-def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: Sequence = ()) -> FitResult:
+class EpochLog(pl.Callback):
+    """Gives ``log`` one line per finished training epoch: ``epoch E/N, val Jaccard J (S s)`` (the seconds since
+    training started), for callers that train with the progress bar off."""
+
+    def __init__(self, log: Callable[[str], None], epochs: int):
+        self.write, self.epochs = log, epochs
+
+    def on_train_start(self, trainer, pl_module):
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        v = trainer.callback_metrics.get("val_jaccard")
+        score = f", val Jaccard {float(v):.4f}" if v is not None else ""
+        self.write(f"epoch {trainer.current_epoch + 1}/{self.epochs}{score} ({time.perf_counter() - self.t0:.0f} s)")
+
+
+def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: Sequence = (),
+        log: Optional[Callable[[str], None]] = None) -> FitResult:
     """Train the run ``cfg`` describes in ``cfg.out`` (or in ``into``, where the command line builds a run that
     replaces ``cfg.out`` when it has finished; ``cfg.out`` is what student.json records). A new run goes only
     into a new or empty folder or a run folder cloudkd wrote (output policy kind "student-run"), which it marks.
-    ``callbacks``: more Lightning callbacks (e.g. a progress log)."""
+    ``callbacks``: more Lightning callbacks; ``log``: gets one line per finished epoch (:class:`EpochLog`)."""
+    if log is not None:
+        callbacks = [*callbacks, EpochLog(log, cfg.epochs)]
     mode = cfg.teacher_mode
     if cfg.kd_weight > 0 and mode == "none":
         raise DataError("distillation (kd_weight > 0) needs --soft (offline) or --teacher-nnunet / --teacher-onnx")
