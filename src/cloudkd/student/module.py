@@ -135,15 +135,18 @@ class StudentModule(pl.LightningModule):
         """The cosine schedule: ``lr * lr_factor(epoch)``, from 1 at epoch 0 to 0 at ``max_epochs``."""
         return 0.5 * (1.0 + math.cos(math.pi * min(epoch, self.hparams.max_epochs) / max(1, self.hparams.max_epochs)))
 
-    def on_train_epoch_start(self) -> None:
-        # the cosine schedule, set from the epoch at the start of each one: a run resumed with more epochs follows
-        # the longer schedule (CosineAnnealingLR would restore its old T_max and compute each rate from the
-        # previous one, so the added epochs would train at rate 0)
-        lr = self.hparams.lr * self.lr_factor(self.current_epoch)
-        for group in self.trainer.optimizers[0].param_groups:
-            group["lr"] = lr
-        self.log("lr", lr, on_step=False, on_epoch=True)
-
     def configure_optimizers(self):
-        # the learning rate follows the cosine schedule of on_train_epoch_start
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        # AdamW on the cosine schedule, a LambdaLR that Lightning steps after each epoch (its rate is logged by the
+        # LearningRateMonitor of cloudkd.student.train, under the name "lr")
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        cosine = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: self.lr_factor(epoch))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "epoch", "name": "lr"}}
+
+    def on_train_start(self) -> None:
+        # the schedule at the epoch training starts from: a run resumed with more epochs follows the longer schedule
+        # (its checkpoint holds the rate of the shorter one, which may have reached 0; one written before the
+        # schedule was a LambdaLR holds no scheduler state at all); a new run is at epoch 0 already
+        cosine = self.lr_schedulers()
+        cosine.last_epoch = self.current_epoch
+        for group, base in zip(cosine.optimizer.param_groups, cosine.base_lrs):
+            group["lr"] = base * self.lr_factor(self.current_epoch)

@@ -221,7 +221,7 @@ def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: S
     trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
                          num_nodes=cfg.num_nodes, strategy=cfg.strategy, logger=loggers,
                          callbacks=[ckpt, _RecordRun(out / RUN_JSON, {"identity": identity, "config": asdict(cfg)}),
-                                    *callbacks],
+                                    pl.callbacks.LearningRateMonitor("epoch"), *callbacks],  # logs "lr" by epoch
                          enable_progress_bar=cfg.progress, enable_model_summary=False, log_every_n_steps=1,
                          limit_train_batches=cfg.limit_train_batches, deterministic=False,
                          use_distributed_sampler=False)  # the data module splits (validation without padding)
