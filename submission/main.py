@@ -22,8 +22,14 @@ reads every chip folder of ``data/test_features`` (B02, B03, B04, B08 GeoTIFFs) 
       all-clear mask.
   Each output is written to a temporary file outside ``predictions/`` and renamed into place, so an
   interrupted run leaves no partial file. The exit code is non-zero only if some chip could not be written.
+* At the end, one machine-readable line in the log (stdout): ``cloudkd-summary `` followed by a JSON object
+  with ``chips_expected``, ``chips_written``, ``fallback`` ({chip_id: why} of every chip given one of the
+  fallbacks above), ``failed`` ({chip_id: why} of every chip whose mask could not be written), ``threshold``,
+  ``tta``, ``model``, ``assets`` (sha256 of ``model.pt`` and ``config.json``), ``device``, ``torch`` and
+  ``seconds``. ``cloudkd runtime-test`` reads its verdict from this line, not from the wording of the others.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -47,6 +53,8 @@ import torch  # noqa: E402
 from cloudkd_rt import infer, normalise, unet  # noqa: E402
 
 log = logging.getLogger("cloudkd.main")
+#: the start of the one log message that holds the run summary as JSON (read by ``cloudkd runtime-test``)
+SUMMARY_PREFIX = "cloudkd-summary "
 
 
 def load_config():
@@ -144,6 +152,18 @@ def write_mask(chip_id, mask, tmp_dir):
             os.remove(tmp)
 
 
+def sha256(path):
+    """The hex sha256 of a file, or None when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(str(path), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
 def predict_batch(model, chips, cfg, device):
     """Masks for a list of (4, H, W) reflectance arrays: the library's normalisation and prediction rule (nodata
     pixels clear included)."""
@@ -159,29 +179,35 @@ def main():
     cfg = load_config()
     size = int(cfg.get("chip_size", 512))
     batch_size = max(1, int(cfg.get("batch_size", 8)))
+    threshold = float(cfg.get("threshold", infer.DEFAULT_THRESHOLD))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_grad_enabled(False)
     model = load_model(cfg, device)
     chips = list_chips()
     PREDICTIONS.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".cloudkd-tmp-", dir=str(ROOT)))
-    log.info("%d chips in %s; model %s on %s; threshold %s, tta %s, batch %d", len(chips), FEATURES,
-             cfg["model"].get("name", cfg["model"]["arch"]), device, cfg.get("threshold", infer.DEFAULT_THRESHOLD),
-             cfg.get("tta", False), batch_size)
-    n_fallback, n_failed, done = 0, 0, 0
+    model_name = cfg["model"].get("name", cfg["model"]["arch"])
+    log.info("%d chips in %s; model %s on %s; threshold %s, tta %s, batch %d", len(chips), FEATURES, model_name,
+             device, threshold, cfg.get("tta", False), batch_size)
+    fallback, failed = {}, {}  # chip_id -> why: the chips given a fallback mask / whose mask was not written
+    n_written = 0
+
+    def give_fallback(chip_id, why):
+        fallback[chip_id] = fallback[chip_id] + "; " + why if chip_id in fallback else why
 
     def emit(chip_id, mask):
-        nonlocal n_failed
+        nonlocal n_written
         try:
             write_mask(chip_id, mask, tmp_dir)
         except Exception as exc:
-            n_failed += 1
-            log.error("%s: could not write the mask: %s", chip_id, exc)
+            failed[chip_id] = "could not write the mask: %s" % exc
+            log.error("%s: %s", chip_id, failed[chip_id])
+        else:
+            n_written += 1
 
-    pending = []  # (chip_id, reflectance, nodata mask)
+    pending = []  # (chip_id, reflectance)
 
     def flush():
-        nonlocal n_fallback, done
         if not pending:
             return
         try:
@@ -189,16 +215,15 @@ def main():
         except Exception as exc:
             log.warning("batch of %d chips failed (%s); retrying one by one", len(pending), exc)
             masks = []
-            for chip_id, refl, _ in pending:
+            for chip_id, refl in pending:
                 try:
                     masks.append(predict_batch(model, [refl], cfg, device)[0])
                 except Exception as exc1:
-                    n_fallback += 1
+                    give_fallback(chip_id, "model failed (%s); all-clear mask" % exc1)
                     log.warning("%s: model failed (%s); all-clear mask", chip_id, exc1)
                     masks.append(np.zeros(refl.shape[1:], np.uint8))
-        for (chip_id, _, _), mask in zip(pending, masks):
+        for (chip_id, _), mask in zip(pending, masks):
             emit(chip_id, mask)
-        done += len(pending)
         del pending[:]
 
     for i, chip_id in enumerate(chips):
@@ -208,22 +233,18 @@ def main():
             refl, problems = None, ["unexpected error %s" % exc]
         if problems:
             log.warning("%s: %s", chip_id, "; ".join(problems))
+            give_fallback(chip_id, "; ".join(problems))
         if refl is None:
-            n_fallback += 1
+            give_fallback(chip_id, "no readable band; all-clear mask")
             log.warning("%s: no readable band; all-clear mask", chip_id)
             emit(chip_id, np.zeros((size, size), np.uint8))
-            done += 1
             continue
-        if problems:
-            n_fallback += 1
-        nodata = infer.nodata_mask(refl)
-        if nodata.all():
-            n_fallback += 1
+        if infer.nodata_mask(refl).all():
+            give_fallback(chip_id, "all pixels are nodata; all-clear mask")
             log.warning("%s: all pixels are nodata; all-clear mask", chip_id)
             emit(chip_id, np.zeros((size, size), np.uint8))
-            done += 1
             continue
-        pending.append((chip_id, refl, nodata))
+        pending.append((chip_id, refl))
         if len(pending) >= batch_size:
             flush()
         if (i + 1) % 500 == 0:
@@ -233,10 +254,15 @@ def main():
         os.rmdir(str(tmp_dir))
     except OSError:
         pass
+    seconds = time.time() - t0
     log.info("done: %d masks for %d chips (%d with a fallback, %d failed) in %.1f s (%.1f ms/chip)",
-             done - n_failed, len(chips), n_fallback, n_failed, time.time() - t0,
-             1000 * (time.time() - t0) / max(1, len(chips)))
-    return 1 if n_failed else 0
+             n_written, len(chips), len(fallback), len(failed), seconds, 1000 * seconds / max(1, len(chips)))
+    summary = {"chips_expected": len(chips), "chips_written": n_written, "fallback": fallback, "failed": failed,
+               "threshold": threshold, "tta": bool(cfg.get("tta", False)), "model": model_name,
+               "assets": {name: sha256(ASSETS / name) for name in ("model.pt", "config.json")},
+               "device": device, "torch": torch.__version__, "seconds": round(seconds, 3)}
+    log.info("%s%s", SUMMARY_PREFIX, json.dumps(summary, sort_keys=True))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ def test_runtime_verdict_fails_when_readable_chips_get_fallback_masks(student, s
     pack(student, z, batch_size=4, chip_size=7)  # a zip for another chip size: every chip gets a 7x7 fallback
     v = runtime_test(z, tmp_path / "data", keep=tmp_path / "root", echo=False)
     assert "(2 with a fallback, 0 failed)" in v["log"]
+    assert sorted(v["summary"]["fallback"]) == ids and v["summary"]["chips_written"] == 2
     assert not v["ok"] and v["fallback"] == ids
     assert any("fallback mask to 2 chip(s) whose bands read fine" in r for r in v["reasons"]), v["reasons"]
     v = runtime_test(z, tmp_path / "data", labels=tmp_path / "data", echo=False)
@@ -115,21 +116,36 @@ def test_runtime_verdict_fails_when_labels_are_given_and_no_score_comes_out(zip9
                for r in v["reasons"]), v["reasons"]
 
 
-def test_fallback_chips_reads_main_py_log_lines():
-    from cloudkd.submission.emulate import fallback_chips
+def test_read_summary_takes_the_one_summary_line_and_refuses_a_malformed_one():
+    """The verdict reads main.py's JSON summary line, whatever its other lines say; a malformed one is named."""
+    from cloudkd.submission.emulate import read_summary
 
-    log = "\n".join([
+    good = {"chips_expected": 3, "chips_written": 3, "fallback": {"bbbb": "no readable band; all-clear mask"},
+            "failed": {}, "threshold": 0.5, "seconds": 1.25, "tta": False}
+    prose = [
         "2024-01-01 10:00:00,000 INFO 3 chips in /x; model unet-s on cpu; threshold 0.5, tta True, batch 4",
-        "2024-01-01 10:00:00,100 WARNING aaaa: B02.tif: wrong shape (8, 8) (expected (96, 96))",
-        "2024-01-01 10:00:00,100 WARNING aaaa: missing bands filled with the mean of the 3 good band(s)",
-        "2024-01-01 10:00:00,200 WARNING bbbb: no readable band; all-clear mask",
-        "2024-01-01 10:00:00,300 WARNING cccc: 40% of the pixels are nodata",  # partial nodata: no fallback
-        "2024-01-01 10:00:00,400 WARNING zzzz: all-clear mask",  # not a chip of the dataset
+        "2024-01-01 10:00:00,100 WARNING aaaa: B02.tif: wrong shape (8, 8) (expected (96, 96))",  # words alone
+        "2024-01-01 10:00:00,200 WARNING zzzz: all-clear mask",  # no longer decide anything
         "2024-01-01 10:00:01,000 INFO done: 3 masks for 3 chips (2 with a fallback, 0 failed) in 1.0 s (3 ms/chip)",
-    ])
-    found, count = fallback_chips(log, ["aaaa", "bbbb", "cccc"])
-    assert sorted(found) == ["aaaa", "bbbb"] and count == 2
-    assert found["aaaa"].startswith("B02.tif: wrong shape")
+    ]
+
+    def log(summary_text, stamp=True):
+        return "\n".join(prose + [("2024-01-01 10:00:01,001 INFO " if stamp else "") + "cloudkd-summary " +
+                                  summary_text])
+
+    assert read_summary(log(json.dumps(good))) == (good, None)
+    assert read_summary(log(json.dumps(good), stamp=False)) == (good, None)  # a bare line (a hand-written main.py)
+    for bad, says in (
+            ({**good, "chips_written": True}, "'chips_written' is True, not an integer"),
+            ({**good, "threshold": "0.5"}, "'threshold' is '0.5', not a number"),
+            ({k: v for k, v in good.items() if k != "seconds"}, "'seconds' is missing, not a number"),
+            ({**good, "fallback": {"bbbb": 3}}, "'fallback' is not a {chip_id: reason} object"),
+            ({**good, "failed": ["bbbb"]}, "'failed' is ['bbbb'], not an object"),
+            ([good], "a JSON list, not an object")):
+        summary, problem = read_summary(log(json.dumps(bad)))
+        assert summary is None and problem == f"main.py's run summary is malformed: {says}", problem
+    summary, problem = read_summary("\n".join(prose))
+    assert summary is None and problem.startswith("main.py's log has no run summary")
 
 
 # ------------------------------------------------------------------- 3. a chip in the metadata without a label

@@ -81,6 +81,9 @@ def test_packed_student_under_python39_torch18_writes_the_library_masks_on_chips
     _ran_under_the_runtime(v)
     assert v["python"] == runtime_python and v["n_chips"] == len(wedges)
     assert f"done: {len(wedges)} masks for {len(wedges)} chips (0 with a fallback, 0 failed)" in v["log"]
+    s = v["summary"]  # written by main.py under Python 3.9 / torch 1.8
+    assert s["torch"].split("+")[0] == "1.8.0" and s["chips_expected"] == s["chips_written"] == len(wedges)
+    assert s["fallback"] == {} and s["failed"] == {} and s["threshold"] == 0.5 and s["tta"] is True
     # the library, in main.py's batches of 3 (other batch shapes round differently near the threshold)
     lib = predict_folder(load_student(student), feats, tmp_path / "lib", tta=True, threshold=0.5, batch_size=3,
                          progress=False)
@@ -117,6 +120,9 @@ def test_broken_chips_each_get_a_valid_mask_and_a_log_line_under_the_runtime(pac
     assert "B08.tif: missing" in log and "B04.tif: wrong shape (48, 48)" in log and "NaN/inf" in log
     assert "B03.tif: unreadable" in log and "B02.tif: unreadable" in log  # the corrupt and the empty file
     assert "(10 with a fallback, 0 failed)" in log
+    broken = sorted(c for c, kind in kinds.items() if kind not in ("good", "half nodata"))
+    assert sorted(v["summary"]["fallback"]) == broken and list(v["fallback_documented"]) == broken
+    assert v["summary"]["chips_written"] == len(kinds) and v["fallback"] == []
 
 
 def test_an_smp_resnet34_unet_packs_and_runs_under_smp_021(small_data, runtime_python, tmp_path):

@@ -42,8 +42,8 @@ def packed(student, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------------- main.py
-ALLOWED_IMPORTS = {"json", "logging", "os", "sys", "tempfile", "time", "pathlib", "math", "typing", "numpy", "torch",
-                   "tifffile", "PIL", "cloudkd_rt", "segmentation_models_pytorch"}
+ALLOWED_IMPORTS = {"hashlib", "json", "logging", "os", "sys", "tempfile", "time", "pathlib", "math", "typing", "numpy",
+                   "torch", "tifffile", "PIL", "cloudkd_rt", "segmentation_models_pytorch"}
 
 
 @pytest.mark.parametrize("path", [MAIN_PY, VALIDATOR, *RUNTIME_MODULES])
@@ -232,16 +232,40 @@ def test_a_space_to_depth_student_packs_and_main_py_runs_it(small_data, tmp_path
         assert np.array_equal(ours, read_mask(tmp_path / "lib" / f"{cid}.tif")), cid
 
 
-def test_runtime_test_cli_writes_the_verdict(packed, small_data, tmp_path):
+def test_runtime_test_cli_verdict_holds_the_real_score_and_main_pys_true_counts(packed, small_data, tmp_path):
+    """The verdict's Jaccard is the global Jaccard of the masks main.py wrote, computed here by hand from the files;
+    main.py's run summary (in the verdict and printed) counts the masks really written and fingerprints the packed
+    weights."""
+    import hashlib
+
     r = runner.invoke(app, ["runtime-test", "--zip", str(packed), "--data", str(small_data / "test_features"),
                             "--labels", str(small_data / "test_labels"), "--json", str(tmp_path / "v.json"),
-                            "--quiet"])
+                            "--keep", str(tmp_path / "root"), "--quiet"])
     assert r.exit_code == 0, r.output
     v = json.loads((tmp_path / "v.json").read_text())
-    for key in ("ok", "n_chips", "missing", "extra", "invalid", "seconds", "jaccard"):
-        assert key in v
-    assert v["ok"] and v["n_chips"] == 10 and v["missing"] == [] and v["extra"] == [] and v["invalid"] == {}
-    assert 0.0 < v["jaccard"] <= 1.0 and f"global Jaccard {v['jaccard']:.4f}" in r.output
+    test = resolve_split(small_data, "test")
+    pred = tmp_path / "root" / "predictions"
+    files = sorted(pred.iterdir())
+    assert [f.name for f in files] == sorted(f"{c}.tif" for c in test.chip_ids())
+    inter = union = 0
+    for f in files:
+        p = np.array(Image.open(f)).astype(bool)
+        t = tifffile.imread(small_data / "test_labels" / f.name).astype(bool)
+        inter += int((p & t).sum())
+        union += int((p | t).sum())
+    assert 0 < inter < union  # neither a perfect nor an empty overlap: the ratio below is a real one
+    assert v["ok"] and v["jaccard"] == pytest.approx(inter / union, abs=1e-12)
+    assert f"global Jaccard {inter / union:.4f}" in r.output
+    s = v["summary"]
+    assert s["chips_expected"] == s["chips_written"] == len(files) == v["n_chips"] == 10
+    assert s["fallback"] == {} and s["failed"] == {} and v["fallback"] == [] and v["fallback_documented"] == {}
+    assert s["threshold"] == 0.5 and s["tta"] is True and s["model"] == "unet-s" and s["device"] == "cpu"
+    with zipfile.ZipFile(packed) as z:
+        assert s["assets"] == {"model.pt": hashlib.sha256(z.read("assets/model.pt")).hexdigest(),
+                               "config.json": hashlib.sha256(z.read("assets/config.json")).hexdigest()}
+    assert 0 < s["seconds"] <= v["seconds"]
+    assert (f"main.py's summary: 10 of 10 masks written, 0 fallback, 0 failed; model unet-s (model.pt sha256 "
+            f"{s['assets']['model.pt'][:12]}), threshold 0.5, tta True") in r.output
 
 
 def test_real_chips(student, real_chips, tmp_path):
@@ -315,6 +339,16 @@ def test_broken_chips_each_still_get_a_valid_mask_and_a_log_line(packed, tmp_pat
     assert np.array(Image.open(pred / "half.tif"))[:, : SIZE // 2].max() == 0  # nodata pixels are clear
     assert "B08.tif: missing" in log and "B04.tif: wrong shape (48, 48)" in log and "NaN/inf" in log
     assert "(10 with a fallback, 0 failed)" in log
+    # the run summary names exactly the damaged chips, each with its reason, and the verdict takes them as the
+    # documented fallbacks
+    broken = sorted(c for c, kind in kinds.items() if kind not in ("good", "half nodata"))
+    s = v["summary"]
+    assert sorted(s["fallback"]) == broken and list(v["fallback_documented"]) == broken and v["fallback"] == []
+    assert s["chips_expected"] == s["chips_written"] == len(kinds) and s["failed"] == {}
+    assert s["fallback"]["miss"].startswith("B08.tif: missing; missing bands filled with the mean of the 3 good")
+    assert s["fallback"]["zero"] == "all pixels are nodata; all-clear mask"
+    assert s["fallback"]["none"] == "B02.tif: missing; B03.tif: missing; B04.tif: missing; B08.tif: missing; " \
+                                   "no readable band; all-clear mask"
 
 
 def test_a_band_filled_from_the_others_is_the_mean_of_the_good_bands(packed, tmp_path):
@@ -369,7 +403,7 @@ def test_runtime_test_fails_with_reasons_when_main_py_misbehaves(packed, small_d
             data = src.read(name)
             if name == "main.py":  # skips the first chip and exits with an error
                 data = data.replace(b"    chips = list_chips()\n", b"    chips = list_chips()[1:]\n")
-                data = data.replace(b"    return 1 if n_failed else 0", b"    return 3")
+                data = data.replace(b"    return 1 if failed else 0", b"    return 3")
             dst.writestr(name, data)
     r = runner.invoke(app, ["runtime-test", "--zip", str(bad), "--data", str(small_data), "--json",
                             str(tmp_path / "v.json"), "--quiet"])
@@ -377,11 +411,56 @@ def test_runtime_test_fails_with_reasons_when_main_py_misbehaves(packed, small_d
     v = json.loads((tmp_path / "v.json").read_text())
     assert not v["ok"] and len(v["missing"]) == 1 and v["returncode"] == 3
     assert "main.py exited with code 3" in r.output and "1 missing prediction" in r.output
+    assert v["summary"]["chips_expected"] == v["summary"]["chips_written"] == 9  # what main.py believed it did
+    assert "FAIL: main.py's summary counts 9 chip(s); test_features holds 10" in r.output
     nomain = tmp_path / "nomain.zip"
     with zipfile.ZipFile(nomain, "w") as z:
         z.writestr("assets/config.json", "{}")
     r = runner.invoke(app, ["runtime-test", "--zip", str(nomain), "--data", str(small_data), "--quiet"])
     assert r.exit_code == 1 and "no main.py" in r.output
+
+
+#: main.py's line that logs the run summary, and what each summary test puts in its place
+SUMMARY_LINE = b'    log.info("%s%s", SUMMARY_PREFIX, json.dumps(summary, sort_keys=True))\n'
+_SUMMARY_EDITS = {
+    "missing": (b"", "main.py's log has no run summary (a line 'cloudkd-summary {...}')"),
+    "not json": (b'    log.info("%s%s", SUMMARY_PREFIX, json.dumps(summary)[:-1])\n',
+                 "main.py's run summary is malformed: not JSON"),
+    "count not a number": (b'    summary["chips_written"] = "all"\n' + SUMMARY_LINE,
+                           "main.py's run summary is malformed: 'chips_written' is 'all', not an integer"),
+    "twice": (SUMMARY_LINE * 2, "main.py's log has 2 run summaries"),
+    "written miscounted": (b'    summary["chips_written"] += 1\n' + SUMMARY_LINE,
+                           "main.py's summary says it wrote 11 mask(s); predictions holds 10 of the chips' masks"),
+    "fallback on a sound chip": (b'    summary["fallback"][chips[0]] = "B02.tif: missing"\n' + SUMMARY_LINE,
+                                 "main.py gave a fallback mask to 1 chip(s) whose bands read fine: {first} (e.g. "
+                                 "{first}: B02.tif: missing)"),
+    "fallback on no chip": (b'    summary["fallback"]["zzzz"] = "no readable band"\n' + SUMMARY_LINE,
+                            "main.py's summary gives a fallback to 1 chip(s) that are not in test_features: zzzz"),
+}
+
+
+@pytest.mark.parametrize("case", list(_SUMMARY_EDITS))
+def test_runtime_verdict_comes_from_main_pys_run_summary(packed, small_data, tmp_path, case):
+    """main.py writes all its masks correctly each time; only its run summary is missing, malformed or untrue,
+    and the verdict fails saying so."""
+    edit, says = _SUMMARY_EDITS[case]
+    z = tmp_path / "edited.zip"
+    with zipfile.ZipFile(packed) as src, zipfile.ZipFile(z, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "main.py":
+                assert data.count(SUMMARY_LINE) == 1
+                data = data.replace(SUMMARY_LINE, edit)
+            dst.writestr(name, data)
+    r = runner.invoke(app, ["runtime-test", "--zip", str(z), "--data", str(small_data), "--json",
+                            str(tmp_path / "v.json"), "--quiet"])
+    assert r.exit_code == 1, r.output
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["returncode"] == 0 and v["n_chips"] == 10 and not v["missing"] and not v["invalid"]
+    says = says.replace("{first}", resolve_split(small_data, "test").chip_ids()[0])
+    fails = [line for line in r.output.splitlines() if line.startswith("FAIL: ")]
+    assert len(fails) == 1 and fails[0].startswith(f"FAIL: {says}"), r.output
+    assert (v["summary"] is None) == (case in ("missing", "not json", "count not a number", "twice"))
 
 
 def test_runtime_test_shows_the_log_of_a_failing_main_py_it_does_not_keep(small_data, tmp_path, monkeypatch):

@@ -77,7 +77,7 @@ def runtime_test(
 ):
     """Emulate the On Cloud N runtime: unzip, run main.py with no arguments, validate, score."""
     from ..common.outputs import check_file, check_folder, outputs_apart, record_file
-    from .emulate import RUNTIME_KIND, default_python, describe_versions, runtime_test as emulate
+    from .emulate import RUNTIME_KIND, default_python, describe_summary, describe_versions, runtime_test as emulate
 
     # the output policy, before any work: outputs apart from the inputs, --keep a folder runtime-test made (or new
     # or empty), --json a new file or one cloudkd wrote
@@ -111,5 +111,7 @@ def runtime_test(
     typer.echo(f"runtime-test {'passed' if v['ok'] else 'FAILED'}: {v['n_chips']} chips, {len(v['missing'])} "
                f"missing, {len(v['extra'])} extra, {len(v['invalid'])} invalid, main.py {v['seconds']} s{score}")
     typer.echo(f"  under {v['python']}: {describe_versions(v['versions'])}")
+    if v.get("summary"):
+        typer.echo(f"  main.py's summary: {describe_summary(v['summary'])}")
     if not v["ok"]:
         raise typer.Exit(1)

@@ -10,11 +10,14 @@
    the verdict names it and the versions of the libraries it imports (:func:`interpreter_versions`);
 4. the runtime's validation (:mod:`cloudkd.submission.validate`): no missing file, no extra file, shape,
    values, size; with labels, the leaderboard metric (global Jaccard);
-5. the verdict also fails when main.py gave a fallback mask (all-clear, or bands filled in) to a chip whose bands
-   read fine (a sound chip with data, of the folder's chip shape: e.g. a zip packed for another chip size), or
-   when labels were given and no score came out. A fallback the contract documents (a chip with a band missing
-   or unreadable, or a chip that breaks the chip-shape rule, e.g. 511 x 512 among 512 x 512 chips) is listed in
-   ``fallback_documented``, not failed.
+5. main.py's run summary (:func:`read_summary`: the one ``cloudkd-summary {...}`` JSON line of its log; the
+   verdict reads it, never the wording of the other log lines): the verdict fails when it is missing or malformed,
+   when its counts differ from what lies on disk (chips expected, masks written), when it gives a fallback mask
+   (all-clear, or bands filled in) to a chip whose bands read fine (a sound chip with data, of the folder's chip
+   shape: e.g. a zip packed for another chip size), or when labels were given and no score came out. A fallback
+   the contract documents (a chip with a band missing or unreadable, or a chip that breaks the chip-shape rule,
+   e.g. 511 x 512 among 512 x 512 chips) is listed in ``fallback_documented``, not failed. The summary itself is
+   ``summary`` in the verdict.
 """
 
 from __future__ import annotations
@@ -54,34 +57,40 @@ def _writable(tree: Path) -> None:
                 os.chmod(os.path.join(dirpath, f), stat.S_IRUSR | stat.S_IWUSR)
 
 
-#: main.py's log line format: ``asctime levelname message`` (asctime holds a space)
-_LOG_LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) (?P<msg>.*)$")
-_DONE = re.compile(r"done: .*\((?P<n>\d+) with a fallback")
-#: what main.py's per-chip warnings say when the chip's mask is a fallback (band problems are ``B0x.tif: ...``);
-#: other per-chip notes (e.g. partial nodata) are not fallbacks
-_FALLBACK_WORDS = ("all-clear", "fallback", "filled", ".tif:")
+#: the start of the one log message of main.py that holds its run summary as JSON (``SUMMARY_PREFIX`` in main.py);
+#: the message stands alone on its line or after main.py's ``asctime levelname`` (asctime holds a space)
+SUMMARY_PREFIX = "cloudkd-summary "
+_SUMMARY_LINE = re.compile(r"^(?:\S+ \S+ [A-Z]+ )?" + re.escape(SUMMARY_PREFIX) + r"(?P<json>.*)$")
+#: the fields the verdict reads, with their types (main.py writes more: tta, model, assets, device, torch)
+SUMMARY_FIELDS = {"chips_expected": int, "chips_written": int, "fallback": dict, "failed": dict,
+                  "threshold": float, "seconds": float}
+_KIND_NAMES = {int: "an integer", float: "a number", dict: "an object"}
 
 
-def fallback_chips(log: str, chips) -> tuple:
-    """From main.py's log: ({chip_id: first fallback message}, the fallback count of its final ``done:`` line or
-    None when there is none)."""
-    chips = set(chips)
-    found, count = {}, None
-    for line in log.splitlines():
-        m = _LOG_LINE.match(line.rstrip())
-        if not m:
-            continue
-        msg = m.group("msg")
-        d = _DONE.match(msg)
-        if d:
-            count = int(d.group("n"))
-            continue
-        if m.group("level") not in ("WARNING", "ERROR"):
-            continue
-        cid, sep, rest = msg.partition(": ")
-        if sep and cid in chips and any(w in rest for w in _FALLBACK_WORDS):
-            found.setdefault(cid, rest)
-    return found, count
+def read_summary(log: str) -> tuple:
+    """main.py's run summary from its log: (the summary dict, None), or (None, why it is missing or malformed)."""
+    found = [m.group("json") for m in (_SUMMARY_LINE.match(line.rstrip()) for line in log.splitlines()) if m]
+    if not found:
+        return None, f"main.py's log has no run summary (a line '{SUMMARY_PREFIX}{{...}}'), so its fallbacks and " \
+                     f"counts cannot be checked"
+    if len(found) > 1:
+        return None, f"main.py's log has {len(found)} run summaries ('{SUMMARY_PREFIX}{{...}}' lines); one is expected"
+    try:
+        summary = json.loads(found[0])
+    except ValueError as exc:
+        return None, f"main.py's run summary is malformed: not JSON ({exc})"
+    if not isinstance(summary, dict):
+        return None, f"main.py's run summary is malformed: a JSON {type(summary).__name__}, not an object"
+    for key, kind in SUMMARY_FIELDS.items():
+        value = summary.get(key)
+        ok = (isinstance(value, (int, float)) if kind is float else isinstance(value, kind)) and \
+            not isinstance(value, bool)
+        if key not in summary or not ok:
+            return None, (f"main.py's run summary is malformed: {key!r} is "
+                          f"{'missing' if key not in summary else repr(value)[:60]}, not {_KIND_NAMES[kind]}")
+        if kind is dict and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return None, f"main.py's run summary is malformed: {key!r} is not a {{chip_id: reason}} object"
+    return summary, None
 
 
 def _chip_is_sound(chip_dir: Path) -> bool:
@@ -113,25 +122,48 @@ def _chip_is_sound(chip_dir: Path) -> bool:
     return bool(dn.any())  # an all-nodata chip is rightly all clear
 
 
-def _fallback_reasons(log: str, features: Path) -> tuple:
-    """(chips main.py gave an unjustified fallback, failure reasons, {chip: message} of the documented ones). A
-    chip that breaks the one chip-shape rule (:func:`cloudkd.data.chips.chip_shape_problems`: not square, or not the
-    size of the folder's chips, e.g. 511 x 512) is not sound: its all-clear mask is the documented fallback."""
+def _summary_reasons(summary: dict, features: Path, validated: dict) -> tuple:
+    """(chips main.py gave an unjustified fallback, failure reasons, {chip: why} of the documented fallbacks), from
+    main.py's run summary and what really lies in the emulated root. The summary's counts must be the truth: its
+    chips_expected the chip folders of ``test_features``, its chips_written the masks of those chips present in
+    ``predictions`` (``validated``: the validator's verdict), its fallback chips chips of the folder. A fallback
+    chip whose bands read fine fails the verdict; one that breaks the one chip-shape rule
+    (:func:`cloudkd.data.chips.chip_shape_problems`: not square, or not the size of the folder's chips, e.g.
+    511 x 512) or whose bands do not read is the documented fallback."""
     from ..data.chips import chip_shape_problems
     from .validate import expected_chips
 
     chips = expected_chips(features)
-    found, count = fallback_chips(log, chips)
-    _, misshapen = chip_shape_problems(features, sorted(chips))
-    bad = sorted(c for c in found if c not in misshapen and _chip_is_sound(features / c))
-    documented = {c: m for c, m in sorted(found.items()) if c not in bad}
     out = []
+    if summary["chips_expected"] != len(chips):
+        out.append(f"main.py's summary counts {summary['chips_expected']} chip(s); test_features holds {len(chips)}")
+    present = validated["n_chips"] - len(validated["missing"])
+    if summary["chips_written"] != present:
+        out.append(f"main.py's summary says it wrote {summary['chips_written']} mask(s); predictions holds "
+                   f"{present} of the chips' masks")
+    fallback = summary["fallback"]
+    unknown = sorted(set(fallback) - set(chips))
+    if unknown:
+        out.append(f"main.py's summary gives a fallback to {len(unknown)} chip(s) that are not in test_features: "
+                   f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
+    known = sorted(set(fallback) & set(chips))
+    _, misshapen = chip_shape_problems(features, chips)  # the folder's chip size is read from all its chips
+    bad = [c for c in known if c not in misshapen and _chip_is_sound(features / c)]
     if bad:
         out.append(f"main.py gave a fallback mask to {len(bad)} chip(s) whose bands read fine: {', '.join(bad[:10])}"
-                   f"{' ...' if len(bad) > 10 else ''} (e.g. {bad[0]}: {found[bad[0]][:160]})")
-    elif count and not found:
-        out.append(f"main.py reports {count} fallback mask(s) but its log names no chip for them")
+                   f"{' ...' if len(bad) > 10 else ''} (e.g. {bad[0]}: {fallback[bad[0]][:160]})")
+    documented = {c: fallback[c] for c in known if c not in bad}
     return bad, out, documented
+
+
+def describe_summary(summary: dict) -> str:
+    """One line of main.py's run summary: counts, fallbacks, threshold, weights fingerprint, seconds."""
+    model = summary.get("model") or "?"
+    digest = (summary.get("assets") or {}).get("model.pt") if isinstance(summary.get("assets"), dict) else None
+    return (f"{summary['chips_written']} of {summary['chips_expected']} masks written, "
+            f"{len(summary['fallback'])} fallback, {len(summary['failed'])} failed; model {model}"
+            f"{f' (model.pt sha256 {digest[:12]})' if isinstance(digest, str) else ''}, threshold "
+            f"{summary['threshold']}, tta {summary.get('tta')}, {summary['seconds']} s")
 
 
 #: ``make runtime-env`` (scripts/runtime_env.sh) links the runtime's environment here, in the repository root
@@ -258,7 +290,7 @@ def _emulate(root: Path, keep: bool, zip_path: Path, features: Path, labels: Opt
     """The emulation itself in ``root`` (an empty folder, removed afterwards unless ``keep``)."""
     verdict = {"ok": False, "n_chips": 0, "missing": [], "extra": [], "invalid": {}, "seconds": None,
                "returncode": None, "jaccard": None, "reasons": [], "root": str(root), "python": str(python),
-               "versions": versions}
+               "versions": versions, "summary": None, "fallback": [], "fallback_documented": {}}
     try:
         # links are copied as links, as the runtime would mount them: a broken link or a loop is main.py's to
         # survive, not a reason for the emulator to stop before main.py runs
@@ -305,8 +337,12 @@ def _emulate(root: Path, keep: bool, zip_path: Path, features: Path, labels: Opt
                      f"{'its log is above' if echo else 'the end of its log follows'}; --keep FOLDER keeps main.log")
             verdict["reasons"].insert(0, f"main.py exited with code {proc.returncode} ({where})")
         log_text = (root / "main.log").read_text()
-        verdict["fallback"], why, verdict["fallback_documented"] = _fallback_reasons(
-            log_text, root / "data" / "test_features")
+        verdict["summary"], problem = read_summary(log_text)
+        if problem:
+            why = [problem]
+        else:
+            verdict["fallback"], why, verdict["fallback_documented"] = _summary_reasons(
+                verdict["summary"], root / "data" / "test_features", verdict)
         if why:
             verdict["ok"] = False
             verdict["reasons"].extend(why)
