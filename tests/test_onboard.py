@@ -21,6 +21,8 @@ from cloudkd.onboard.scene import predict_scene, torch_predictor
 from cloudkd.student.runs import load_student
 from cloudkd.student.unet import CompactUNet
 
+from conftest import invoke, one_line_refusal
+
 runner = CliRunner()
 
 
@@ -369,7 +371,10 @@ def test_bench_rows_for_student_backends_and_thresholding(student, small_data, t
                   "student_onnx_int8": str(tmp_path / "exp" / "model_int8.onnx"), REFERENCE: str(ref)},
                  str(test.features_dir), str(test.labels_dir), threads=1, batch=4, n_latency=3, progress=False)
     by = {r["name"]: r for r in rows}
+    # the rows in the order given, the speed reference first; each run as what its path is
     assert list(by) == [REFERENCE, "thresholding", "student_torch", "student_onnx_fp32", "student_onnx_int8"]
+    assert [r["kind"] for r in rows] == ["reference", "thresholding", "student", "onnx", "onnx"]
+    assert [r["int8"] for r in rows] == [True, False, False, False, True]  # the int8 ones: from export.json
     # the speed reference in the same run, and the distance to the machine's measured peak
     assert by[REFERENCE]["x_reference"] == 1.0 and by[REFERENCE]["jaccard"] is None
     assert by[REFERENCE]["macs"] == _unet_macs((8, 16, 24, 32, 72), 512)
@@ -422,11 +427,12 @@ def test_bench_worker_times_chips_on_a_known_clock(small_data, monkeypatch):
         clock[0] += next(singles) if len(calls) <= 6 else 0.002 * len(refl)
         return np.ones((len(refl),) + refl.shape[2:], bool)  # everything cloud
 
-    monkeypatch.setattr(bench_mod, "_load", lambda *args, **kwargs: (predict, 7, 8, 9))
+    monkeypatch.setattr(bench_mod, "_load", lambda *args, **kwargs: (predict, {
+        "params": 7, "bytes": 8, "macs": 9, "int8": False, "threshold": 0.5}))
     monkeypatch.setattr(bench_mod, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     test = resolve_split(small_data, "test")
-    row = bench_mod.run_worker("student_torch", "x", str(test.features_dir), str(test.labels_dir), threads=1,
-                               batch=4, n_latency=5)
+    row = bench_mod.run_worker("student_torch", "student", "x", str(test.features_dir), str(test.labels_dir),
+                               threads=1, batch=4, n_latency=5)
     assert calls == [1, 1, 1, 1, 1, 1, 4, 4, 2]
     # latencies 3, 4, 7, 10, 20 ms: median 7; p90 (linear interpolation) 10 + 0.6 * (20 - 10) = 16
     assert row["ms_per_chip_median"] == pytest.approx(7.0) and row["ms_per_chip_p90"] == pytest.approx(16.0)
@@ -439,7 +445,7 @@ def test_bench_worker_times_chips_on_a_known_clock(small_data, monkeypatch):
 def test_bench_peer_row_uses_the_installed_peer_and_clears_nodata(small_data, tmp_path, monkeypatch):
     """The optional ukis-csmask row: the worker predicts each chip with the peer (here a stand-in that calls every
     pixel cloud), clears nodata pixels like every other row, and reports the peer's parameters and file size;
-    demo_models adds the row only when the peer is installed and asked for, and says why when it is not."""
+    peer_model gives the peer only when it is installed, and says why when it is not."""
     import cloudkd.onboard.bench as bench_mod
     from cloudkd.data import read_label
     from cloudkd.teacher import peer
@@ -457,8 +463,8 @@ def test_bench_peer_row_uses_the_installed_peer_and_clears_nodata(small_data, tm
     monkeypatch.setattr(peer, "model_file", lambda: onnx_file)
     test = resolve_split(small_data, "test")
     ids = test.chip_ids()
-    row = bench_mod.run_worker("csmask_peer", str(onnx_file), str(test.features_dir), str(test.labels_dir),
-                               threads=1, batch=4, n_latency=2)
+    row = bench_mod.run_worker(bench_mod.PEER, "peer", str(onnx_file), str(test.features_dir),
+                               str(test.labels_dir), threads=1, batch=4, n_latency=2)
     assert (row["params"], row["bytes"], row["macs"]) == (19_000_000, 123, 0)
     assert seen[0] == ((4, 96, 96), 1) and len(seen) == 1 + 2 + len(ids)  # warm-up, latency, every chip
     refl = np.stack([read_chip(test.chip_dir(c)) for c in ids])
@@ -467,15 +473,116 @@ def test_bench_peer_row_uses_the_installed_peer_and_clears_nodata(small_data, tm
     assert (~pred).any()  # the small set has nodata wedges, so the clearing is exercised
     assert row["jaccard"] == pytest.approx((pred & lab).sum() / (pred | lab).sum(), abs=1e-12)
 
-    ref_dir = tmp_path / "demo" / "bench_reference"
-    ref_dir.mkdir(parents=True)
-    (ref_dir / "reference_unet_s_int8.onnx").write_bytes(b"ref")  # reused as is: no export needed here
+    assert bench_mod.row_kind(bench_mod.PEER, onnx_file) == "peer"
     logs = []
-    for installed, ask in ((True, True), (True, False), (False, True)):
+    for installed in (True, False):
         monkeypatch.setattr(peer, "available", lambda: installed)
-        got = bench_mod.demo_models(test, tmp_path / "demo", peer=ask, log=logs.append)
-        assert ("csmask_peer" in got) == (installed and ask)
-    assert any("skipping csmask_peer" in m and peer.INSTALL in m for m in logs)
+        assert bench_mod.peer_model(log=logs.append) == (onnx_file if installed else None)
+    assert logs == [f"skipping csmask_peer: {peer.NAME} is not installed ({peer.INSTALL})"]
+
+
+@pytest.fixture(scope="module")
+def bench_inputs(student, small_data, tmp_path_factory):
+    """A thresholding model (thr.json) and the student's export (exp/) for the bench command."""
+    from cloudkd.baselines.threshold import fit_threshold
+    from cloudkd.data import load_index
+
+    root = tmp_path_factory.mktemp("bench")
+    idx = load_index(resolve_split(small_data))
+    fit_threshold(idx["features"], idx["label"], progress=False).save(root / "thr.json")
+    export(student, root / "exp", calib=small_data / "train_features",
+           heldout=resolve_split(small_data, "test").features_dir, n_calib=8, n_check=4, size=96,
+           measure_memory=False)
+    return root / "thr.json", root / "exp"
+
+
+_QUICK = ["--threads", 1, "--batch", 2, "--n-latency", 1, "--limit", 3, "--no-peer"]
+
+
+def test_bench_command_measures_the_models_it_is_given(student, small_data, bench_inputs, tmp_path, capsys):
+    """`onboard bench --model [NAME=]PATH ... --data D --out OUT`: one row per model, named as given (or by its
+    file), run as what the path is; the speed reference first, its model made in OUT; nothing of the demo."""
+    from cloudkd.common.metrics import Confusion, confusion
+    from cloudkd.common.sizes import count_params
+    from cloudkd.data import read_label
+    from cloudkd.onboard.bench import REFERENCE
+
+    thr, exp = bench_inputs
+    out = tmp_path / "b"
+    code, text = invoke(["onboard", "bench", "--model", f"torch={student}", "--model", exp / "model_int8.onnx",
+                         "--model", thr, "--data", small_data, "--out", out, *_QUICK], capsys)
+    assert code == 0, text
+    rows = json.loads((out / "bench.json").read_text())
+    assert [(r["name"], r["kind"], r["path"]) for r in rows] == [
+        (REFERENCE, "reference", str(out / "reference_unet_s_int8.onnx")), ("torch", "student", str(student)),
+        ("model_int8", "onnx", str(exp / "model_int8.onnx")), ("thr", "thresholding", str(thr))]
+    assert (out / "reference_unet_s_int8.onnx").is_file() and "demo" not in text
+    assert all(r["n_chips"] == 3 and r["threads"] == 1 and r["batch"] == 2 for r in rows)
+    assert rows[1]["params"] == count_params(load_student(student))
+    art = json.loads((exp / "export.json").read_text())["artefacts"]["onnx_int8"]
+    assert (rows[2]["params"], rows[2]["macs"], rows[2]["int8"]) == (art["params"], art["macs"], True)
+    assert rows[2]["peak_gmacs_per_s"] == rows[0]["peak_gmacs_per_s"]  # int8 rows against the int8 peak
+    # the student's Jaccard on the first 3 held-out chips, computed here
+    test = resolve_split(small_data, "test")
+    total, model = Confusion(), load_student(student)
+    with torch.no_grad():
+        for c in test.chip_ids()[:3]:
+            x = torch.from_numpy(normalise(read_chip(test.chip_dir(c)))[None])
+            total += confusion(model(x)[0, 0] > 0, read_label(test.label_path(c)))
+    assert rows[1]["jaccard"] == pytest.approx(total.jaccard(), abs=1e-9)
+    md = (out / "bench.md").read_text()
+    assert "| torch |" in md and "| model_int8 |" in md and (out / "bench.png").is_file()
+
+
+def test_bench_without_models_is_the_demos_table(student, small_data, bench_inputs, tmp_path, capsys, monkeypatch):
+    """The README's spelling, `cloudkd onboard bench --out runs/bench` (and docs/studies.md's `--student RUN
+    --export-dir DIR`), still benchmarks the models make demo left in runs/demo on data/generated/demo."""
+    import shutil
+
+    thr, exp = bench_inputs
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "generated").mkdir(parents=True)
+    (tmp_path / "data" / "generated" / "demo").symlink_to(small_data)
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    shutil.copy(thr, tmp_path / "runs" / "demo" / "threshold.json")
+    code, text = invoke(["onboard", "bench", "--out", "runs/bench", "--student", student, "--export-dir", exp,
+                         "--no-reference", *_QUICK], capsys)
+    assert code == 0, text
+    rows = json.loads((tmp_path / "runs" / "bench" / "bench.json").read_text())
+    assert [(r["name"], r["path"]) for r in rows] == [
+        ("thresholding", "runs/demo/threshold.json"), ("student_torch", str(student)),
+        ("student_onnx_fp32", str(exp / "model_fp32.onnx")), ("student_onnx_int8", str(exp / "model_int8.onnx"))]
+    assert "skipping nnunet_teacher: runs/demo/nnunet not found" in text
+    assert "skipping smp_resnet34: runs/demo/distill/resnet34 not found" in text
+    assert rows[0]["n_chips"] == 3  # the held-out chips of data/generated/demo
+
+
+def test_bench_bad_input_is_one_clear_line(student, small_data, bench_inputs, tmp_path, capsys):
+    from cloudkd.onboard.bench import REFERENCE
+
+    thr, exp = bench_inputs
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "other.json").write_text("{}")
+    out = tmp_path / "b"
+    cases = [
+        (["--model", tmp_path / "none"], "model not found"),
+        (["--model", tmp_path / "notes.txt"], "unknown model kind"),
+        (["--model", tmp_path / "other.json"], "not a"),
+        (["--model", f"a={student}", "--model", f"a={thr}"], "two rows named 'a'"),
+        (["--model", student, "--student", student], "--student chooses a model of the demo"),
+        (["--model", f"{REFERENCE}={student}"], "is a row of --reference / --peer"),
+        (["--model", f"thresholding={thr}", "--demo", tmp_path], "is a row of --demo"),
+        (["--model", student, "--out", tmp_path / "none"], "--data is needed with --model"),
+        (["--model", student, "--data", small_data, "--out", student / "b"], "lies inside"),
+    ]
+    for args, says in cases:
+        if "--out" not in args:
+            args = args + ["--data", small_data, "--out", out]
+        code, text = invoke(["onboard", "bench", *args, "--no-peer"], capsys)
+        one_line_refusal(code, text, says)
+        assert not out.exists(), args
+    code, text = invoke(["onboard", "bench", "--model", student, "--data", small_data, "--no-peer"], capsys)
+    one_line_refusal(code, text, "--out is needed with --model")
 
 
 def test_predict_scene_with_the_exported_onnx_model_equals_the_pytorch_path(student, small_data, tmp_path):

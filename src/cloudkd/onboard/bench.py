@@ -1,9 +1,12 @@
-"""``cloudkd bench``: every method side by side on the same chips with the same threads.
+"""``cloudkd bench``: models side by side on the same chips with the same threads.
 
-Rows: the speed reference (unet-s int8, see REFERENCE), thresholding, the nnU-Net teacher, the real-trained peer
-ukis-csmask when it is installed (optional), the smp U-Net/ResNet-34 baseline, the student in PyTorch, ONNX fp32
-and ONNX int8. Each method runs in its own fresh process (so its peak resident memory is its own) on the same
-held-out chips, preloaded in memory (reading is not timed):
+Rows: named models (``models``: row name -> path), each anything :func:`cloudkd.student.predictor.load_predictor`
+loads (a student run, its student.pt or a .ckpt, an .onnx file, an nnU-Net work folder) or a thresholding model
+(:mod:`cloudkd.baselines.threshold`'s JSON); the speed reference (unet-s int8, see REFERENCE) and the real-trained
+peer ukis-csmask (PEER, optional) are rows of their own. :func:`demo_models` lists the models ``make demo`` left
+(thresholding, the nnU-Net teacher, the smp U-Net/ResNet-34 baseline, the student in PyTorch, ONNX fp32 and ONNX
+int8). Each row runs in its own fresh process (so its peak resident memory is its own) on the same held-out chips,
+preloaded in memory (reading is not timed):
 
 * latency: ``n_latency`` chips one at a time after one warm-up chip -> median and p90 ms/chip;
 * throughput and quality: every chip in batches of ``batch`` -> chips/s and the global Jaccard of the masks
@@ -17,22 +20,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..common.errors import DataError
 from ..common.infer import DEFAULT_THRESHOLD
 
-METHODS = ("reference_unet_s_int8", "thresholding", "nnunet_teacher", "csmask_peer", "smp_resnet34", "student_torch",
-           "student_onnx_fp32", "student_onnx_int8")
 #: the speed reference kept in every run: today's unet-s as int8 ONNX (fixed random weights: its speed, not its
 #: masks, is what it is for), so speed-ups are ratios measured side by side, whatever the machine's drift
 REFERENCE = "reference_unet_s_int8"
+#: the row of the real-trained peer ukis-csmask (:func:`peer_model`)
+PEER = "csmask_peer"
 
 
 def reference_model(out: os.PathLike | str, calib_features: os.PathLike | str, n_calib: int = 4) -> Path:
@@ -92,19 +96,51 @@ def machine_peak(threads: int, seconds: float = 1.0) -> Dict[str, float]:
     return {"fp32": fp32, "int8": int8}
 
 
-def method_threshold(method: str, path: str) -> float:
-    """The threshold a method's model recorded (a student run's, an exported model's: :func:`recorded_threshold`);
-    the rule's default for the others (the teacher, the speed reference)."""
-    if method in ("smp_resnet34", "student_torch", "student_onnx_fp32", "student_onnx_int8"):
-        from ..student.runs import recorded_threshold
-
-        return recorded_threshold(path)
-    return DEFAULT_THRESHOLD
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
-def _load(method: str, path: str, threads: int, threshold: float = DEFAULT_THRESHOLD):
-    """(predict(refl (N,4,H,W) float32) -> masks (N,H,W), params, bytes, macs); the models' masks come from the
-    one prediction rule at ``threshold`` (nodata pixels clear)."""
+def parse_model(spec: str) -> Tuple[str, str]:
+    """A row ``NAME=PATH``, or ``PATH`` named by its file name without suffix (its folder's name for a folder) ->
+    (name, path)."""
+    name, sep, path = spec.partition("=")
+    if sep and path and _NAME.fullmatch(name):
+        return name, path
+    p = Path(spec)
+    return (p.stem if p.is_file() else p.name) or spec, spec
+
+
+def row_kind(name: str, path: os.PathLike | str) -> str:
+    """How the row ``name`` runs ``path``: ``reference`` (:data:`REFERENCE`), ``peer`` (:data:`PEER`),
+    ``thresholding`` (a threshold model's JSON), or the :func:`cloudkd.student.predictor.model_kind` of the path
+    (``student``, ``onnx``, ``nnunet``). A path that is none of them: a one-line DataError naming it."""
+    if name == REFERENCE:
+        return "reference"
+    if name == PEER:
+        return "peer"
+    p = Path(path)
+    if p.suffix == ".json" and p.name != "student.json" and p.is_file():
+        from ..baselines.threshold import ThresholdModel
+
+        ThresholdModel.load(p)  # a threshold model, or one line naming the file
+        return "thresholding"
+    from ..student.predictor import model_kind
+
+    return model_kind(p)
+
+
+def _export_artefact(path: Path) -> Optional[Tuple[str, dict]]:
+    """(key, entry) of the ONNX file ``path`` in the export.json beside it (``cloudkd onboard export``), or None."""
+    try:
+        artefacts = json.loads((path.parent / "export.json").read_text())["artefacts"]
+        return next((k, a) for k, a in artefacts.items() if Path(a["path"]).name == path.name)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration):
+        return None
+
+
+def _load(kind: str, path: str, threads: int, threshold: Optional[float] = None) -> Tuple[Callable, dict]:
+    """(predict(refl (N,4,H,W) float32) -> masks (N,H,W), {params, bytes, macs, int8, threshold}) of a row of
+    :func:`row_kind` ``kind``. The models' masks come from the one prediction rule at ``threshold`` (None: the
+    model's recorded one, :func:`cloudkd.student.runs.recorded_threshold`; nodata pixels clear)."""
     import torch
 
     from ..common.infer import clear_nodata, masks_from_logits, nodata_mask
@@ -112,42 +148,44 @@ def _load(method: str, path: str, threads: int, threshold: float = DEFAULT_THRES
     from ..student.predictor import load_predictor
 
     torch.set_num_threads(threads)
-    if method == "thresholding":
+    rule = DEFAULT_THRESHOLD if threshold is None else threshold  # reported: these two rows have rules of their own
+    if kind == "thresholding":
         from ..baselines.threshold import ThresholdModel
 
-        m = ThresholdModel.load(path)
-        return (lambda refl: np.stack([m.predict(r) for r in refl]) > 0), 2, Path(path).stat().st_size, 0
-    if method == "csmask_peer":
+        t = ThresholdModel.load(path)
+        return (lambda refl: np.stack([t.predict(r) for r in refl]) > 0), \
+            {"params": 2, "bytes": Path(path).stat().st_size, "macs": 0, "int8": False, "threshold": rule}
+    if kind == "peer":
         from ..teacher import peer
 
-        return (lambda refl: clear_nodata(np.stack([peer.predict_chip(r, threads) for r in refl]),
-                                           nodata_mask(refl))), peer.params(), peer.model_file().stat().st_size, 0
-    kinds = {"nnunet_teacher": "nnunet", "smp_resnet34": "student", "student_torch": "student", REFERENCE: "onnx",
-             "student_onnx_fp32": "onnx", "student_onnx_int8": "onnx"}
-    if method not in kinds:
-        raise ValueError(f"unknown method {method!r}")
-    m = load_predictor(path, threads, kind=kinds[method])
+        def masks(refl):  # the peer's own rule, nodata pixels clear
+            return clear_nodata(np.stack([peer.predict_chip(r, threads) for r in refl]), nodata_mask(refl))
+
+        return masks, {"params": peer.params(), "bytes": peer.model_file().stat().st_size, "macs": 0,
+                         "int8": False, "threshold": rule}
+    m = load_predictor(path, threads, kind="onnx" if kind == "reference" else kind)
+    threshold = m.threshold if threshold is None else threshold
 
     def predict(refl):  # the one prediction rule at ``threshold``, nodata pixels clear
         return masks_from_logits(m.logits(normalise(refl)), threshold, nodata_mask(refl))
 
-    if method == REFERENCE:  # fixed random weights of today's unet-s
+    info = {"params": m.params, "bytes": m.bytes, "macs": m.macs, "int8": False, "threshold": threshold}
+    if kind == "reference":  # fixed random weights of today's unet-s, quantised
         from ..common.sizes import count_macs, count_params
         from ..student.unet import from_preset
 
         ref = from_preset("unet-s")
-        return predict, count_params(ref), m.bytes, count_macs(ref, 512)
-    if m.kind == "onnx":
-        info = json.loads((Path(path).parent / "export.json").read_text())
-        art = info["artefacts"]["onnx_int8" if method.endswith("int8") else "onnx_fp32"]
-        return predict, art["params"], m.bytes, art["macs"]
-    return predict, m.params, m.bytes, (0 if m.macs is None else m.macs)
+        info.update(params=count_params(ref), macs=count_macs(ref, 512), int8=True)
+    elif kind == "onnx":  # what ``cloudkd onboard export`` recorded of it (an ONNX file alone tells neither)
+        key, art = _export_artefact(Path(path)) or ("", {})
+        info.update(params=art.get("params"), macs=art.get("macs"), int8=key.endswith("int8"))
+    return predict, info
 
 
-def run_worker(method: str, path: str, features: str, labels: str, threads: int, batch: int, n_latency: int,
-               limit: Optional[int] = None, threshold: Optional[float] = None) -> dict:
-    """One method, measured in this process (``threshold`` None: the model's recorded one, see
-    :func:`method_threshold`)."""
+def run_worker(name: str, kind: str, path: str, features: str, labels: str, threads: int, batch: int,
+               n_latency: int, limit: Optional[int] = None, threshold: Optional[float] = None) -> dict:
+    """One row (``kind``: :func:`row_kind`), measured in this process (``threshold`` None: the model's recorded
+    one)."""
     from ..data.chips import list_chip_ids, read_chip, read_label
     from ..common.metrics import Confusion, confusion
     from ..common.sizes import vm_hwm_mb
@@ -155,8 +193,7 @@ def run_worker(method: str, path: str, features: str, labels: str, threads: int,
     ids = list_chip_ids(features)[:limit] if limit else list_chip_ids(features)
     refl = np.stack([read_chip(Path(features) / c) for c in ids])
     labs = np.stack([read_label(Path(labels) / f"{c}.tif") for c in ids])
-    threshold = method_threshold(method, path) if threshold is None else threshold
-    predict, params, nbytes, macs = _load(method, path, threads, threshold)
+    predict, info = _load(kind, path, threads, threshold)
     predict(refl[:1])  # warm-up
     lat = []
     for i in range(min(n_latency, len(ids))):
@@ -169,35 +206,36 @@ def run_worker(method: str, path: str, features: str, labels: str, threads: int,
         masks = predict(refl[i:i + batch])
         conf += confusion(masks, labs[i:i + batch] > 0)
     seconds = time.perf_counter() - t0
-    return {"name": method, "path": path, "params": params, "bytes": nbytes, "macs": macs,
-            "ms_per_chip_median": float(np.median(lat)), "ms_per_chip_p90": float(np.percentile(lat, 90)),
-            "chips_per_s": len(ids) / seconds, "peak_rss_mb": vm_hwm_mb(), "jaccard": conf.jaccard(),
-            "n_chips": len(ids), "threads": threads, "batch": batch, "threshold": threshold}
+    return {"name": name, "kind": kind, "path": path, "params": info["params"], "bytes": info["bytes"],
+            "macs": info["macs"], "int8": info["int8"], "ms_per_chip_median": float(np.median(lat)),
+            "ms_per_chip_p90": float(np.percentile(lat, 90)), "chips_per_s": len(ids) / seconds,
+            "peak_rss_mb": vm_hwm_mb(), "jaccard": conf.jaccard(), "n_chips": len(ids), "threads": threads,
+            "batch": batch, "threshold": info["threshold"]}
 
 
 def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, batch: int = 8,
           n_latency: int = 16, limit: Optional[int] = None, progress: bool = True,
           threshold: Optional[float] = None, peak: bool = True) -> List[dict]:
-    """Run every method of ``models`` (method -> path) in its own process; rows in METHODS order. ``threshold``
-    None: each model's recorded threshold (:func:`method_threshold`).
+    """Run every row of ``models`` (row name -> path, see :func:`row_kind`) in its own process; rows in the order
+    given, the speed reference (:data:`REFERENCE`) first. ``threshold`` None: each model's recorded threshold.
 
     With the reference in ``models`` every row gets ``x_reference`` (its chips/s over the reference's, measured
     in the same run); with ``peak`` every row gets ``gmacs_per_s`` (MACs per chip x chips/s) and ``peak_share``
     (that over the machine's measured peak: int8 rows against the int8 peak, the others against fp32)."""
     rows = []
-    for method in [m for m in METHODS if m in models]:
-        args = json.dumps({"method": method, "path": str(models[method]), "features": str(features),
-                           "labels": str(labels), "threads": threads, "batch": batch, "n_latency": n_latency,
-                           "limit": limit, "threshold": threshold})
+    for name in sorted(models, key=lambda n: n != REFERENCE):  # stable: the others keep their order
+        args = json.dumps({"name": name, "kind": row_kind(name, models[name]), "path": str(models[name]),
+                           "features": str(features), "labels": str(labels), "threads": threads, "batch": batch,
+                           "n_latency": n_latency, "limit": limit, "threshold": threshold})
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         p = subprocess.run([sys.executable, "-m", "cloudkd.onboard.bench", args], capture_output=True, text=True, env=env)
         if p.returncode != 0:
-            raise RuntimeError(f"bench worker for {method} failed:\n{p.stderr[-3000:]}")
+            raise RuntimeError(f"bench worker for {name} failed:\n{p.stderr[-3000:]}")
         row = json.loads(p.stdout.strip().splitlines()[-1])
         rows.append(row)
         if progress:
-            print(f"  {method}: {row['ms_per_chip_median']:.1f} ms/chip median, {row['chips_per_s']:.2f} chips/s, "
-                  + (f"Jaccard {row['jaccard']:.4f}" if method != REFERENCE else "(speed reference)"), flush=True)
+            print(f"  {name}: {row['ms_per_chip_median']:.1f} ms/chip median, {row['chips_per_s']:.2f} chips/s, "
+                  + (f"Jaccard {row['jaccard']:.4f}" if name != REFERENCE else "(speed reference)"), flush=True)
     ref = next((r for r in rows if r["name"] == REFERENCE), None)
     peaks = None
     if peak:
@@ -212,10 +250,32 @@ def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, 
         r["x_reference"] = r["chips_per_s"] / ref["chips_per_s"] if ref else None
         r["gmacs_per_s"] = r["macs"] * r["chips_per_s"] / 1e9 if r["macs"] else None
         if peaks is not None:
-            kind = "int8" if r["name"].endswith("int8") else "fp32"
+            kind = "int8" if r["int8"] else "fp32"
             r["peak_gmacs_per_s"] = peaks[kind]
             r["peak_share"] = r["gmacs_per_s"] / peaks[kind] if r["gmacs_per_s"] else None
     return rows
+
+
+def peer_model(log=print) -> Optional[Path]:
+    """The model file of the real-trained peer ukis-csmask (the :data:`PEER` row) when it is installed; else None,
+    and ``log`` says how to install it."""
+    from ..teacher import peer
+
+    if peer.available():
+        return peer.model_file()
+    log(f"skipping {PEER}: {peer.NAME} is not installed ({peer.INSTALL})")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The demo's models: a convenience for ``cloudkd onboard bench --demo`` (the README's table)
+# ---------------------------------------------------------------------------------------------------------------
+#: where ``make demo`` leaves its models and data, and where the README's bench writes (``onboard bench`` without
+#: ``--model``)
+DEMO_DIR, DEMO_DATA, DEMO_OUT = Path("runs/demo"), Path("data/generated/demo"), Path("runs/bench")
+#: the rows of the demo's models, in table order (:func:`demo_models`)
+DEMO_ROWS = ("thresholding", "nnunet_teacher", "smp_resnet34", "student_torch", "student_onnx_fp32",
+             "student_onnx_int8")
 
 
 def _export_of(student: Path, export_dir: Path) -> None:
@@ -230,19 +290,16 @@ def _export_of(student: Path, export_dir: Path) -> None:
 
 
 def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34: Optional[Path] = None,
-                export_dir: Optional[Path] = None, threshold: Optional[float] = None, peer: bool = True,
-                log=print) -> Dict[str, Path]:
-    """The models ``make demo`` left in ``demo_dir`` (method -> path, those present), with the student exported to
-    ONNX first when its export is missing (calibrated on the training split of ``split``'s root), the speed
-    reference (made once in DEMO/bench_reference), and with ``peer`` the ukis-csmask peer when it is installed."""
+                export_dir: Optional[Path] = None, threshold: Optional[float] = None, log=print) -> Dict[str, Path]:
+    """The rows of the models ``make demo`` left in ``demo_dir`` (row name -> path, those present: thresholding,
+    the nnU-Net teacher, the smp ResNet-34, the student in PyTorch, ONNX fp32 and int8), with the student exported
+    to ONNX first when its export is missing (calibrated on the training split of ``split``'s root)."""
     from ..data.roots import resolve_split
     from .export import export
 
     student = student or demo_dir / "student"
     resnet34 = resnet34 or demo_dir / "distill" / "resnet34"
     export_dir = export_dir or demo_dir / "export"
-    models = {"thresholding": demo_dir / "threshold.json", "nnunet_teacher": demo_dir / "nnunet",
-              "smp_resnet34": resnet34, "student_torch": student}
     if (student / "student.json").is_file() and (export_dir / "export.json").is_file():
         _export_of(student, export_dir)  # another model's export is neither benchmarked as this one nor replaced
     if (student / "student.json").is_file() and not (export_dir / "model_int8.onnx").is_file():
@@ -250,16 +307,8 @@ def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34:
         train = resolve_split(split.root, "train").features_dir if (split.root / "train_features").is_dir() else None
         export(student, export_dir, calib=train, heldout=split.features_dir if train else None, int8=bool(train),
                threshold=threshold, force=True)  # the demo's own export (a folder cloudkd did not write: refused)
-    models["student_onnx_fp32"] = export_dir / "model_fp32.onnx"
-    models["student_onnx_int8"] = export_dir / "model_int8.onnx"
-    models[REFERENCE] = reference_model(export_dir.parent / "bench_reference", split.features_dir)
-    if peer:
-        from ..teacher import peer as peer_mod
-
-        if peer_mod.available():
-            models["csmask_peer"] = peer_mod.model_file()
-        else:
-            log(f"skipping csmask_peer: {peer_mod.NAME} is not installed ({peer_mod.INSTALL})")
+    models = dict(zip(DEMO_ROWS, (demo_dir / "threshold.json", demo_dir / "nnunet", resnet34, student,
+                                  export_dir / "model_fp32.onnx", export_dir / "model_int8.onnx")))
     for k, v in models.items():
         if not Path(v).exists():
             log(f"skipping {k}: {v} not found")
@@ -323,5 +372,5 @@ if __name__ == "__main__":
     if "peak" in a:
         print(json.dumps(machine_peak(int(a["peak"]))))
         sys.exit(0)
-    print(json.dumps(run_worker(a["method"], a["path"], a["features"], a["labels"], a["threads"], a["batch"],
-                                a["n_latency"], a.get("limit"), a.get("threshold"))))
+    print(json.dumps(run_worker(a["name"], a["kind"], a["path"], a["features"], a["labels"], a["threads"],
+                                a["batch"], a["n_latency"], a.get("limit"), a.get("threshold"))))

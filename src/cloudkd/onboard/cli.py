@@ -4,7 +4,7 @@ side-by-side benchmark."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -219,48 +219,93 @@ BENCH_KIND = "bench-report"
 
 @app.command("bench")
 def bench_cmd(
-    data: Path = typer.Option(Path("data/generated/demo"), help="Labelled held-out chips (dataset root: its test "
-                                                                 "split, or a *_features folder)."),
-    demo_dir: Path = typer.Option(Path("runs/demo"), "--demo", help="Where make demo left its models."),
-    student: Optional[Path] = typer.Option(None, help="Student run (default DEMO/student)."),
-    resnet34: Optional[Path] = typer.Option(None, help="smp ResNet-34 run (default DEMO/distill/resnet34)."),
-    export_dir: Optional[Path] = typer.Option(None, help="cloudkd export folder (default DEMO/export; made if "
-                                                         "missing)."),
-    threads: int = typer.Option(2, callback=cores(1), help="Threads for every method."),
+    model: List[str] = typer.Option([], "--model", "-m", metavar="[NAME=]PATH",
+                                    help="A row: PATH a student run folder (or its student.pt / a .ckpt), an .onnx "
+                                         "file, an nnU-Net work folder or a thresholding model's JSON; NAME "
+                                         "defaults to the file or folder name. Repeatable."),
+    data: Optional[Path] = typer.Option(None, help="Labelled held-out chips (dataset root: its test split, or a "
+                                                   "*_features folder). Needed with --model; the demo's: "
+                                                   "data/generated/demo."),
+    out: Optional[Path] = typer.Option(None, "--out", callback=output_check, help="Folder for bench.md, bench.json, "
+                                                                                  "bench.png and the speed "
+                                                                                  "reference's model. Needed with "
+                                                                                  "--model; the demo's: runs/bench."),
+    demo_dir: Optional[Path] = typer.Option(None, "--demo", help="Add the rows of the models make demo left here "
+                                                                 "(thresholding, teacher, ResNet-34, student in "
+                                                                 "PyTorch, ONNX fp32 and int8; the student exported "
+                                                                 "first when its export is missing). Without --model: "
+                                                                 "runs/demo."),
+    student: Optional[Path] = typer.Option(None, help="With --demo: the student run (default DEMO/student)."),
+    resnet34: Optional[Path] = typer.Option(None, help="With --demo: the smp ResNet-34 run (default "
+                                                       "DEMO/distill/resnet34)."),
+    export_dir: Optional[Path] = typer.Option(None, help="With --demo: the student's cloudkd export folder (default "
+                                                         "DEMO/export; made if missing)."),
+    reference: bool = typer.Option(True, "--reference/--no-reference", help="Add the speed reference row (unet-s "
+                                                                            "int8 with fixed random weights, made in "
+                                                                            "OUT)."),
+    peer: bool = typer.Option(True, "--peer/--no-peer", help="Add the real-trained ukis-csmask peer when it is "
+                                                             "installed (about 1.3 s per chip on 2 cores)."),
+    threads: int = typer.Option(2, callback=cores(1), help="Threads for every row."),
     batch: int = typer.Option(8, callback=at_least(1), help="Batch size of the throughput pass."),
     n_latency: int = typer.Option(16, callback=at_least(1), help="Chips timed one by one."),
     limit: Optional[int] = typer.Option(None, callback=at_least(1), help="Use only the first N chips."),
-    out: Path = typer.Option(Path("runs/bench"), "--out", callback=output_check, help="Folder for bench.md, "
-                                                                                      "bench.json, bench.png."),
     threshold: Optional[float] = model_threshold_option("Cloud probability threshold of every model's masks "
                                                         "(default: each model's recorded threshold: a student "
                                                         "run's, an exported model's; the rule's default for the "
                                                         "teacher)."),
-    peer: bool = typer.Option(True, "--peer/--no-peer", help="Add the real-trained ukis-csmask peer when it is "
-                                                             "installed (about 1.3 s per chip on 2 cores)."),
     force: bool = typer.Option(False, help="Replace a bench cloudkd wrote at OUT (nothing else is replaced)."),
 ):
-    """Speed reference, thresholding, teacher, peer, ResNet-34, student (PyTorch, ONNX fp32, ONNX int8) side by
-    side."""
+    """Models side by side on the same held-out chips: latency, throughput, size, MACs, memory, Jaccard (with the
+    speed reference and the ukis-csmask peer). Without --model: the demo's models (--demo runs/demo)."""
     import json as _json
 
     from ..common.io import atomic_write
     from ..common.outputs import check_folder, folder_output, outputs_apart
     from ..data.roots import resolve_split
-    from .bench import bench, demo_models, plot, to_markdown
+    from .bench import (DEMO_DATA, DEMO_DIR, DEMO_OUT, DEMO_ROWS, PEER, REFERENCE, bench, demo_models, parse_model,
+                        peer_model, plot, reference_model, row_kind, to_markdown)
 
+    rows = [parse_model(m) for m in model]
+    if not rows:  # the demo's table, as the README spells it
+        demo_dir, data, out = demo_dir or DEMO_DIR, data or DEMO_DATA, out or DEMO_OUT
+    if demo_dir is None:
+        for option, value in (("--student", student), ("--resnet34", resnet34), ("--export-dir", export_dir)):
+            if value is not None:
+                fail(f"{option} chooses a model of the demo (--demo DIR); give other models as --model rows", 2)
+    for option, value in (("--data", data), ("--out", out)):
+        if value is None:
+            fail(f"{option} is needed with --model", 2)
+    names = [n for n, _ in rows]
+    for n in names:
+        if n in (REFERENCE, PEER) or (demo_dir is not None and n in DEMO_ROWS):
+            fail(f"--model {n}=...: {n} is a row of " + ("--demo" if n in DEMO_ROWS else "--reference / --peer")
+                 + "; name the model otherwise", 2)
+        if names.count(n) > 1:
+            fail(f"--model: two rows named {n!r}; name them with NAME=PATH", 2)
+    for n, path in rows:
+        row_kind(n, path)  # a model bench can run, or one line naming the path
     # the output policy, before any work (demo_models may export the student): apart from the data and the models
-    outputs_apart([out], [data, demo_dir, student, resnet34, export_dir])
+    outputs_apart([out], [data, demo_dir, student, resnet34, export_dir, *(p for _, p in rows)])
     check_folder(out, BENCH_KIND, force, "--out")
     split = resolve_split(data, "test") if not data.name.endswith("_features") else resolve_split(data)
-    present = demo_models(split, demo_dir, student, resnet34, export_dir, threshold, peer=peer,
-                          log=typer.echo)
-    rows = bench({k: str(v) for k, v in present.items()}, str(split.features_dir), str(split.labels_dir),
-                 threads=threads, batch=batch, n_latency=n_latency, limit=limit, threshold=threshold)
-    md = to_markdown(rows)
+    models = {}
+    if demo_dir is not None:
+        models = {k: str(v) for k, v in demo_models(split, demo_dir, student, resnet34, export_dir, threshold,
+                                                     log=typer.echo).items()}
+    models.update(rows)
+    if peer and (p := peer_model(log=typer.echo)) is not None:
+        models[PEER] = str(p)
     with folder_output(out, BENCH_KIND, force, "--out") as build:
+        if reference:  # made with the report, so bench.json names a model that is there
+            models[REFERENCE] = str(reference_model(build, split.features_dir))
+        table = bench(models, str(split.features_dir), str(split.labels_dir), threads=threads, batch=batch,
+                      n_latency=n_latency, limit=limit, threshold=threshold)
+        for r in table:
+            if r["name"] == REFERENCE:
+                r["path"] = str(out / Path(r["path"]).name)
+        md = to_markdown(table)
         atomic_write(build / "bench.md", lambda t: Path(t).write_text(md + "\n"))
-        atomic_write(build / "bench.json", lambda t: Path(t).write_text(_json.dumps(rows, indent=2)))
-        plot(rows, build / "bench.png")
+        atomic_write(build / "bench.json", lambda t: Path(t).write_text(_json.dumps(table, indent=2)))
+        plot(table, build / "bench.png")
     typer.echo(md)
     typer.echo(f"-> {out / 'bench.md'}, {out / 'bench.json'}, {out / 'bench.png'}")
