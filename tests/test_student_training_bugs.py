@@ -306,6 +306,7 @@ def test_a_run_records_what_it_trains(started_run, small_data):
     (("--val-fold", 1), "--val-fold", "0 -> 1"),
     (("--threshold", 0.6), "--threshold", "0.5 -> 0.6"),
     (("--seed", 3), "--seed", "0 -> 3"),
+    (("--precision", "bf16-mixed"), "--precision", "'32-true' -> 'bf16-mixed'"),
 ])
 def test_resume_refuses_a_changed_setting_and_writes_nothing(small_data, run_copy, capsys, change, field, shown):
     before = snapshot(run_copy)
@@ -392,3 +393,59 @@ def test_a_run_killed_while_exporting_says_resume_and_resume_finishes_it(small_d
     code, text = invoke(predict + ["--force"], capsys)
     one_line_refusal(code, text, "left no")
     assert "--resume" not in text and "--force" in text
+
+
+# ---------------------------------------------------------------------------------------- 5. --precision
+def test_a_bf16_mixed_run_trains_on_a_cpu_records_it_and_resumes_only_with_it(small_data, tmp_path, capsys,
+                                                                               monkeypatch):
+    from cloudkd.student.module import StudentModule
+
+    computed = set()  # the dtype of the student's logits in training steps
+    forward = StudentModule.forward
+
+    def recording(self, x):
+        z = forward(self, x)
+        if self.training:
+            computed.add(z.dtype)
+        return z
+
+    monkeypatch.setattr(StudentModule, "forward", recording)
+    run = tmp_path / "run"
+    code, text = invoke(_train_args(small_data, run, "--precision", "bf16-mixed"), capsys)
+    assert code == 0, text
+    assert computed == {torch.bfloat16}  # autocast to bfloat16 (float32 at the default 32-true)
+    state = torch.load(run / "student.pt", map_location="cpu", weights_only=True)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}  # mixed: float32 weights
+    assert json.loads((run / "student.json").read_text())["config"]["precision"] == "bf16-mixed"
+    assert json.loads((run / "run.json").read_text())["identity"]["precision"] == "bf16-mixed"
+    before = snapshot(run)
+    code, text = invoke(_train_args(small_data, run, "--resume", "--epochs", 2, "--precision", "32"), capsys)
+    one_line_refusal(code, text, "--precision 'bf16-mixed' -> '32-true'")
+    assert snapshot(run) == before
+    code, text = invoke(_train_args(small_data, run, "--resume", "--epochs", 2, "--precision", "bf16"), capsys)
+    assert code == 0, text  # Lightning's alias of bf16-mixed is the same precision
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
+
+
+@pytest.mark.parametrize("command,value", [("train", "bf16-true"), ("train", "8"), ("train", "half"),
+                                           ("train", "transformer-engine"), ("distill", "nan")])
+def test_a_precision_the_students_do_not_train_in_is_refused_in_one_line(small_data, tmp_path, capsys, command,
+                                                                         value):
+    args = _train_args(small_data, tmp_path / "run", "--precision", value)
+    args[1] = command
+    code, text = invoke(args, capsys)
+    one_line_refusal(code, text, f"Invalid value for '--precision': {value!r} is not a training precision")
+    assert "bf16-mixed (or bf16; recommended on a GPU)" in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_recorded_before_precision_existed_was_trained_at_32_true(small_data, run_copy, capsys):
+    path = run_copy / "run.json"
+    rec = json.loads(path.read_text())
+    del rec["identity"]["precision"]
+    path.write_text(json.dumps(rec))
+    code, text = invoke(_train_args(small_data, run_copy, "--resume", "--epochs", 2, "--precision", "bf16-mixed"),
+                        capsys)
+    one_line_refusal(code, text, "--precision '32-true' -> 'bf16-mixed'")
+    code, text = invoke(_train_args(small_data, run_copy, "--resume", "--epochs", 2), capsys)
+    assert code == 0, text

@@ -9,7 +9,7 @@ import typer
 
 from ..common.cli import (at_least, check_memory, cores, exclude_option, fail, finite, folder_output_check,
                           model_threshold_option, output_check, side, split_option, stage_app, threshold_option)
-from .config import DISTILL_KD_WEIGHT, RUN_KIND, TrainConfig as C
+from .config import DISTILL_KD_WEIGHT, PRECISION_CHOICES, RUN_KIND, TrainConfig as C, lightning_precision
 
 #: unet-s training memory per pixel of batch x crop^2 (forward + backward; measured 830-990 B/px)
 TRAIN_BYTES_PER_PIXEL = 1000
@@ -83,7 +83,7 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
          unlabelled: Optional[Path], steps: Optional[int], accelerator: str, devices: int, num_nodes: int,
          strategy: str, workers: int, seed: int, resume: bool, cloud_paste: float, boundary_ignore: int,
          threshold: float, force: bool, exclude: Optional[Path] = None, teacher_folds: Optional[list] = None,
-         allow_teacher_leak: bool = False):
+         allow_teacher_leak: bool = False, precision: str = C.precision):
     import os
 
     from ..common.outputs import folder_lock, outputs_apart, remove_tree, replace_on_success
@@ -105,7 +105,8 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
                       soft_dir=str(soft) if soft else None, teacher_nnunet=str(teacher_nnunet) if teacher_nnunet
                       else None, teacher_onnx=str(teacher_onnx) if teacher_onnx else None,
                       teacher_onnx_output=onnx_output, unlabelled=str(unlabelled) if unlabelled else None,
-                      limit_train_batches=steps, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                      limit_train_batches=steps, accelerator=accelerator, precision=precision, devices=devices,
+                      num_nodes=num_nodes,
                       strategy=strategy, num_workers=workers, seed=seed, resume=resume, cloud_paste=cloud_paste,
                       boundary_ignore=boundary_ignore, threshold=threshold,
                       exclude=str(exclude) if exclude else None, teacher_folds=teacher_folds,
@@ -150,6 +151,14 @@ def _fit_into(fit, cfg, into: Path):
         return fit(cfg, into=into)
     finally:
         os.environ.pop(BUILD_ENV, None)
+
+
+def _precision(value: str) -> str:
+    """``--precision``: Lightning's name of the precision given (``config.lightning_precision``)."""
+    try:
+        return lightning_precision(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _fold_list(value: Optional[str]) -> Optional[list]:
@@ -210,6 +219,9 @@ def _train_options(distill: bool):
         steps=typer.Option(None, callback=at_least(1), help="Training steps per epoch (default: one pass over the "
                                                             "chips)."),
         accelerator=typer.Option(C.accelerator, help="auto, cpu, gpu."),
+        precision=typer.Option(C.precision, callback=_precision,
+                               help=f"Lightning's training precision: {PRECISION_CHOICES}. Recorded with the run "
+                                    "(--resume refuses another)."),
         devices=typer.Option(C.devices, callback=at_least(1), help="Devices (processes) per node."),
         num_nodes=typer.Option(C.num_nodes, callback=at_least(1), help="Nodes."),
         strategy=typer.Option(C.strategy, help="Lightning strategy, e.g. ddp."),
@@ -242,7 +254,8 @@ def train(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _FOL
           teacher_nnunet: Optional[Path] = _T["teacher_nnunet"], teacher_onnx: Optional[Path] = _T["teacher_onnx"],
           teacher_folds: Optional[str] = _T["teacher_folds"], allow_teacher_leak: bool = _T["allow_teacher_leak"],
           onnx_output: str = _T["onnx_output"], unlabelled: Optional[Path] = _T["unlabelled"],
-          steps: Optional[int] = _T["steps"], accelerator: str = _T["accelerator"], devices: int = _T["devices"],
+          steps: Optional[int] = _T["steps"], accelerator: str = _T["accelerator"],
+          precision: str = _T["precision"], devices: int = _T["devices"],
           num_nodes: int = _T["num_nodes"], strategy: str = _T["strategy"], workers: int = _T["workers"],
           seed: int = _T["seed"], resume: bool = _T["resume"], force: bool = _T["force"],
           cloud_paste: float = _T["cloud_paste"], boundary_ignore: int = _T["boundary_ignore"],
@@ -260,7 +273,8 @@ def distill(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _F
             teacher_nnunet: Optional[Path] = _D["teacher_nnunet"], teacher_onnx: Optional[Path] = _D["teacher_onnx"],
             teacher_folds: Optional[str] = _D["teacher_folds"], allow_teacher_leak: bool = _D["allow_teacher_leak"],
             onnx_output: str = _D["onnx_output"], unlabelled: Optional[Path] = _D["unlabelled"],
-            steps: Optional[int] = _D["steps"], accelerator: str = _D["accelerator"], devices: int = _D["devices"],
+            steps: Optional[int] = _D["steps"], accelerator: str = _D["accelerator"],
+            precision: str = _D["precision"], devices: int = _D["devices"],
             num_nodes: int = _D["num_nodes"], strategy: str = _D["strategy"], workers: int = _D["workers"],
             seed: int = _D["seed"], resume: bool = _D["resume"], force: bool = _D["force"],
             cloud_paste: float = _D["cloud_paste"], boundary_ignore: int = _D["boundary_ignore"],

@@ -19,6 +19,33 @@ DEMO_KD = "cwd"
 DISTILL_KD_WEIGHT = 1.0
 #: the content kind of a run folder (train/distill) in the output policy (:mod:`cloudkd.common.outputs`)
 RUN_KIND = "student-run"
+#: the training precisions of a student run, by Lightning's names: 32-true (float32, the default, as on a CPU),
+#: bf16-mixed (bfloat16 autocast on float32 weights: the choice on a GPU; Lightning runs it on a CPU too), 16-mixed
+#: (float16 autocast with loss scaling; on a CPU Lightning runs bf16-mixed instead) and 64-true. Not Lightning's
+#: 16-true and bf16-true, which cast the input chips too (validation reads their nodata from them) and train float16
+#: without loss scaling, nor transformer-engine (FP8 for linear layers, which the students do not have)
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
+#: the precisions as the command line offers them (Lightning's aliases in brackets)
+PRECISION_CHOICES = "32-true (or 32; the default), bf16-mixed (or bf16; recommended on a GPU), 16-mixed (or 16) or " \
+                    "64-true (or 64)"
+
+
+def lightning_precision(value) -> str:
+    """Lightning's name of the training precision ``value`` (its aliases too: 32 or "32" -> "32-true", "bf16" ->
+    "bf16-mixed"); ValueError for a value Lightning does not accept and for one not in :data:`PRECISIONS`."""
+    import warnings
+
+    from lightning_fabric.connector import _convert_precision_to_unified_args
+
+    try:
+        with warnings.catch_warnings():  # Lightning's advice to spell "16" as "16-mixed": the name returned is it
+            warnings.simplefilter("ignore")
+            name = _convert_precision_to_unified_args(value)
+    except ValueError:
+        name = None
+    if name not in PRECISIONS:
+        raise ValueError(f"{value!r} is not a training precision of the students: use {PRECISION_CHOICES}")
+    return name
 
 
 @dataclass
@@ -60,6 +87,7 @@ class TrainConfig:
     #: the prediction rule's cloud probability threshold: validation scores at it and ``pack`` ships it
     threshold: float = DEFAULT_THRESHOLD
     accelerator: str = "auto"
+    precision: str = "32-true"  # Lightning's training precision (PRECISIONS; an alias given becomes its name)
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
@@ -67,6 +95,9 @@ class TrainConfig:
     limit_train_batches: Optional[int] = None  # fixed steps per epoch (equal budgets across runs)
     resume: bool = False
     progress: bool = True
+
+    def __post_init__(self):
+        self.precision = lightning_precision(self.precision)
 
     @property
     def teacher_mode(self) -> str:

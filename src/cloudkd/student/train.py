@@ -13,7 +13,7 @@ DDP uses the gloo backend. Each rank writes ``out/rank{r}.json`` (its final val 
 weights) so agreement between ranks can be checked.
 
 ``--resume`` continues the run in ``out`` only with what it was started with (:func:`run_identity`, recorded in
-``out/run.json``): the data, folds and chips, model, optimisation, loss, teacher, seed and threshold. Only
+``out/run.json``): the data, folds and chips, model, optimisation, loss, teacher, seed, threshold and precision. Only
 :data:`RESUMABLE` settings may change: more epochs (the cosine schedule follows the new length) and where and
 how the run is executed.
 """
@@ -52,6 +52,8 @@ RUN_JSON = "run.json"
 #: (``allow_teacher_leak`` is covered by the teacher folds used, which are compared)
 RESUMABLE = ("out", "epochs", "resume", "progress", "num_workers", "accelerator", "devices", "num_nodes", "strategy",
              "allow_teacher_leak")
+#: identity fields added after runs were first recorded, with the value every run recorded without them trained with
+_BEFORE = {"precision": "32-true"}
 #: TrainConfig fields that name files or folders (compared resolved, so runs/data and ./runs/data are one)
 _PATHS = ("data", "folds", "exclude", "soft_dir", "teacher_nnunet", "teacher_onnx", "unlabelled")
 #: how the command line spells a TrainConfig field where it is not --field-name
@@ -104,7 +106,7 @@ def check_resume(out: Path, identity: dict) -> None:
         raise DataError(f"--resume: {path} is missing, so nothing says what this run was trained with (a run of an "
                         f"older cloudkd?); start it anew with --force")
     try:
-        old = json.loads(path.read_text())["identity"]
+        old = {**_BEFORE, **json.loads(path.read_text())["identity"]}
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"--resume: {path}: unreadable ({type(exc).__name__}); start the run anew with --force") \
             from None
@@ -219,7 +221,7 @@ def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: S
     except ModuleNotFoundError:
         pass
     trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
-                         num_nodes=cfg.num_nodes, strategy=cfg.strategy, logger=loggers,
+                         num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=cfg.precision, logger=loggers,
                          callbacks=[ckpt, _RecordRun(out / RUN_JSON, {"identity": identity, "config": asdict(cfg)}),
                                     pl.callbacks.LearningRateMonitor("epoch"), *callbacks],  # logs "lr" by epoch
                          enable_progress_bar=cfg.progress, enable_model_summary=False, log_every_n_steps=1,
