@@ -1,6 +1,6 @@
 """Student training by Lightning's conventions (issue 31): the cosine schedule as a LambdaLR stepped by Lightning and
 logged by its LearningRateMonitor, with the same rate in every epoch as the hand-written schedule it replaced (a new
-run, a resumed longer run, and a checkpoint without scheduler state)."""
+run, a resumed longer run, and a checkpoint without scheduler state); typer's own range checks on the student CLI."""
 
 import math
 import shutil
@@ -10,6 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import invoke, one_line_refusal
 from cloudkd.student.train import TrainConfig, fit
 
 LR, STEPS = 5e-3, 2
@@ -75,3 +76,36 @@ def test_a_resumed_longer_run_continues_its_own_schedule(small_data, tmp_path):
         assert rates[1][0] == pytest.approx(0.75 * LR)  # not 0, the saved rate
         assert _logged_rates(run, 1) == pytest.approx({1: cosine(1, 3), 2: cosine(2, 3)}, rel=1e-9)
 
+
+def _train(data, out, *extra):
+    return ["student", "train", data, "--out", out, "--model", "unet-xs", "--epochs", 1, "--steps", 1, "--batch", 2,
+            "--crop", 32, "--accelerator", "cpu", *extra]
+
+
+@pytest.mark.parametrize("option,value,says", [
+    ("--epochs", 0, "Input should be greater than or equal to 1"),
+    ("--batch", -2, "Input should be greater than or equal to 1"),
+    ("--val-fold", -1, "Input should be greater than or equal to 0"),
+    ("--seed", -1, "Input should be greater than or equal to 0"),
+    ("--steps", 0, "Input should be greater than or equal to 1"),
+    ("--devices", 0, "Input should be greater than or equal to 1"),
+    ("--boundary-ignore", -3, "Input should be greater than or equal to 0"),
+    # numbers keep finite(): typer's range lets inf through and calls nan "not >= 0"
+    ("--lr", "nan", "must be a finite number, got nan"),
+    ("--temperature", "inf", "must be a finite number, got inf"),
+])
+def test_student_options_out_of_range_are_one_line_naming_the_option(small_data, tmp_path, capsys, option, value,
+                                                                      says):
+    args = _train(small_data, tmp_path / "run")
+    if option in args:
+        args[args.index(option) + 1] = value
+    else:
+        args += [option, value]
+    code, text = invoke(args, capsys)
+    one_line_refusal(code, text, f"'{option}': {says}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_student_help_shows_the_ranges(capsys):
+    code, text = invoke(["student", "distill", "--help"], capsys)
+    assert code == 0 and "x>=1" in text and "x>=0" in text, text

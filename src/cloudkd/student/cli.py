@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import (at_least, check_memory, cores, exclude_option, fail, finite, folder_output_check,
+from ..common.cli import (check_memory, cores, exclude_option, fail, finite, folder_output_check,
                           model_threshold_option, output_check, side, split_option, stage_app, threshold_option)
 from .config import DISTILL_KD_WEIGHT, PRECISION_CHOICES, RUN_KIND, TrainConfig as C, lightning_precision
 
@@ -185,9 +185,9 @@ def _train_options(distill: bool):
     """The shared options of 'train' and 'distill' (they differ in the defaults of the loss weights)."""
     return dict(
         model=typer.Option(C.model, help="Preset (cloudkd student list), unet:W1-W2-..., or smp:Arch:encoder."),
-        val_fold=typer.Option(C.val_fold, callback=at_least(0), help="Validation fold (whole locations)."),
-        epochs=typer.Option(C.epochs, callback=at_least(1), help="Epochs."),
-        batch=typer.Option(C.batch_size, callback=at_least(1), help="Batch size per device."),
+        val_fold=typer.Option(C.val_fold, min=0, help="Validation fold (whole locations)."),
+        epochs=typer.Option(C.epochs, min=1, help="Epochs."),
+        batch=typer.Option(C.batch_size, min=1, help="Batch size per device."),
         crop=typer.Option(C.crop, callback=side(32, multiple=16), help="Random crop size for training."),
         lr=typer.Option(C.lr, callback=finite(0.0, open_low=True), help="AdamW learning rate (cosine schedule)."),
         label_weight=typer.Option(C.label_weight, callback=finite(0.0), help="Weight of BCE + Dice on labels (0: "
@@ -216,17 +216,17 @@ def _train_options(distill: bool):
                                            "dataset root (its unlabelled_features/, from synth "
                                            "--n-unlabelled). The teacher's loss covers every chip, the "
                                            "labels' loss the labelled ones."),
-        steps=typer.Option(None, callback=at_least(1), help="Training steps per epoch (default: one pass over the "
+        steps=typer.Option(None, min=1, help="Training steps per epoch (default: one pass over the "
                                                             "chips)."),
         accelerator=typer.Option(C.accelerator, help="auto, cpu, gpu."),
         precision=typer.Option(C.precision, callback=_precision,
                                help=f"Lightning's training precision: {PRECISION_CHOICES}. Recorded with the run "
                                     "(--resume refuses another)."),
-        devices=typer.Option(C.devices, callback=at_least(1), help="Devices (processes) per node."),
-        num_nodes=typer.Option(C.num_nodes, callback=at_least(1), help="Nodes."),
+        devices=typer.Option(C.devices, min=1, help="Devices (processes) per node."),
+        num_nodes=typer.Option(C.num_nodes, min=1, help="Nodes."),
         strategy=typer.Option(C.strategy, help="Lightning strategy, e.g. ddp."),
         workers=typer.Option(C.num_workers, callback=cores(0), help="Data loader workers."),
-        seed=typer.Option(C.seed, callback=at_least(0), help="Random seed."),
+        seed=typer.Option(C.seed, min=0, help="Random seed."),
         resume=typer.Option(C.resume, help="Resume the run in OUT from OUT/checkpoints/last.ckpt."),
         force=typer.Option(False, help="Replace the run already in OUT (a run folder cloudkd wrote): the new run is "
                                        "built beside it and swapped in when it has finished."),
@@ -235,7 +235,7 @@ def _train_options(distill: bool):
                                            "cloudy batch-mate's labelled cloud (0 = off)."),
         threshold=threshold_option("Cloud probability threshold of the prediction rule: validation (and so the "
                                    "best checkpoint) scores at it, and 'pack' ships it by default."),
-        boundary_ignore=typer.Option(C.boundary_ignore, callback=at_least(0),
+        boundary_ignore=typer.Option(C.boundary_ignore, min=0,
                                      help="Boundary-tolerant loss: px on both sides of label outlines left out of "
                                           "BCE + Dice (0 = off)."),
     )
@@ -291,7 +291,7 @@ def predict(
     features: Path = typer.Option(..., help="A *_features folder (or dataset root)."),
     out: Path = typer.Option(..., "--out", callback=output_check, help="Folder for the masks {chip_id}.tif "
                                                                        "(submission format)."),
-    batch: int = typer.Option(8, callback=at_least(1), help="Chips per batch."),
+    batch: int = typer.Option(8, min=1, help="Chips per batch."),
     tta: bool = typer.Option(False, help="Average logits over flips."),
     threshold: Optional[float] = model_threshold_option(),
     split_name: Optional[str] = split_option(),
