@@ -87,6 +87,16 @@ def peer_masks(split, out: Path) -> Path:
     return out
 
 
+def peer_agreement(unl, peer_dir: Path, pred: Path, held) -> dict:
+    """Recall of the peer's cloud in the two dim bands and precision against it, of the masks in ``pred``."""
+    p = bands_of_folders(unl.features_dir, peer_dir, {"s": pred}, held)
+    p = p[p.method == "s"].set_index("band")
+    right = (p["precision"].fillna(0) * p["pred_px"]).sum()
+    return {"peer_recall_<0.2": round(float(p.loc["<0.2", "recall"]), 4),
+            "peer_recall_0.2-0.35": round(float(p.loc["0.2-0.35", "recall"]), 4),
+            "peer_precision": round(float(right / max(1, p["pred_px"].sum())), 4)}
+
+
 def summarise(rows):
     out = []
     for lever in dict.fromkeys(r["lever"] for r in rows):
@@ -142,19 +152,19 @@ def main():
                 row[f"real_recall_{name}"] = round(float(b.loc[name, "recall"]), 4)
             pred = run_dir / "unlabelled_pred"
             predict_folder(load_student(run_dir), unl.features_dir, pred, chip_ids=held, progress=False)
-            p = bands_of_folders(unl.features_dir, peer_dir, {"s": pred}, held)
-            p = p[p.method == "s"].set_index("band")
-            row["peer_recall_<0.2"] = round(float(p.loc["<0.2", "recall"]), 4)
-            row["peer_recall_0.2-0.35"] = round(float(p.loc["0.2-0.35", "recall"]), 4)
-            tp = p["tp"].sum() if "tp" in p else np.nan
-            row["peer_precision"] = round(float(tp / p["pred_px"].sum()), 4) if "tp" in p else None
+            row.update(peer_agreement(unl, peer_dir, pred, held))
             # read again before writing: several processes may share the CSV (e.g. one per lever)
             rows = list(csv.DictReader(csv_path.open())) if csv_path.is_file() else []
             rows.append({k: row.get(k) for k in COLUMNS})
             write_rows(csv_path, rows, COLUMNS)
             print(f"{lever} seed {seed}: {row} ({time.time() - t0:.0f} s)", flush=True)
     rows = list(csv.DictReader(csv_path.open())) if csv_path.is_file() else []
+    for r in rows:  # rows written before the precision against the peer was recorded
+        pred = work / f"{r['lever']}_s{r['seed']}" / "unlabelled_pred"
+        if not r.get("peer_precision") and pred.is_dir():
+            r.update(peer_agreement(unl, peer_dir, pred, held))
     if rows:
+        write_rows(csv_path, rows, COLUMNS)
         s = summarise(rows)
         table = format_table(s, list(s[0]))
         csv_path.with_suffix(".md").write_text(
