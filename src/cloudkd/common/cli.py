@@ -176,6 +176,22 @@ def model_threshold_option(help: str = MODEL_THRESHOLD_HELP):
     return threshold_option(help, default=None)
 
 
+#: the largest dilation (pixels) a command accepts: far beyond any annotator's margin (fit-rule's grid ends at 12)
+MAX_DILATE = 64
+
+#: ``--dilate``'s check: a whole number of pixels in [0, MAX_DILATE]
+dilate_check = check(lambda v: None if 0 <= v <= MAX_DILATE else
+                     f"must be a dilation between 0 and {MAX_DILATE} pixels, got {v}")
+
+
+def model_dilate_option(help: str = "Pixels the prediction rule grows the cloud mask by (4-neighbour dilation, "
+                                    "before nodata pixels are cleared); default: the one the model recorded (a "
+                                    "student run's from 'cloudkd student fit-rule', an exported model's; else 0)."):
+    """``--dilate`` of a command that makes masks from a trained model: not given (None), the command takes the
+    model's recorded dilation (:func:`cloudkd.student.runs.recorded_rule`)."""
+    return typer.Option(None, "--dilate", help=help, callback=dilate_check)
+
+
 def refuse_incomplete(rep, what: str, items: str, limit: int = 50) -> None:
     """Print a scoring report's missing and invalid predictions and fail (exit 1) unless ``rep.ok``: the same
     refusal for chip folders (``evaluate score``) and Landsat scenes (``landsat score``)."""

@@ -5,15 +5,16 @@ ONNX teachers, the benchmark and whole scenes.
 export``'s ``model_fp32_b1.onnx``, what a flight computer loads) is run in slices of its batch, and a fixed chip
 size that the input does not have is refused in one line naming the model.
 
-An exported model carries the threshold of its prediction rule in its metadata (:data:`THRESHOLD_KEY`, written by
-``cloudkd onboard export`` from the run), read by :func:`onnx_threshold`.
+An exported model carries its prediction rule in its metadata: the threshold (:data:`THRESHOLD_KEY`) and the
+dilation in pixels (:data:`DILATE_KEY`), written by ``cloudkd onboard export`` from the run (:func:`stamp_rule`) and
+read by :func:`onnx_rule`.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from .errors import DataError
 
 #: the ONNX metadata key holding the cloud probability threshold the model was exported for
 THRESHOLD_KEY = "cloudkd_threshold"
+#: the ONNX metadata key holding the dilation (pixels) of the prediction rule the model was exported for
+DILATE_KEY = "cloudkd_dilate"
 
 
 def ort_session(path: os.PathLike | str, threads: Optional[int] = None):
@@ -76,26 +79,47 @@ def ort_logits(session, batch: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def onnx_threshold(session) -> Optional[float]:
-    """The threshold an exported model carries in its metadata (:data:`THRESHOLD_KEY`), or None."""
+def onnx_rule(session) -> Tuple[Optional[float], Optional[int]]:
+    """(threshold, dilation in pixels) an exported model carries in its metadata (:data:`THRESHOLD_KEY`,
+    :data:`DILATE_KEY`); None for one it does not carry (or carries unreadable)."""
     try:
-        value = session.get_modelmeta().custom_metadata_map.get(THRESHOLD_KEY)
-        return None if value is None else float(value)
-    except (AttributeError, ValueError):
-        return None
+        meta = session.get_modelmeta().custom_metadata_map
+    except AttributeError:
+        return None, None
+    t, d = meta.get(THRESHOLD_KEY), meta.get(DILATE_KEY)
+    try:
+        t = None if t is None else float(t)
+    except ValueError:
+        t = None
+    try:
+        d = None if d is None else int(d)
+    except ValueError:
+        d = None
+    return t, None if d is None or d < 0 else d
 
 
-def stamp_threshold(path: os.PathLike | str, threshold: float) -> Path:
-    """Record ``threshold`` in the metadata of the ONNX model at ``path`` (rewritten atomically)."""
+def onnx_threshold(session) -> Optional[float]:
+    """The threshold of :func:`onnx_rule`."""
+    return onnx_rule(session)[0]
+
+
+def stamp_rule(path: os.PathLike | str, threshold: float, dilate: int = 0) -> Path:
+    """Record the prediction rule (``threshold``, ``dilate`` pixels) in the metadata of the ONNX model at
+    ``path`` (rewritten atomically)."""
     import onnx
 
     from .io import atomic_write
 
     model = onnx.load(str(path))
-    for p in [p for p in model.metadata_props if p.key == THRESHOLD_KEY]:
+    for p in [p for p in model.metadata_props if p.key in (THRESHOLD_KEY, DILATE_KEY)]:
         model.metadata_props.remove(p)
     model.metadata_props.add(key=THRESHOLD_KEY, value=repr(float(threshold)))
+    model.metadata_props.add(key=DILATE_KEY, value=str(int(dilate)))
     return atomic_write(path, lambda tmp: onnx.save(model, str(tmp)), suffix=".onnx")
+
+
+#: the name :func:`stamp_rule` had before the rule had a dilation (a threshold alone: no dilation)
+stamp_threshold = stamp_rule
 
 
 class OnnxModel:

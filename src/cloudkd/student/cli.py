@@ -7,9 +7,11 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import (check_memory, cores, exclude_option, fail, finite, folder_output_check,
-                          model_threshold_option, output_check, side, split_option, stage_app, threshold_option)
+from ..common.cli import (MAX_DILATE, check_memory, cores, exclude_option, fail, finite, folder_output_check,
+                          model_dilate_option, model_threshold_option, output_check, side, split_option, stage_app,
+                          threshold_option)
 from .config import DISTILL_KD_WEIGHT, PRECISION_CHOICES, RUN_KIND, TrainConfig as C, lightning_precision
+from .rule import DEFAULT_MAX_DILATE
 
 #: unet-s training memory per pixel of batch x crop^2 (forward + backward; measured 830-990 B/px)
 TRAIN_BYTES_PER_PIXEL = 1000
@@ -294,6 +296,7 @@ def predict(
     batch: int = typer.Option(8, min=1, help="Chips per batch."),
     tta: bool = typer.Option(False, help="Average logits over flips."),
     threshold: Optional[float] = model_threshold_option(),
+    dilate: Optional[int] = model_dilate_option(),
     split_name: Optional[str] = split_option(),
     force: bool = typer.Option(False, help="Replace the masks of another model already in OUT."),
 ):
@@ -301,14 +304,37 @@ def predict(
     from ..common.outputs import masks_output, model_fingerprint, outputs_apart
     from ..data.roots import resolve_split
     from .predict import predict_folder
-    from .runs import load_student, recorded_threshold
+    from .runs import load_student, recorded_rule
 
     outputs_apart([out], [features, model])  # never among the chips (a features folder has no record) or the run
     net, feats = load_student(model), resolve_split(features, split_name).features_dir
-    threshold = recorded_threshold(model) if threshold is None else threshold
+    rule = recorded_rule(model)
+    threshold = rule[0] if threshold is None else threshold
+    dilate = rule[1] if dilate is None else dilate
     outputs_apart([out], [feats])
-    with masks_output(out, f"student {model.resolve()} (threshold {threshold}, tta {tta})", force,
+    with masks_output(out, f"student {model.resolve()} (threshold {threshold}, dilate {dilate}, tta {tta})", force,
                       model_fingerprint(network=net)) as into:  # a run retrained in place is another producer
-        r = predict_folder(net, feats, into, batch_size=batch, tta=tta, threshold=threshold)
+        r = predict_folder(net, feats, into, batch_size=batch, tta=tta, threshold=threshold, dilate=dilate)
     typer.echo(f"{r['n_chips']} masks -> {out}; {r['ms_per_chip']:.1f} ms/chip model, "
                f"{r['wall_ms_per_chip']:.1f} ms/chip with I/O")
+
+
+@app.command("fit-rule")
+def fit_rule_cmd(
+    run: Path = typer.Argument(..., help="A student run folder (student.json + student.pt)."),
+    max_dilate: int = typer.Option(DEFAULT_MAX_DILATE, "--max-dilate", min=0, max=MAX_DILATE,
+                                   help="The largest dilation tried (pixels); every one from 0 is scored."),
+    threshold: Optional[float] = model_threshold_option("Cloud probability threshold the dilation is fitted at and "
+                                                        "recorded with (default: the run's recorded threshold)."),
+    batch: int = typer.Option(8, min=1, help="Chips per batch."),
+):
+    """Fit the prediction rule's dilation on the run's own validation chips (the generated validation fold it
+    trained with) and record it in its student.json: every command that makes masks from the run applies it."""
+    from .rule import fit_rule
+
+    fit = fit_rule(run, max_dilate, threshold, batch)
+    typer.echo(f"validation global Jaccard of {fit.n_chips} chips at threshold {fit.threshold:g}, by dilation:")
+    for d, j in fit.jaccard.items():
+        typer.echo(f"  {d:>3d} px  {j:.4f}{'  <- chosen' if d == fit.dilate else ''}")
+    typer.echo(f"rule of {fit.run}: threshold {fit.threshold:g}, dilate {fit.dilate} px; validation Jaccard "
+               f"{fit.before:.4f} undilated -> {fit.after:.4f} (recorded in {fit.run / 'student.json'})")

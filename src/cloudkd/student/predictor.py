@@ -2,8 +2,8 @@
 ``student.pt`` / ``student.json`` or a ``.ckpt`` in it), an ``.onnx`` file or an nnU-Net teacher work folder into a
 :class:`Predictor` with the same face whatever it is: ``logits(x)`` (a normalised float32 torch batch
 (N, 4, H, W) -> cloud logits (N, 1, H, W), a torch tensor: on the CPU, or the nnU-Net teacher's ``device``), ``params``, ``bytes`` (the weights on disk),
-``macs`` (per 512x512 chip where they can be counted), the recorded ``threshold``
-(:func:`cloudkd.student.runs.recorded_threshold`), ``kind`` and ``name``.
+``macs`` (per 512x512 chip where they can be counted), the recorded prediction rule ``threshold`` and ``dilate``
+(:func:`cloudkd.student.runs.recorded_rule`), ``kind`` and ``name``.
 
 Predict, the audit, the benchmark, whole scenes, the real-chip benchmark and KD's online teacher all load models
 here; ONNX sessions are built only by :mod:`cloudkd.common.onnx`.
@@ -29,9 +29,9 @@ class Predictor:
     need it whole; ``run`` / ``info``: a student's run folder and ``student.json``."""
 
     def __init__(self, kind: str, name: str, path: Path, model, logits: Callable, params, nbytes, threshold: float,
-                 macs=None, run: Optional[Path] = None, info: Optional[dict] = None):
+                 macs=None, run: Optional[Path] = None, info: Optional[dict] = None, dilate: int = 0):
         self.kind, self.name, self.path, self.model = kind, name, path, model
-        self._logits, self.threshold, self.run, self.info = logits, threshold, run, info
+        self._logits, self.threshold, self.dilate, self.run, self.info = logits, threshold, dilate, run, info
         # params, bytes, macs: a value, or a function that gives it, called once on first use
         self._lazy = {"params": params, "bytes": nbytes, "macs": macs}
 
@@ -120,24 +120,26 @@ def load_predictor(path: os.PathLike | str, threads: Optional[int] = None, kind:
 def _student(p: Path) -> Predictor:
     from ..common.infer import predict_logits
     from ..common.sizes import count_macs, count_params
-    from .runs import load_student, resolve_run, run_threshold
+    from .runs import load_student, resolve_run, run_rule
 
     run, info, _ = resolve_run(p)
     net = load_student(p)
     pt = run / "student.pt"
+    threshold, dilate = run_rule(info, str(run / "student.json"))
     return Predictor("student", f"student {info['model']} ({run.name})", p, net,
                      lambda x: predict_logits(net, x), count_params(net), pt.stat().st_size if pt.is_file() else None,
-                     run_threshold(info), lambda: count_macs(net, MAC_SIZE), run=run, info=info)
+                     threshold, lambda: count_macs(net, MAC_SIZE), run=run, info=info, dilate=dilate)
 
 
 def _onnx(p: Path, threads: Optional[int]) -> Predictor:
     from ..common.onnx import OnnxModel
-    from .runs import recorded_threshold
+    from .runs import recorded_rule
 
     if not p.is_file():
         raise DataError(f"{p}: ONNX model not found")
     m = OnnxModel(p, threads)
-    return Predictor("onnx", f"ONNX {p.name}", p, m, m, None, p.stat().st_size, recorded_threshold(p))
+    threshold, dilate = recorded_rule(p)
+    return Predictor("onnx", f"ONNX {p.name}", p, m, m, None, p.stat().st_size, threshold, dilate=dilate)
 
 
 def _nnunet(p: Path, device: str, folds: Optional[Sequence[int]]) -> Predictor:

@@ -1,7 +1,7 @@
 """A trained student run folder (``cloudkd train`` / ``distill``) -> its network: the one loader every later
-stage uses (predict, export, bench, pack, the real-chip benchmark); and the one answer to "which threshold does
-this model's prediction rule use" (:func:`recorded_threshold`), which every command that makes masks from a model
-takes as its default."""
+stage uses (predict, export, bench, pack, the real-chip benchmark); and the one answer to "which prediction rule
+(threshold and dilation) does this model use" (:func:`recorded_rule`), which every command that makes masks from a
+model takes as its default."""
 
 from __future__ import annotations
 
@@ -105,37 +105,73 @@ def load_weights(path: os.PathLike | str) -> Dict[str, torch.Tensor]:
     return state
 
 
+#: the key of ``student.json`` that holds the prediction rule fitted after training (``cloudkd student fit-rule``):
+#: ``{"threshold", "dilate", ...}``; a retrained run writes its record anew, without it
+RULE_KEY = "rule"
+
+
+def run_rule(info: dict, where: str = "student.json") -> Tuple[float, int]:
+    """(threshold, dilation in pixels) of the prediction rule a run recorded (``info``: its ``student.json``):
+    the rule fitted on its validation chips (:data:`RULE_KEY`) where there is one, else the training config's
+    threshold (its validation scored at it) and no dilation; runs from before either was recorded: the rule's
+    defaults. A recorded value that is not a threshold in (0, 1) or a whole number of pixels >= 0: a one-line
+    DataError naming ``where``."""
+    from ..common.infer import DEFAULT_DILATE, DEFAULT_THRESHOLD, check_dilate, logit_threshold
+
+    rule = info.get(RULE_KEY) if isinstance(info.get(RULE_KEY), dict) else {}
+    t = rule.get("threshold", (info.get("config") or {}).get("threshold"))
+    d = rule.get("dilate", DEFAULT_DILATE)
+    try:
+        t = DEFAULT_THRESHOLD if t is None else float(t)
+        logit_threshold(t)
+        d = check_dilate(d)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: not a recorded prediction rule ({exc})") from None
+    return t, d
+
+
 def run_threshold(info: dict) -> float:
-    """The threshold a run recorded (``student.json``'s training config: its validation scored at it); runs from
-    before it was recorded: the rule's default."""
-    from ..common.infer import DEFAULT_THRESHOLD
-
-    t = (info.get("config") or {}).get("threshold")
-    return DEFAULT_THRESHOLD if t is None else float(t)
+    """The threshold of the rule a run recorded (:func:`run_rule`)."""
+    return run_rule(info)[0]
 
 
-def recorded_threshold(model: os.PathLike | str) -> float:
-    """The threshold of the prediction rule a model was made for: a student run (its folder, student.pt /
-    student.json or a .ckpt in it) -> :func:`run_threshold`; an ``.onnx`` file exported by ``cloudkd onboard
-    export`` -> the threshold in its metadata; anything else (an nnU-Net work folder, a file without a record)
-    -> the rule's default."""
-    from ..common.infer import DEFAULT_THRESHOLD
+def run_dilation(info: dict) -> int:
+    """The dilation (pixels) of the rule a run recorded (:func:`run_rule`; 0 for a run that recorded none)."""
+    return run_rule(info)[1]
+
+
+def recorded_rule(model: os.PathLike | str) -> Tuple[float, int]:
+    """(threshold, dilation in pixels) of the prediction rule a model was made for: a student run (its folder,
+    student.pt / student.json or a .ckpt in it) -> :func:`run_rule`; an ``.onnx`` file exported by ``cloudkd
+    onboard export`` -> the rule in its metadata; anything else (an nnU-Net work folder, a file without a record)
+    -> the rule's defaults."""
+    from ..common.infer import DEFAULT_DILATE, DEFAULT_THRESHOLD
 
     p = Path(model)
     if p.suffix == ".onnx" and p.is_file():
-        from ..common.onnx import onnx_threshold, ort_session
+        from ..common.onnx import onnx_rule, ort_session
 
-        t = onnx_threshold(ort_session(p))
-        return DEFAULT_THRESHOLD if t is None else t
+        t, d = onnx_rule(ort_session(p))
+        return DEFAULT_THRESHOLD if t is None else t, DEFAULT_DILATE if d is None else d
     run = p if p.is_dir() else p.parent.parent if p.suffix == ".ckpt" else p.parent
     info_path = run / "student.json"
     if not info_path.is_file():
-        return DEFAULT_THRESHOLD
+        return DEFAULT_THRESHOLD, DEFAULT_DILATE
     try:
         info = json.loads(info_path.read_text())
     except ValueError as exc:
         raise DataError(f"{info_path}: not readable JSON ({exc})") from None
-    return run_threshold(info if isinstance(info, dict) else {})
+    return run_rule(info if isinstance(info, dict) else {}, str(info_path))
+
+
+def recorded_threshold(model: os.PathLike | str) -> float:
+    """The threshold of :func:`recorded_rule`."""
+    return recorded_rule(model)[0]
+
+
+def recorded_dilation(model: os.PathLike | str) -> int:
+    """The dilation (pixels) of :func:`recorded_rule`."""
+    return recorded_rule(model)[1]
 
 
 def load_student(run: os.PathLike | str) -> torch.nn.Module:
