@@ -449,3 +449,21 @@ def test_a_run_recorded_before_precision_existed_was_trained_at_32_true(small_da
     one_line_refusal(code, text, "--precision '32-true' -> 'bf16-mixed'")
     code, text = invoke(_train_args(small_data, run_copy, "--resume", "--epochs", 2), capsys)
     assert code == 0, text
+
+
+# ------------------------------------------------------------------- 6. last.ckpt after every epoch
+def test_last_checkpoint_is_the_last_epoch_even_when_validation_stops_improving(small_data, tmp_path):
+    """--resume continues from last.ckpt: it must hold the last finished epoch. Lightning's save_last alone rewrites
+    it only in epochs that saved a new best, so with a learning rate of 0 (the validation score never improves
+    after the first epoch) last.ckpt stayed at epoch 0."""
+    import torch
+
+    from cloudkd.student.train import TrainConfig, fit
+
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(small_data), out=str(run), model="unet-xs", epochs=3, batch_size=2, crop=32, lr=0.0,
+                    limit_train_batches=1, accelerator="cpu", progress=False))
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2 and best["epoch"] == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]

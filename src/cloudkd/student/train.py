@@ -53,7 +53,7 @@ RUN_JSON = "run.json"
 RESUMABLE = ("out", "epochs", "resume", "progress", "num_workers", "accelerator", "devices", "num_nodes", "strategy",
              "allow_teacher_leak")
 #: identity fields added after runs were first recorded, with the value every run recorded without them trained with
-_BEFORE = {"precision": "32-true"}
+_BEFORE = {"precision": "32-true", "kd_on": "all", "gain": 0.0, "gain_min": 0.4}
 #: TrainConfig fields that name files or folders (compared resolved, so runs/data and ./runs/data are one)
 _PATHS = ("data", "folds", "exclude", "soft_dir", "teacher_nnunet", "teacher_onnx", "unlabelled")
 #: how the command line spells a TrainConfig field where it is not --field-name
@@ -212,9 +212,13 @@ def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: S
         module.teacher_from(factory)
     # one best.ckpt and one last.ckpt, replaced in place: a run folder resumed after being moved or copied would
     # otherwise get last-v1.ckpt beside the old last.ckpt (Lightning cannot tell its own files there), and the
-    # next --resume would start from the stale one (a new run removes the old checkpoints above)
+    # next --resume would start from the stale one (a new run removes the old checkpoints above). last.ckpt has its
+    # own callback that saves after every epoch: Lightning's save_last only rewrites it in an epoch that also saved
+    # a best checkpoint, so an interrupted run would resume from the last epoch that improved
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_jaccard",
-                                        mode="max", save_last=True, enable_version_counter=False)
+                                        mode="max", enable_version_counter=False)
+    last_ckpt = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None,
+                                             save_top_k=1, enable_version_counter=False)
     loggers = [pl.loggers.CSVLogger(str(out), name="logs")]
     try:
         loggers.append(pl.loggers.TensorBoardLogger(str(out), name="tensorboard"))
@@ -222,7 +226,8 @@ def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: S
         pass
     trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
                          num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=cfg.precision, logger=loggers,
-                         callbacks=[ckpt, _RecordRun(out / RUN_JSON, {"identity": identity, "config": asdict(cfg)}),
+                         callbacks=[ckpt, last_ckpt,
+                                    _RecordRun(out / RUN_JSON, {"identity": identity, "config": asdict(cfg)}),
                                     pl.callbacks.LearningRateMonitor("epoch"), *callbacks],  # logs "lr" by epoch
                          enable_progress_bar=cfg.progress, enable_model_summary=False, log_every_n_steps=1,
                          limit_train_batches=cfg.limit_train_batches, deterministic=False,
