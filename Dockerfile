@@ -1,4 +1,4 @@
-# A challenge-style image for local submission runs: the On Cloud N runtime's key packages on Python 3.9
+# A challenge-style image for local submission runs: the On Cloud N runtime's packages on Python 3.9
 # (see ../shared/runtime/CONTRACT.md), the /codeexecution layout, and an entrypoint that unzips the submission,
 # runs main.py with no arguments, validates the predictions like the runtime's tests and tars them.
 #
@@ -13,11 +13,10 @@
 # (Docker itself does not run on the project's CI machines).
 FROM python:3.9.7-slim
 
-# the runtime's versions of what main.py (and a user's own main.py) may import; CPU build of torch 1.8.0
-RUN pip install --no-cache-dir \
-        torch==1.8.0 torchvision==0.9.1 numpy==1.20.3 pandas==1.2.5 tifffile==2021.8.8 pillow==8.2.0 \
-        segmentation-models-pytorch==0.2.1 pytorch-lightning==1.4.1 albumentations==1.0.3 \
-        typer==0.3.2 loguru==0.5.3
+# the runtime's packages, what main.py (and a user's own main.py) may import: the one pin list that
+# `make runtime-env` (scripts/runtime_env.sh) installs too, complete, so --no-deps pulls nothing newer
+COPY submission/runtime-requirements.txt /opt/cloudkd/runtime-requirements.txt
+RUN pip install --no-cache-dir --no-deps --only-binary=:all: -r /opt/cloudkd/runtime-requirements.txt
 
 RUN useradd --create-home --uid 1000 appuser \
     && mkdir -p /codeexecution/data /codeexecution/submission /codeexecution/predictions /opt/cloudkd \

@@ -1,29 +1,39 @@
 #!/usr/bin/env bash
 # Build the On Cloud N runtime's interpreter and libraries without Docker (`make runtime-env`):
-# Python 3.9 (Debian bullseye's python3.9 3.9.2) + torch 1.8.0, numpy 1.20.3, tifffile 2021.8.8, pillow 8.2.0,
-# pandas 1.2.5, segmentation-models-pytorch 0.2.1, timm 0.4.12 (and smp's other dependencies at the versions of the
-# runtime's day), so `cloudkd submission runtime-test --python .runtime-py39/bin/python` runs main.py the way the
-# runtime does.
+# Python 3.9 (Debian bullseye's python3.9 3.9.2) + the packages of submission/runtime-requirements.txt (torch
+# 1.8.0, torchvision 0.9.1, pytorch-lightning 1.4.1, segmentation-models-pytorch 0.2.1, albumentations 1.0.3,
+# numpy 1.20.3, pandas 1.2.5, tifffile 2021.8.8, rasterio 1.2.6, pillow 8.2.0, typer 0.3.2, loguru 0.5.3 and all
+# their dependencies at versions of the runtime's day: the one list the Dockerfile installs too), so
+# `cloudkd submission runtime-test --python .runtime-py39/bin/python` runs main.py the way the runtime does.
 #
 #   scripts/runtime_env.sh [--link PATH] [BOOTSTRAP_PYTHON]
+#   scripts/runtime_env.sh --check      exit 0 when the environment is built from the current pin list, 1 when
+#                                        `make runtime-env` would (re)build it; builds nothing
 #
 # Where: $CLOUDKD_RUNTIME_ENV, default ~/.cache/cloudkd/runtime-py39, outside the clone so that a fresh clone (CI)
 # reuses it; --link PATH (the Makefile passes .runtime-py39) is made a symlink to it. BOOTSTRAP_PYTHON (default
-# python3) only downloads the pip wheel that bootstraps pip in the new environment.
+# python3) only downloads the pip wheel that bootstraps pip in the new environment. The pin list:
+# $CLOUDKD_RUNTIME_PINS, default submission/runtime-requirements.txt of this checkout.
 # Steps: 1. apt-get update + download of the bullseye .debs with a private APT state (a sources list naming
 # bullseye, lists and cache under the build folder; the system's apt state is not touched); 2. dpkg -x into
 # ENV/base; 3. a venv (ENV itself) without pip, whose bin/python is a wrapper that sets LD_LIBRARY_PATH to
 # base/usr/lib/x86_64-linux-gnu (bullseye's libssl1.1, libffi7, libmpdec3); 4. pip bootstrapped from its wheel;
-# 5. the pinned packages, every one --no-deps (the full list is pinned below, so nothing can pull a newer torch);
-# 6. a check that imports them, runs an smp model and compares every version with its pin; 7. the stamp
-# ENV/.cloudkd-runtime-env (the versions as JSON), written last. A present stamp whose pins match this script's
+# 5. pip install --no-deps -r the pin list; 6. pip check: the list is complete (so nothing can pull a newer torch);
+# 7. a check that imports the runtime's libraries, runs an smp model and compares the version of every package
+# with its pin in the list; 8. the stamp ENV/.cloudkd-runtime-env (its first line the key: the Debian and pip versions and every line of
+# the pin list; then the versions as JSON), written last. A present stamp whose key matches the current pin list
 # means the environment is reused as it is; otherwise ENV is removed and built again.
-# A failed step ends with one line naming the step, the tail of its log and exit 1.
+# A failed step ends with one line naming the step, the tail of its log and exit 1; a pin list that cannot be
+# read, or a line of it that is neither a NAME==VERSION pin nor a pip option, is one line and exit 2.
 set -uo pipefail
 
 LINK=""
+CHECK_ONLY=""
+if [ "${1:-}" = "--check" ]; then CHECK_ONLY=1; shift; fi
 if [ "${1:-}" = "--link" ]; then LINK="$2"; shift 2; fi
 BOOT_PY="${1:-python3}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PINS_FILE="${CLOUDKD_RUNTIME_PINS:-$REPO/submission/runtime-requirements.txt}"
 ENV_DIR="${CLOUDKD_RUNTIME_ENV:-$HOME/.cache/cloudkd/runtime-py39}"
 STAMP_NAME=".cloudkd-runtime-env"
 MIRROR="${CLOUDKD_DEBIAN_MIRROR:-}"
@@ -32,18 +42,26 @@ DEB_VERSION=3.9.2-1
 DEBS=(python3.9 python3.9-minimal libpython3.9-minimal libpython3.9-stdlib libssl1.1 libffi7 libmpdec3
       python3-distutils python3-lib2to3)
 PIP_WHEEL_VERSION=24.3.1
-# the runtime's versions (shared/runtime/CONTRACT.md) and, for what it does not name, versions of its day
-PINS=(
-    torch==1.8.0 numpy==1.20.3 tifffile==2021.8.8 pillow==8.2.0 pandas==1.2.5
-    python-dateutil==2.8.2 pytz==2021.1 six==1.16.0 typing-extensions==3.10.0.0
-    segmentation-models-pytorch==0.2.1 timm==0.4.12 torchvision==0.9.1 pretrainedmodels==0.7.4
-    efficientnet-pytorch==0.6.3 munch==2.5.0 tqdm==4.62.3
-)
-# pretrainedmodels and efficientnet-pytorch exist only as source; every other package must come as a wheel
-SOURCE_OK=pretrainedmodels,efficientnet-pytorch
-KEY="debian $SUITE $DEB_VERSION; pip $PIP_WHEEL_VERSION; ${PINS[*]}"
-
 say() { echo "runtime-env: $*"; }
+
+# the pin list: LINES (every line without its comment, in order: the stamp's key), PINS (the NAME==VERSION ones)
+[ -f "$PINS_FILE" ] && [ -r "$PINS_FILE" ] || { say "$PINS_FILE: pin list not found"; exit 2; }
+LINES=()
+PINS=()
+while IFS= read -r line || [ -n "$line" ]; do
+    line="${line%%#*}"
+    line="${line#"${line%%[![:space:]]*}"}"  # leading and trailing blanks off
+    line="${line%"${line##*[![:space:]]}"}"
+    [ -n "$line" ] || continue
+    LINES+=("$line")
+    case "$line" in
+        -*) ;;
+        *==*) PINS+=("$line") ;;
+        *) say "$PINS_FILE: '$line' is not a NAME==VERSION pin"; exit 2 ;;
+    esac
+done <"$PINS_FILE"
+[ "${#PINS[@]}" -gt 0 ] || { say "$PINS_FILE: no NAME==VERSION pin in it"; exit 2; }
+KEY="debian $SUITE $DEB_VERSION; pip $PIP_WHEEL_VERSION; ${LINES[*]}"
 
 make_link() {
     [ -n "$LINK" ] || return 0
@@ -59,6 +77,10 @@ stamp_ok() {
         grep -qxF "# $KEY" "$ENV_DIR/$STAMP_NAME"
 }
 
+if [ -n "$CHECK_ONLY" ]; then
+    if stamp_ok; then say "$ENV_DIR is built from $PINS_FILE"; exit 0; fi
+    say "$ENV_DIR is not built from the pins of $PINS_FILE: make runtime-env builds it"; exit 1
+fi
 if stamp_ok; then
     make_link
     say "reusing $ENV_DIR ($(grep -v '^#' "$ENV_DIR/$STAMP_NAME"))"
@@ -148,12 +170,21 @@ step "download the pip $PIP_WHEEL_VERSION wheel (with $BOOT_PY)" "$BOOT_PY" -m p
     --only-binary=:all: -d "$ENV_DIR/wheels" "pip==$PIP_WHEEL_VERSION"
 WHEEL="$ENV_DIR/wheels/pip-$PIP_WHEEL_VERSION-py3-none-any.whl"
 step "bootstrap pip from its wheel" "$PY" "$WHEEL/pip" install -q --no-index "$WHEEL"
-step "pip install --no-deps ${PINS[*]}" "$PY" -m pip install --no-deps \
-    --only-binary=:all: --no-binary "$SOURCE_OK" "${PINS[@]}"
+step "pip install --no-deps -r $PINS_FILE (${#PINS[@]} pins)" "$PY" -m pip install --no-deps --only-binary=:all: \
+    -r "$PINS_FILE"
+# pip check: every dependency of every package is in the list at a version it accepts; the one disagreement it
+# may report is the runtime's own (torchvision 0.9.1 declares torch==1.8.1; the image has torch 1.8.0)
+PIP_CHECK='
+out=$("$1" -m pip check 2>&1 | grep -v "^WARNING: Location" |
+      grep -vxF "torchvision 0.9.1 has requirement torch==1.8.1, but you have torch 1.8.0.")
+[ -z "$out" ] || { echo "$out"; exit 1; }
+'
+step "pip check: the pin list holds every dependency of every package in it" bash -c "$PIP_CHECK" _ "$PY"
 CHECK='
 import json, sys
 pins = dict(p.split("==") for p in sys.argv[2:])
-import torch, numpy, tifffile, PIL, pandas, torchvision, timm, segmentation_models_pytorch as smp
+import torch, torchvision, pytorch_lightning, segmentation_models_pytorch as smp, albumentations, numpy, pandas
+import tifffile, rasterio, PIL, typer, loguru, timm
 from importlib.metadata import version
 seen = {k: version(k) for k in pins}
 bad = {k: (seen[k], v) for k, v in pins.items() if seen[k] != v}
@@ -162,12 +193,15 @@ assert torch.__version__.split("+")[0] == "1.8.0", torch.__version__
 torch.set_grad_enabled(False)
 m = smp.Unet("resnet34", encoder_weights=None, in_channels=4, classes=1).eval()
 assert tuple(m(torch.zeros(1, 4, 64, 64)).shape) == (1, 1, 64, 64)
-open(sys.argv[1], "w").write(json.dumps({"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
-                  "tifffile": tifffile.__version__, "pillow": PIL.__version__, "pandas": pandas.__version__,
-                  "segmentation_models_pytorch": smp.__version__, "timm": timm.__version__,
-                  "torchvision": torchvision.__version__}))
+libs = {"torch": torch, "torchvision": torchvision, "pytorch_lightning": pytorch_lightning,
+        "segmentation_models_pytorch": smp, "albumentations": albumentations, "numpy": numpy, "pandas": pandas,
+        "tifffile": tifffile, "rasterio": rasterio, "pillow": PIL, "timm": timm}
+out = {"python": sys.version.split()[0]}
+out.update({k: mod.__version__ for k, mod in libs.items()})
+out.update({"typer": version("typer"), "loguru": version("loguru")})
+open(sys.argv[1], "w").write(json.dumps(out))
 '
-step "import check: torch 1.8.0 and every pin, an smp U-Net runs" "$PY" -c "$CHECK" "$ENV_DIR/versions.json" \
+step "import check: torch 1.8.0, the runtime's libraries import, every version is its pin, an smp U-Net runs" "$PY" -c "$CHECK" "$ENV_DIR/versions.json" \
     "${PINS[@]}"
 VERSIONS=$(cat "$ENV_DIR/versions.json")
 rm -rf "$ENV_DIR/apt" "$ENV_DIR/debs" "$ENV_DIR/wheels" "$ENV_DIR/.cloudkd-runtime-env-building"

@@ -1,14 +1,19 @@
-"""The packed submission run under the On Cloud N runtime's own interpreter and libraries: Python 3.9 with torch
-1.8.0, numpy 1.20.3, tifffile 2021.8.8, pillow 8.2.0, pandas 1.2.5, segmentation-models-pytorch 0.2.1, timm 0.4.12,
-built without Docker by ``make runtime-env`` (scripts/runtime_env.sh; ``make test`` builds it first).
+"""The packed submission run under the On Cloud N runtime's own interpreter and libraries: Python 3.9 with the
+packages of ``submission/runtime-requirements.txt`` (torch 1.8.0, numpy 1.20.3, tifffile 2021.8.8, pillow 8.2.0,
+pandas 1.2.5, segmentation-models-pytorch 0.2.1, timm 0.4.12, pytorch-lightning 1.4.1, ...), built without Docker
+by ``make runtime-env`` (scripts/runtime_env.sh; ``make test`` builds it first); and that pin list being the one
+source of the Dockerfile and of ``make runtime-env``.
 
-Without that environment these tests FAIL, naming the command that builds it: a skip would hide exactly the
-newer-API call this file exists to catch."""
+Without that environment, or with one built from another pin list, these tests FAIL, naming the command that
+builds it: a skip would hide exactly the newer-API call this file exists to catch."""
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +25,8 @@ from cloudkd.cli import app
 from cloudkd.data import read_mask, resolve_split
 from cloudkd.student.predict import predict_folder
 from cloudkd.student.runs import load_student
-from cloudkd.submission.emulate import RUNTIME_LINK, interpreter_versions, runtime_env_python, runtime_test
+from cloudkd.submission.emulate import (_LIBRARIES, RUNTIME_LINK, interpreter_versions, runtime_env_python,
+                                       runtime_test)
 from cloudkd.submission.pack import pack
 
 from conftest import invoke
@@ -29,9 +35,38 @@ from test_submission import _broken_features, smp_run, wedged_copy
 SIZE = 96  # the small generated chips
 runner = CliRunner()
 
-#: the runtime's versions (shared/runtime/CONTRACT.md; Debian bullseye's python3.9 is 3.9.2, the runtime's 3.9.7)
-RUNTIME_VERSIONS = {"torch": "1.8.0", "numpy": "1.20.3", "tifffile": "2021.8.8", "pillow": "8.2.0",
-                    "pandas": "1.2.5", "segmentation_models_pytorch": "0.2.1", "timm": "0.4.12"}
+REPO = Path(__file__).resolve().parents[1]
+#: the one list of the runtime's packages, read by the Dockerfile and by scripts/runtime_env.sh
+PINS_FILE = REPO / "submission" / "runtime-requirements.txt"
+SCRIPT = REPO / "scripts" / "runtime_env.sh"
+
+
+def _dist(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins(path=PINS_FILE) -> dict:
+    """{normalised distribution name: version} of a pin list (comments, blank lines and pip options skipped)."""
+    pins = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            name, version = line.split("==")
+            pins[_dist(name)] = version
+    return pins
+
+
+#: the versions the verdict reports, from the pin list (Debian bullseye's python3.9 is 3.9.2, the runtime's 3.9.7)
+RUNTIME_VERSIONS = {lib: read_pins()[_dist(dist)] for lib, dist in _LIBRARIES.items()}
+
+
+def _runtime_env_check(env_root, pins=None):
+    """``scripts/runtime_env.sh --check`` for an environment folder (and a pin list): (exit code, output)."""
+    env = {**os.environ, "CLOUDKD_RUNTIME_ENV": str(env_root)}
+    if pins is not None:
+        env["CLOUDKD_RUNTIME_PINS"] = str(pins)
+    p = subprocess.run(["bash", str(SCRIPT), "--check"], env=env, capture_output=True, text=True, timeout=60)
+    return p.returncode, (p.stdout + p.stderr).strip()
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +76,9 @@ def runtime_python():
         where = os.environ.get("CLOUDKD_RUNTIME_ENV") or RUNTIME_LINK
         pytest.fail(f"the runtime's Python 3.9 environment is not built ({where} has no stamp): run `make "
                     f"runtime-env` (`make test` runs it first)", pytrace=False)
+    code, out = _runtime_env_check(Path(py).parent.parent)
+    if code != 0:
+        pytest.fail(f"{out} (`make test` runs it first)", pytrace=False)
     return str(py)
 
 
@@ -67,6 +105,64 @@ def test_the_environment_has_the_runtime_versions_and_imports_them(runtime_pytho
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["(3,", "9)", "1.8.0", "1.20.3", "8.2.0", "0.2.1"], out.stdout
+    # every package of the pin list, at its pinned version, and nothing it needs is missing
+    seen = subprocess.run([runtime_python, "-c", "import json, sys; from importlib.metadata import version; "
+                           "print(json.dumps({d: version(d) for d in sys.argv[1:]}))", *read_pins()],
+                          capture_output=True, text=True, timeout=300)
+    assert seen.returncode == 0, seen.stderr
+    assert {_dist(k): v.split("+")[0] for k, v in json.loads(seen.stdout).items()} == read_pins()
+    # the runtime image's own libraries import under Python 3.9 / torch 1.8 (Lightning and its tensorboard too)
+    out = subprocess.run([runtime_python, "-c", "import pytorch_lightning, albumentations, rasterio, typer, loguru, "
+                          "torchvision; print(pytorch_lightning.__version__, albumentations.__version__, "
+                          "rasterio.__version__)"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["1.4.1", "1.0.3", "1.2.6"], out.stderr[-2000:]
+
+
+def test_one_pin_list_feeds_the_dockerfile_and_make_runtime_env(runtime_python, tmp_path):
+    """The Dockerfile and scripts/runtime_env.sh install submission/runtime-requirements.txt and carry no pin of
+    their own; the script's version check and its stamp come from that file, so a changed pin rebuilds the cached
+    environment and a changed comment does not."""
+    pins = read_pins()
+    assert {"torch", "torchvision", "pytorch-lightning", "segmentation-models-pytorch", "albumentations", "numpy",
+            "pandas", "tifffile", "rasterio", "pillow", "typer", "loguru"} <= set(pins)  # CONTRACT.md's image
+    docker = (REPO / "Dockerfile").read_text()
+    script = SCRIPT.read_text()
+    for text in (docker, script):
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        assert not [f"{d}=={v}" for d, v in pins.items() if re.search(rf"(?i)\b{re.escape(d)}=={re.escape(v)}", code)]
+    # the Dockerfile copies the file and installs exactly it
+    copies = re.findall(r"^COPY\s+(\S+)\s+(\S+)\s*$", docker, re.M)
+    dest = [d for src, d in copies if src == "submission/runtime-requirements.txt"]
+    assert len(dest) == 1
+    installs = [line for line in docker.splitlines() if line.startswith("RUN pip install")]
+    assert installs == [f"RUN pip install --no-cache-dir --no-deps --only-binary=:all: -r {dest[0]}"]
+    # the script reads it by default, installs it, and hands its pins to the version check
+    assert 'PINS_FILE="${CLOUDKD_RUNTIME_PINS:-$REPO/submission/runtime-requirements.txt}"' in script
+    assert re.search(r'pip install --no-deps --only-binary=:all: \\\n\s+-r "\$PINS_FILE"', script)
+    assert re.search(r'"\$PY" -c "\$CHECK" "\$ENV_DIR/versions.json" \\\n\s+"\$\{PINS\[@\]\}"', script)
+    # the stamp: an environment built from this list passes --check; a changed pin does not, a comment does
+    env = tmp_path / "env"
+    (env / "bin").mkdir(parents=True)
+    shutil.copy(Path(runtime_python).parent.parent / ".cloudkd-runtime-env", env / ".cloudkd-runtime-env")
+    (env / "bin" / "python").write_text("#!/bin/sh\n")
+    (env / "bin" / "python").chmod(0o755)
+    assert _runtime_env_check(env)[0] == 0
+    text = PINS_FILE.read_text()
+    for name, edit, want in (("comment", text + "# a note\n\n", 0),
+                             ("pin", text.replace("\nnumpy==1.20.3\n", "\nnumpy==1.21.0\n"), 1),
+                             ("added", text + "onnxruntime==1.8.1\n", 1)):
+        (tmp_path / f"{name}.txt").write_text(edit)
+        code, out = _runtime_env_check(env, tmp_path / f"{name}.txt")
+        assert code == want, (name, out)
+        if want:
+            assert out == f"runtime-env: {env} is not built from the pins of {tmp_path / f'{name}.txt'}: make " \
+                          f"runtime-env builds it"
+    # a broken pin list is one line and exit 2, before anything is built
+    (tmp_path / "bad.txt").write_text(text + "numpy\n")
+    assert _runtime_env_check(env, tmp_path / "bad.txt") == (
+        2, f"runtime-env: {tmp_path / 'bad.txt'}: 'numpy' is not a NAME==VERSION pin")
+    assert _runtime_env_check(env, tmp_path / "nowhere.txt") == (
+        2, f"runtime-env: {tmp_path / 'nowhere.txt'}: pin list not found")
 
 
 def test_packed_student_under_python39_torch18_writes_the_library_masks_on_chips_with_nodata(
