@@ -70,11 +70,15 @@ def test_synth_validate_preview(tmp_path):
         assert im.format == "PNG" and (np.asarray(im.convert("L")) < 240).mean() > 0.2
 
 
-def test_synth_rejects_bad_settings(tmp_path):
+def test_synth_rejects_bad_settings(tmp_path, capsys):
+    from conftest import invoke as run_cloudkd, one_line_refusal
+
     r = invoke("synth", tmp_path / "x", "--size", 8)
     assert r.exit_code == 2 and "must be between 32 and 4096 pixels, got 8" in r.output
-    r = invoke("synth", tmp_path / "x", "--difficulty", 2)
-    assert r.exit_code != 0
+    # as a user types it: exit 2, one line naming the option, no traceback, nothing written
+    code, text = run_cloudkd(["synth", tmp_path / "x", "--difficulty", 2], capsys)
+    one_line_refusal(code, text, "'--difficulty'")
+    assert "Invalid value" in text and not (tmp_path / "x").exists()
     r = invoke("synth", tmp_path / "x", "--label-style", "sloppy")
     assert r.exit_code == 2 and "label_style must be one of" in r.output and not (tmp_path / "x").exists()
 
