@@ -92,14 +92,36 @@ def test_bad_label_folder(tmp_path):
         score_folder(tmp_path / "nope", tmp_path / "labels")
 
 
-def test_report_files(case, tmp_path):
-    root, _, _ = case
-    rep = score_folder(root / "pred", root / "train_labels")
-    rep.write(tmp_path / "rep", tmp_path / "s.json")
-    assert json.loads((tmp_path / "s.json").read_text())["jaccard"] == pytest.approx(rep.jaccard)
-    chips = pd.read_csv(tmp_path / "rep" / "per_chip.csv")
-    assert set(chips.columns) >= {"chip_id", "location", "iou", "precision", "recall"}
-    assert len(pd.read_csv(tmp_path / "rep" / "per_location.csv")) == 2
+def test_written_reports_hold_the_global_jaccard_of_hand_made_masks(tmp_path, capsys):
+    """`evaluate score --json --report-dir` on three 10x10 chips whose counts are known by hand: the global Jaccard
+    is the sum of intersections over the sum of unions (70 / 160), not the mean of the chips' IoUs (0.462), per
+    chip and per location likewise; nodata pixels (every band 0) count like any other, as in the leaderboard's
+    metric: the label's cloud on them, which the prediction rule leaves clear, is missed cloud."""
+    from conftest import invoke, make_dataset
+
+    chips = {c: np.full((4, 10, 10), 3000, np.uint16) for c in ("aaaa", "bbbb", "cccc")}
+    chips["cccc"][:, 5:] = 0  # nodata rows
+    labels = {c: np.zeros((10, 10), np.uint8) for c in chips}
+    preds = {c: np.zeros((10, 10), np.uint8) for c in chips}
+    labels["aaaa"][:5], preds["aaaa"][:3] = 1, 1  # I 30, U 50
+    labels["bbbb"][:, :2], preds["bbbb"][:, :4] = 1, 1  # I 20, U 40
+    labels["cccc"][3:], preds["cccc"][3:5] = 1, 1  # cloud on nodata rows 5-9 labelled, not predicted: I 20, U 70
+    root = make_dataset(tmp_path / "data", chips, "train", labels, {"aaaa": "X", "bbbb": "X", "cccc": "Y"})
+    for c, m in preds.items():
+        write_mask(tmp_path / "pred" / f"{c}.tif", m)
+    code, text = invoke(["evaluate", "score", "--pred", tmp_path / "pred", "--labels", root / "train_labels",
+                         "--json", tmp_path / "s.json", "--report-dir", tmp_path / "rep"], capsys)
+    assert code == 0, text
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert (s["intersection"], s["union"], s["n_chips"]) == (70, 160, 3) and s["ok"]
+    assert s["jaccard"] == pytest.approx(70 / 160, abs=1e-12)
+    assert s["precision"] == pytest.approx(70 / 90) and s["recall"] == pytest.approx(70 / 140)
+    chip = pd.read_csv(tmp_path / "rep" / "per_chip.csv").set_index("chip_id")
+    assert chip["iou"].to_dict() == pytest.approx({"aaaa": 30 / 50, "bbbb": 20 / 40, "cccc": 20 / 70})
+    assert chip.loc["cccc", "fn"] == 50 and chip.loc["cccc", "location"] == "Y"
+    loc = pd.read_csv(tmp_path / "rep" / "per_location.csv").set_index("location")
+    assert loc["jaccard"].to_dict() == pytest.approx({"X": 50 / 90, "Y": 20 / 70})
+    assert loc["n_chips"].to_dict() == {"X": 2, "Y": 1}
 
 
 def test_a_label_of_the_wrong_shape_is_blamed_not_the_prediction(tmp_path, capsys):
