@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -94,14 +95,85 @@ def test_real_bench_reports_every_method_it_was_given(real_labelled, student, tm
         assert im.format == "PNG" and im.size[0] > im.size[1] > 200
 
 
-def test_real_bench_command(real_labelled, student, tmp_path):
-    res = runner.invoke(app, ["real-bench", str(real_labelled), "--out", str(tmp_path / "o"),
-                              "--student", str(student), "--peer", "no"])
-    assert res.exit_code == 0, res.output
-    assert "jaccard" in res.output and "student unet-s" in res.output
-    assert len(pd.read_csv(tmp_path / "o" / "summary.csv")) == 1
-    bad = runner.invoke(app, ["real-bench", str(real_labelled), "--out", str(tmp_path / "p"), "--peer", "maybe"])
-    assert bad.exit_code == 2 and "--peer" in bad.output
+#: pixel kinds of the hand-made case: DN of B02, B03, B04, B08 (reflectance = DN / 10000)
+KINDS = {"dark": (800, 900, 1000, 2000), "deck": (2500, 2600, 2700, 2800), "cloud": (5000, 5000, 5000, 5200),
+         "sand": (3000, 4000, 5000, 5500), "top": (7000, 7000, 7000, 7000), "nodata": (0, 0, 0, 0)}
+
+
+def _hand_made_case(root: Path):
+    """Two 16x16 chips of the pixel kinds above, with labels: cloud decks, cloud and bright tops labelled, part of
+    the sand labelled by mistake, cloud labelled over nodata."""
+    from conftest import make_dataset
+
+    def chip(layout):
+        dn = np.zeros((4, 16, 16), np.uint16)
+        for kind, (rows, cols) in layout.items():
+            dn[:, rows, cols] = np.array(KINDS[kind], np.uint16)[:, None, None]
+        return dn
+
+    a = chip({"dark": (slice(None), slice(0, 4)), "deck": (slice(None), slice(4, 8)),
+              "cloud": (slice(None), slice(8, 12)), "sand": (slice(None), slice(12, 16))})
+    b = chip({"top": (slice(0, 8), slice(None)), "nodata": (slice(8, 12), slice(None)),
+              "dark": (slice(12, 16), slice(None))})
+    la, lb = np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8)
+    la[:, 4:12] = 1
+    la[:8, 12:] = 1
+    lb[:12] = 1
+    return make_dataset(root, {"aaaa": a, "bbbb": b}, "train", {"aaaa": la, "bbbb": lb})
+
+
+def test_real_bench_command_scores_the_rule_and_counts_bands_as_computed_here(tmp_path, capsys):
+    """`evaluate real-bench --threshold MODEL` on a hand-made case: the rule's row in summary.csv is the global
+    Jaccard (and precision, recall) of the rule's masks computed here from the chips' numbers, per_chip.csv holds
+    each chip's counts, and bands.csv the labelled cloud, recall, predicted cloud and precision per band of mean
+    visible reflectance, nodata pixels left out, all recomputed here."""
+    from conftest import invoke, one_line_refusal
+
+    root = _hand_made_case(tmp_path / "data")
+    rule = tmp_path / "rule.json"
+    ThresholdModel(0.3, 0.2).save(rule)
+    code, text = invoke(["evaluate", "real-bench", root, "--out", tmp_path / "o", "--threshold", rule, "--peer", "no"],
+                        capsys)
+    assert code == 0, text
+    # the rule by hand: cloud where the mean visible reflectance > 0.3 and the whiteness < 0.2
+    inter = union = pred_px = label_px = 0
+    per_band = {name: np.zeros(3, int) for name in ("<0.2", "0.2-0.35", "0.35-0.6", ">0.6")}
+    counts = {}
+    for cid in ("aaaa", "bbbb"):
+        refl = np.stack([tifffile.imread(root / "train_features" / cid / f"{b}.tif") for b in
+                         ("B02", "B03", "B04", "B08")]).astype(np.float64) / 10000
+        vis = refl[:3].mean(0)
+        white = np.abs(refl[:3] - vis).sum(0) / np.where(vis > 0, vis, np.nan)
+        pred = (vis > 0.3) & (white < 0.2)
+        lab = tifffile.imread(root / "train_labels" / f"{cid}.tif").astype(bool)
+        counts[cid] = (int((pred & lab).sum()), int((pred & ~lab).sum()), int((~pred & lab).sum()))
+        inter, union = inter + int((pred & lab).sum()), union + int((pred | lab).sum())
+        pred_px, label_px = pred_px + int(pred.sum()), label_px + int(lab.sum())
+        valid = refl.any(0)
+        for name, lo, hi in (("<0.2", 0, 0.2), ("0.2-0.35", 0.2, 0.35), ("0.35-0.6", 0.35, 0.6), (">0.6", 0.6, 9)):
+            inside = valid & (vis >= lo) & (vis < hi)
+            per_band[name] += [(lab & inside).sum(), (lab & pred & inside).sum(), (pred & inside).sum()]
+    # by hand: cloud 64 + tops 128 px predicted; labelled: decks 64, cloud 64, sand 32, tops 128, nodata 64
+    assert (inter, union, pred_px, label_px) == (192, 352, 192, 352)
+    (row,) = pd.read_csv(tmp_path / "o" / "summary.csv").to_dict("records")
+    assert row["method"] == "thresholding"
+    assert row["jaccard"] == pytest.approx(inter / union, abs=1e-12)
+    assert (row["precision"], row["recall"]) == pytest.approx((inter / pred_px, inter / label_px))
+    chip = pd.read_csv(tmp_path / "o" / "per_chip.csv").set_index("chip_id")
+    assert {c: (chip.tp[c], chip.fp[c], chip.fn[c]) for c in counts} == counts
+    bands = pd.read_csv(tmp_path / "o" / "bands.csv")
+    got = bands[bands.method == row["method"]].set_index("band")
+    for name, (lab_n, hit, pred_n) in per_band.items():
+        assert got.label_px[name] == lab_n and got.pred_px[name] == pred_n, name
+        assert got.recall[name] == pytest.approx(hit / lab_n) if lab_n else np.isnan(got.recall[name])
+        assert got.precision[name] == pytest.approx(hit / pred_n) if pred_n else np.isnan(got.precision[name])
+    # by hand: the decks (0.26) are labelled and missed, the sand (0.4, coloured) is not cloud, nodata is left out
+    assert got.recall["0.2-0.35"] == 0 and got.label_px["0.2-0.35"] == 64 and got.label_px["<0.2"] == 0
+    assert got.recall["0.35-0.6"] == pytest.approx(64 / 96) and got.precision["0.35-0.6"] == 1.0
+    assert got.recall[">0.6"] == 1.0 and got.label_px.sum() == 288  # 352 labelled, 64 of them on nodata
+    code, text = invoke(["evaluate", "real-bench", root, "--out", tmp_path / "p", "--threshold", rule, "--peer",
+                         "maybe"], capsys)
+    one_line_refusal(code, text, "--peer")
 
 
 def test_real_bench_refuses_unlabelled_data_and_no_methods(small_data, tmp_path):
