@@ -9,10 +9,8 @@ import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
-from typer.testing import CliRunner
 
 from cloudkd.baselines.threshold import ThresholdModel
-from cloudkd.cli import app
 from cloudkd.data import read_label, read_mask
 from cloudkd.evaluate.realchips import (method_folder, onnx_method, peer_method, run_real_bench, student_method,
                                         threshold_method)
@@ -23,7 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_LABELLED = Path(os.environ.get("CLOUDKD_REAL_LABELLED", REPO.parent / "shared" / "data" / "real_labelled"))
 #: official label cloud fractions (the shared folder's README)
 FRACTIONS = {"adwp": 0.479, "adwu": 0.637, "adwz": 1.0, "adxp": 1.0}
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
