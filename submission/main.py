@@ -9,7 +9,8 @@ reads every chip folder of ``data/test_features`` (B02, B03, B04, B08 GeoTIFFs) 
 * Needs Python >= 3.9, torch >= 1.8, numpy, tifffile, pillow. The model code (``assets/cloudkd_rt/unet.py``),
   the normalisation and band scaling (``normalise.py``) and the prediction rule (``infer.py``) are copies of
   the cloudkd library's own modules, written by ``cloudkd pack``; ``assets/config.json`` holds the model
-  spec, threshold, flip TTA and batch size; ``assets/model.pt`` the weights (a plain state dict).
+  spec, the prediction rule's threshold and dilation (pixels; 0 when absent), flip TTA and batch size;
+  ``assets/model.pt`` the weights (a plain state dict).
 * Never fails the run for one chip. Fallbacks (each logged with the chip id and the reason):
     - a band that is missing, unreadable, empty, not 2-D or not chip-size x chip-size is replaced by the mean
       reflectance of the chip's good bands (size, dims and dtype are checked from the TIFF header, so a wrong
@@ -25,7 +26,7 @@ reads every chip folder of ``data/test_features`` (B02, B03, B04, B08 GeoTIFFs) 
 * At the end, one machine-readable line in the log (stdout): ``cloudkd-summary `` followed by a JSON object
   with ``chips_expected``, ``chips_written``, ``fallback`` ({chip_id: why} of every chip given one of the
   fallbacks above), ``failed`` ({chip_id: why} of every chip whose mask could not be written), ``threshold``,
-  ``tta``, ``model``, ``assets`` (sha256 of ``model.pt`` and ``config.json``), ``device``, ``torch`` and
+  ``dilate``, ``tta``, ``model``, ``assets`` (sha256 of ``model.pt`` and ``config.json``), ``device``, ``torch`` and
   ``seconds``. ``cloudkd runtime-test`` reads its verdict from this line, not from the wording of the others.
 """
 
@@ -165,12 +166,12 @@ def sha256(path):
 
 
 def predict_batch(model, chips, cfg, device):
-    """Masks for a list of (4, H, W) reflectance arrays: the library's normalisation and prediction rule (nodata
-    pixels clear included)."""
+    """Masks for a list of (4, H, W) reflectance arrays: the library's normalisation and prediction rule (its
+    dilation and nodata pixels clear included)."""
     refl = np.stack(chips)
     x = torch.from_numpy(np.stack([normalise.normalise(c) for c in chips])).to(device)
     return infer.predict_masks(model, x, infer.nodata_mask(refl), float(cfg.get("threshold", infer.DEFAULT_THRESHOLD)),
-                               bool(cfg.get("tta", False)))
+                               bool(cfg.get("tta", False)), int(cfg.get("dilate", infer.DEFAULT_DILATE)))
 
 
 def main():
@@ -180,6 +181,7 @@ def main():
     size = int(cfg.get("chip_size", 512))
     batch_size = max(1, int(cfg.get("batch_size", 8)))
     threshold = float(cfg.get("threshold", infer.DEFAULT_THRESHOLD))
+    dilate = int(cfg.get("dilate", infer.DEFAULT_DILATE))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_grad_enabled(False)
     model = load_model(cfg, device)
@@ -187,8 +189,8 @@ def main():
     PREDICTIONS.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".cloudkd-tmp-", dir=str(ROOT)))
     model_name = cfg["model"].get("name", cfg["model"]["arch"])
-    log.info("%d chips in %s; model %s on %s; threshold %s, tta %s, batch %d", len(chips), FEATURES, model_name,
-             device, threshold, cfg.get("tta", False), batch_size)
+    log.info("%d chips in %s; model %s on %s; threshold %s, dilate %d px, tta %s, batch %d", len(chips), FEATURES,
+             model_name, device, threshold, dilate, cfg.get("tta", False), batch_size)
     fallback, failed = {}, {}  # chip_id -> why: the chips given a fallback mask / whose mask was not written
     n_written = 0
 
@@ -258,7 +260,7 @@ def main():
     log.info("done: %d masks for %d chips (%d with a fallback, %d failed) in %.1f s (%.1f ms/chip)",
              n_written, len(chips), len(fallback), len(failed), seconds, 1000 * seconds / max(1, len(chips)))
     summary = {"chips_expected": len(chips), "chips_written": n_written, "fallback": fallback, "failed": failed,
-               "threshold": threshold, "tta": bool(cfg.get("tta", False)), "model": model_name,
+               "threshold": threshold, "dilate": dilate, "tta": bool(cfg.get("tta", False)), "model": model_name,
                "assets": {name: sha256(ASSETS / name) for name in ("model.pt", "config.json")},
                "device": device, "torch": torch.__version__, "seconds": round(seconds, 3)}
     log.info("%s%s", SUMMARY_PREFIX, json.dumps(summary, sort_keys=True))

@@ -15,6 +15,7 @@ from cloudkd.data import normalise, read_chip, read_label, read_mask, resolve_sp
 from cloudkd.student.runs import load_student, recorded_dilation, recorded_rule, run_rule
 
 from conftest import invoke, one_line_refusal
+from test_runtime_env import runtime_python  # noqa: F401  (the fixture: the runtime's Python 3.9 environment)
 
 SIZE = 96  # the small generated chips
 #: a dilation no command applies by chance
@@ -237,3 +238,163 @@ def test_student_predict_applies_the_recorded_dilation_unless_told_otherwise(run
     code, text = invoke(["student", "predict", "--model", run_at_d, "--features", test.features_dir,
                          "--out", tmp_path / "bad", "--dilate", -1], capsys)
     one_line_refusal(code, text, "--dilate")
+
+
+@pytest.mark.parametrize("shape,tile,overlap,dilate", [((250, 301), 100, 30, 5), ((260, 260), 64, 0, 7),
+                                                       ((150, 170), 32, 8, 30), ((600, 90), 64, 16, 4)])
+def test_a_scene_predicted_in_tiles_is_the_whole_arrays_rule_with_its_dilation(small_data, tmp_path, shape, tile,
+                                                                                overlap, dilate):
+    """predict-scene's mask of a scene in tiles (seams with and without overlap, a dilation wider than a strip of
+    tiles, a scene taller than one output band of 512 rows) equals the rule applied to the whole array at once:
+    a model that sees one pixel gives every tile the whole array's logit there, so any difference is the
+    stitching's."""
+    import tifffile
+
+    from cloudkd.data.normalise import dn_to_reflectance
+    from cloudkd.onboard.scene import predict_scene
+    from test_onboard import _scene_from_chips, _write_band_files
+
+    h, w = shape
+    scene = np.tile(_scene_from_chips(small_data, 3), (1, 3, 1))[:, :h, :w].copy()
+    scene[:, :20, -25:] = 0  # a nodata corner
+    coef = np.array([0.3, -0.2, 0.5, 0.4], np.float32)[:, None, None]
+    cut = float(np.quantile((normalise(dn_to_reflectance(scene)) * coef).sum(axis=0), 0.8))
+
+    def pixelwise(x):  # logits far from the threshold: the blend's rounding cannot flip a pixel
+        return np.where((x * coef).sum(axis=1, keepdims=True) > cut, 4.0, -4.0).astype(np.float32)
+
+    d = _write_band_files(tmp_path / "scene", scene, rowsperstrip=16)
+    outs = {}
+    for px in (0, dilate):
+        r = predict_scene(d, tmp_path / f"mask{px}.tif", pixelwise, tile=tile, overlap=overlap, batch_size=3,
+                          threshold=0.5, dilate=px, progress=False)
+        outs[px] = tifffile.imread(tmp_path / f"mask{px}.tif")
+    z = pixelwise(normalise(dn_to_reflectance(scene))[None])
+    whole = masks_from_logits(z, 0.5, (scene == 0).all(axis=0)[None], dilate)[0]
+    assert np.array_equal(outs[dilate], whole)
+    assert np.array_equal(outs[dilate], (_scipy(z[0, 0] > 0, dilate) & ~(scene == 0).all(axis=0)).astype(np.uint8))
+    assert outs[dilate][:20, -25:].max() == 0 and r["tiles"] > 1
+    assert (outs[dilate] != outs[0]).sum() > 0.02 * h * w  # the dilation is there, not a blank comparison
+
+
+@pytest.fixture(scope="module")
+def export_at_d(run_at_d, tmp_path_factory):
+    """`cloudkd onboard export` of run_at_d with no rule given: fp32 (dynamic) and fp32_b1 (96 px)."""
+    from cloudkd.onboard.export import export
+
+    out = tmp_path_factory.mktemp("export_d") / "exp"
+    export(run_at_d, out, size=SIZE, int8=False, measure_memory=False)
+    return out
+
+
+def test_the_recorded_dilation_reaches_the_onnx_metadata_and_the_models_loaded_from_it(run_at_d, export_at_d,
+                                                                                      small_data, tmp_path):
+    from cloudkd.common.onnx import OnnxModel, onnx_rule, ort_session
+    from cloudkd.evaluate.realchips import onnx_method, student_method
+    from cloudkd.student.predictor import load_predictor
+
+    assert json.loads((export_at_d / "export.json").read_text())["dilate"] == D
+    for name in ("model_fp32.onnx", "model_fp32_b1.onnx"):
+        assert onnx_rule(ort_session(export_at_d / name)) == (0.5, D)
+        assert recorded_rule(export_at_d / name) == (0.5, D) and load_predictor(export_at_d / name).dilate == D
+    assert load_predictor(run_at_d).dilate == D and load_predictor(run_at_d).threshold == 0.5
+    test = resolve_split(small_data, "test")
+    ids = test.chip_ids()
+    for method, model in ((student_method(run_at_d), load_student(run_at_d)),
+                          (onnx_method(export_at_d / "model_fp32.onnx"), OnnxModel(export_at_d / "model_fp32.onnx"))):
+        want = _masks(model, test.features_dir, ids)
+        method.predict(test.features_dir, tmp_path / method.name)
+        for c in ids:
+            assert np.array_equal(read_mask(tmp_path / method.name / f"{c}.tif"), want[c]), (method.name, c)
+    # an export told another dilation records that one
+    from cloudkd.onboard.export import export
+
+    export(run_at_d, tmp_path / "exp0", size=SIZE, int8=False, measure_memory=False, dilate=0)
+    assert recorded_rule(tmp_path / "exp0" / "model_fp32.onnx") == (0.5, 0)
+
+
+def test_bench_and_predict_scene_apply_the_recorded_dilation(run_at_d, export_at_d, small_data, tmp_path, capsys):
+    import rasterio
+    import tifffile
+
+    from cloudkd.common.metrics import Confusion, confusion
+    from cloudkd.onboard.bench import run_worker
+    from cloudkd.onboard.scene import load_predictor, predict_scene
+
+    test = resolve_split(small_data, "test")
+    ids = test.chip_ids()
+    want = _masks(load_student(run_at_d), test.features_dir, ids)
+    conf = Confusion()
+    for c in ids:
+        conf += confusion(want[c], read_label(test.labels_dir / f"{c}.tif") > 0)
+    row = run_worker("s", "student", str(run_at_d), str(test.features_dir), str(test.labels_dir), 1, 4, 1)
+    assert row["dilate"] == D and row["jaccard"] == pytest.approx(conf.jaccard(), abs=1e-9)
+    assert run_worker("s", "student", str(run_at_d), str(test.features_dir), str(test.labels_dir), 1, 4, 1,
+                      dilate=0)["jaccard"] != pytest.approx(conf.jaccard(), abs=1e-6)
+
+    chip = test.chip_dir(ids[0])
+    for name, model in (("run", run_at_d), ("onnx", export_at_d / "model_fp32.onnx")):
+        lib = {}
+        for px in (D, 0):
+            predict_scene(chip, tmp_path / f"{name}{px}.tif", load_predictor(model), tile=64, overlap=16, dilate=px,
+                          progress=False)
+            lib[px] = tifffile.imread(tmp_path / f"{name}{px}.tif")
+        assert (lib[D] != lib[0]).any()
+        out = tmp_path / f"{name}.tif"
+        code, text = invoke(["onboard", "predict-scene", chip, "--model", model, "--out", out, "--tile", 64,
+                             "--overlap", 16], capsys)
+        assert code == 0, text
+        assert np.array_equal(tifffile.imread(out), lib[D]), name
+        with rasterio.open(out) as ds:
+            assert ds.tags()["CLOUDKD_DILATE"] == str(D)
+        code, text = invoke(["onboard", "predict-scene", chip, "--model", model, "--out", tmp_path / "o0.tif",
+                             "--tile", 64, "--overlap", 16, "--dilate", 0, "--force"], capsys)
+        assert code == 0 and np.array_equal(tifffile.imread(tmp_path / "o0.tif"), lib[0]), text
+
+
+def test_pack_ships_the_recorded_dilation_unless_told_otherwise(run_at_d, student, tmp_path):
+    import zipfile
+
+    from cloudkd.submission.pack import pack
+
+    def shipped(run, **kw):
+        z = tmp_path / f"s{len(list(tmp_path.iterdir()))}.zip"
+        pack(run, z, chip_size=SIZE, **kw)
+        return json.loads(zipfile.ZipFile(z).read("assets/config.json"))["dilate"]
+
+    assert shipped(run_at_d) == D and shipped(run_at_d, dilate=1) == 1 and shipped(student) == 0
+    with pytest.raises(ValueError):
+        shipped(run_at_d, dilate=-1)
+
+
+def test_packed_main_py_under_the_runtime_applies_the_recorded_dilation(run_at_d, small_data, runtime_python,
+                                                                        tmp_path):
+    """main.py + the packed infer.py under Python 3.9 / torch 1.8 / numpy 1.20 write the library's dilated masks
+    (nodata wedges cleared after the dilation) and say so in the run summary."""
+    from PIL import Image
+
+    from cloudkd.student.predict import predict_folder
+    from cloudkd.submission.emulate import runtime_test
+    from cloudkd.submission.pack import pack
+    from test_submission import wedged_copy
+
+    z = tmp_path / "submission.zip"
+    pack(run_at_d, z, tta=True, batch_size=3, chip_size=SIZE)
+    test = resolve_split(small_data, "test")
+    wedges = wedged_copy(test, tmp_path / "wedged")
+    feats = tmp_path / "wedged" / "test_features"
+    v = runtime_test(z, tmp_path / "wedged", keep=tmp_path / "root", echo=False, python=runtime_python)
+    assert v["ok"], (v["reasons"], v["log"][-2000:])
+    assert v["versions"]["python"].startswith("3.9.") and v["versions"]["torch"].split("+")[0] == "1.8.0"
+    s = v["summary"]
+    assert s["dilate"] == D and s["threshold"] == 0.5 and s["tta"] is True and f"dilate {D} px" in v["log"]
+    lib = {px: predict_folder(load_student(run_at_d), feats, tmp_path / f"lib{px}", tta=True, batch_size=3,
+                              dilate=px, progress=False) for px in (D, 0)}
+    assert lib[D]["n_chips"] == len(wedges)
+    differ = 0
+    for cid, wedge in wedges.items():
+        mask = np.array(Image.open(tmp_path / "root" / "predictions" / f"{cid}.tif"))
+        assert np.array_equal(mask, read_mask(tmp_path / f"lib{D}" / f"{cid}.tif")), cid
+        assert mask[wedge].max() == 0, cid
+        differ += int((mask != read_mask(tmp_path / "lib0" / f"{cid}.tif")).sum())
+    assert differ > 0

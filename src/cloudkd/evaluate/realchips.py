@@ -51,21 +51,25 @@ def threshold_method(path: os.PathLike | str, name: str = "thresholding") -> Met
 
 
 def student_method(run: os.PathLike | str, name: Optional[str] = None) -> Method:
-    from ..student.predict import predict_folder
     from ..student.predictor import load_predictor
 
-    m = load_predictor(run, kind="student")  # masks by the run's own prediction rule (its threshold)
-    return Method(name or m.name, lambda f, o: predict_folder(m.model, f, o, threshold=m.threshold, progress=False),
-                  m.params, m.bytes)
+    m = load_predictor(run, kind="student")  # masks by the run's own prediction rule (its threshold and dilation)
+    return predictor_method(m, name)
 
 
 def onnx_method(path: os.PathLike | str, name: Optional[str] = None) -> Method:
-    from ..student.predict import predict_folder
     from ..student.predictor import load_predictor
 
-    m = load_predictor(path, kind="onnx")  # the threshold the export recorded in the model
-    return Method(name or m.name, lambda f, o: predict_folder(m.model, f, o, threshold=m.threshold, progress=False),
-                  m.params, m.bytes)
+    return predictor_method(load_predictor(path, kind="onnx"), name)  # the rule the export recorded in the model
+
+
+def predictor_method(m, name: Optional[str] = None) -> Method:
+    """The method of a loaded student or ONNX :class:`cloudkd.student.predictor.Predictor`: its masks by its
+    recorded prediction rule (threshold and dilation)."""
+    from ..student.predict import predict_folder
+
+    return Method(name or m.name, lambda f, o: predict_folder(m.model, f, o, threshold=m.threshold, progress=False,
+                                                              dilate=m.dilate), m.params, m.bytes)
 
 
 def nnunet_method(workdir: os.PathLike | str, name: str = "nnU-Net teacher") -> Method:

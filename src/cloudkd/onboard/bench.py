@@ -137,10 +137,12 @@ def _export_artefact(path: Path) -> Optional[Tuple[str, dict]]:
         return None
 
 
-def _load(kind: str, path: str, threads: int, threshold: Optional[float] = None) -> Tuple[Callable, dict]:
-    """(predict(refl (N,4,H,W) float32) -> masks (N,H,W), {params, bytes, macs, int8, threshold}) of a row of
-    :func:`row_kind` ``kind``. The models' masks come from the one prediction rule at ``threshold`` (None: the
-    model's recorded one, :func:`cloudkd.student.runs.recorded_threshold`; nodata pixels clear)."""
+def _load(kind: str, path: str, threads: int, threshold: Optional[float] = None,
+          dilate: Optional[int] = None) -> Tuple[Callable, dict]:
+    """(predict(refl (N,4,H,W) float32) -> masks (N,H,W), {params, bytes, macs, int8, threshold, dilate}) of a row
+    of :func:`row_kind` ``kind``. The models' masks come from the one prediction rule at ``threshold`` and
+    ``dilate`` (None: the model's recorded ones, :func:`cloudkd.student.runs.recorded_rule`; nodata pixels
+    clear)."""
     import torch
 
     from ..common.infer import clear_nodata, masks_from_logits, nodata_mask
@@ -154,7 +156,8 @@ def _load(kind: str, path: str, threads: int, threshold: Optional[float] = None)
 
         t = ThresholdModel.load(path)
         return (lambda refl: np.stack([t.predict(r) for r in refl]) > 0), \
-            {"params": 2, "bytes": Path(path).stat().st_size, "macs": 0, "int8": False, "threshold": rule}
+            {"params": 2, "bytes": Path(path).stat().st_size, "macs": 0, "int8": False, "threshold": rule,
+             "dilate": 0}
     if kind == "peer":
         from ..teacher import peer
 
@@ -162,14 +165,16 @@ def _load(kind: str, path: str, threads: int, threshold: Optional[float] = None)
             return clear_nodata(np.stack([peer.predict_chip(r, threads) for r in refl]), nodata_mask(refl))
 
         return masks, {"params": peer.params(), "bytes": peer.model_file().stat().st_size, "macs": 0,
-                         "int8": False, "threshold": rule}
+                       "int8": False, "threshold": rule, "dilate": 0}
     m = load_predictor(path, threads, kind="onnx" if kind == "reference" else kind)
     threshold = m.threshold if threshold is None else threshold
+    dilate = m.dilate if dilate is None else dilate
 
-    def predict(refl):  # the one prediction rule at ``threshold``, nodata pixels clear
-        return masks_from_logits(m.logits(normalise(refl)), threshold, nodata_mask(refl))
+    def predict(refl):  # the one prediction rule at ``threshold`` and ``dilate``, nodata pixels clear
+        return masks_from_logits(m.logits(normalise(refl)), threshold, nodata_mask(refl), dilate)
 
-    info = {"params": m.params, "bytes": m.bytes, "macs": m.macs, "int8": False, "threshold": threshold}
+    info = {"params": m.params, "bytes": m.bytes, "macs": m.macs, "int8": False, "threshold": threshold,
+            "dilate": dilate}
     if kind == "reference":  # fixed random weights of today's unet-s, quantised
         from ..common.sizes import count_macs, count_params
         from ..student.unet import from_preset
@@ -183,9 +188,10 @@ def _load(kind: str, path: str, threads: int, threshold: Optional[float] = None)
 
 
 def run_worker(name: str, kind: str, path: str, features: str, labels: str, threads: int, batch: int,
-               n_latency: int, limit: Optional[int] = None, threshold: Optional[float] = None) -> dict:
-    """One row (``kind``: :func:`row_kind`), measured in this process (``threshold`` None: the model's recorded
-    one)."""
+               n_latency: int, limit: Optional[int] = None, threshold: Optional[float] = None,
+               dilate: Optional[int] = None) -> dict:
+    """One row (``kind``: :func:`row_kind`), measured in this process (``threshold`` / ``dilate`` None: the
+    model's recorded ones)."""
     from ..data.chips import list_chip_ids, read_chip, read_label
     from ..common.metrics import Confusion, confusion
     from ..common.sizes import vm_hwm_mb
@@ -193,7 +199,7 @@ def run_worker(name: str, kind: str, path: str, features: str, labels: str, thre
     ids = list_chip_ids(features)[:limit] if limit else list_chip_ids(features)
     refl = np.stack([read_chip(Path(features) / c) for c in ids])
     labs = np.stack([read_label(Path(labels) / f"{c}.tif") for c in ids])
-    predict, info = _load(kind, path, threads, threshold)
+    predict, info = _load(kind, path, threads, threshold, dilate)
     predict(refl[:1])  # warm-up
     lat = []
     for i in range(min(n_latency, len(ids))):
@@ -210,14 +216,15 @@ def run_worker(name: str, kind: str, path: str, features: str, labels: str, thre
             "macs": info["macs"], "int8": info["int8"], "ms_per_chip_median": float(np.median(lat)),
             "ms_per_chip_p90": float(np.percentile(lat, 90)), "chips_per_s": len(ids) / seconds,
             "peak_rss_mb": vm_hwm_mb(), "jaccard": conf.jaccard(), "n_chips": len(ids), "threads": threads,
-            "batch": batch, "threshold": info["threshold"]}
+            "batch": batch, "threshold": info["threshold"], "dilate": info.get("dilate")}
 
 
 def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, batch: int = 8,
           n_latency: int = 16, limit: Optional[int] = None, progress: bool = True,
-          threshold: Optional[float] = None, peak: bool = True) -> List[dict]:
+          threshold: Optional[float] = None, peak: bool = True, dilate: Optional[int] = None) -> List[dict]:
     """Run every row of ``models`` (row name -> path, see :func:`row_kind`) in its own process; rows in the order
-    given, the speed reference (:data:`REFERENCE`) first. ``threshold`` None: each model's recorded threshold.
+    given, the speed reference (:data:`REFERENCE`) first. ``threshold`` / ``dilate`` None: each model's recorded
+    prediction rule.
 
     With the reference in ``models`` every row gets ``x_reference`` (its chips/s over the reference's, measured
     in the same run); with ``peak`` every row gets ``gmacs_per_s`` (MACs per chip x chips/s) and ``peak_share``
@@ -226,7 +233,7 @@ def bench(models: Dict[str, str], features: str, labels: str, threads: int = 2, 
     for name in sorted(models, key=lambda n: n != REFERENCE):  # stable: the others keep their order
         args = json.dumps({"name": name, "kind": row_kind(name, models[name]), "path": str(models[name]),
                            "features": str(features), "labels": str(labels), "threads": threads, "batch": batch,
-                           "n_latency": n_latency, "limit": limit, "threshold": threshold})
+                           "n_latency": n_latency, "limit": limit, "threshold": threshold, "dilate": dilate})
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         p = subprocess.run([sys.executable, "-m", "cloudkd.onboard.bench", args], capture_output=True, text=True, env=env)
         if p.returncode != 0:
@@ -290,7 +297,8 @@ def _export_of(student: Path, export_dir: Path) -> None:
 
 
 def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34: Optional[Path] = None,
-                export_dir: Optional[Path] = None, threshold: Optional[float] = None, log=print) -> Dict[str, Path]:
+                export_dir: Optional[Path] = None, threshold: Optional[float] = None, log=print,
+                dilate: Optional[int] = None) -> Dict[str, Path]:
     """The rows of the models ``make demo`` left in ``demo_dir`` (row name -> path, those present: thresholding,
     the nnU-Net teacher, the smp ResNet-34, the student in PyTorch, ONNX fp32 and int8), with the student exported
     to ONNX first when its export is missing (calibrated on the training split of ``split``'s root)."""
@@ -305,8 +313,9 @@ def demo_models(split, demo_dir: Path, student: Optional[Path] = None, resnet34:
     if (student / "student.json").is_file() and not (export_dir / "model_int8.onnx").is_file():
         log(f"exporting {student} -> {export_dir}")
         train = resolve_split(split.root, "train").features_dir if (split.root / "train_features").is_dir() else None
+        # the demo's own export (a folder cloudkd did not write: refused)
         export(student, export_dir, calib=train, heldout=split.features_dir if train else None, int8=bool(train),
-               threshold=threshold, force=True)  # the demo's own export (a folder cloudkd did not write: refused)
+               threshold=threshold, dilate=dilate, force=True)
     models = dict(zip(DEMO_ROWS, (demo_dir / "threshold.json", demo_dir / "nnunet", resnet34, student,
                                   export_dir / "model_fp32.onnx", export_dir / "model_int8.onnx")))
     for k, v in models.items():
@@ -373,4 +382,4 @@ if __name__ == "__main__":
         print(json.dumps(machine_peak(int(a["peak"]))))
         sys.exit(0)
     print(json.dumps(run_worker(a["name"], a["kind"], a["path"], a["features"], a["labels"], a["threads"],
-                                a["batch"], a["n_latency"], a.get("limit"), a.get("threshold"))))
+                                a["batch"], a["n_latency"], a.get("limit"), a.get("threshold"), a.get("dilate"))))

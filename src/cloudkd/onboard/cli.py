@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from ..common.cli import (at_least, cores, fail, finite, folder_output_check, model_threshold_option, output_check,
-                          side, stage_app)
+from ..common.cli import (at_least, cores, fail, finite, folder_output_check, model_dilate_option,
+                          model_threshold_option, output_check, side, stage_app)
 from .downlink import DEFAULT_THRESHOLDS
 
 app = stage_app("6. On board: export to ONNX / int8, predict whole scenes, downlink savings, benchmark.")
@@ -30,6 +30,9 @@ def export(
     threshold: Optional[float] = model_threshold_option("Cloud probability threshold of the checks' masks, recorded "
                                                         "in the ONNX models (default: the run's recorded "
                                                         "threshold, which pack ships too)."),
+    dilate: Optional[int] = model_dilate_option("Pixels the prediction rule grows the checks' masks by, recorded in "
+                                                "the ONNX models (default: the run's recorded dilation, which pack "
+                                                "ships too; else 0)."),
     force: bool = typer.Option(False, help="Replace an export cloudkd wrote at OUT (nothing else is replaced)."),
 ):
     """ONNX fp32 (dynamic and fixed batch) and int8 export, checked against PyTorch, with a size/cost report."""
@@ -41,7 +44,7 @@ def export(
 
     rep = do_export(checkpoint, out, calib=feats(calib), heldout=feats(heldout), n_calib=n_calib, n_check=n_check,
                     size=size, int8=int8 and calib is not None, measure_memory=memory,
-                    threshold=threshold, force=force)
+                    threshold=threshold, force=force, dilate=dilate)
     typer.echo(f"{'artefact':14s} {'params':>9s} {'bytes':>10s} {'GMACs/chip':>10s} {'peak MB':>8s} {'infer MB':>8s}")
     for name, a in rep.artefacts.items():
         typer.echo(f"{name:14s} {a['params']:>9,d} {a['bytes']:>10,d} {a['macs'] / 1e9:>10.2f} "
@@ -56,7 +59,8 @@ def export(
                    f"(calibrated on {c['n_calib_chips']}): {verdict}")
     elif calib is None:
         typer.echo("no --calib chips: int8 export and the checks on real inputs were skipped")
-    typer.echo(f"on-board artefact: {out / rep.onboard_artefact} (threshold {rep.threshold:g})")
+    typer.echo(f"on-board artefact: {out / rep.onboard_artefact} (threshold {rep.threshold:g}, dilate "
+               f"{rep.dilate} px)")
     typer.echo(f"report: {out / 'export.json'}")
     if rep.int8_ok is False:  # the int8 model exists but must not be flown
         fail(f"the int8 model missed its check against fp32 (mask IoU {c['int8_vs_fp32_mask_iou']:.4f} < "
@@ -85,6 +89,7 @@ def predict_scene_cmd(
     overlap: int = typer.Option(64, callback=at_least(0), help="Overlap between tiles (blended)."),
     batch: int = typer.Option(4, callback=at_least(1), help="Tiles per batch."),
     threshold: Optional[float] = model_threshold_option(),
+    dilate: Optional[int] = model_dilate_option(),
     threads: Optional[int] = typer.Option(None, callback=cores(1), help="CPU threads."),
     force: bool = typer.Option(False, help="Replace existing output files cloudkd wrote."),
 ):
@@ -121,12 +126,14 @@ def predict_scene_cmd(
         for msg in sc.warnings:
             typer.secho(f"warning: {msg}", fg="yellow", err=True)
         typer.echo(sc.describe())
-        if threshold is None:
-            from ..student.runs import recorded_threshold
+        from ..student.runs import recorded_rule
 
-            threshold = recorded_threshold(model)
-        r = predict_scene(sc, out, load_predictor(model, threads), tile=tile, overlap=overlap, batch_size=batch, threshold=threshold,
-                          prob_out=prob_out, chip_report=chip_report, tags={"CLOUDKD_MODEL": str(model)})
+        rule = recorded_rule(model)
+        threshold = rule[0] if threshold is None else threshold
+        dilate = rule[1] if dilate is None else dilate
+        r = predict_scene(sc, out, load_predictor(model, threads), tile=tile, overlap=overlap, batch_size=batch,
+                          threshold=threshold, prob_out=prob_out, chip_report=chip_report,
+                          tags={"CLOUDKD_MODEL": str(model)}, dilate=dilate)
     finally:
         sc.close()
     for o in outputs:
@@ -253,6 +260,8 @@ def bench_cmd(
                                                         "(default: each model's recorded threshold: a student "
                                                         "run's, an exported model's; the rule's default for the "
                                                         "teacher)."),
+    dilate: Optional[int] = model_dilate_option("Pixels the prediction rule grows every model's masks by (default: "
+                                                "each model's recorded dilation; 0 for those without one)."),
     force: bool = typer.Option(False, help="Replace a bench cloudkd wrote at OUT (nothing else is replaced)."),
 ):
     """Models side by side on the same held-out chips: latency, throughput, size, MACs, memory, Jaccard (with the
@@ -291,7 +300,7 @@ def bench_cmd(
     models = {}
     if demo_dir is not None:
         models = {k: str(v) for k, v in demo_models(split, demo_dir, student, resnet34, export_dir, threshold,
-                                                     log=typer.echo).items()}
+                                                     log=typer.echo, dilate=dilate).items()}
     models.update(rows)
     if peer and (p := peer_model(log=typer.echo)) is not None:
         models[PEER] = str(p)
@@ -299,7 +308,7 @@ def bench_cmd(
         if reference:  # made with the report, so bench.json names a model that is there
             models[REFERENCE] = str(reference_model(build, split.features_dir))
         table = bench(models, str(split.features_dir), str(split.labels_dir), threads=threads, batch=batch,
-                      n_latency=n_latency, limit=limit, threshold=threshold)
+                      n_latency=n_latency, limit=limit, threshold=threshold, dilate=dilate)
         for r in table:
             if r["name"] == REFERENCE:
                 r["path"] = str(out / Path(r["path"]).name)

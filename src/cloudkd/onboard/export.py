@@ -8,8 +8,9 @@ Writes into ``out``:
   uint8 activations, MinMax calibration on a folder of chips);
 * ``export.json``: the checks and the cost report.
 
-Every ONNX artefact carries the threshold of its prediction rule in its metadata (``cloudkd_threshold``: the run's
-recorded threshold unless another is given), which the commands that make masks with it take as their default.
+Every ONNX artefact carries its prediction rule in its metadata (``cloudkd_threshold`` and ``cloudkd_dilate``: the
+run's recorded threshold and dilation unless others are given), which the commands that make masks with it take as
+their default.
 
 Checks on real inputs: the fp32 ONNX logits against PyTorch (max abs diff, mask agreement) and the int8 masks
 against the fp32 masks on held-out chips (mask IoU; it must stay >= 0.98 or the command says so).
@@ -35,7 +36,7 @@ from ..common.errors import DataError
 from ..common.infer import masks_from_logits, nodata_mask
 from ..common.io import atomic_write
 from ..common.metrics import confusion
-from ..common.onnx import ort_logits, ort_session, stamp_threshold
+from ..common.onnx import ort_logits, ort_session, stamp_rule
 from ..common.sizes import count_macs, count_params  # noqa: F401  (count_macs: re-exported)
 from ..data.chips import list_chip_ids, read_chip
 from ..data.normalise import normalise
@@ -146,10 +147,12 @@ class ExportReport:
     checks: Dict[str, float] = field(default_factory=dict)
     int8_ok: Optional[bool] = None
     threshold: Optional[float] = None  # the prediction rule's, recorded in every ONNX artefact
+    dilate: int = 0  # the prediction rule's dilation (pixels), recorded in every ONNX artefact
 
     def to_json(self) -> dict:
         return {"out": str(self.out), "artefacts": self.artefacts, "checks": self.checks, "int8_ok": self.int8_ok,
-                "int8_min_iou": INT8_MIN_IOU, "onboard_artefact": self.onboard_artefact, "threshold": self.threshold}
+                "int8_min_iou": INT8_MIN_IOU, "onboard_artefact": self.onboard_artefact, "threshold": self.threshold,
+                "dilate": self.dilate}
 
     @property
     def onboard_artefact(self) -> str:
@@ -161,10 +164,10 @@ class ExportReport:
 def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optional[os.PathLike | str] = None,
            heldout: Optional[os.PathLike | str] = None, n_calib: int = 16, n_check: int = 8, size: int = 512,
            int8: bool = True, measure_memory: bool = True, threshold: Optional[float] = None,
-           force: bool = False) -> ExportReport:
+           force: bool = False, dilate: Optional[int] = None) -> ExportReport:
     """Export, check and cost a trained model (see the module docstring). The masks of the checks come from the
-    one prediction rule at ``threshold`` (None: the run's recorded threshold; nodata pixels clear), the rule
-    ``submission/main.py`` applies; the ONNX artefacts record it.
+    one prediction rule at ``threshold`` and ``dilate`` (None: the run's recorded ones; nodata pixels clear), the
+    rule ``submission/main.py`` applies; the ONNX artefacts record it.
 
     ``calib``: chips for the int8 calibration (e.g. the training split's features); ``heldout``: other chips
     for the checks (default: ``calib`` chips after the calibration ones).
@@ -175,19 +178,22 @@ def export(checkpoint: os.PathLike | str, out: os.PathLike | str, calib: Optiona
     as it was.
     """
     from ..common.outputs import check_folder, folder_output, outputs_apart
-    from ..common.infer import logit_threshold
-    from ..student.runs import resolve_run, run_threshold
+    from ..common.infer import check_dilate, logit_threshold
+    from ..student.runs import resolve_run, run_rule
 
     out = Path(out)
     run, info, state = resolve_run(checkpoint)
-    threshold = run_threshold(info) if threshold is None else float(threshold)
+    rule = run_rule(info, str(run / "student.json"))
+    threshold = rule[0] if threshold is None else float(threshold)
+    dilate = rule[1] if dilate is None else dilate
     logit_threshold(threshold)
+    check_dilate(dilate)
     outputs_apart([out], [checkpoint, run, calib, heldout])
     check_chip_counts(calib, heldout, n_calib)  # before any work
     check_folder(out, EXPORT_KIND, force)
     with folder_output(out, EXPORT_KIND, force) as build:
         return _export_into(build, run, info, state, calib, heldout, n_calib, n_check, size, int8, measure_memory,
-                            threshold, final=out)
+                            threshold, dilate, final=out)
 
 
 #: the kind of content of an export folder (the output policy's mark)
@@ -213,7 +219,8 @@ def check_chip_counts(calib: Optional[os.PathLike | str], heldout: Optional[os.P
 
 
 def _export_into(out: Path, run: Path, info: dict, state: dict, calib, heldout, n_calib: int, n_check: int, size: int,
-                 int8: bool, measure_memory: bool, threshold: float, final: Optional[Path] = None) -> ExportReport:
+                 int8: bool, measure_memory: bool, threshold: float, dilate: int = 0,
+                 final: Optional[Path] = None) -> ExportReport:
     """Write the export into ``out`` (the build folder); the report names the artefacts where they will be once
     the build takes the place of ``final``."""
     from ..student.models import build_model
@@ -223,9 +230,9 @@ def _export_into(out: Path, run: Path, info: dict, state: dict, calib, heldout, 
     model.eval()
     params = count_params(model)
     macs = count_macs(model, size)
-    rep = ExportReport(out, threshold=threshold)
-    fp32 = stamp_threshold(export_onnx(model, out / "model_fp32.onnx", dynamic=True, size=size), threshold)
-    fixed = stamp_threshold(export_onnx(model, out / "model_fp32_b1.onnx", dynamic=False, size=size), threshold)
+    rep = ExportReport(out, threshold=threshold, dilate=dilate)
+    fp32 = stamp_rule(export_onnx(model, out / "model_fp32.onnx", dynamic=True, size=size), threshold, dilate)
+    fixed = stamp_rule(export_onnx(model, out / "model_fp32_b1.onnx", dynamic=False, size=size), threshold, dilate)
     weights_bytes = sum(v.numel() * v.element_size() for v in state.values())
     rep.artefacts["pytorch"] = {"path": str(run / "student.pt"), "params": params, "macs": macs,
                                 "bytes": (run / "student.pt").stat().st_size if (run / "student.pt").is_file()
@@ -242,7 +249,7 @@ def _export_into(out: Path, run: Path, info: dict, state: dict, calib, heldout, 
         nodata = nodata_mask(check_refl)
 
         def masks(logits):  # the one prediction rule, as main.py applies it
-            return masks_from_logits(logits, threshold, nodata).astype(bool)
+            return masks_from_logits(logits, threshold, nodata, dilate).astype(bool)
 
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
@@ -251,12 +258,13 @@ def _export_into(out: Path, run: Path, info: dict, state: dict, calib, heldout, 
         b1 = ort_session(fixed)
         got1 = np.concatenate([ort_logits(b1, c[None]) for c in x]) if x.shape[-1] == size else got
         rep.checks["threshold"] = threshold
+        rep.checks["dilate"] = dilate
         rep.checks["onnx_fp32_max_abs_diff"] = float(np.abs(got - ref).max())
         rep.checks["onnx_fp32_b1_max_abs_diff"] = float(np.abs(got1 - ref).max())
         rep.checks["onnx_fp32_mask_agreement"] = float((masks(got) == masks(ref)).mean())
         rep.checks["n_check_chips"] = len(check_refl)
         if int8:
-            q = stamp_threshold(quantize_int8(fp32, out / "model_int8.onnx", calib_chips), threshold)
+            q = stamp_rule(quantize_int8(fp32, out / "model_int8.onnx", calib_chips), threshold, dilate)
             qz = ort_logits(ort_session(q), x)
             iou = confusion(masks(qz), masks(got)).iou(empty=1.0)
             rep.checks["int8_vs_fp32_mask_iou"] = iou

@@ -8,7 +8,8 @@ the product's radiometry (reflectance = (DN + offset) / quantification value, fr
 
 Method: overlapping ``tile`` x ``tile`` windows (stride ``tile - overlap``) are predicted in batches; their
 logits are blended with weights that ramp linearly over the overlap (so seams vanish) and the weighted mean goes
-through the one prediction rule (threshold, no-data pixels clear). The scene is processed one row of tiles at a
+through the one prediction rule (threshold, dilation, no-data pixels clear) as one array: a row's mask is made once
+the ``dilate`` rows below it are final too, so the dilation is the whole scene's, whatever the tiles. The scene is processed one row of tiles at a
 time: only that row's input strip (4 x tile x W) and one accumulation strip are in memory, and GDAL's block
 cache is capped to the blocks one strip touches (:func:`gdal_cache_bytes`); finished rows stream to a temporary
 tiled GeoTIFF in bands of :data:`OUT_TILE` rows. Memory therefore grows with the scene's width but not with its
@@ -33,7 +34,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..common.io import atomic_write
-from ..common.infer import DEFAULT_THRESHOLD, masks_from_logits, probabilities_from_logits
+from ..common.infer import (DEFAULT_DILATE, DEFAULT_THRESHOLD, check_dilate, clear_nodata, logit_threshold,
+                            masks_from_above, probabilities_from_logits)
 from ..data.normalise import normalise
 from ..data.products import Scene, open_scene
 
@@ -153,10 +155,10 @@ def predict_scene(scene: os.PathLike | str | Scene, out: os.PathLike | str,
                   batch_size: int = 4, threshold: float = DEFAULT_THRESHOLD, progress: bool = True,
                   prob_out: Optional[os.PathLike | str] = None, chip_report: Optional[os.PathLike | str] = None,
                   offset: Optional[float] = None, scale: Optional[float] = None,
-                  tags: Optional[Dict[str, str]] = None) -> dict:
+                  tags: Optional[Dict[str, str]] = None, dilate: int = DEFAULT_DILATE) -> dict:
     """Write the scene's cloud mask to ``out`` (a COG); ``predict`` maps a normalised (N, 4, h, w) float32 batch to
-    (N, 1, h, w) logits. The blended logits go through the one prediction rule (``threshold``, no-data pixels
-    clear). ``scene``: a path (opened with :func:`open_scene`, ``offset`` / ``scale`` as there) or an open
+    (N, 1, h, w) logits. The blended logits go through the one prediction rule (``threshold``, ``dilate`` pixels of
+    dilation over the whole scene, no-data pixels clear). ``scene``: a path (opened with :func:`open_scene`, ``offset`` / ``scale`` as there) or an open
     :class:`Scene` (left open). ``prob_out``: also the cloud probability; ``chip_report``: the 512 x 512 chip grid's
     cloud fractions (CSV); ``tags``: metadata written into the rasters. Returns the scene size, tiles, seconds
     (and their split between reading, the model and writing) and the area in km² where the grid is in metres."""
@@ -169,6 +171,7 @@ def predict_scene(scene: os.PathLike | str | Scene, out: os.PathLike | str,
 
     if overlap < 0 or overlap >= tile:
         raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
+    cut, dilate = logit_threshold(threshold), check_dilate(dilate)
     outputs = [Path(out)] + [Path(q) for q in (prob_out, chip_report) if q is not None]
     if len({q.absolute() for q in outputs}) != len(outputs):
         raise ValueError(f"the outputs must be different files, got {[str(q) for q in outputs]}")
@@ -179,7 +182,8 @@ def predict_scene(scene: os.PathLike | str | Scene, out: os.PathLike | str,
     ys, xs = _positions(h, th, th - overlap), _positions(w, tw, tw - overlap)
     wy, wx = _ramp(th, overlap), _ramp(tw, overlap)
     weight = wy[:, None] * wx[None, :]
-    tags = {"CLOUDKD_THRESHOLD": f"{threshold:g}", "CLOUDKD_RADIOMETRY": sc.radiometry.describe(), **(tags or {})}
+    tags = {"CLOUDKD_THRESHOLD": f"{threshold:g}", "CLOUDKD_DILATE": str(dilate),
+            "CLOUDKD_RADIOMETRY": sc.radiometry.describe(), **(tags or {})}
     t0 = time.perf_counter()
     clock = {"read": 0.0, "model": 0.0, "write": 0.0}
     chips: List[dict] = []
@@ -219,6 +223,9 @@ def predict_scene(scene: os.PathLike | str | Scene, out: os.PathLike | str,
         base = 0
         pend_mask, pend_prob, pend_nodata = np.zeros((0, w), np.uint8), np.zeros((0, w), np.uint8), \
             np.zeros((0, w), bool)
+        # final rows above the threshold whose mask waits for the ``dilate`` rows below them (and their nodata), and
+        # the last ``dilate`` above-threshold rows already masked (what the dilation reaches from above)
+        wait_above, wait_nodata, above_ctx = np.zeros((0, w), bool), np.zeros((0, w), bool), np.zeros((0, w), bool)
         done_rows = 0
 
         def emit(n: int) -> None:  # the first n pending rows (a full band of OUT_TILE rows, or the last one)
@@ -259,9 +266,17 @@ def predict_scene(scene: os.PathLike | str | Scene, out: os.PathLike | str,
             nxt = ys[i + 1] if i + 1 < len(ys) else y + th
             done = nxt - y  # rows [y, nxt) receive no further tile
             blended = acc[:done] / np.maximum(wsum[:done], 1e-12)
-            mask = masks_from_logits(blended[None, None], threshold, nodata[None, :done])[0]
-            pend_mask = np.concatenate([pend_mask, mask])
-            pend_nodata = np.concatenate([pend_nodata, nodata[:done]])
+            wait_above = np.concatenate([wait_above, blended > cut])
+            wait_nodata = np.concatenate([wait_nodata, nodata[:done]])
+            ready = len(wait_above) if i + 1 == len(ys) else max(0, len(wait_above) - dilate)
+            if ready:
+                rows_ = np.concatenate([above_ctx, wait_above])
+                mask = clear_nodata(masks_from_above(rows_, None, dilate)[len(above_ctx):len(above_ctx) + ready],
+                                    wait_nodata[:ready])
+                above_ctx = rows_[max(0, len(above_ctx) + ready - dilate):len(above_ctx) + ready]
+                pend_mask = np.concatenate([pend_mask, mask])
+                pend_nodata = np.concatenate([pend_nodata, wait_nodata[:ready]])
+                wait_above, wait_nodata = wait_above[ready:], wait_nodata[ready:]
             if prob_sink is not None:
                 prob = quantise(probabilities_from_logits(blended))
                 prob[nodata[:done]] = 0

@@ -3,7 +3,7 @@
 Zip layout (unzipped into /codeexecution by the runtime)::
 
     main.py                          submission/main.py of this repository, unchanged
-    assets/config.json               model spec, threshold, flip TTA, batch size, chip size, provenance
+    assets/config.json               model spec, threshold, dilation, flip TTA, batch size, chip size, provenance
     assets/model.pt                  the weights: a plain state dict (legacy torch.save format, loads in torch 1.8)
     assets/cloudkd_rt/__init__.py
     assets/cloudkd_rt/unet.py        = src/cloudkd/student/unet.py      (byte for byte)
@@ -28,7 +28,7 @@ import torch
 
 from ..common.errors import DataError
 from ..common.io import atomic_write
-from ..student.runs import resolve_run, run_threshold
+from ..student.runs import resolve_run, run_rule
 from ..common.sizes import count_params
 
 PKG = Path(__file__).resolve().parents[1]  # src/cloudkd
@@ -63,27 +63,33 @@ def model_spec(info: dict, model: torch.nn.Module) -> dict:
 
 
 def pack(checkpoint: os.PathLike | str, out: os.PathLike | str, threshold: Optional[float] = None, tta: bool = False,
-         batch_size: int = 8, chip_size: int = 512, main_py: Optional[os.PathLike | str] = None) -> PackResult:
-    """Write the submission zip. ``threshold`` None: the run's training threshold (the one its validation Jaccard
-    was measured at; runs from before it was recorded: the rule's default)."""
-    from ..common.infer import logit_threshold
+         batch_size: int = 8, chip_size: int = 512, main_py: Optional[os.PathLike | str] = None,
+         dilate: Optional[int] = None) -> PackResult:
+    """Write the submission zip. ``threshold`` / ``dilate`` None: the run's recorded prediction rule
+    (:func:`cloudkd.student.runs.run_rule`: the rule fitted on its validation chips, else its training threshold,
+    the one its validation Jaccard was measured at, and no dilation; runs from before either was recorded: the
+    rule's defaults)."""
+    from ..common.infer import check_dilate, logit_threshold
     from ..student.models import build_model
 
     if threshold is not None:
         logit_threshold(threshold)  # validates the threshold before anything is read
+    if dilate is not None:
+        check_dilate(dilate)
     main_py = Path(main_py) if main_py else MAIN_PY
     if not main_py.is_file():
         raise DataError(f"{main_py}: submission main.py not found (pack runs from a cloudkd checkout)")
     run, info, state = resolve_run(checkpoint)
-    if threshold is None:
-        threshold = run_threshold(info)  # the one answer to "the run's threshold"
+    rule = run_rule(info, str(run / "student.json"))  # the one answer to "the run's prediction rule"
+    threshold = rule[0] if threshold is None else threshold
+    dilate = rule[1] if dilate is None else dilate
     logit_threshold(threshold)
     model = build_model(info["model"], model_kwargs=info.get("model_kwargs"))
     model.load_state_dict(state)  # fails loudly on a mismatch, before anything is written
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     params = count_params(model)
-    config = {"model": model_spec(info, model), "threshold": threshold, "tta": tta, "batch_size": batch_size,
-              "chip_size": chip_size, "params": params, "source_run": str(run),
+    config = {"model": model_spec(info, model), "threshold": threshold, "dilate": dilate, "tta": tta,
+              "batch_size": batch_size, "chip_size": chip_size, "params": params, "source_run": str(run),
               "val_jaccard": info.get("val_jaccard"), "teacher_mode": info.get("teacher_mode")}
     buf = io.BytesIO()
     torch.save(state, buf, _use_new_zipfile_serialization=False)  # the format every torch >= 1.0 reads
