@@ -247,16 +247,52 @@ def test_fold_ensemble_averages_the_folds_logits(trained, tmp_path):
         assert diff[normal].max() < 1e-3 and diff.max() < CORNER_TOL, (diff[normal].max(), diff.max())
 
 
-def test_info_json(trained):
+def _plain_conv_unet_params(kw: dict, in_channels: int = 4, classes: int = 2) -> int:
+    """Parameters of nnU-Net's PlainConvUNet counted here, layer by layer, from a plan's ``arch_kwargs``: encoder
+    stage s has n_conv_per_stage[s] convs (kernel k_s, the first from the previous width) each with a bias and an
+    affine norm (2 per channel); decoder stage j (deepest first) has a transposed conv (kernel = the stride of the
+    stage below, with bias), n_conv_per_stage_decoder[j] convs (the first reads the skip concatenated: twice the
+    width) and a 1x1 segmentation conv with bias to ``classes`` outputs (one per decoder stage, as nnU-Net builds
+    them for deep supervision)."""
+    widths = kw["features_per_stage"]
+    kernel = [int(np.prod(k)) for k in kw["kernel_sizes"]]
+    stride = [int(np.prod(s)) for s in kw["strides"]]
+    bias, norm = int(bool(kw["conv_bias"])), 2 * int(bool((kw["norm_op_kwargs"] or {}).get("affine")))
+
+    def conv(cin, cout, k):
+        return cin * cout * k + bias * cout + norm * cout
+
+    n, cin = 0, in_channels
+    for s, w in enumerate(widths):
+        for _ in range(kw["n_conv_per_stage"][s]):
+            n, cin = n + conv(cin, w, kernel[s]), w
+    for j in range(len(widths) - 1):
+        below, skip = widths[-1 - j], widths[-2 - j]
+        n += below * skip * stride[-1 - j] + bias * skip
+        cin = 2 * skip
+        for _ in range(kw["n_conv_per_stage_decoder"][j]):
+            n, cin = n + conv(cin, skip, kernel[-2 - j]), skip
+        n += skip * classes + classes
+    return n
+
+
+def test_info_json_reports_the_parameters_of_the_planned_architecture(trained):
     r = cli("teacher", "info", "--workdir", trained["ws"].root, "--json")
     d = json.loads(r.output)
-    budget = d["configurations"]["2d_p96_b4_f16-128_bn"]
+    conf = "2d_p96_b4_f16-128_bn"
+    budget = d["configurations"][conf]
     for key in ("params", "n_stages", "features_per_stage", "patch_size", "batch_size"):
         assert key in budget
     assert budget["patch_size"] == [96, 96] and budget["batch_size"] == 4
     assert budget["features_per_stage"][0] == 16 and max(budget["features_per_stage"]) <= 128
-    teacher = NnUNetTeacher.from_workspace(trained["ws"])
-    assert budget["params"] == teacher.n_params
+    # the parameters of the network the plans describe, counted here from its architecture in nnUNetPlans.json
+    from cloudkd.teacher.workspace import DEFAULT_DATASET_ID, plans_file
+
+    plans = json.loads(plans_file(trained["ws"], DEFAULT_DATASET_ID).read_text())
+    kw = plans["configurations"][conf]["architecture"]["arch_kwargs"]
+    assert kw["features_per_stage"] == budget["features_per_stage"] == [16, 32, 64, 128, 128]
+    assert budget["params"] == _plain_conv_unet_params(kw) == 1_288_536
+    assert NnUNetTeacher.from_workspace(trained["ws"]).n_params == budget["params"]  # the network the teacher runs
     assert d["teacher"]["folds"] == [0]
 
 
@@ -414,6 +450,7 @@ def test_default_plan_for_512_chips_is_the_46m_nnunet(tmp_path):
     assert d["n_stages"] == 8 and d["patch_size"] == [512, 512]
     assert d["features_per_stage"] == [32, 64, 128, 256, 512, 512, 512, 512]
     assert d["params"] == NNUNET_2D_PARAMS  # the constant the student presets are compared with
+    assert _plain_conv_unet_params(plans["configurations"]["2d"]["architecture"]["arch_kwargs"]) == NNUNET_2D_PARAMS
     assert Budget(patch=256).configuration == "2d_p256_b2_bn"
     assert Budget(patch=256, norm="instance").configuration == "2d_p256_b2"
 
