@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,21 +33,47 @@ from cloudkd.teacher.plans import NNUNET_2D_PARAMS  # noqa: E402 - nnU-Net's 2d 
 
 
 # ---------------------------------------------------------------------------------------------------- models
-def test_presets_sizes_and_shapes():
-    sizes = list_presets()
-    assert list(sizes) == list(PRESETS)
-    assert sizes["unet-s"] <= 165_000 and NNUNET_2D_PARAMS / sizes["unet-s"] >= 280
-    assert sizes["unet-xs"] < sizes["unet-s"] < sizes["unet-m"] < sizes["unet-l"]
-    assert sizes["unet-s2d2"] <= 165_000 and sizes["unet-s2d4"] <= 165_000  # the on-board candidates' bound
-    # the exact counts the README and benchmarks/results quote (a changed preset must change them there too)
-    assert (sizes["unet-s"], sizes["unet-s2d2"], sizes["unet-s2d4"], sizes["unet-s2d2r"]) == \
-        (152_841, 151_217, 149_561, 151_594)
-    assert sizes["unet-s2d2r"] <= 165_000
-    for name, n in sizes.items():
-        m = build_model(name)
-        assert count_params(m) == n
-        for hw in ((96, 96), (512, 512), (100, 72)):  # any size, odd ones too
-            assert m(torch.zeros(2, 4, *hw)).shape == (2, 1, *hw)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _documented_presets():
+    """The presets as the docs give them: README's table (preset -> (stage widths, params, times smaller than
+    nnU-Net's 2d plan)) and docs/studies.md's table of the on-board candidates (preset -> params)."""
+    readme = (REPO / "README.md").read_text()
+    table = {m["name"]: (tuple(int(w) for w in m["widths"].split(",")), int(m["params"].replace(",", "")),
+                         int(m["times"]))
+             for m in re.finditer(r"^\| `(?P<name>unet-\w+)`[^|]*\| (?P<widths>[\d, ]+) \| (?P<params>[\d,]+) \| "
+                                  r"(?P<times>\d+)x \|$", readme, re.M)}
+    studies = (REPO / "docs" / "studies.md").read_text()
+    candidates = {m[1]: int(m[2].replace(",", "")) for m in re.finditer(r"^\| (unet-s2d\w*) \| ([\d,]+) \|", studies,
+                                                                        re.M)}
+    return table, candidates
+
+
+def test_presets_are_the_documented_networks_and_segment_a_chip(small_data):
+    """Every preset has the parameters the docs quote (summed here over its tensors), README's widths and factor
+    to nnU-Net's plan, and turns a 4-band chip into one logit map of the chip's size (odd sizes too)."""
+    table, candidates = _documented_presets()
+    assert sorted(table) == ["unet-l", "unet-m", "unet-s", "unet-xs"]
+    assert sorted(candidates) == ["unet-s2d2", "unet-s2d2r", "unet-s2d4"]
+    documented = {**{name: row[1] for name, row in table.items()}, **candidates}
+    assert sorted(documented) == sorted(PRESETS)  # no preset left out of the docs
+    split = resolve_split(small_data)
+    chip = torch.from_numpy(normalise(read_chip(split.features_dir / split.chip_ids()[0])))[None]
+    assert chip.shape == (1, 4, 96, 96)
+    for name, n in documented.items():
+        m = build_model(name).eval()
+        assert sum(t.numel() for t in m.parameters()) == n, name
+        if name in table:
+            assert tuple(PRESETS[name]["widths"]) == table[name][0], name
+            assert round(NNUNET_2D_PARAMS / n) == table[name][2], name
+        with torch.no_grad():
+            for x in (chip, torch.zeros(1, 4, 512, 512), torch.zeros(2, 4, 100, 72)):
+                out = m(x)
+                assert out.shape == (x.shape[0], 1, *x.shape[2:]) and torch.isfinite(out).all(), name
+    assert documented["unet-s"] <= 165_000 and NNUNET_2D_PARAMS / documented["unet-s"] >= 280
+    assert documented["unet-xs"] < documented["unet-s"] < documented["unet-m"] < documented["unet-l"]
+    assert all(n <= 165_000 for n in candidates.values())  # the on-board candidates' bound
 
 
 def test_channels_last_on_cpu_changes_the_layout_not_the_numbers():
@@ -125,7 +152,9 @@ def test_separable_convs_in_every_stage_but_the_first(name):
 
 def test_cli_student_list_json():
     r = runner.invoke(app, ["student", "list", "--json"])
-    assert r.exit_code == 0 and json.loads(r.output) == list_presets()
+    table, candidates = _documented_presets()
+    assert r.exit_code == 0
+    assert json.loads(r.output) == {**{name: row[1] for name, row in table.items()}, **candidates}
 
 
 # ---------------------------------------------------------------------------------------------------- losses
