@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import tifffile
 import torch
 from typer.testing import CliRunner
@@ -319,13 +320,170 @@ def test_cloud_paste_moves_a_cloudy_chips_cloud_onto_a_clear_one():
     assert (img[4, 5:11] > 0.5).all() and (img[4, 5:11] < 1).all()  # and along its edge
 
 
-def test_training_levers_run_and_are_recorded(small_data, tmp_path):
-    r = fit(_cfg(small_data, tmp_path / "lev", epochs=1, limit_train_batches=2, cloud_paste=0.5, boundary_ignore=2))
-    info = json.loads((tmp_path / "lev" / "student.json").read_text())
-    assert info["config"]["cloud_paste"] == 0.5 and info["config"]["boundary_ignore"] == 2
-    assert r.val_jaccard is not None
+class _FirstStep(pl.Callback):
+    """Records the first training step of a fit: the images the model was given and its logits, the batch as the
+    step left it (the levers act on it in place before the loss) and the step's loss."""
+
+    def on_train_start(self, trainer, module):
+        self.seen = {}
+
+        def hook(model, args, out):
+            self.seen.setdefault("image", args[0].detach().clone())
+            self.seen.setdefault("logits", out.detach().clone())
+
+        self.handle = module.model.register_forward_hook(hook)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if "loss" not in self.seen:
+            self.handle.remove()
+            self.seen["loss"] = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
+            self.seen["batch"] = {k: v.detach().clone() for k, v in batch.items() if torch.is_tensor(v)}
+
+
+@pytest.fixture(scope="module")
+def first_step(small_data, tmp_path_factory):
+    """``first_step(**levers)``: the first step of a one-step fit of unet-xs on one batch of all 24 training chips
+    (48 px crops) with those TrainConfig settings. One seed: the same initial weights and the same crops before the
+    levers act, so two fits differ only by what their levers do."""
+    root, seen = tmp_path_factory.mktemp("levers"), {}
+
+    def get(**levers):
+        key = repr(sorted(levers.items()))
+        if key not in seen:
+            cb = _FirstStep()
+            fit(_cfg(small_data, root / f"run{len(seen)}", **{"epochs": 1, "limit_train_batches": 1,
+                                                                "batch_size": 24, "crop": 48, **levers}),
+                callbacks=[cb])
+            seen[key] = cb.seen
+        return seen[key]
+
+    return get
+
+
+def _bce_dice_reference(logits, target, band=0):
+    """BCE + 1 - soft Dice over the batch (smooth 1), written out in float64 numpy; ``band`` > 0 leaves out of both
+    every pixel with a pixel of the other label within ``band`` px (a (2 band + 1)-px square around it)."""
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    z, t = logits.double().numpy(), target.double().numpy()
+    w = np.ones_like(t)
+    if band:
+        size = (1, 1, 2 * band + 1, 2 * band + 1)
+        w = (maximum_filter(t, size, mode="nearest") == minimum_filter(t, size, mode="nearest")).astype(np.float64)
+    bce = ((np.logaddexp(0.0, z) - t * z) * w).sum() / w.sum()
+    p = w / (1.0 + np.exp(-z))
+    dice = (2 * (p * t * w).sum() + 1) / (p.sum() + (t * w).sum() + 1)
+    return bce + 1 - dice
+
+
+def _pixel_kd_reference(zs, zt, t):
+    """T^2 times the mean over pixels of KL(Bernoulli(sigmoid(zt / T)) || Bernoulli(sigmoid(zs / T))), float64."""
+    ps, pt = 1 / (1 + np.exp(-zs.double().numpy() / t)), 1 / (1 + np.exp(-zt.double().numpy() / t))
+    return t * t * np.mean(pt * np.log(pt / ps) + (1 - pt) * np.log((1 - pt) / (1 - ps)))
+
+
+def _soft_logits(soft):
+    """The teacher logits of stored soft labels: the logit of the probability kept half a level (1/510) from 0/1."""
+    p = np.clip(soft.double().numpy(), 1 / 510, 1 - 1 / 510)
+    return torch.from_numpy(np.log(p / (1 - p)))
+
+
+def test_cloud_paste_lever_pastes_batch_mates_clouds_before_the_loss(first_step):
+    off, on = first_step(), first_step(cloud_paste=1.0)
+    m0, m1 = off["batch"]["mask"], on["batch"]["mask"]
+    grew = (m1 != m0).flatten(1).any(1)
+    assert int(grew.sum()) >= 2 and (m1 >= m0).all()  # a pasted label is the union with the donor's cloud
+    assert (m0[grew].flatten(1).mean(1) < 0.1).all()  # only low-cover chips receive a cloud
+    assert torch.equal(on["image"][~grew], off["image"][~grew]) and not torch.equal(on["image"][grew],
+                                                                                      off["image"][grew])
+    for i in torch.nonzero(grew).flatten().tolist():  # each added cloud is the labelled cloud of a cloudy batch-mate
+        added = m1[i] > m0[i]
+        assert any(bool(m0[d][added].all()) and float(m0[d].mean()) > 0.3 for d in range(len(m0))), i
+    assert on["loss"] == pytest.approx(_bce_dice_reference(on["logits"], m1), rel=1e-5)
+    assert on["loss"] != pytest.approx(off["loss"], rel=1e-3)
     with pytest.raises(ValueError, match="cloud_paste"):
-        fit(_cfg(small_data, tmp_path / "bad", epochs=1, limit_train_batches=1, cloud_paste=1.5))
+        first_step(cloud_paste=1.5)
+
+
+def test_gain_lever_darkens_the_images_the_model_sees_not_the_labels(first_step):
+    off, dark, mild = first_step(), first_step(gain=1.0), first_step(gain=1.0, gain_min=0.9)
+    assert torch.equal(dark["batch"]["mask"], off["batch"]["mask"])
+    assert torch.equal(mild["batch"]["mask"], off["batch"]["mask"])
+    # normalisation is increasing in reflectance: darker chips have lower values everywhere, the darkest gain most
+    assert (dark["image"] <= mild["image"] + 1e-5).all() and (mild["image"] <= off["image"] + 1e-5).all()
+    assert dark["image"].mean() < mild["image"].mean() - 0.01 < off["image"].mean() - 0.02
+    from cloudkd.data.normalise import MEAN, STD
+
+    def refl(x):
+        return x * torch.tensor(STD).view(4, 1, 1) + torch.tensor(MEAN).view(4, 1, 1)
+
+    for img, low in ((dark["image"], 0.4), (mild["image"], 0.9)):  # one gain per chip, within [gain_min, 1]
+        r0, r1 = refl(off["image"]), refl(img)
+        for i in range(len(r0)):
+            ok = (r0[i] > 0.05) & (r0[i] < 0.9)  # away from nodata and the clip
+            gains = r1[i][ok] / r0[i][ok]
+            assert low - 1e-3 <= float(gains.min()) and float(gains.max()) <= 1 + 1e-3
+            assert float(gains.max() - gains.min()) < 1e-3
+    assert dark["loss"] == pytest.approx(_bce_dice_reference(dark["logits"], off["batch"]["mask"]), rel=1e-5)
+
+
+def test_boundary_ignore_lever_leaves_label_outlines_out_of_the_loss(first_step):
+    off, on = first_step(), first_step(boundary_ignore=2)
+    assert torch.equal(on["image"], off["image"]) and torch.equal(on["logits"], off["logits"])
+    mask = off["batch"]["mask"]
+    assert off["loss"] == pytest.approx(_bce_dice_reference(off["logits"], mask), rel=1e-5)
+    assert on["loss"] == pytest.approx(_bce_dice_reference(on["logits"], mask, band=2), rel=1e-5)
+    assert abs(on["loss"] - off["loss"]) > 1e-3
+
+
+def test_label_weight_lever_scales_the_loss_on_labels(first_step):
+    off, on = first_step(), first_step(label_weight=3.0)
+    assert torch.equal(on["logits"], off["logits"])
+    assert on["loss"] == pytest.approx(3.0 * off["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("kd,temperature,weight", [("pixel", 2.0, 1.0), ("pixel", 1.0, 0.5), ("cwd", 4.0, 1.0)])
+def test_kd_levers_add_the_chosen_distillation_loss(first_step, smoothed_soft, kd, temperature, weight):
+    """Offline soft labels: the step's loss is the loss on labels plus ``kd_weight`` times the chosen KD loss at
+    the chosen temperature between the student's logits and the soft labels' logits, each computed here."""
+    base = first_step(soft_dir=str(smoothed_soft))
+    on = first_step(soft_dir=str(smoothed_soft), kd_weight=weight, kd=kd, temperature=temperature)
+    assert torch.equal(on["logits"], base["logits"]) and torch.equal(on["batch"]["soft"], base["batch"]["soft"])
+    zs, zt = on["logits"], _soft_logits(on["batch"]["soft"])
+    assert base["loss"] == pytest.approx(_bce_dice_reference(zs, base["batch"]["mask"]), rel=1e-5)
+    want = _pixel_kd_reference(zs, zt, temperature) if kd == "pixel" else \
+        _cwd_reference(zs.double().numpy(), zt.numpy(), temperature)[0]
+    assert want > 1e-3
+    assert on["loss"] - base["loss"] == pytest.approx(weight * want, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def pool_soft(small_data, smoothed_soft, tmp_path_factory):
+    """Soft labels of the training chips and of the test chips (an unlabelled pool): the labels, smoothed."""
+    import shutil
+
+    soft = shutil.copytree(smoothed_soft, tmp_path_factory.mktemp("pool") / "soft")
+    test = resolve_split(small_data, "test")
+    for cid in test.chip_ids():
+        write_soft(soft / f"{cid}.tif", np.clip(read_label(test.label_path(cid)).astype(np.float32) * 0.8 + 0.1, 0, 1))
+    return soft
+
+
+def test_kd_on_unlabelled_lever_keeps_the_teacher_off_the_labelled_chips(first_step, small_data, pool_soft):
+    """Labels and an unlabelled pool in one batch of all 34 chips: the loss on labels covers the labelled chips,
+    the pixel KD loss all of them (kd_on all) or the unlabelled ones only (kd_on unlabelled)."""
+    common = dict(soft_dir=str(pool_soft), unlabelled=str(resolve_split(small_data, "test").features_dir),
+                  kd_weight=1.0, batch_size=34)
+    every, unl = first_step(**common), first_step(**common, kd_on="unlabelled")
+    assert torch.equal(every["logits"], unl["logits"])
+    b, zs = every["batch"], every["logits"]
+    lab = b["labelled"].reshape(-1) > 0.5
+    assert int(lab.sum()) == 24 and int((~lab).sum()) == 10
+    hard = _bce_dice_reference(zs[lab], b["mask"][lab])
+    zt = _soft_logits(b["soft"])
+    assert every["loss"] == pytest.approx(hard + _pixel_kd_reference(zs, zt, 2.0), rel=1e-5)
+    assert unl["loss"] == pytest.approx(hard + _pixel_kd_reference(zs[~lab], zt[~lab], 2.0), rel=1e-5)
+    assert abs(unl["loss"] - every["loss"]) > 1e-4
 
 
 # ---------------------------------------------------------------------------------------------------- augmentation
