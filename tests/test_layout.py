@@ -127,17 +127,17 @@ def test_an_old_spelling_calls_the_stage_commands_function_with_its_options(alia
 
 
 @pytest.fixture(scope="module")
-def world(small_data, tmp_path_factory):
+def world(small_data, student, tmp_path_factory):
     """What the old spellings run on: the small dataset, soft labels of its training chips, masks of its test chips
-    (the labels shifted by 7 px: neither perfect nor empty), a one-step student run and its submission zip."""
+    (the labels shifted by 7 px: neither perfect nor empty), the session's briefly trained unet-s run (its rule:
+    threshold 0.5, no dilation) and its submission zip."""
     from types import SimpleNamespace
 
-    import numpy as np
     import tifffile
 
-    from cloudkd.data import read_label, resolve_split
+    from cloudkd.data import resolve_split
     from cloudkd.data.soft import write_soft
-    from cloudkd.student.train import TrainConfig, fit
+    from cloudkd.student.runs import recorded_rule
     from cloudkd.submission.pack import pack
 
     root = tmp_path_factory.mktemp("aliases")
@@ -148,11 +148,10 @@ def world(small_data, tmp_path_factory):
     (root / "masks").mkdir()
     for cid in test.chip_ids():
         tifffile.imwrite(root / "masks" / f"{cid}.tif", np.roll(read_label(test.label_path(cid)), 7, axis=1))
-    fit(TrainConfig(data=str(small_data), out=str(root / "run"), model="unet-xs", epochs=1, batch_size=2, crop=32,
-                    limit_train_batches=1, accelerator="cpu", progress=False))
-    pack(root / "run", root / "submission.zip", chip_size=96)
+    assert recorded_rule(student) == (0.5, 0)  # the rule _student_masks applies
+    pack(student, root / "submission.zip", chip_size=96)
     return SimpleNamespace(data=small_data, train=train, test=test, soft=root / "soft", masks=root / "masks",
-                           run=root / "run", zip=root / "submission.zip")
+                           run=student, zip=root / "submission.zip")
 
 
 def _labels(split):
@@ -241,6 +240,7 @@ def _predict(w, out):
     yield ["--model", w.run, "--features", w.test.features_dir, "--out", out / "masks"]
     got, want = _masks(out / "masks"), _student_masks(w.run, w.test)
     assert sorted(got) == sorted(want) and all(np.array_equal(got[c], want[c]) for c in want)
+    assert 0.05 < np.mean([m.mean() for m in want.values()]) < 0.95  # masks of a model that tells cloud apart
 
 
 def _score(w, out):
@@ -255,7 +255,7 @@ def _real_bench(w, out):
 
     row = pd.read_csv(out / "rb" / "summary.csv").iloc[0]
     j = _global_jaccard(_student_masks(w.run, w.test), _labels(w.test))
-    assert row["method"] == "student unet-xs (run)" and row["jaccard"] == pytest.approx(j, abs=1e-12)
+    assert row["method"] == f"student unet-s ({w.run.name})" and row["jaccard"] == pytest.approx(j, abs=1e-12)
 
 
 def _audit(w, out):
@@ -288,9 +288,13 @@ def _predict_scene(w, out):
 
     mask = tifffile.imread(out / "scene.tif")
     assert mask.shape == (96, 96) and set(np.unique(mask)) <= {0, 1}
-    # a tiled scene agrees with the whole chip's mask where tiles see enough context
-    whole = _student_masks(w.run, w.test)[cid]
-    assert (mask[16:-16, 16:-16] == whole[16:-16, 16:-16]).mean() > 0.9
+    # tiled, the mask is the whole chip's where the whole chip's logit is clear of the threshold (0.5: logit 0)
+    from cloudkd.common.infer import predict_logits
+
+    refl = read_chip(w.test.features_dir / cid)
+    z = predict_logits(load_student(w.run), torch.from_numpy(normalise(refl)[None]))[0, 0].numpy()
+    sure = np.abs(z) > 0.5
+    assert sure.mean() > 0.2 and (mask[sure] == (z[sure] > 0)).mean() > 0.99
 
 
 def _downlink(w, out):
@@ -305,7 +309,7 @@ def _bench(w, out):
     yield ["--model", w.run, "--data", w.data, "--out", out / "bench", "--no-reference", "--no-peer",
            "--n-latency", 1, "--limit", 2, "--threads", 1]
     (row,) = json.loads((out / "bench" / "bench.json").read_text())
-    assert row["kind"] == "student" and row["n_chips"] == 2 and row["params"] == _trained(w.run)["params"]
+    assert row["kind"] == "student" and row["n_chips"] == 2 and row["params"] == _trained(w.run, "unet-s")["params"]
     ids = w.test.chip_ids()[:2]
     want = _student_masks(w.run, w.test)
     labels = _labels(w.test)
@@ -320,7 +324,7 @@ def _pack(w, out):
     with zipfile.ZipFile(out / "s.zip") as z:
         assert "main.py" in z.namelist()
         state = torch.load(io.BytesIO(z.read("assets/model.pt")))
-        assert json.loads(z.read("assets/config.json"))["model"]["name"] == "unet-xs"
+        assert json.loads(z.read("assets/config.json"))["model"]["name"] == "unet-s"
     mine = torch.load(w.run / "student.pt")
     assert sorted(state) == sorted(mine) and all(torch.equal(state[k], mine[k]) for k in mine)
 
