@@ -172,18 +172,27 @@ def test_demo_quick(tmp_path):
     assert len(list((tmp_path / "run" / "soft" / "test").glob("*.tif"))) == 12
     student = rows["student unet-s (KD)"]
     assert student["params"] == 152_841
-    # the student's masks are its network's cloud logits > 0 (nodata clear), chip by chip
+    # the student's masks are its network's cloud logits > 0, grown by the dilation the demo fitted on the
+    # student's validation fold (scipy's cross dilation), nodata clear, chip by chip
     import numpy as np
     import tifffile
     import torch
+    from scipy.ndimage import binary_dilation
+
     from cloudkd.data import normalise, read_chip, resolve_split
     from cloudkd.student.runs import load_student
 
+    rule = json.loads((tmp_path / "run" / "student" / "student.json").read_text())["rule"]
+    assert rule["threshold"] == 0.5 and f"dilation {rule['dilate']} px" in r.output
+    assert rule["val_jaccard"][str(rule["dilate"])] == max(rule["val_jaccard"].values())
     model, test = load_student(tmp_path / "run" / "student"), resolve_split(tmp_path / "data", "test")
     for c in test.chip_ids():
         refl = read_chip(test.chip_dir(c))
         with torch.no_grad():
-            want = (model(torch.from_numpy(normalise(refl))[None])[0, 0] > 0).numpy() & ~(refl == 0).all(0)
+            above = (model(torch.from_numpy(normalise(refl))[None])[0, 0] > 0).numpy()
+        if rule["dilate"]:
+            above = binary_dilation(above, iterations=rule["dilate"])
+        want = above & ~(refl == 0).all(0)
         np.testing.assert_array_equal(tifffile.imread(pred / "student" / f"{c}.tif"), want.astype(np.uint8))
     # the packed student, run by main.py in the emulated runtime, scores exactly what the library's predict does
     sub = rows["submission.zip (main.py, emulated runtime)"]
@@ -203,6 +212,7 @@ def test_demo_quick(tmp_path):
     assert r.exit_code == 0, r.output
     assert "reused the existing dataset" in r.output and "threshold: reused" in r.output
     assert "reused the trained fold 0" in r.output and "reused the trained student" in r.output
+    assert f"rule: reused threshold 0.5, dilation {rule['dilate']} px" in r.output
     assert "export: reused" in r.output
     again = {row["method"]: row for row in json.loads((tmp_path / "run" / "results.json").read_text())["rows"]}
     assert again["thresholding"]["jaccard"] == pytest.approx(rows["thresholding"]["jaccard"])

@@ -101,7 +101,8 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
     from .data.folds import read_folds, split_by_fold
     from .student.predict import predict_folder as student_predict
     from .student.train import TrainConfig, fit
-    from .student.runs import load_student, recorded_threshold
+    from .student.rule import fit_rule
+    from .student.runs import RULE_KEY, load_student, recorded_rule
     from .common.sizes import count_params
     from .teacher.model import predict_folder as teacher_predict
 
@@ -126,6 +127,7 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
     run = work / "student"
     info = run / "student.json"
     same = info.is_file() and json.loads(info.read_text()).get("teacher_mode") == sb.teacher_mode
+    fitted = same and not rebuild and isinstance(json.loads(info.read_text()).get(RULE_KEY), dict)
     if same and not rebuild:
         _log(f"    reused the trained student in {run}")
     else:
@@ -139,9 +141,17 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
             shutil.rmtree(run)  # a stale run (other settings) must not be resumed or mixed in
         r = fit(tc)
         _log(f"    distilled in {r.seconds:.0f} s ({r.epochs} epochs); best val global Jaccard {r.val_jaccard:.4f}")
+    # the rule's dilation, learnt on the student's own (generated) validation fold; every later stage applies it
+    if not fitted:
+        f = fit_rule(run, device=device, progress=progress)
+        _log(f"    rule fitted on {f.n_chips} validation chips: threshold {f.threshold:g}, dilation {f.dilate} px; "
+             f"val global Jaccard {f.before:.4f} undilated -> {f.after:.4f}")
+    threshold, dilate = recorded_rule(run)
+    if fitted:
+        _log(f"    rule: reused threshold {threshold:g}, dilation {dilate} px (recorded in {info})")
     model = load_student(run)
     pred = work / "predictions" / "student"
-    p = student_predict(model, test_split.features_dir, pred, threshold=recorded_threshold(run), progress=progress)
+    p = student_predict(model, test_split.features_dir, pred, threshold=threshold, dilate=dilate, progress=progress)
     row, _ = _score_row(f"student {sb.model} (KD)", count_params(model), p["ms_per_chip"],
                         pred, test_split, work, (run / "student.pt").stat().st_size)
     _log(f"    student: global Jaccard {row['jaccard']:.4f}; {p['ms_per_chip']:.0f} ms/chip inference")
@@ -153,12 +163,13 @@ def _export_stage(cfg: DemoConfig, work: Path, test_split, rebuilt: bool, progre
     from .common.onnx import OnnxModel
     from .onboard.export import INT8_MIN_IOU, export
     from .student.predict import predict_folder as student_predict
-    from .student.runs import recorded_threshold
+    from .student.runs import recorded_rule
 
     out = work / "export"
     student = work / "student" / "student.pt"
+    record = work / "student" / "student.json"  # the rule the export records is fitted after the weights
     fresh = (out / "model_int8.onnx").is_file() and (out / "export.json").is_file() and \
-        (out / "model_int8.onnx").stat().st_mtime >= student.stat().st_mtime
+        (out / "model_int8.onnx").stat().st_mtime >= max(student.stat().st_mtime, record.stat().st_mtime)
     if fresh and not (cfg.force or rebuilt):
         _log(f"6/7 export: reused {out}")
     else:
@@ -170,7 +181,8 @@ def _export_stage(cfg: DemoConfig, work: Path, test_split, rebuilt: bool, progre
              f"(mask IoU vs fp32 {checks['int8_vs_fp32_mask_iou']:.4f}{'' if ok else f', BELOW {INT8_MIN_IOU}'}) -> {out}")
     q = out / "model_int8.onnx"
     pred = work / "predictions" / "student_int8"
-    p = student_predict(OnnxModel(q), test_split.features_dir, pred, threshold=recorded_threshold(q),
+    threshold, dilate = recorded_rule(q)
+    p = student_predict(OnnxModel(q), test_split.features_dir, pred, threshold=threshold, dilate=dilate,
                         progress=progress)
     info = json.loads((work / "student" / "student.json").read_text())
     row, _ = _score_row("student int8 ONNX", info["params"], p["ms_per_chip"], pred, test_split, work,
