@@ -618,11 +618,11 @@ def test_resume_continues_from_last_checkpoint(small_data, tmp_path):
     logs = sorted((tmp_path / "r" / "logs").glob("version_*/metrics.csv"))
     assert len(logs) == 2
     resumed = pd.read_csv(logs[-1])
-    assert set(resumed["epoch"]) == {1, 2}  # the resumed run trained epochs 1 and 2 only, not 0 again
+    assert set(resumed["epoch"].dropna()) == {1, 2}  # the resumed run trained epochs 1 and 2 only, not 0 again
     # the added epochs follow the longer run's cosine schedule (lr 5e-3), not the old one, which ended at 0
-    lr = resumed.dropna(subset=["lr"]).set_index("epoch")["lr"]
+    lr = resumed.dropna(subset=["lr"]).set_index("step")["lr"]  # LearningRateMonitor: at each epoch's first step
     for e in (1, 2):
-        assert lr[e] == pytest.approx(5e-3 * 0.5 * (1 + math.cos(math.pi * e / 3)), rel=1e-6)
+        assert lr[2 * e] == pytest.approx(5e-3 * 0.5 * (1 + math.cos(math.pi * e / 3)), rel=1e-6)
     moved = max((ck["state_dict"][k].float() - v.float()).abs().max().item() for k, v in before.items())
     assert moved > 1e-4  # and the weights did change
 
