@@ -398,3 +398,21 @@ def test_packed_main_py_under_the_runtime_applies_the_recorded_dilation(run_at_d
         assert mask[wedge].max() == 0, cid
         differ += int((mask != read_mask(tmp_path / "lib0" / f"{cid}.tif")).sum())
     assert differ > 0
+
+
+def test_every_command_that_makes_masks_from_a_model_takes_its_recorded_dilation():
+    """--dilate is None (the model's recorded dilation) on every command that makes masks from a model and takes
+    --dilate (the audit does not apply the dilation yet: its suspicion weighs each pixel by the model's own
+    probability against the threshold)."""
+    import typer
+
+    from cloudkd.cli import app
+
+    root = typer.main.get_command(app)
+    for path in (("student", "predict"), ("predict",), ("onboard", "export"), ("export",),
+                 ("onboard", "predict-scene"), ("predict-scene",), ("onboard", "bench"), ("bench",)):
+        cmd = root
+        for name in path:
+            cmd = cmd.commands[name]
+        opt = next(p for p in cmd.params if "--dilate" in getattr(p, "opts", ()))
+        assert opt.default is None, (path, opt.default)
