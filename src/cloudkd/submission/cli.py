@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..common.cli import at_least, check, fail, output_check, side, stage_app, threshold_option
+from ..common.cli import (at_least, check, fail, model_dilate_option, output_check, side, stage_app,
+                          threshold_option)
 
 app = stage_app("7. Submission: pack a model with the frozen main.py, emulate the On Cloud N runtime.")
 
@@ -20,6 +21,8 @@ def pack(
     threshold: Optional[float] = threshold_option("Cloud probability threshold main.py applies (default: the "
                                                   "run's training threshold, which its validation scored at).",
                                                   default=None),
+    dilate: Optional[int] = model_dilate_option("Pixels main.py grows the cloud mask by (default: the run's "
+                                                "recorded rule, from 'cloudkd student fit-rule'; else 0)."),
     tta: bool = typer.Option(False, help="Average logits over flips in main.py."),
     batch: int = typer.Option(8, callback=at_least(1), help="Chips per batch in main.py."),
     chip_size: int = typer.Option(512, callback=side(32, multiple=16), help="Chip side in pixels (512 in the "
@@ -38,10 +41,10 @@ def pack(
     outputs_apart([out], [checkpoint, run, MAIN_PY])
     check_file(out, force)
 
-    r = do_pack(checkpoint, out, threshold=threshold, tta=tta, batch_size=batch, chip_size=chip_size)
+    r = do_pack(checkpoint, out, threshold=threshold, dilate=dilate, tta=tta, batch_size=batch, chip_size=chip_size)
     record_file(out, "submission-zip")
     typer.echo(f"{r.zip_path}: {r.bytes:,} bytes ({r.bytes / 1024:.0f} KiB); model {r.config['model']['name']} "
-               f"({r.params:,} params), threshold {r.config['threshold']}, tta {tta}")
+               f"({r.params:,} params), threshold {r.config['threshold']}, dilate {r.config.get('dilate', 0)} px, tta {tta}")
 
 
 def _interpreter_problem(path: str):

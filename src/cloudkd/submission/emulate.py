@@ -157,13 +157,14 @@ def _summary_reasons(summary: dict, features: Path, validated: dict) -> tuple:
 
 
 def describe_summary(summary: dict) -> str:
-    """One line of main.py's run summary: counts, fallbacks, threshold, weights fingerprint, seconds."""
+    """One line of main.py's run summary: counts, fallbacks, threshold, dilation, weights fingerprint, seconds."""
     model = summary.get("model") or "?"
     digest = (summary.get("assets") or {}).get("model.pt") if isinstance(summary.get("assets"), dict) else None
     return (f"{summary['chips_written']} of {summary['chips_expected']} masks written, "
             f"{len(summary['fallback'])} fallback, {len(summary['failed'])} failed; model {model}"
             f"{f' (model.pt sha256 {digest[:12]})' if isinstance(digest, str) else ''}, threshold "
-            f"{summary['threshold']}, tta {summary.get('tta')}, {summary['seconds']} s")
+            f"{summary['threshold']}, dilate {summary.get('dilate', 0)} px, tta {summary.get('tta')}, "
+            f"{summary['seconds']} s")
 
 
 #: ``make runtime-env`` (scripts/runtime_env.sh) links the runtime's environment here, in the repository root
