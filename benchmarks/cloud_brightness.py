@@ -98,10 +98,11 @@ def main():
             for run in a.student:
                 from cloudkd.evaluate.bands import bands_of_folders
                 from cloudkd.student.predict import predict_folder
-                from cloudkd.student.runs import load_student, recorded_threshold
+                from cloudkd.student.runs import load_student, recorded_rule
 
                 pred = Path(a.work) / f"{Path(run).name}_{Path(root).name}"
-                predict_folder(load_student(run), split.features_dir, pred, threshold=recorded_threshold(run),
+                threshold, dilate = recorded_rule(run)  # the run's whole prediction rule
+                predict_folder(load_student(run), split.features_dir, pred, threshold=threshold, dilate=dilate,
                                progress=False)
                 t = bands_of_folders(split.features_dir, out, {str(run): pred}, split.chip_ids())
                 t.insert(0, "chips", Path(root).name)
