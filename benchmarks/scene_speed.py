@@ -6,7 +6,7 @@
 Builds once (under ``--work``, default runs/scene_speed) a Sentinel-2 L2A product cut to ``--size`` pixels square:
 a mosaic of the generated benchmark's 512x512 test chips (data/generated/demo, or the ``--data`` given) written as
 a real product is laid out (``.SAFE`` folder, lossless JPEG 2000 bands, ``MTD_MSIL2A.xml`` of processing baseline
-04.00 with ``BOA_ADD_OFFSET`` -1000, ``manifest.safe``; :func:`tests/synthproduct.write_safe`). Then for
+04.00 with ``BOA_ADD_OFFSET`` -1000, ``manifest.safe``; :func:`tests/data/synthproduct.write_safe`). Then for
 each model it runs the same :func:`cloudkd.onboard.scene.predict_scene` as the command (tile 512, overlap 64,
 batch 4: the mask COG and the chip report), ``--repeats`` times, and keeps the fastest run, split into
 reading (JPEG 2000 decoding), the model (normalisation included) and writing (COG with overviews).
@@ -35,7 +35,7 @@ import numpy as np
 
 from _results import write_rows
 from cloudkd.onboard.scene import _positions, load_predictor, predict_scene
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' miniature .SAFE products
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data"))  # the tests' miniature .SAFE products
 from synthproduct import write_safe  # noqa: E402
 
 FULL_TILE = 10980  # pixels of a Sentinel-2 tile at 10 m

@@ -1,6 +1,9 @@
-"""Shared fixtures: a small generated dataset (built once per session) and the five real chips (if present)."""
+"""Shared fixtures: a small generated dataset (built once per session), the five real chips (if present), the
+runtime's Python 3.9 environment; and the helpers that tests of more than one stage use."""
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,8 @@ import tifffile
 from cloudkd.data.synth.sentinel2 import SynthConfig, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
+#: builds the runtime's Python 3.9 environment (make runtime-env) and, with --check, says whether it is built
+SCRIPT = REPO / "scripts" / "runtime_env.sh"
 REAL_CHIPS = Path(os.environ.get("CLOUDKD_REAL_CHIPS", REPO.parent / "shared" / "data" / "real_chips"))
 
 #: small but complete: several locations in train and test, every regime likely to appear. Labels by the opacity
@@ -117,3 +122,69 @@ def user_folder(path):
     (path / "sub").mkdir()
     (path / "sub" / "data.bin").write_bytes(b"\x01\x02")
     return path
+
+
+# ---------------------------------------------------------------------- the runtime's Python 3.9 environment
+def _runtime_env_check(env_root, pins=None):
+    """``scripts/runtime_env.sh --check`` for an environment folder (and a pin list): (exit code, output)."""
+    env = {**os.environ, "CLOUDKD_RUNTIME_ENV": str(env_root)}
+    if pins is not None:
+        env["CLOUDKD_RUNTIME_PINS"] = str(pins)
+    p = subprocess.run(["bash", str(SCRIPT), "--check"], env=env, capture_output=True, text=True, timeout=60)
+    return p.returncode, (p.stdout + p.stderr).strip()
+
+
+@pytest.fixture(scope="session")
+def runtime_python():
+    """The runtime's Python 3.9 interpreter (``make runtime-env``); the test FAILS, naming the command, without it."""
+    from cloudkd.submission.emulate import RUNTIME_LINK, runtime_env_python
+
+    py = runtime_env_python()
+    if py is None:
+        where = os.environ.get("CLOUDKD_RUNTIME_ENV") or RUNTIME_LINK
+        pytest.fail(f"the runtime's Python 3.9 environment is not built ({where} has no stamp): run `make "
+                    f"runtime-env` (`make test` runs it first)", pytrace=False)
+    code, out = _runtime_env_check(Path(py).parent.parent)
+    if code != 0:
+        pytest.fail(f"{out} (`make test` runs it first)", pytrace=False)
+    return str(py)
+
+
+# ---------------------------------------------------------------------- chips and scenes made from small_data
+def wedged_copy(test, root):
+    """The test split's chips under ``root`` with a nodata wedge (all bands 0) in each, a corner wedge on every
+    other chip and a side wedge on the rest; returns {chip_id: boolean wedge mask}."""
+    from cloudkd.data.chips import read_chip_dn
+
+    size = SMALL.size
+    yy, xx = np.mgrid[0:size, 0:size]
+    wedges = {}
+    for k, cid in enumerate(test.chip_ids()):
+        dn = read_chip_dn(test.chip_dir(cid))
+        wedge = (xx + yy) < size // 2 if k % 2 == 0 else (xx - yy) > size // 3
+        dn[:, wedge] = 0
+        write_chip(Path(root) / "test_features", cid, dn)
+        wedges[cid] = wedge
+    shutil.copy(test.metadata_csv, Path(root) / "test_metadata.csv")
+    return wedges
+
+
+def write_band_files(folder, scene, **tiff_kwargs):
+    """A scene folder of one zlib-compressed TIFF per band (B02.tif ... B08.tif)."""
+    from cloudkd.data import BANDS
+
+    folder.mkdir()
+    for band, data in zip(BANDS, scene):
+        tifffile.imwrite(folder / f"{band}.tif", data, compression="zlib", **tiff_kwargs)
+    return folder
+
+
+def scene_from_chips(small_data, n=3):
+    """An n x n mosaic of generated chips (4, 96n, 96n) uint16: realistic content across tile borders."""
+    from cloudkd.data import resolve_split
+
+    test = resolve_split(small_data, "test")
+    ids = test.chip_ids()
+    chips = [np.stack([tifffile.imread(test.chip_dir(ids[i % len(ids)]) / f"{b}.tif")
+                       for b in ("B02", "B03", "B04", "B08")]) for i in range(n * n)]
+    return np.concatenate([np.concatenate(chips[r * n:(r + 1) * n], axis=2) for r in range(n)], axis=1)

@@ -54,7 +54,7 @@ def plan_and_preprocess(workspace: Workspace, dataset_id: int = DEFAULT_DATASET_
             timings["preprocess_s"] = time.perf_counter() - t
     return timings
 
-#: parameters of nnU-Net's own 2d plan for 4 x 512 x 512 chips (tests/test_teacher.py plans it and checks)
+#: parameters of nnU-Net's own 2d plan for 4 x 512 x 512 chips (tests/teacher/test_teacher.py plans it and checks)
 NNUNET_2D_PARAMS = 46_325_422
 
 #: normalisation layers a budget configuration may use (nnU-Net's plans name them by import path)

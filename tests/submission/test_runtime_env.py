@@ -8,7 +8,6 @@ Without that environment, or with one built from another pin list, these tests F
 builds it: a skip would hide exactly the newer-API call this file exists to catch."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -25,20 +24,18 @@ from cloudkd.cli import app
 from cloudkd.data import read_mask, resolve_split
 from cloudkd.student.predict import predict_folder
 from cloudkd.student.runs import load_student
-from cloudkd.submission.emulate import (_LIBRARIES, RUNTIME_LINK, interpreter_versions, runtime_env_python,
-                                       runtime_test)
+from cloudkd.submission.emulate import _LIBRARIES, interpreter_versions, runtime_test
 from cloudkd.submission.pack import pack
 
-from conftest import invoke
-from test_submission import _broken_features, smp_run, wedged_copy
+from conftest import SCRIPT, _runtime_env_check, invoke, wedged_copy
+from test_submission import _broken_features, smp_run
 
 SIZE = 96  # the small generated chips
 runner = CliRunner()
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: the one list of the runtime's packages, read by the Dockerfile and by scripts/runtime_env.sh
 PINS_FILE = REPO / "submission" / "runtime-requirements.txt"
-SCRIPT = REPO / "scripts" / "runtime_env.sh"
 
 
 def _dist(name: str) -> str:
@@ -58,28 +55,6 @@ def read_pins(path=PINS_FILE) -> dict:
 
 #: the versions the verdict reports, from the pin list (Debian bullseye's python3.9 is 3.9.2, the runtime's 3.9.7)
 RUNTIME_VERSIONS = {lib: read_pins()[_dist(dist)] for lib, dist in _LIBRARIES.items()}
-
-
-def _runtime_env_check(env_root, pins=None):
-    """``scripts/runtime_env.sh --check`` for an environment folder (and a pin list): (exit code, output)."""
-    env = {**os.environ, "CLOUDKD_RUNTIME_ENV": str(env_root)}
-    if pins is not None:
-        env["CLOUDKD_RUNTIME_PINS"] = str(pins)
-    p = subprocess.run(["bash", str(SCRIPT), "--check"], env=env, capture_output=True, text=True, timeout=60)
-    return p.returncode, (p.stdout + p.stderr).strip()
-
-
-@pytest.fixture(scope="session")
-def runtime_python():
-    py = runtime_env_python()
-    if py is None:
-        where = os.environ.get("CLOUDKD_RUNTIME_ENV") or RUNTIME_LINK
-        pytest.fail(f"the runtime's Python 3.9 environment is not built ({where} has no stamp): run `make "
-                    f"runtime-env` (`make test` runs it first)", pytrace=False)
-    code, out = _runtime_env_check(Path(py).parent.parent)
-    if code != 0:
-        pytest.fail(f"{out} (`make test` runs it first)", pytrace=False)
-    return str(py)
 
 
 @pytest.fixture(scope="module")

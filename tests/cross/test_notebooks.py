@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from nbclient import NotebookClient
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 ORDER = ["01_explore_data", "02_teacher_nnunet", "03_distill_student", "04_onboard_export"]
 
 

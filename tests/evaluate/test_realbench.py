@@ -17,7 +17,7 @@ from cloudkd.evaluate.realchips import (method_folder, onnx_method, peer_method,
 from cloudkd.common.metrics import Confusion, confusion
 from cloudkd.teacher import peer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REAL_LABELLED = Path(os.environ.get("CLOUDKD_REAL_LABELLED", REPO.parent / "shared" / "data" / "real_labelled"))
 #: official label cloud fractions (the shared folder's README)
 FRACTIONS = {"adwp": 0.479, "adwu": 0.637, "adwz": 1.0, "adxp": 1.0}

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from cloudkd.cli import app
-from cloudkd.data import BANDS, normalise, read_chip, resolve_split
+from cloudkd.data import normalise, read_chip, resolve_split
 from cloudkd.data.normalise import dn_to_reflectance
 from cloudkd.onboard.downlink import chip_stats, stats_from_scene, summarise
 from cloudkd.onboard.export import count_macs, export
@@ -21,7 +21,7 @@ from cloudkd.onboard.scene import predict_scene, torch_predictor
 from cloudkd.student.runs import load_student
 from cloudkd.student.unet import CompactUNet
 
-from conftest import invoke, one_line_refusal
+from conftest import invoke, one_line_refusal, scene_from_chips, write_band_files
 
 runner = CliRunner()
 
@@ -180,23 +180,6 @@ def test_export_says_how_many_calibration_chips_there_are(student, small_data, t
 
 
 # ---------------------------------------------------------------------------------------------------- scenes
-def _write_band_files(folder, scene, **tiff_kwargs):
-    """A scene folder of one zlib-compressed TIFF per band (B02.tif ... B08.tif)."""
-    folder.mkdir()
-    for band, data in zip(BANDS, scene):
-        tifffile.imwrite(folder / f"{band}.tif", data, compression="zlib", **tiff_kwargs)
-    return folder
-
-
-def _scene_from_chips(small_data, n=3):
-    """An n x n mosaic of generated chips (4, 96n, 96n) uint16: realistic content across tile borders."""
-    test = resolve_split(small_data, "test")
-    ids = test.chip_ids()
-    chips = [np.stack([tifffile.imread(test.chip_dir(ids[i % len(ids)]) / f"{b}.tif")
-                       for b in ("B02", "B03", "B04", "B08")]) for i in range(n * n)]
-    return np.concatenate([np.concatenate(chips[r * n:(r + 1) * n], axis=2) for r in range(n)], axis=1)
-
-
 GEO = [(33550, 12, 3, (10.0, 10.0, 0.0), True), (33922, 12, 6, (0.0, 0.0, 0.0, 600000.0, 5000040.0, 0.0), True),
        (34735, 3, 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632), True)]
 
@@ -220,8 +203,8 @@ def test_band_windows_read_any_layout(tmp_path):
 
 
 def test_tiled_scene_equals_whole_image_away_from_borders_and_keeps_georeferencing(student, small_data, tmp_path):
-    scene = _scene_from_chips(small_data, 3)  # 288 x 288
-    d = _write_band_files(tmp_path / "scene", scene, rowsperstrip=40, extratags=GEO)
+    scene = scene_from_chips(small_data, 3)  # 288 x 288
+    d = write_band_files(tmp_path / "scene", scene, rowsperstrip=40, extratags=GEO)
     model = load_student(student)
     r = predict_scene(d, tmp_path / "mask.tif", torch_predictor(model), tile=128, overlap=32, batch_size=3,
                       progress=False)
@@ -262,7 +245,7 @@ def test_tiling_and_blending_are_exact_for_a_pixelwise_model(small_data, tmp_pat
     blended, stitched mask must equal the whole-image mask everywhere (tile seams, scene borders, a last tile
     that does not fit the stride, a scene smaller than a tile, no overlap), with no-data pixels set to 0."""
     h, w = shape
-    scene = _scene_from_chips(small_data, 4)[:, :h, :w].copy()
+    scene = scene_from_chips(small_data, 4)[:, :h, :w].copy()
     scene[:, :20, -25:] = 0  # a no-data corner
     coef = np.array([0.3, -0.2, 0.5, 0.4], np.float32)[:, None, None]
 
@@ -275,7 +258,7 @@ def test_tiling_and_blending_are_exact_for_a_pixelwise_model(small_data, tmp_pat
         return (x * coef).sum(axis=1, keepdims=True)
 
     seen = []
-    d = _write_band_files(tmp_path / "scene", scene, rowsperstrip=16)
+    d = write_band_files(tmp_path / "scene", scene, rowsperstrip=16)
     r = predict_scene(d, tmp_path / "mask.tif", lambda x: seen.append(x.shape) or pixelwise(x), tile=tile,
                       overlap=overlap, batch_size=batch, threshold=prob, progress=False)
     out = tifffile.imread(tmp_path / "mask.tif")
@@ -592,8 +575,8 @@ def test_predict_scene_with_the_exported_onnx_model_equals_the_pytorch_path(stud
     from cloudkd.onboard.export import export_onnx
     from cloudkd.onboard.scene import onnx_predictor
 
-    scene = _scene_from_chips(small_data, 3)
-    d = _write_band_files(tmp_path / "scene", scene, rowsperstrip=40)
+    scene = scene_from_chips(small_data, 3)
+    d = write_band_files(tmp_path / "scene", scene, rowsperstrip=40)
     model = load_student(student)
     export_onnx(model, tmp_path / "model.onnx", dynamic=True, size=128)
     # the two backends' logits on the same tiles: float rounding apart

@@ -19,7 +19,7 @@ from cloudkd.student.runs import load_student
 
 from conftest import invoke, one_line_refusal, write_chip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: a threshold no command defaults to by chance
 T = 0.3
 SIZE = 96  # the small generated chips

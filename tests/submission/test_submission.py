@@ -25,9 +25,9 @@ from cloudkd.submission.emulate import runtime_test
 from cloudkd.submission.pack import MAIN_PY, RUNTIME_MODULES, pack
 from cloudkd.submission.validate import MAX_BYTES, validate
 
-from conftest import write_chip
+from conftest import wedged_copy, write_chip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VALIDATOR = REPO / "src" / "cloudkd" / "submission" / "validate.py"
 ENTRYPOINT = REPO / "submission" / "entrypoint.sh"
 runner = CliRunner()
@@ -100,23 +100,6 @@ def test_main_py_output_equals_the_library_prediction(student, packed, small_dat
     assert os.listdir(tmp_path / "root" / "predictions") == [f"{c}.tif" for c in test.chip_ids()] or \
         sorted(os.listdir(tmp_path / "root" / "predictions")) == sorted(f"{c}.tif" for c in test.chip_ids())
     assert not [p for p in (tmp_path / "root").iterdir() if p.name.startswith(".cloudkd-tmp")]
-
-
-def wedged_copy(test, root):
-    """The test split's chips under ``root`` with a nodata wedge (all bands 0) in each, a corner wedge on every
-    other chip and a side wedge on the rest; returns {chip_id: boolean wedge mask}."""
-    from cloudkd.data.chips import read_chip_dn
-
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    wedges = {}
-    for k, cid in enumerate(test.chip_ids()):
-        dn = read_chip_dn(test.chip_dir(cid))
-        wedge = (xx + yy) < SIZE // 2 if k % 2 == 0 else (xx - yy) > SIZE // 3
-        dn[:, wedge] = 0
-        write_chip(Path(root) / "test_features", cid, dn)
-        wedges[cid] = wedge
-    shutil.copy(test.metadata_csv, Path(root) / "test_metadata.csv")
-    return wedges
 
 
 def test_main_py_equals_cloudkd_predict_on_chips_with_nodata_wedges_at_a_packed_threshold(student, small_data,

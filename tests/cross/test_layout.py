@@ -15,7 +15,7 @@ from cloudkd.data import normalise, read_chip, read_label
 from cloudkd.student.runs import load_student
 from conftest import invoke
 
-PKG = Path(__file__).resolve().parents[1] / "src" / "cloudkd"
+PKG = Path(__file__).resolve().parents[2] / "src" / "cloudkd"
 #: the pipeline order; a module may import its own stage, an earlier one, or common
 ORDER = ["common", "data", "baselines", "teacher", "student", "evaluate", "onboard", "submission"]
 TOP = {"cli", "demo", "__init__"}  # the composition at the top may import every stage

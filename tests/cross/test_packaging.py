@@ -10,7 +10,7 @@ from pathlib import Path
 
 from setuptools.config.pyprojecttoml import read_configuration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "src" / "cloudkd"
 
 #: imports that are optional: each sits in a try/except ImportError and the library works without it

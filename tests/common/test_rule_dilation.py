@@ -14,8 +14,7 @@ from cloudkd.common.infer import (clear_nodata, dilate_masks, logit_threshold, m
 from cloudkd.data import normalise, read_chip, read_label, read_mask, resolve_split
 from cloudkd.student.runs import load_student, recorded_dilation, recorded_rule, run_rule
 
-from conftest import invoke, one_line_refusal
-from test_runtime_env import runtime_python  # noqa: F401  (the fixture: the runtime's Python 3.9 environment)
+from conftest import invoke, one_line_refusal, scene_from_chips, wedged_copy, write_band_files
 
 SIZE = 96  # the small generated chips
 #: a dilation no command applies by chance
@@ -252,10 +251,9 @@ def test_a_scene_predicted_in_tiles_is_the_whole_arrays_rule_with_its_dilation(s
 
     from cloudkd.data.normalise import dn_to_reflectance
     from cloudkd.onboard.scene import predict_scene
-    from test_onboard import _scene_from_chips, _write_band_files
 
     h, w = shape
-    scene = np.tile(_scene_from_chips(small_data, 3), (1, 3, 1))[:, :h, :w].copy()
+    scene = np.tile(scene_from_chips(small_data, 3), (1, 3, 1))[:, :h, :w].copy()
     scene[:, :20, -25:] = 0  # a nodata corner
     coef = np.array([0.3, -0.2, 0.5, 0.4], np.float32)[:, None, None]
     cut = float(np.quantile((normalise(dn_to_reflectance(scene)) * coef).sum(axis=0), 0.8))
@@ -263,7 +261,7 @@ def test_a_scene_predicted_in_tiles_is_the_whole_arrays_rule_with_its_dilation(s
     def pixelwise(x):  # logits far from the threshold: the blend's rounding cannot flip a pixel
         return np.where((x * coef).sum(axis=1, keepdims=True) > cut, 4.0, -4.0).astype(np.float32)
 
-    d = _write_band_files(tmp_path / "scene", scene, rowsperstrip=16)
+    d = write_band_files(tmp_path / "scene", scene, rowsperstrip=16)
     outs = {}
     for px in (0, dilate):
         r = predict_scene(d, tmp_path / f"mask{px}.tif", pixelwise, tile=tile, overlap=overlap, batch_size=3,
@@ -376,7 +374,6 @@ def test_packed_main_py_under_the_runtime_applies_the_recorded_dilation(run_at_d
     from cloudkd.student.predict import predict_folder
     from cloudkd.submission.emulate import runtime_test
     from cloudkd.submission.pack import pack
-    from test_submission import wedged_copy
 
     z = tmp_path / "submission.zip"
     pack(run_at_d, z, tta=True, batch_size=3, chip_size=SIZE)

@@ -34,7 +34,7 @@ from cloudkd.teacher.plans import NNUNET_2D_PARAMS  # noqa: E402 - nnU-Net's 2d 
 
 
 # ---------------------------------------------------------------------------------------------------- models
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _documented_presets():
