@@ -365,6 +365,21 @@ def test_pack_ships_the_recorded_dilation_unless_told_otherwise(run_at_d, studen
         shipped(run_at_d, dilate=-1)
 
 
+def test_pack_command_takes_dilate(run_at_d, tmp_path, capsys):
+    import zipfile
+
+    for extra, want in (([], D), (["--dilate", 2], 2)):
+        z = tmp_path / f"cli{want}.zip"
+        code, text = invoke(["submission", "pack", "--checkpoint", run_at_d, "--out", z, "--chip-size", SIZE,
+                             *extra], capsys)
+        assert code == 0, text
+        assert json.loads(zipfile.ZipFile(z).read("assets/config.json"))["dilate"] == want
+        assert f"dilate {want} px" in text
+    code, text = invoke(["submission", "pack", "--checkpoint", run_at_d, "--out", tmp_path / "x.zip", "--dilate",
+                         -1], capsys)
+    one_line_refusal(code, text, "--dilate")
+
+
 def test_packed_main_py_under_the_runtime_applies_the_recorded_dilation(run_at_d, small_data, runtime_python,
                                                                         tmp_path):
     """main.py + the packed infer.py under Python 3.9 / torch 1.8 / numpy 1.20 write the library's dilated masks

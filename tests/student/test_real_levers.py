@@ -105,3 +105,21 @@ def test_kd_on_unlabelled_needs_an_unlabelled_pool(small_data, tmp_path):
     with pytest.raises(DataError, match="--kd-on unlabelled"):
         fit(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_levers_from_the_command_line_reach_the_run(small_data, tmp_path, capsys):
+    import json
+
+    from conftest import invoke, one_line_refusal
+
+    run = tmp_path / "run"
+    code, text = invoke(["student", "train", small_data, "--out", run, "--model", "unet-xs", "--epochs", 1, "--steps",
+                         1, "--batch", 2, "--crop", 32, "--accelerator", "cpu", "--gain", 0.5, "--gain-min", 0.3],
+                        capsys)
+    assert code == 0, text
+    cfg = json.loads((run / "student.json").read_text())["config"]
+    assert (cfg["gain"], cfg["gain_min"], cfg["kd_on"]) == (0.5, 0.3, "all")
+    for bad, says in ((["--gain", 1.5], "--gain"), (["--gain-min", 0], "--gain-min"), (["--kd-on", "some"], "--kd-on")):
+        code, text = invoke(["student", "train", small_data, "--out", tmp_path / "r2", *bad], capsys)
+        one_line_refusal(code, text, says)
+    assert not (tmp_path / "r2").exists()

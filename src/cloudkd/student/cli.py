@@ -85,7 +85,8 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
          unlabelled: Optional[Path], steps: Optional[int], accelerator: str, devices: int, num_nodes: int,
          strategy: str, workers: int, seed: int, resume: bool, cloud_paste: float, boundary_ignore: int,
          threshold: float, force: bool, exclude: Optional[Path] = None, teacher_folds: Optional[list] = None,
-         allow_teacher_leak: bool = False, precision: str = C.precision):
+         allow_teacher_leak: bool = False, precision: str = C.precision, kd_on: str = C.kd_on,
+         gain: float = C.gain, gain_min: float = C.gain_min):
     import os
 
     from ..common.outputs import folder_lock, outputs_apart, remove_tree, replace_on_success
@@ -110,7 +111,8 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
                       limit_train_batches=steps, accelerator=accelerator, precision=precision, devices=devices,
                       num_nodes=num_nodes,
                       strategy=strategy, num_workers=workers, seed=seed, resume=resume, cloud_paste=cloud_paste,
-                      boundary_ignore=boundary_ignore, threshold=threshold,
+                      boundary_ignore=boundary_ignore, threshold=threshold, kd_on=kd_on, gain=gain,
+                      gain_min=gain_min,
                       exclude=str(exclude) if exclude else None, teacher_folds=teacher_folds,
                       allow_teacher_leak=allow_teacher_leak)
     build = os.environ.get(BUILD_ENV)
@@ -161,6 +163,15 @@ def _precision(value: str) -> str:
         return lightning_precision(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _kd_on(value: str) -> str:
+    """``--kd-on``: one of :data:`cloudkd.student.distill.KD_ON`."""
+    from .distill import KD_ON
+
+    if value not in KD_ON:
+        raise typer.BadParameter(f"{value!r}: choose one of {', '.join(KD_ON)}")
+    return value
 
 
 def _fold_list(value: Optional[str]) -> Optional[list]:
@@ -240,6 +251,16 @@ def _train_options(distill: bool):
         boundary_ignore=typer.Option(C.boundary_ignore, min=0,
                                      help="Boundary-tolerant loss: px on both sides of label outlines left out of "
                                           "BCE + Dice (0 = off)."),
+        kd_on=typer.Option(C.kd_on, "--kd-on", callback=_kd_on,
+                           help="The chips the KD loss covers: all, or unlabelled (only the --unlabelled chips: a "
+                                "teacher that did not learn these labels, e.g. the peer on real images, teaches "
+                                "those, the labels the rest)."),
+        gain=typer.Option(C.gain, callback=finite(0.0, 1.0),
+                          help="Gain randomisation: share of the training chips darkened by a gain drawn "
+                               "log-uniformly from [--gain-min, 1], labels unchanged (0 = off)."),
+        gain_min=typer.Option(C.gain_min, "--gain-min", callback=finite(0.05, 1.0),
+                              help="The darkest gain of --gain (default: real / generated clear-ground brightness, "
+                                   "measured)."),
     )
 
 
@@ -261,6 +282,7 @@ def train(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _FOL
           num_nodes: int = _T["num_nodes"], strategy: str = _T["strategy"], workers: int = _T["workers"],
           seed: int = _T["seed"], resume: bool = _T["resume"], force: bool = _T["force"],
           cloud_paste: float = _T["cloud_paste"], boundary_ignore: int = _T["boundary_ignore"],
+          kd_on: str = _T["kd_on"], gain: float = _T["gain"], gain_min: float = _T["gain_min"],
           threshold: float = _T["threshold"], exclude: Optional[Path] = _EXCLUDE):
     """Train a student or any smp model on labels (add a teacher to distil; see 'distill')."""
     _fit(**locals())
@@ -280,6 +302,7 @@ def distill(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _F
             num_nodes: int = _D["num_nodes"], strategy: str = _D["strategy"], workers: int = _D["workers"],
             seed: int = _D["seed"], resume: bool = _D["resume"], force: bool = _D["force"],
             cloud_paste: float = _D["cloud_paste"], boundary_ignore: int = _D["boundary_ignore"],
+            kd_on: str = _D["kd_on"], gain: float = _D["gain"], gain_min: float = _D["gain_min"],
             threshold: float = _D["threshold"], exclude: Optional[Path] = _EXCLUDE):
     """Distil a teacher into a student: offline (--soft) or online (--teacher-nnunet / --teacher-onnx)."""
     if not (soft or teacher_nnunet or teacher_onnx):
