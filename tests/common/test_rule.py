@@ -34,12 +34,18 @@ def test_logits_and_probabilities_give_the_same_masks_at_any_threshold():
         masks_from_probabilities(p[:, 0], 0.0)
 
 
-def test_predict_masks_is_tta_then_threshold_then_nodata():
+def conv_case(size: int):
+    """A seeded one-layer model, a batch of two (size x size) chips, and nodata over the second chip's lower half."""
     torch.manual_seed(0)
     model = torch.nn.Conv2d(4, 1, 3, padding=1).eval()
-    x = torch.randn(2, 4, 12, 12)
-    nd = np.zeros((2, 12, 12), bool)
-    nd[1, 6:, :] = True
+    x = torch.randn(2, 4, size, size)
+    nd = np.zeros((2, size, size), bool)
+    nd[1, size // 2:, :] = True
+    return model, x, nd
+
+
+def test_predict_masks_is_tta_then_threshold_then_nodata():
+    model, x, nd = conv_case(12)
     with torch.no_grad():
         z = (model(x) + model(x.flip(-1)).flip(-1) + model(x.flip(-2)).flip(-2)) / 3
     want = (z[:, 0] > math.log(0.3 / 0.7)).numpy() & ~nd

@@ -86,11 +86,9 @@ def test_nodata_pixels_are_cleared_after_the_dilation():
 
 
 def test_predict_masks_dilates_between_the_threshold_and_nodata():
-    torch.manual_seed(0)
-    model = torch.nn.Conv2d(4, 1, 3, padding=1).eval()
-    x = torch.randn(2, 4, 16, 16)
-    nd = np.zeros((2, 16, 16), bool)
-    nd[1, 9:, :] = True
+    from test_rule import conv_case
+
+    model, x, nd = conv_case(16)
     with torch.no_grad():
         above = (model(x)[:, 0] > logit_threshold(0.8)).numpy()
     want = _scipy(above, D) & ~nd
