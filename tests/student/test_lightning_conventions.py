@@ -109,3 +109,17 @@ def test_student_options_out_of_range_are_one_line_naming_the_option(small_data,
 def test_student_help_shows_the_ranges(capsys):
     code, text = invoke(["student", "distill", "--help"], capsys)
     assert code == 0 and "x>=1" in text and "x>=0" in text, text
+
+
+def test_data_module_lines_come_from_the_first_process_only(capsys, monkeypatch):
+    """The data module's console lines go through Lightning's rank_zero_only: printed by rank 0, not by the others."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from cloudkd.data.datamodule import _log
+
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    _log("from rank 0")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    _log("from rank 1")
+    out = capsys.readouterr().out
+    assert "from rank 0" in out and "from rank 1" not in out

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
@@ -39,12 +40,11 @@ from .exclude import exclude_ids, exclude_message
 from .folds import EXCLUDED, folds_exclusion_line, read_folds, split_by_fold, training_split
 
 
+@rank_zero_only
 def _log(msg: str) -> None:
-    """One line on the console, from the first process only (every DDP process reads the same tables)."""
-    from pytorch_lightning.utilities import rank_zero_only
-
-    if getattr(rank_zero_only, "rank", 0) == 0:
-        print(msg, flush=True)
+    """One line on the console (stdout, as the rest of a run's lines), from the first process only (every DDP
+    process reads the same tables); Lightning's ``rank_zero_only`` decides which process that is."""
+    print(msg, flush=True)
 
 
 class ShardSampler(Sampler):
