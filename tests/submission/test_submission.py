@@ -242,13 +242,14 @@ def test_runtime_test_cli_verdict_holds_the_real_score_and_main_pys_true_counts(
     s = v["summary"]
     assert s["chips_expected"] == s["chips_written"] == len(files) == v["n_chips"] == 10
     assert s["fallback"] == {} and s["failed"] == {} and v["fallback"] == [] and v["fallback_documented"] == {}
-    assert s["threshold"] == 0.5 and s["tta"] is True and s["model"] == "unet-s" and s["device"] == "cpu"
+    assert s["threshold"] == 0.5 and s["dilate"] == 0 and s["tta"] is True and s["model"] == "unet-s" \
+        and s["device"] == "cpu"
     with zipfile.ZipFile(packed) as z:
         assert s["assets"] == {"model.pt": hashlib.sha256(z.read("assets/model.pt")).hexdigest(),
                                "config.json": hashlib.sha256(z.read("assets/config.json")).hexdigest()}
     assert 0 < s["seconds"] <= v["seconds"]
     assert (f"main.py's summary: 10 of 10 masks written, 0 fallback, 0 failed; model unet-s (model.pt sha256 "
-            f"{s['assets']['model.pt'][:12]}), threshold 0.5, tta True") in r.output
+            f"{s['assets']['model.pt'][:12]}), threshold 0.5, dilate 0 px, tta True") in r.output
 
 
 def test_real_chips(student, real_chips, tmp_path):
