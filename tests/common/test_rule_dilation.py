@@ -12,7 +12,7 @@ from scipy.ndimage import binary_dilation
 from cloudkd.common.infer import (clear_nodata, dilate_masks, logit_threshold, masks_from_logits,
                                   masks_from_probabilities, nodata_mask, predict_masks)
 from cloudkd.data import normalise, read_chip, read_label, read_mask, resolve_split
-from cloudkd.student.runs import load_student, recorded_dilation, recorded_rule, run_rule
+from cloudkd.student.runs import load_student, recorded_rule, run_rule
 
 from conftest import invoke, one_line_refusal, scene_from_chips, wedged_copy, write_band_files
 
@@ -100,7 +100,7 @@ def test_predict_masks_dilates_between_the_threshold_and_nodata():
 def test_a_run_without_a_recorded_dilation_reads_as_none(student, tmp_path):
     info = json.loads((student / "student.json").read_text())
     assert "rule" not in info
-    assert run_rule(info) == (0.5, 0) and recorded_rule(student) == (0.5, 0) and recorded_dilation(student) == 0
+    assert run_rule(info) == (0.5, 0) and recorded_rule(student) == (0.5, 0)
     assert run_rule({"config": {"threshold": 0.4}}) == (0.4, 0) and run_rule({}) == (0.5, 0)
     assert run_rule({"config": {"threshold": 0.4}, "rule": {"threshold": 0.45, "dilate": 6}}) == (0.45, 6)
     run = tmp_path / "run"

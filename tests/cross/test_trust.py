@@ -81,11 +81,11 @@ def test_commands_default_to_the_runs_recorded_threshold(run_at_t, export_at_t, 
         assert np.array_equal(read_mask(tmp_path / "bench_student" / f"{c}.tif"), at_t[c]), c
 
     # the export records the run's threshold in export.json and in every ONNX model; the ONNX methods use it
-    from cloudkd.common.onnx import onnx_threshold
+    from cloudkd.common.onnx import onnx_rule
 
     assert json.loads((export_at_t / "export.json").read_text())["threshold"] == T
     for name in ("model_fp32.onnx", "model_fp32_b1.onnx"):
-        assert onnx_threshold(ort_session(export_at_t / name)) == T
+        assert onnx_rule(ort_session(export_at_t / name))[0] == T
     onnx_at_t = _rule(OnnxModel(export_at_t / "model_fp32.onnx"), test.features_dir, ids, T)
     onnx_method(export_at_t / "model_fp32.onnx").predict(test.features_dir, tmp_path / "bench_onnx")
     for c in ids:

@@ -9,7 +9,7 @@ import torch
 
 from cloudkd.common.errors import DataError
 from cloudkd.common.infer import DEFAULT_THRESHOLD
-from cloudkd.common.onnx import ort_logits, ort_session, stamp_threshold
+from cloudkd.common.onnx import ort_logits, ort_session, stamp_rule
 from cloudkd.common.sizes import count_macs, count_params
 from cloudkd.student.predictor import load_predictor, model_kind
 from cloudkd.student.runs import load_student, recorded_threshold
@@ -45,7 +45,7 @@ def test_onnx_file_gives_the_sessions_logits(student, tmp_path):
     from cloudkd.onboard.export import export_onnx
 
     path = export_onnx(load_student(student), tmp_path / "model.onnx")
-    stamp_threshold(path, 0.35)
+    stamp_rule(path, 0.35)
     x = _batch()
     want = ort_logits(ort_session(path), x.numpy())
     p = load_predictor(path)

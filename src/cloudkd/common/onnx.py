@@ -98,11 +98,6 @@ def onnx_rule(session) -> Tuple[Optional[float], Optional[int]]:
     return t, None if d is None or d < 0 else d
 
 
-def onnx_threshold(session) -> Optional[float]:
-    """The threshold of :func:`onnx_rule`."""
-    return onnx_rule(session)[0]
-
-
 def stamp_rule(path: os.PathLike | str, threshold: float, dilate: int = 0) -> Path:
     """Record the prediction rule (``threshold``, ``dilate`` pixels) in the metadata of the ONNX model at
     ``path`` (rewritten atomically)."""
@@ -116,10 +111,6 @@ def stamp_rule(path: os.PathLike | str, threshold: float, dilate: int = 0) -> Pa
     model.metadata_props.add(key=THRESHOLD_KEY, value=repr(float(threshold)))
     model.metadata_props.add(key=DILATE_KEY, value=str(int(dilate)))
     return atomic_write(path, lambda tmp: onnx.save(model, str(tmp)), suffix=".onnx")
-
-
-#: the name :func:`stamp_rule` had before the rule had a dilation (a threshold alone: no dilation)
-stamp_threshold = stamp_rule
 
 
 class OnnxModel:

@@ -135,11 +135,6 @@ def run_threshold(info: dict) -> float:
     return run_rule(info)[0]
 
 
-def run_dilation(info: dict) -> int:
-    """The dilation (pixels) of the rule a run recorded (:func:`run_rule`; 0 for a run that recorded none)."""
-    return run_rule(info)[1]
-
-
 def recorded_rule(model: os.PathLike | str) -> Tuple[float, int]:
     """(threshold, dilation in pixels) of the prediction rule a model was made for: a student run (its folder,
     student.pt / student.json or a .ckpt in it) -> :func:`run_rule`; an ``.onnx`` file exported by ``cloudkd
@@ -167,11 +162,6 @@ def recorded_rule(model: os.PathLike | str) -> Tuple[float, int]:
 def recorded_threshold(model: os.PathLike | str) -> float:
     """The threshold of :func:`recorded_rule`."""
     return recorded_rule(model)[0]
-
-
-def recorded_dilation(model: os.PathLike | str) -> int:
-    """The dilation (pixels) of :func:`recorded_rule`."""
-    return recorded_rule(model)[1]
 
 
 def load_student(run: os.PathLike | str) -> torch.nn.Module:
