@@ -126,8 +126,9 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
             _log(f"    soft labels: reused {soft_dir}")
     run = work / "student"
     info = run / "student.json"
-    same = info.is_file() and json.loads(info.read_text()).get("teacher_mode") == sb.teacher_mode
-    fitted = same and not rebuild and isinstance(json.loads(info.read_text()).get(RULE_KEY), dict)
+    record = json.loads(info.read_text()) if info.is_file() else {}
+    same = record.get("teacher_mode") == sb.teacher_mode
+    fitted = same and not rebuild and isinstance(record.get(RULE_KEY), dict)
     if same and not rebuild:
         _log(f"    reused the trained student in {run}")
     else:
