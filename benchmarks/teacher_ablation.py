@@ -65,6 +65,13 @@ ROWS = {
     "sgd_lr3e-2": ("SGD poly at 0.03", {"lr": 0.03}, {}),
     "adamw_lr1e-3": ("AdamW 1e-3 + cosine", {"optimizer": "adamw", "lr": 1e-3}, {}),
     "adamw_lr1e-2": ("AdamW 1e-2 + cosine", {"optimizer": "adamw", "lr": 1e-2}, {}),
+    # the size levers again on top of the AdamW recipe that won the optimiser row (make demo's teacher)
+    "adamw_width16": ("AdamW + width 16..256 (4x compute)",
+                      {"optimizer": "adamw", "base_features": 16, "max_features": 256}, {}),
+    "adamw_patch512_b1": ("AdamW + patch 512, batch 1 (same pixels)", {"optimizer": "adamw", "patch": 512, "batch": 1},
+                          {}),
+    "adamw_batch8": ("AdamW + batch 8 (2x pixels per iteration)", {"optimizer": "adamw", "batch": 8}, {}),
+    "adamw_oversample0": ("AdamW + foreground oversampling 0", {"optimizer": "adamw", "oversample": 0.0}, {}),
 }
 COLUMNS = ["row", "seed", "varies", "params", "train_s", "s_per_iteration", "threshold", "test_jaccard", "precision",
            "recall", "real_jaccard", "real_precision", "real_recall"]
