@@ -13,7 +13,12 @@ the generated training chips):
 * ``peer_real``: the real-trained ukis-csmask peer (optional package) distils, by pixel KD (weight 1), on the
   real unlabelled chips of the *training half* of ``real_unlabelled`` only (``--kd-on unlabelled``): the
   labels teach the generated chips, the peer the real ones;
-* ``gain_peer_real``: both.
+* ``gain_peer_real``: both;
+* ``dark_ground``: labels only, on a dataset generated with the darker ground of ``SynthConfig.ground_gain_min``
+  = 0.4 (every chip's ground, not its clouds, scaled by a gain log-uniform in [0.4, 1]; 0.4 is the same measured
+  ratio), written once under ``--work`` from the ``--data`` dataset's own config: the same chips, clouds and
+  labels' annotator draws, over darker ground. It is scored on the ``--data`` test split like every lever, and
+  on its own test split (``own_test_jaccard``).
 
 The real unlabelled chips are split once, by chip id: every other Eswatini chip trains (12), the other 11 and
 the two other places (Eritrea ``iacc``, Kimberley ``ijgr``) are held out. No run sees the 4 labelled real chips
@@ -43,6 +48,7 @@ from distill_compare import fit_and_score
 from cloudkd.common.cli import format_table
 from cloudkd.data import load_index, resolve_split
 from cloudkd.demo import StudentBudget
+from cloudkd.evaluate.scoring import score_folder
 from cloudkd.evaluate.bands import BAND_NAMES, bands_of_folders
 from cloudkd.student.predict import predict_folder
 from cloudkd.student.runs import load_student
@@ -54,10 +60,11 @@ LEVERS = {
     "gain": dict(gain=0.5),
     "peer_real": dict(peer=True),
     "gain_peer_real": dict(gain=0.5, peer=True),
+    "dark_ground": dict(ground_gain_min=0.4),
 }
 COLUMNS = ["lever", "seed", "test_jaccard", "test_precision", "test_recall", "real_jaccard", "real_precision",
            "real_recall"] + [f"real_recall_{b}" for b in BAND_NAMES] + \
-          ["peer_recall_<0.2", "peer_recall_0.2-0.35", "peer_precision", "val_jaccard", "train_s"]
+          ["peer_recall_<0.2", "peer_recall_0.2-0.35", "peer_precision", "val_jaccard", "train_s", "own_test_jaccard"]
 
 
 def real_split(unlabelled_root: Path, work: Path):
@@ -77,6 +84,21 @@ def real_split(unlabelled_root: Path, work: Path):
     meta = idx[idx.chip_id.isin(train)][["chip_id", "location", "datetime"]]
     meta.to_csv(work / "real_train_metadata.csv", index=False)
     return feats, split, held
+
+
+def lever_data(data: str, work: Path, spec: dict) -> str:
+    """The dataset a lever trains on: ``data``, or (``ground_gain_min``) the same config with the darker ground,
+    generated once under ``work``."""
+    if "ground_gain_min" not in spec:
+        return data
+    from dataclasses import replace
+
+    from cloudkd.data.synth.sentinel2 import recorded_config, synthesize
+
+    cfg = replace(recorded_config(data), ground_gain_min=spec["ground_gain_min"])
+    root = work / f"data_ground_gain_{spec['ground_gain_min']:g}"
+    synthesize(root, cfg, progress=False)  # reused when already complete
+    return str(root)
 
 
 def peer_masks(split, out: Path) -> Path:
@@ -102,9 +124,9 @@ def summarise(rows):
     for lever in dict.fromkeys(r["lever"] for r in rows):
         mine = [r for r in rows if r["lever"] == lever]
         row = {"lever": lever, "seeds": len(mine)}
-        for k in ("test_jaccard", "real_jaccard", "real_recall_<0.2", "peer_recall_<0.2", "peer_recall_0.2-0.35",
-                  "peer_precision"):
-            v = np.array([float(r[k]) for r in mine])
+        for k in ("test_jaccard", "own_test_jaccard", "real_jaccard", "real_recall_<0.2", "peer_recall_<0.2",
+                  "peer_recall_0.2-0.35", "peer_precision"):
+            v = np.array([float(r.get(k) or r["test_jaccard"]) for r in mine])  # own test: the test, before it
             row[k] = f"{v.mean():.4f}" + (f" ± {v.std(ddof=1):.4f}" if len(v) > 1 else "")
         out.append(row)
     return out
@@ -137,7 +159,8 @@ def main():
                 continue
             spec = LEVERS[lever]
             run_dir = work / f"{lever}_s{seed}"
-            cfg = TrainConfig(data=a.data, out=str(run_dir), model=sb.model, folds=str(Path(a.demo) / "folds.csv"),
+            data = lever_data(a.data, work, spec)
+            cfg = TrainConfig(data=data, out=str(run_dir), model=sb.model, folds=str(Path(a.demo) / "folds.csv"),
                               epochs=sb.epochs, batch_size=sb.batch, crop=sb.crop, lr=sb.lr, label_weight=1.0,
                               kd_weight=1.0 if spec.get("peer") else 0.0, kd="pixel", temperature=sb.temperature,
                               teacher_onnx="ukis-csmask" if spec.get("peer") else None,
@@ -146,6 +169,11 @@ def main():
                               seed=seed, progress=False)
             t0 = time.time()
             row = {"lever": lever, "seed": seed, **fit_and_score(cfg, test, real)}
+            row["own_test_jaccard"] = row["test_jaccard"]
+            if data != a.data:  # also its own generated test split
+                own = resolve_split(data, "test")
+                predict_folder(load_student(run_dir), own.features_dir, run_dir / "own_test_pred", progress=False)
+                row["own_test_jaccard"] = round(score_folder(run_dir / "own_test_pred", own.labels_dir).jaccard, 4)
             b = bands_of_folders(real.features_dir, real.labels_dir, {"s": run_dir / "real_pred"}, real.chip_ids())
             b = b[b.method == "s"].set_index("band")
             for name in BAND_NAMES:
