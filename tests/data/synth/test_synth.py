@@ -253,3 +253,43 @@ def test_reflectance_ranges_comparable_to_real_chips(small_data, real_chips):
         assert 0.25 < g50 / r50 < 4.0, (b, g50, r50)
         assert g95 > 0.5 * r95 and g5 < 3 * r5 + 0.02
     assert np.percentile(real, 99.9) < 1.6 and np.percentile(gen, 99.9) < 1.6
+
+
+def test_ground_gain_darkens_the_ground_under_the_same_clouds(tmp_path):
+    """ground_gain_min: each chip's ground is scaled by its own gain in [min, 1] (its own stream), and nothing else
+    changes: the same opacity, the same opaque cloud tops; clear ground darker by about the gain (haze, added
+    after, can only lift the ratio); 1.0 writes what it wrote before, and a dataset's stamp records the gain."""
+    import json
+
+    from cloudkd.data.synth.sentinel2 import ground_gain, recorded_config
+
+    loc = LOCATIONS[15]  # Chifunfu: lake, grassland and cropland
+    seen = []
+    for seed in (3, 8, 21):
+        gain = ground_gain(seed, 0.4)
+        seen.append(gain)
+        assert 0.4 <= gain < 1.0 and ground_gain(seed, 1.0) == 1.0
+        old = render_chip(seed, loc, SynthConfig(size=128, difficulty=0.0))
+        new = render_chip(seed, loc, SynthConfig(size=128, difficulty=0.0, ground_gain_min=0.4))
+        assert np.array_equal(old["alpha"], new["alpha"]) and np.array_equal(old["cover"], new["cover"])
+        a, b = old["dn"].astype(float), new["dn"].astype(float)
+        opaque = old["alpha"] >= 0.999
+        if opaque.any():  # a cloud top hides the ground: the same reflectance to the DN
+            assert np.abs(a[:, opaque] - b[:, opaque]).max() <= 1
+        clear = (old["alpha"] == 0) & (old["shadow"] < 0.01) & (a[:3].mean(0) > 300)
+        assert clear.sum() > 500
+        ratio = np.median(b[:3, clear].sum(0) / a[:3, clear].sum(0))
+        assert gain - 0.01 <= ratio <= gain + 0.1, (seed, gain, ratio)
+    assert max(seen) - min(seen) > 0.1  # a gain per chip, not one for all
+    assert np.array_equal(render_chip(3, loc, SynthConfig(size=128))["dn"],
+                          render_chip(3, loc, SynthConfig(size=128, ground_gain_min=1.0))["dn"])
+    with pytest.raises(ValueError, match="ground_gain_min"):
+        SynthConfig(ground_gain_min=0.0)
+    with pytest.raises(ValueError, match="ground_gain_min"):
+        SynthConfig(ground_gain_min=float("nan"))
+    # the stamp: recorded when used, read back as written
+    for g in (1.0, 0.5):
+        root = tmp_path / f"g{g}"
+        synthesize(root, SynthConfig(n_train=2, n_test=0, size=48, ground_gain_min=g), workers=1, progress=False)
+        assert recorded_config(root).ground_gain_min == g
+        assert ("ground_gain_min" in json.loads((root / "synth.json").read_text())["config"]) == (g != 1.0)
