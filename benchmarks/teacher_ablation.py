@@ -72,6 +72,10 @@ ROWS = {
                           {}),
     "adamw_batch8": ("AdamW + batch 8 (2x pixels per iteration)", {"optimizer": "adamw", "batch": 8}, {}),
     "adamw_oversample0": ("AdamW + foreground oversampling 0", {"optimizer": "adamw", "oversample": 0.0}, {}),
+    # the two levers that each beat the AdamW row at seed 0, together
+    "adamw_oversample0_width16": ("AdamW + oversampling 0 + width 16..256",
+                                  {"optimizer": "adamw", "oversample": 0.0, "base_features": 16,
+                                   "max_features": 256}, {}),
 }
 COLUMNS = ["row", "seed", "varies", "params", "train_s", "s_per_iteration", "threshold", "test_jaccard", "precision",
            "recall", "real_jaccard", "real_precision", "real_recall"]

@@ -9,6 +9,7 @@ import typer
 
 from ..common.cli import (at_least, check_memory, cores, exclude_option, fail, file_output_check, finite,
                           folder_output_check, output_check, side, stage_app)
+from .synth.sentinel2 import SynthConfig
 
 #: peak memory of rendering one chip, per pixel (measured: 310-314 B/px at 512 and 1024 px)
 SYNTH_BYTES_PER_PIXEL = 320
@@ -39,19 +40,23 @@ def synth(
     n_unlabelled: int = typer.Option(0, callback=at_least(0), help="Extra chips without labels at the train "
                                                                  "locations, in OUT/unlabelled_features (a pool to "
                                                                  "distil on: student distill --unlabelled)."),
+    ground_gain_min: float = typer.Option(SynthConfig.ground_gain_min, callback=finite(0.0, 1.0, open_low=True),
+                                          help="Darker ground: each chip's ground (not its clouds) scaled by a gain "
+                                               "log-uniform in [this, 1], measured on real L2A chips beyond one "
+                                               "scene (data/README.md). 1 = off, the generator before."),
     workers: int = typer.Option(0, callback=cores(0), help="Processes (0 = one per core)."),
     overwrite: bool = typer.Option(False, help="Replace whatever is in OUT."),
     preview: bool = typer.Option(True, help="Write OUT/preview.png with sample chips."),
 ):
     """Generate a realistic cloud benchmark in the exact On Cloud N layout."""
     from .roots import resolve_split
-    from .synth.sentinel2 import SynthConfig, synthesize
+    from .synth.sentinel2 import synthesize
     from .viz import plot_chips
 
     try:
         cfg = SynthConfig(n_train=n_train, n_test=n_test, size=size, seed=seed, difficulty=difficulty,
                           label_style=label_style, label_threshold=label_threshold, label_noise=label_noise,
-                          n_unlabelled=n_unlabelled)
+                          n_unlabelled=n_unlabelled, ground_gain_min=ground_gain_min)
     except ValueError as exc:
         fail(str(exc), 2)
     import os

@@ -79,7 +79,8 @@ def render_landsat_scene(seed: int, location: Location, cfg: Landsat38Config, sh
     k = cfg.oversample
     size = max(h, w)
     sc = SynthConfig(n_train=1, n_test=0, size=size * k, seed=cfg.seed, difficulty=cfg.difficulty,
-                     label_style="opacity", label_threshold=cfg.label_threshold, p_nodata=0.0)
+                     label_style="opacity", label_threshold=cfg.label_threshold, p_nodata=0.0,
+                     ground_gain_min=1.0)  # TOA scenes: the L2A ground measurement is not theirs
     out = render_chip(seed, location, sc)
     refl = out["dn"].astype(np.float32).reshape(4, size, k, size, k).mean(axis=(2, 4))[:, :h, :w] / SCALE
     label = out["label"].astype(np.float32).reshape(size, k, size, k).mean(axis=(1, 3))[:h, :w] >= 0.5
