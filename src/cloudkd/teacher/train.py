@@ -193,27 +193,18 @@ def train(workspace: Workspace, dataset_id: int = DEFAULT_DATASET_ID, fold: int 
 
 def _run_nnunet(workspace: Workspace, env: dict, dataset_id: int, configuration: str, fold: int, trainer_name: str,
                 continue_training: bool, device: str, validate: bool) -> None:
-    """nnU-Net's own training of one fold (``run_training``), in ``workspace``'s environment plus ``env``.
-
-    nnU-Net's progress plot sets seaborn's theme for the whole process (``sns.set(font_scale=2.5)``, every epoch);
-    matplotlib's settings are restored afterwards so that figures drawn later in the same process (the
-    benchmarks' charts) keep their look."""
-    import matplotlib
+    """nnU-Net's own training of one fold (``run_training``), in ``workspace``'s environment plus ``env``."""
     import torch
 
-    style = {k: v for k, v in matplotlib.rcParams.items() if k != "backend"}
-    try:
-        with workspace.active(env):
-            from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+    with workspace.active(env):
+        from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
-            nnunet_trainer = get_trainer_from_args(str(dataset_id), configuration, fold, trainer_name, PLANS,
-                                                   continue_training, device=torch.device(device))
-            maybe_load_checkpoint(nnunet_trainer, continue_training, False, None)
-            nnunet_trainer.run_training()
-            if validate:
-                nnunet_trainer.perform_actual_validation(False)
-    finally:
-        matplotlib.rcParams.update(style)
+        nnunet_trainer = get_trainer_from_args(str(dataset_id), configuration, fold, trainer_name, PLANS,
+                                               continue_training, device=torch.device(device))
+        maybe_load_checkpoint(nnunet_trainer, continue_training, False, None)
+        nnunet_trainer.run_training()
+        if validate:
+            nnunet_trainer.perform_actual_validation(False)
 
 
 def _record_teacher(workspace: Workspace, dataset_id: int, result: TrainResult, budget: Optional[Budget]) -> None:
