@@ -129,6 +129,11 @@ class SynthConfig:
             raise ValueError(f"ground_gain_min must be in (0, 1], got {self.ground_gain_min}")
 
 
+#: fields a dataset's stamp records only when they are used, with the value that means "not used": a stamp
+#: written before a field existed, or with it off, lacks it and reads back as off (datasets keep their stamp and
+#: reuse). The ground gain's off (1) is not its default (0.4), so an old stamp must not take the default.
+OFF_WHEN_UNRECORDED = {"label_noise": 0.0, "n_unlabelled": 0, "ground_gain_min": 1.0}
+
 #: the ground gain's own random stream (``np.random.default_rng([seed, GROUND_STREAM])``)
 GROUND_STREAM = 2
 
@@ -344,8 +349,7 @@ def recorded_config(root: os.PathLike | str) -> SynthConfig:
         raise DataError(f"{stamp}: not valid JSON ({e})") from None
     if info.get("generator") != __name__ or not isinstance(info.get("config"), dict):
         raise DataError(f"{stamp}: not written by {__name__} (generator {info.get('generator')!r})")
-    # recorded only when used (synthesize): a stamp without it is a dataset generated with the ground gain off
-    return SynthConfig(**{"ground_gain_min": 1.0, **info["config"]})
+    return SynthConfig(**{**OFF_WHEN_UNRECORDED, **info["config"]})
 
 
 def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), workers: int = 0,
@@ -365,7 +369,7 @@ def synthesize(root: os.PathLike | str, cfg: SynthConfig = SynthConfig(), worker
     root = Path(root)
     stamp = root / "synth.json"
     want = asdict(cfg)
-    for name, off in (("label_noise", 0.0), ("n_unlabelled", 0), ("ground_gain_min", 1.0)):
+    for name, off in OFF_WHEN_UNRECORDED.items():
         if want[name] == off:  # recorded only when used: datasets without them keep the stamp (and reuse) they had
             del want[name]
     if claim_root(root, stamp, want, overwrite):
