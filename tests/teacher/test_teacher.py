@@ -536,6 +536,22 @@ def test_workspace_restores_the_plot_backend_that_nnunet_switches(tmp_path):
         matplotlib.use(before)
 
 
+def test_workspace_restores_the_plot_style_that_nnunet_themes(tmp_path):
+    """nnU-Net's progress plot calls seaborn's set(font_scale=2.5) every epoch, which themes the whole process; the
+    workspace puts matplotlib's look back, so a chart drawn after an in-process training keeps its fonts."""
+    import matplotlib
+    import seaborn as sns
+
+    with matplotlib.rc_context():
+        before = {k: matplotlib.rcParams[k] for k in ("font.size", "axes.facecolor", "axes.prop_cycle")}
+        interactive = matplotlib.is_interactive()
+        with Workspace(tmp_path / "ws").active():
+            sns.set(font_scale=2.5)  # as nnunet_logger.plot_progress_png does
+            assert matplotlib.rcParams["font.size"] != before["font.size"]
+        assert {k: matplotlib.rcParams[k] for k in before} == before
+        assert matplotlib.is_interactive() == interactive  # the backend's own settings are the backend's to set
+
+
 def test_force_with_a_bad_device_or_fold_deletes_nothing(trained):
     """`teacher train --fold 0 --device bogus --force` used to delete the trained fold_0 (both checkpoints) and only
     then fail on the device; `--fold 99` trained on nnU-Net's random split and was listed in teacher.json."""

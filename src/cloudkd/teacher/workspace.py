@@ -42,7 +42,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from ..common.errors import DataError
 from ..common.io import atomic_write
@@ -90,9 +90,11 @@ class Workspace:
     @contextlib.contextmanager
     def active(self, extra: Optional[Dict[str, str]] = None) -> Iterator["Workspace"]:
         """Set nnU-Net's environment variables (and ``extra``) for the duration of the block, then restore them,
-        and matplotlib's backend: nnU-Net's logger switches it to Agg when it is imported (by training, or by
-        loading a trained model), which would stop a notebook's later figures from showing."""
-        backend = _plot_backend()
+        and matplotlib's state: nnU-Net's logger switches the backend to Agg when it is imported (by training, or
+        by loading a trained model), which would stop a notebook's later figures from showing, and its progress
+        plot sets seaborn's theme for the whole process (``sns.set(font_scale=2.5)``, every epoch), which would
+        draw later figures with 30 pt fonts on grey."""
+        plot = _plot_state()
         new = {**self.env(), **(extra or {})}
         old = {k: os.environ.get(k) for k in new}
         for p in (self.raw, self.preprocessed, self.results):
@@ -106,7 +108,7 @@ class Workspace:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-            _restore_plot_backend(backend)
+            _restore_plot_state(plot)
 
     def dataset_folders(self, dataset_id: int) -> List[Path]:
         """Existing ``Dataset{id}_*`` folders in the raw or preprocessed tree."""
@@ -153,20 +155,30 @@ def claim_workspace(folder: os.PathLike | str, option: str = "--workdir", mark: 
     return state
 
 
-def _plot_backend() -> Optional[str]:
-    """matplotlib's backend now (None without matplotlib)."""
+#: matplotlib settings that belong to the backend, not to the look of figures: the backend's own restore sets them
+#: (restoring the old values after it would stop a notebook's inline figures from showing)
+_BACKEND_KEYS = ("backend", "backend_fallback", "interactive")
+
+
+def _plot_state() -> Optional[Tuple[str, dict]]:
+    """matplotlib's backend and settings now (None without matplotlib)."""
     try:
         import matplotlib
     except ImportError:  # pragma: no cover - matplotlib is a requirement
         return None
-    return matplotlib.get_backend()
+    return matplotlib.get_backend(), {k: v for k, v in matplotlib.rcParams.items() if k not in _BACKEND_KEYS}
 
 
-def _restore_plot_backend(backend: Optional[str]) -> None:
-    if backend is None:
+def _restore_plot_state(state: Optional[Tuple[str, dict]]) -> None:
+    """Put back the settings of :func:`_plot_state` that changed (the look of figures), then the backend."""
+    if state is None:
         return
     import matplotlib
 
+    backend, style = state
+    changed = {k: v for k, v in style.items() if matplotlib.rcParams.get(k) != v}
+    if changed:
+        matplotlib.rcParams.update(changed)
     if matplotlib.get_backend().lower() == backend.lower():
         return
     if backend.endswith("backend_inline"):  # a notebook: matplotlib.use() alone would not display figures again
