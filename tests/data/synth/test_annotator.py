@@ -186,6 +186,28 @@ def test_ceiling_rows_are_global_scores_against_the_dataset_label():
     assert (margin_field(rng(), (130, 70), median_margin_style(AnnotatorStyle(margin=9.0))) == 9.0).all()
 
 
+def test_error_counts_split_a_models_errors_into_margin_noise_and_its_own():
+    """benchmarks/error_anatomy.py: on a hand-made row of 100 px, every wrong pixel lands in exactly one class."""
+    from cloudkd.data.synth.ceiling import ERROR_CLASSES, error_counts
+
+    row = lambda *spans: np.isin(np.arange(100), np.concatenate([np.arange(a, b + 1) for a, b in spans]))[None]  # noqa: E731
+    label, oracle = row((10, 29)), row((12, 29))  # the label's annotator drew a 2 px wider margin on the left
+    pred = row((12, 19), (21, 31), (35, 35), (90, 90))
+    alpha = np.zeros((1, 100))
+    alpha[0, 15:26], alpha[0, 26:32] = 0.8, 0.2
+    c = error_counts(pred, label, oracle, alpha)
+    assert (c["union"], c["inter"], c["o_union"], c["o_inter"], c["oo_union"], c["oo_inter"]) == (24, 17, 22, 17,
+                                                                                                   20, 18)
+    assert {k: c[k] for k in ERROR_CLASSES if c[k]} == {
+        "margin_fn": 2,  # 10-11: the model draws the oracle's outline there
+        "model_fp_thin": 2,  # 30-31: thin cloud neither label nor oracle draws
+        "model_fp_outline": 1, "model_fp_away": 1,  # clear ground 6 px and 61 px from the oracle's cloud
+        "model_fn_dense": 1}  # 20: a hole in dense cloud
+    assert sum(c[k] for k in ERROR_CLASSES) == c["union"] - c["inter"]
+    none = error_counts(row((50, 50)), np.zeros((1, 100), bool), np.zeros((1, 100), bool), np.zeros((1, 100)))
+    assert none["model_fp_away"] == 1 and none["model_fp_outline"] == 0  # no oracle cloud: nothing is near it
+
+
 # ------------------------------------------------------------------------------------------------------------
 # measurements
 # ------------------------------------------------------------------------------------------------------------

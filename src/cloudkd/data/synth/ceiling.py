@@ -87,3 +87,51 @@ def ceiling_rows(chips: Iterable[Dict[Union[str, int], np.ndarray]]) -> List[dic
     if ORACLE in totals:
         rows.append(row("oracle_median_margin", None, rates(totals[ORACLE])))
     return rows
+
+
+#: true-opacity bands of a model's errors (``benchmarks/error_anatomy.py``): name -> [low, high)
+OPACITY_BANDS = {"clear": (0.0, 0.05), "thin": (0.05, 0.5), "dense": (0.5, float("inf"))}
+#: false cloud on clear pixels within this many px of the oracle's cloud is an outline drawn wider than the
+#: oracle's (the annotators' margins: median 15 px, p75 30); beyond it, ground taken for cloud
+NEAR_PX = 32
+#: the error classes of :func:`error_counts`, in table order
+ERROR_CLASSES = ("margin_fp", "margin_fn", "model_fp_away", "model_fp_outline", "model_fp_thin", "model_fp_dense",
+                 "model_fn_clear", "model_fn_thin", "model_fn_dense")
+
+
+def error_counts(pred: np.ndarray, label: np.ndarray, oracle: np.ndarray, alpha: np.ndarray) -> Dict[str, int]:
+    """Where a model's mask ``pred`` departs from a chip's ``label``, against what the generator knows: the
+    ``oracle`` label (the annotator rule at its median margin, :func:`ceiling_labels`) and the true opacity
+    ``alpha`` (all (H, W); masks boolean). Pixel counts:
+
+    * ``union`` / ``inter``: of ``pred`` with ``label``; ``o_union`` / ``o_inter``: with ``oracle``;
+      ``oo_union`` / ``oo_inter``: of ``oracle`` with ``label``;
+    * ``margin_fp`` / ``margin_fn``: wrong against the label where ``pred`` equals the oracle (the label's annotator
+      drew another margin: no image shows it);
+    * ``model_*``: wrong against the label and the oracle, by side (``fp`` cloud the oracle does not draw, ``fn``
+      oracle cloud missed) and by the pixel's opacity band (:data:`OPACITY_BANDS`); false cloud on clear pixels is
+      ``model_fp_outline`` within :data:`NEAR_PX` px of the oracle's cloud and ``model_fp_away`` beyond.
+
+    The error classes add up to ``union - inter``."""
+    pred, label, oracle = (np.asarray(m, bool) for m in (pred, label, oracle))
+    c = {"union": np.count_nonzero(pred | label), "inter": np.count_nonzero(pred & label),
+         "o_union": np.count_nonzero(pred | oracle), "o_inter": np.count_nonzero(pred & oracle),
+         "oo_union": np.count_nonzero(oracle | label), "oo_inter": np.count_nonzero(oracle & label)}
+    wrong, agree = pred != label, pred == oracle
+    c["margin_fp"] = np.count_nonzero(wrong & agree & pred)
+    c["margin_fn"] = np.count_nonzero(wrong & agree & ~pred)
+    band = {b: (alpha >= lo) & (alpha < hi) for b, (lo, hi) in OPACITY_BANDS.items()}
+    fp, fn = wrong & ~agree & pred, wrong & ~agree & ~pred
+    if oracle.any():
+        from scipy.ndimage import distance_transform_edt
+
+        near = distance_transform_edt(~oracle) <= NEAR_PX
+    else:
+        near = np.zeros_like(oracle)
+    c["model_fp_away"] = np.count_nonzero(fp & band["clear"] & ~near)
+    c["model_fp_outline"] = np.count_nonzero(fp & band["clear"] & near)
+    for b in ("thin", "dense"):
+        c[f"model_fp_{b}"] = np.count_nonzero(fp & band[b])
+    for b in OPACITY_BANDS:
+        c[f"model_fn_{b}"] = np.count_nonzero(fn & band[b])
+    return {k: int(v) for k, v in c.items()}
