@@ -9,7 +9,9 @@ Every row starts from the size of ``make demo``'s teacher (the "demo" recipe: nn
 deep supervision, Dice + CE, its spatial augmentation, 33 % foreground oversampling; ``ablation_base()``) and
 changes what ``ROWS`` says: training
 changes (fields of ``cloudkd.teacher.plans.Budget``) and inference options (nnU-Net's mirror TTA, an ensemble of
-folds). Rows with the same training changes share one trained teacher. Each training runs in its own workspace
+folds, an ensemble of fold-0 teachers trained with other seeds (``members``: seed s means the mean probability of
+seeds ``members*s .. members*s + members-1``), the threshold fitted on the validation fold). Rows with the same
+training changes share one trained teacher. Each training runs in its own workspace
 under DEMO/teacher_ablation/KEY, which links the demo workspace's nnU-Net raw and preprocessed data (``make demo``
 prepares them), so nothing of the demo's own teacher is touched.
 
@@ -76,6 +78,20 @@ ROWS = {
     "adamw_oversample0_width16": ("AdamW + oversampling 0 + width 16..256",
                                   {"optimizer": "adamw", "oversample": 0.0, "base_features": 16,
                                    "max_features": 256}, {}),
+    # inference levers on the uniform-patch recipe (make demo's teacher since 2026-12-04); they reuse its training
+    "adamw_oversample0_valthr": ("AdamW + oversampling 0 + threshold fitted on the validation fold",
+                                 {"optimizer": "adamw", "oversample": 0.0}, {"threshold": "val"}),
+    "adamw_oversample0_tta": ("AdamW + oversampling 0 + mirror TTA", {"optimizer": "adamw", "oversample": 0.0},
+                              {"tta": True}),
+    # an ensemble of 3 teachers of fold 0 trained with different seeds (their mean probability): it stays free of the
+    # student's validation labels, unlike a fold ensemble. Seed s ensembles the trainings of seeds 3s, 3s+1, 3s+2
+    "adamw_oversample0_seeds3": ("AdamW + oversampling 0, mean of 3 seeds of fold 0",
+                                 {"optimizer": "adamw", "oversample": 0.0}, {"members": 3}),
+    "adamw_oversample0_seeds3_valthr": ("AdamW + oversampling 0, mean of 3 seeds + threshold fitted on the validation "
+                                        "fold", {"optimizer": "adamw", "oversample": 0.0},
+                                        {"members": 3, "threshold": "val"}),
+    "adamw_oversample0_spatial0": ("AdamW + oversampling 0 + spatial augmentation off",
+                                   {"optimizer": "adamw", "oversample": 0.0, "spatial": 0.0}, {}),
 }
 COLUMNS = ["row", "seed", "varies", "params", "train_s", "s_per_iteration", "threshold", "test_jaccard", "precision",
            "recall", "real_jaccard", "real_precision", "real_recall"]
@@ -107,6 +123,24 @@ def prepared_workspace(demo_ws: Workspace, root: Path) -> Workspace:
         if not link.exists():
             link.symlink_to(target.resolve(), target_is_directory=True)
     return ws
+
+
+class SeedEnsemble:
+    """Teachers of the same fold trained with different seeds, as one: their mean cloud probability, through the
+    prediction rule (``predict_chip`` as :class:`NnUNetTeacher`'s)."""
+
+    def __init__(self, members):
+        self.members = list(members)
+
+    @property
+    def n_params(self) -> int:
+        return sum(m.n_params for m in self.members)
+
+    def predict_chip(self, refl, threshold: float = 0.5):
+        from cloudkd.common.infer import masks_from_probabilities, nodata_mask
+
+        prob = np.mean([m.predict_chip(refl)[0] for m in self.members], axis=0).astype(np.float32)
+        return prob, masks_from_probabilities(prob[None], threshold, nodata_mask(refl)[None])[0]
 
 
 def val_threshold(teacher: NnUNetTeacher, data: Path, folds_csv: Path, fold: int = 0) -> float:
@@ -144,16 +178,22 @@ def run_teacher(changes: dict, infer: dict, seed: int, demo_ws: Workspace, study
     real-chip Jaccard, precision and recall."""
     base = ablation_base()
     changes = {k: v for k, v in changes.items() if getattr(base, k) != v}  # e.g. the demo's own epochs
-    budget = replace(base, seed=seed, **changes)
-    ws = prepared_workspace(demo_ws, study / f"{training_key(changes)}_s{seed}")
     folds = tuple(infer.get("folds", (0,)))
-    train_s, per_iter = 0.0, []
-    for fold in folds:  # a fold trained for another row is reused; its epochs' time still counts here
-        r = train(ws, DEFAULT_DATASET_ID, fold=fold, budget=budget, device="cpu")
-        train_s += r.epoch_seconds or float("nan")
-        per_iter.append(r.seconds_per_iteration or float("nan"))
-    teacher = NnUNetTeacher.from_workspace(ws, folds=folds, tta=bool(infer.get("tta")))
+    members = int(infer.get("members", 1))
+    train_s, per_iter, teachers = 0.0, [], []
+    for member_seed in range(seed * members, seed * members + members):  # one seed unless an ensemble of seeds
+        budget = replace(base, seed=member_seed, **changes)
+        ws = prepared_workspace(demo_ws, study / f"{training_key(changes)}_s{member_seed}")
+        for fold in folds:  # a fold trained for another row is reused; its epochs' time still counts here
+            r = train(ws, DEFAULT_DATASET_ID, fold=fold, budget=budget, device="cpu")
+            train_s += r.epoch_seconds or float("nan")
+            per_iter.append(r.seconds_per_iteration or float("nan"))
+        teachers.append(NnUNetTeacher.from_workspace(ws, folds=folds, tta=bool(infer.get("tta"))))
+    teacher = teachers[0] if members == 1 else SeedEnsemble(teachers)
     tag = "_".join(f"{k}-{v}" for k, v in sorted(infer.items())) or "plain"
+    if members > 1:
+        tag += f"_s{seed}"  # written into the first member's workspace
+        ws = prepared_workspace(demo_ws, study / f"{training_key(changes)}_s{seed * members}")
     threshold = val_threshold(teacher, test.root, study.parent / "folds.csv", folds[0]) \
         if infer.get("threshold") == "val" else 0.5
     j, p, rc = score(teacher, test, ws.root / f"pred_{tag}", threshold)
