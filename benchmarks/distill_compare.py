@@ -27,7 +27,8 @@ Writes (a finished run + model + seed already in the CSV is reused):
   ``../shared/data/real_labelled`` when present);
 * the same name with ``.md``: mean ± sd per run and model, and ``--png`` (default ``docs/distill_seeds.png``).
 
-Optional runs: ``resnet34`` (the smp U-Net/ResNet-34 benchmark model, labels only); ``online_cwd_s2d2`` and
+Optional runs: ``online_cwd_w3`` and ``online_pixel_w3`` (the KD term weighted 3, not ``--kd-weight``'s 1);
+``resnet34`` (the smp U-Net/ResNet-34 benchmark model, labels only); ``online_cwd_s2d2`` and
 ``online_cwd_s2d4``, ``online_cwd_s2d2r``, the on-board candidates (space-to-depth stems) with the demo student's
 recipe, which ``benchmarks/student_candidates.py --seeds-csv`` puts on its Pareto front:
 
@@ -62,6 +63,9 @@ RUNS = {
     "offline": dict(model="unet-s", soft=True, kd="pixel"),
     # online CWD on the labelled chips plus the unlabelled pool (--pool), at the labels-only run's steps per epoch
     "pool_cwd": dict(model="unet-s", online=True, kd="cwd", pool=True),
+    # the KD term weighted 3x against the labels' loss (the demo's weight is 1)
+    "online_cwd_w3": dict(model="unet-s", online=True, kd="cwd", kd_weight=3.0),
+    "online_pixel_w3": dict(model="unet-s", online=True, kd="pixel", kd_weight=3.0),
     "resnet34": dict(model="smp:Unet:resnet34", kd_weight=0.0),
     # the on-board candidates of issue 18 with the demo student's recipe (online CWD from the teacher)
     "online_cwd_s2d2": dict(model="unet-s2d2", online=True, kd="cwd"),
