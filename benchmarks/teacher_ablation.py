@@ -90,6 +90,8 @@ ROWS = {
     "adamw_oversample0_seeds3_valthr": ("AdamW + oversampling 0, mean of 3 seeds + threshold fitted on the validation "
                                         "fold", {"optimizer": "adamw", "oversample": 0.0},
                                         {"members": 3, "threshold": "val"}),
+    "adamw_oversample0_e16": ("AdamW + oversampling 0, 16 epochs (2x)",
+                              {"optimizer": "adamw", "oversample": 0.0, "epochs": 16}, {}),
     "adamw_oversample0_spatial0": ("AdamW + oversampling 0 + spatial augmentation off",
                                    {"optimizer": "adamw", "oversample": 0.0, "spatial": 0.0}, {}),
 }
