@@ -31,6 +31,7 @@ import numpy as np
 
 from _results import write_rows
 from cloudkd.common.cli import format_table
+from cloudkd.common.infer import DEFAULT_THRESHOLD, masks_from_probabilities, nodata_mask
 from cloudkd.data import resolve_split
 from cloudkd.teacher.plans import Budget, recipe
 from cloudkd.evaluate.scoring import score_folder
@@ -140,8 +141,7 @@ class SeedEnsemble:
     def n_params(self) -> int:
         return sum(m.n_params for m in self.members)
 
-    def predict_chip(self, refl, threshold: float = 0.5):
-        from cloudkd.common.infer import masks_from_probabilities, nodata_mask
+    def predict_chip(self, refl, threshold: float = DEFAULT_THRESHOLD):
 
         prob = np.mean([m.predict_chip(refl)[0] for m in self.members], axis=0).astype(np.float32)
         return prob, masks_from_probabilities(prob[None], threshold, nodata_mask(refl)[None])[0]
@@ -149,8 +149,7 @@ class SeedEnsemble:
 
 def val_threshold(teacher: NnUNetTeacher, data: Path, folds_csv: Path, fold: int = 0) -> float:
     """The threshold of :data:`THRESHOLDS` with the best global Jaccard on the validation chips of ``fold`` (the
-    chips teacher fold ``fold`` did not train on; ties: the one nearest 0.5)."""
-    from cloudkd.common.infer import nodata_mask
+    chips teacher fold ``fold`` did not train on; ties: the one nearest the rule's default, 0.5)."""
     from cloudkd.data import read_chip, read_label
     from cloudkd.data.folds import read_folds
 
@@ -167,10 +166,10 @@ def val_threshold(teacher: NnUNetTeacher, data: Path, folds_csv: Path, fold: int
             union[i] += np.count_nonzero(mask | label)
     j = tp / union
     best = np.flatnonzero(j == j.max())
-    return float(THRESHOLDS[best[np.argmin(np.abs(THRESHOLDS[best] - 0.5))]])
+    return float(THRESHOLDS[best[np.argmin(np.abs(THRESHOLDS[best] - DEFAULT_THRESHOLD))]])
 
 
-def score(teacher: NnUNetTeacher, split, pred: Path, threshold: float = 0.5):
+def score(teacher: NnUNetTeacher, split, pred: Path, threshold: float = DEFAULT_THRESHOLD):
     predict_folder(teacher, split.features_dir, pred, None, progress=False, threshold=threshold)
     rep = score_folder(pred, split.labels_dir)
     return rep.jaccard, rep.total.precision, rep.total.recall
@@ -184,10 +183,11 @@ def run_teacher(changes: dict, infer: dict, seed: int, demo_ws: Workspace, study
     changes = {k: v for k, v in changes.items() if getattr(base, k) != v}  # e.g. the demo's own epochs
     folds = tuple(infer.get("folds", (0,)))
     members = int(infer.get("members", 1))
-    train_s, per_iter, teachers = 0.0, [], []
+    train_s, per_iter, teachers, workspaces = 0.0, [], [], []
     for member_seed in range(seed * members, seed * members + members):  # one seed unless an ensemble of seeds
         budget = replace(base, seed=member_seed, **changes)
         ws = prepared_workspace(demo_ws, study / f"{training_key(changes)}_s{member_seed}")
+        workspaces.append(ws)
         for fold in folds:  # a fold trained for another row is reused; its epochs' time still counts here
             r = train(ws, DEFAULT_DATASET_ID, fold=fold, budget=budget, device="cpu")
             train_s += r.epoch_seconds or float("nan")
@@ -195,11 +195,11 @@ def run_teacher(changes: dict, infer: dict, seed: int, demo_ws: Workspace, study
         teachers.append(NnUNetTeacher.from_workspace(ws, folds=folds, tta=bool(infer.get("tta"))))
     teacher = teachers[0] if members == 1 else SeedEnsemble(teachers)
     tag = "_".join(f"{k}-{v}" for k, v in sorted(infer.items())) or "plain"
+    ws = workspaces[0]  # predictions go to the first member's workspace
     if members > 1:
-        tag += f"_s{seed}"  # written into the first member's workspace
-        ws = prepared_workspace(demo_ws, study / f"{training_key(changes)}_s{seed * members}")
+        tag += f"_s{seed}"
     threshold = val_threshold(teacher, test.root, study.parent / "folds.csv", folds[0]) \
-        if infer.get("threshold") == "val" else 0.5
+        if infer.get("threshold") == "val" else DEFAULT_THRESHOLD
     j, p, rc = score(teacher, test, ws.root / f"pred_{tag}", threshold)
     row = {"params": teacher.n_params, "train_s": round(train_s),
            "s_per_iteration": round(float(np.nanmean(per_iter)), 3), "threshold": threshold,
@@ -227,7 +227,7 @@ def summarise(rows, md: Path):
         real = np.array([float(r["real_jaccard"]) for r in rs if r.get("real_jaccard") not in (None, "")])
         pm = lambda a: "-" if not len(a) else (f"{a.mean():.4f}" if len(a) == 1 else f"{a.mean():.4f} ± {a.std(ddof=1):.4f}")
         out.append({"row": name, "varies": rs[0]["varies"], "seeds": len(rs), "params": rs[0]["params"],
-                    "threshold": rs[0].get("threshold") or 0.5,
+                    "threshold": rs[0].get("threshold") or DEFAULT_THRESHOLD,
                     "train_s": round(np.mean([float(r["train_s"]) for r in rs])),
                     "s_per_iteration": round(np.mean([float(r["s_per_iteration"]) for r in rs]), 3),
                     "test_jaccard": pm(j),
