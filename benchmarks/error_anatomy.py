@@ -28,15 +28,15 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from _results import write_rows
 from cloudkd.common.cli import format_table
 from cloudkd.data import DataError, read_label, resolve_split
 from cloudkd.data.synth.catalogue import LOCATIONS
-from cloudkd.data.synth.ceiling import ERROR_CLASSES, NEAR_PX, error_counts, median_margin_style
-from cloudkd.data.synth.sentinel2 import chip_label, plan_dataset, recorded_config, render_chip
+from cloudkd.data.synth.ceiling import (ERROR_CLASSES, NEAR_PX, check_rebuilt_label, error_counts,
+                                        median_margin_style, rebuild_plans)
+from cloudkd.data.synth.sentinel2 import chip_label, recorded_config, render_chip
 
 COLUMNS = (["model", "chips", "jaccard", "jaccard_vs_oracle"] + list(ERROR_CLASSES) + ["oracle_jaccard"])
 
@@ -58,12 +58,9 @@ def main():
     try:
         cfg = recorded_config(a.data)
         split = resolve_split(a.data, "test")
+        plans = rebuild_plans(cfg, split, a.chips)
     except DataError as e:
         raise SystemExit(str(e)) from None
-    plans = sorted((p for p in plan_dataset(cfg) if p.split == "test"), key=lambda p: p.chip_id)
-    if [p.chip_id for p in plans] != split.chip_ids():
-        raise SystemExit(f"{split.features_dir}: its chips are not the ones its synth.json plans")
-    plans = plans[: a.chips or None]
     for name, folder in preds.items():
         missing = [p.chip_id for p in plans if not (folder / f"{p.chip_id}.tif").is_file()]
         if missing:
@@ -74,10 +71,11 @@ def main():
     t0 = time.perf_counter()
     for p in tqdm(plans, desc="error anatomy", unit="chip"):
         out = render_chip(p.seed, locations[p.location], cfg, canvas=True)
-        label = read_label(split.label_path(p.chip_id))
-        if not np.array_equal(label, out["label"]):
-            raise SystemExit(f"{split.label_path(p.chip_id)}: differs from the re-rendered label: not the chip "
-                             "rebuilt")
+        label = out["label"]
+        try:
+            check_rebuilt_label(split, p.chip_id, label)
+        except DataError as e:
+            raise SystemExit(str(e)) from None
         oracle = chip_label(out["canvas"], cfg, style=oracle_style) > 0
         for name, folder in preds.items():
             pred = read_label(folder / f"{p.chip_id}.tif") > 0

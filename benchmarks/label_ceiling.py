@@ -27,15 +27,15 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from _results import write_rows
 from cloudkd.common.cli import format_table
-from cloudkd.data import DataError, read_label, resolve_split
-from cloudkd.data.synth.ceiling import COLUMNS, DATASET, ceiling_labels, ceiling_rows
+from cloudkd.data import DataError, resolve_split
+from cloudkd.data.synth.ceiling import (COLUMNS, DATASET, ceiling_labels, ceiling_rows, check_rebuilt_label,
+                                        rebuild_plans)
 from cloudkd.data.synth.catalogue import LOCATIONS
-from cloudkd.data.synth.sentinel2 import plan_dataset, recorded_config
+from cloudkd.data.synth.sentinel2 import recorded_config
 from cloudkd.demo import DemoConfig
 
 
@@ -63,27 +63,24 @@ def main():
     else:
         cfg = replace(demo, n_train=a.n_train, n_test=a.n_test, size=a.size, seed=a.seed).synth_config()
         split, source = None, "the demo's config with the options' changes (no dataset read)"
-    plans = sorted((p for p in plan_dataset(cfg) if p.split == "test"), key=lambda p: p.chip_id)
-    if not plans:
-        raise SystemExit("the config has no test chips")
-    if split is not None and [p.chip_id for p in plans] != split.chip_ids():
-        raise SystemExit(f"{split.features_dir}: its chips are not the ones its synth.json plans")
-    plans = plans[: a.chips or None]
+    try:
+        plans = rebuild_plans(cfg, split, a.chips)
+    except DataError as e:
+        raise SystemExit(str(e)) from None
     locations = {loc.name: loc for loc in LOCATIONS}
 
     def labels():
         for p in tqdm(plans, desc="label ceiling", unit="chip"):
             lab = ceiling_labels(p.seed, locations[p.location], cfg, a.streams)
             if split is not None:
-                path = split.label_path(p.chip_id)
-                disk = read_label(path)
-                if disk.dtype != lab[DATASET].dtype or not np.array_equal(disk, lab[DATASET]):
-                    raise SystemExit(f"{path}: differs from the re-rendered label of chip {p.chip_id} "
-                                     f"({np.count_nonzero(disk != lab[DATASET])} pixels): not the chip rebuilt")
+                check_rebuilt_label(split, p.chip_id, lab[DATASET])
             yield lab
 
     t0 = time.perf_counter()
-    rows = ceiling_rows(labels())
+    try:
+        rows = ceiling_rows(labels())
+    except DataError as e:
+        raise SystemExit(str(e)) from None
     seconds = time.perf_counter() - t0
     checked = (f"all {len(plans)} re-rendered labels equal the label files in {split.labels_dir}, pixel for pixel"
                if split is not None else "not checked against a dataset (no --data)")

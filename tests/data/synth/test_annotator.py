@@ -167,6 +167,34 @@ def test_ceiling_labels_rebuild_the_dataset_labels_and_other_streams_draw_other_
         ceiling_labels(p.seed, locs[p.location], cfg, [1, 2])  # the dataset's own stream is no other annotator
 
 
+def test_rebuild_plans_and_check_rebuilt_label_refuse_what_is_not_the_dataset(tmp_path):
+    """benchmarks/label_ceiling.py and error_anatomy.py re-render a dataset's test chips from its plans: the plans
+    must be the split's chips, and each re-rendered label must be the label file."""
+    from cloudkd.common.errors import DataError
+    from cloudkd.data import resolve_split
+    from cloudkd.data.synth.ceiling import check_rebuilt_label, rebuild_plans
+    from cloudkd.data.synth.sentinel2 import synthesize
+
+    cfg = SynthConfig(n_train=1, n_test=3, size=64, seed=5)
+    synthesize(tmp_path / "d", cfg, workers=1, progress=False)
+    split = resolve_split(tmp_path / "d", "test")
+    plans = rebuild_plans(cfg, split)
+    assert [p.chip_id for p in plans] == split.chip_ids() and len(rebuild_plans(cfg, split, chips=2)) == 2
+    locs = {loc.name: loc for loc in LOCATIONS}
+    first = plans[0]
+    label = render_chip(first.seed, locs[first.location], cfg)["label"]
+    check_rebuilt_label(split, first.chip_id, label)  # the dataset's own chip: no error
+    with pytest.raises(DataError, match=f"{first.chip_id}.*1 pixels.*not the chip rebuilt"):
+        check_rebuilt_label(split, first.chip_id, np.where(np.arange(label.size).reshape(label.shape) == 0,
+                                                           1 - label, label).astype(label.dtype))
+    with pytest.raises(DataError, match="not the ones its synth.json plans"):
+        rebuild_plans(SynthConfig(n_train=1, n_test=3, size=64, seed=6), split)  # another config's chips
+    with pytest.raises(DataError, match="no test chips"):
+        rebuild_plans(SynthConfig(n_train=1, n_test=0, size=64, seed=5))
+    with pytest.raises(DataError, match="not the chip rebuilt"):  # same pixels, another dtype than a label's
+        check_rebuilt_label(split, first.chip_id, label.astype(np.int64))
+
+
 def test_ceiling_rows_are_global_scores_against_the_dataset_label():
     from cloudkd.data.synth.ceiling import DATASET, ORACLE, ceiling_rows, median_margin_style
 

@@ -23,15 +23,40 @@ from typing import Dict, Iterable, List, Sequence, Union
 
 import numpy as np
 
+from ...common.errors import DataError
 from ...common.metrics import Confusion, confusion, rates
 from .annotator import AnnotatorStyle
 from .catalogue import Location
-from .sentinel2 import ANNOTATOR_STREAM, SynthConfig, chip_label, render_chip
+from .sentinel2 import ANNOTATOR_STREAM, ChipPlan, SynthConfig, chip_label, plan_dataset, render_chip
 
 #: keys of :func:`ceiling_labels`' dict besides the annotator streams (ints)
 DATASET, ORACLE = "dataset", "oracle"
 #: the CSV columns of :func:`ceiling_rows`
 COLUMNS = ["name", "chips", "draws", "jaccard", "precision", "recall", "sd"]
+
+
+def rebuild_plans(cfg: SynthConfig, split=None, chips: int = 0) -> List[ChipPlan]:
+    """The plans of ``cfg``'s test chips, by chip id, the first ``chips`` of them (0: all), to render again. With
+    ``split`` (the generated dataset's test split, :func:`cloudkd.data.resolve_split`), a split whose chips are not
+    the ones ``cfg`` plans is refused (DataError), as is a config without test chips."""
+    plans = sorted((p for p in plan_dataset(cfg) if p.split == "test"), key=lambda p: p.chip_id)
+    if not plans:
+        raise DataError("the config has no test chips")
+    if split is not None and [p.chip_id for p in plans] != split.chip_ids():
+        raise DataError(f"{split.features_dir}: its chips are not the ones its synth.json plans")
+    return plans[: chips or None]
+
+
+def check_rebuilt_label(split, chip_id: str, label: np.ndarray) -> None:
+    """DataError unless the label file of ``chip_id`` in ``split`` equals ``label``, the one rendered again from
+    its plan, pixel for pixel and in dtype: proof that the chip rebuilt is the dataset's."""
+    from ..chips import read_label
+
+    path = split.label_path(chip_id)
+    disk = read_label(path)
+    if disk.dtype != label.dtype or not np.array_equal(disk, label):
+        raise DataError(f"{path}: differs from the re-rendered label of chip {chip_id} "
+                        f"({np.count_nonzero(disk != label)} pixels): not the chip rebuilt")
 
 
 def median_margin_style(style: AnnotatorStyle) -> AnnotatorStyle:
