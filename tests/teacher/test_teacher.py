@@ -48,8 +48,13 @@ def trained(small_data, tmp_path_factory):
     cli("folds", small_data, "--out", work / "folds.csv", "--k", 3)
     r = cli("teacher", "prepare", small_data, "--workdir", ws, "--folds", work / "folds.csv")
     assert "30 chips of 96x96 prepared" in r.output
+    import matplotlib
+
+    style = (matplotlib.rcParams["font.size"], matplotlib.rcParams["axes.facecolor"])
     r = cli("teacher", "train", "--workdir", ws, "--fold", 0, "--device", "cpu", *BUDGET)
     assert "fold 0: trained" in r.output and "8 epochs" in r.output
+    # nnU-Net's progress plot themes the whole process (seaborn, font scale 2.5); the workspace puts the look back
+    assert (matplotlib.rcParams["font.size"], matplotlib.rcParams["axes.facecolor"]) == style
     r = cli("teacher", "predict", "--workdir", ws, "--features", small_data / "test_features",
             "--masks-out", work / "masks", "--soft-out", work / "soft", "--device", "cpu")
     assert "10 chips" in r.output
