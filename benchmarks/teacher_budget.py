@@ -30,8 +30,8 @@ from cloudkd.teacher.train import train
 
 #: name -> (changes to the demo's budget, intensity augmentation on)
 VARIANTS = {
-    "demo8": ({}, False),
-    "demo8_intensity": ({}, True),
+    "demo8": ({"epochs": 8}, False),
+    "demo8_intensity": ({"epochs": 8}, True),
     "demo24": ({"epochs": 24}, False),
     "demo40": ({"epochs": 40}, False),
     "wide16_24": ({"epochs": 24, "base_features": 16, "max_features": 256}, False),

@@ -63,8 +63,8 @@ class DemoConfig:
     folds: int = 5
     force: bool = False
     device: str = "auto"
-    #: the teacher's CPU budget, the "demo" teacher recipe: a narrow nnU-Net (2.1 M parameters), 3-4 minutes on
-    #: 2 cores
+    #: the teacher's CPU budget, the "demo" teacher recipe: a narrow nnU-Net (2.1 M parameters), about 5 minutes
+    #: on 2 cores
     teacher_budget: Budget = field(default_factory=lambda: recipe("demo"))
     #: the student's budget (``cloudkd distill`` options): online KD from the teacher by default
     student: StudentBudget = field(default_factory=lambda: StudentBudget())
@@ -243,7 +243,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     from .teacher.workspace import DEFAULT_DATASET_ID, Workspace, default_device
     from .teacher.plans import plan_and_preprocess
     from .teacher.convert import prepare as teacher_prepare
-    from .teacher.train import train as teacher_train
+    from .teacher.train import train as teacher_train, trained_epochs
 
     work = Path(cfg.workdir)
     t_all = time.perf_counter()
@@ -294,7 +294,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     timings = plan_and_preprocess(ws, DEFAULT_DATASET_ID, processes=min(2, os.cpu_count() or 1))
     if timings:
         _log("    nnU-Net " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()))
-    tr = teacher_train(ws, DEFAULT_DATASET_ID, fold=0, budget=cfg.teacher_budget, device=device, force=cfg.force)
+    done = trained_epochs(ws, DEFAULT_DATASET_ID, 0, cfg.teacher_budget)
+    retrain = done is not None and done != cfg.teacher_budget.epochs  # the recipe changed since this workdir's run
+    if retrain and not cfg.force:
+        _log(f"    the trained fold 0 has {done} epochs and the recipe now has {cfg.teacher_budget.epochs}: "
+             "training it again")
+    tr = teacher_train(ws, DEFAULT_DATASET_ID, fold=0, budget=cfg.teacher_budget, device=device,
+                       force=cfg.force or retrain)
     per_it = f", {tr.seconds_per_iteration:.2f} s/iteration" if tr.seconds_per_iteration else ""
     _log("    train: " + ("reused the trained fold 0" if tr.reused else
                              f"{tr.epochs_done} epochs in {tr.seconds:.0f} s{per_it}"))

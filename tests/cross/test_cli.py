@@ -156,7 +156,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert "nowhere: dataset folder does not exist" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_demo_quick(tmp_path):
+def test_demo_quick(tmp_path, capsys):
     r = invoke("demo", "--quick", "--workdir", tmp_path / "run", "--data", tmp_path / "data")
     assert r.exit_code == 0, r.output
     assert "Global Jaccard" in r.output and "thresholding" in r.output and "nnU-Net teacher" in r.output
@@ -218,3 +218,22 @@ def test_demo_quick(tmp_path):
     assert again["thresholding"]["jaccard"] == pytest.approx(rows["thresholding"]["jaccard"])
     assert again["nnU-Net teacher"]["jaccard"] == pytest.approx(rows["nnU-Net teacher"]["jaccard"])
     assert again["student unet-s (KD)"]["jaccard"] == pytest.approx(student["jaccard"])
+    # a demo whose teacher recipe changed length trains its teacher again, and the student after it, rather than
+    # reusing the fold trained to the old recipe (the model folder does not name the epochs)
+    from dataclasses import replace
+    from pathlib import Path
+
+    import torch
+
+    from cloudkd.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick(workdir=str(tmp_path / "run"), data=str(tmp_path / "data"))
+    cfg.teacher_budget = replace(cfg.teacher_budget, epochs=cfg.teacher_budget.epochs + 1)
+    run_demo(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert f"the trained fold 0 has {cfg.teacher_budget.epochs - 1} epochs and the recipe now has " \
+           f"{cfg.teacher_budget.epochs}: training it again" in out
+    assert "reused the trained fold 0" not in out and "reused the trained student" not in out
+    fold = json.loads((tmp_path / "run" / "nnunet" / "teacher.json").read_text())["model_folder"]
+    final = torch.load(Path(fold) / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == cfg.teacher_budget.epochs

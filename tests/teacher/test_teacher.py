@@ -774,6 +774,27 @@ def test_a_damaged_teacher_checkpoint_is_one_line_in_predict_and_distill(trained
             assert snapshot(tmp_path) == before, args
 
 
+def test_a_trained_fold_is_reused_only_for_the_epochs_it_was_trained_for(trained, tmp_path, capsys):
+    """The model folder names the recipe and the size, not the run's length: a budget of other epochs got the
+    trained fold back as if it were its own (a recipe moved to 16 epochs kept serving its 8-epoch teacher)."""
+    from conftest import invoke, snapshot
+
+    ws = _copy_workspace(trained, tmp_path / "ws")
+    fold_dir = Path(json.loads(ws.teacher_json.read_text())["model_folder"]) / "fold_0"
+    before = snapshot(fold_dir)
+    for epochs, hint in (("12", True), ("4", False)):
+        budget = list(BUDGET)
+        budget[1] = epochs
+        code, text = invoke(["teacher", "train", "--workdir", ws.root, "--fold", 0, "--device", "cpu", *budget],
+                            capsys)
+        assert code == 2 and "Traceback" not in text, text
+        assert f"fold 0 in {fold_dir.parent} was trained for 8 epochs and this budget asks for {epochs}" in text
+        assert ("--continue extends it to 12" in text) == hint and "--force trains it again" in text
+        assert snapshot(fold_dir) == before
+    code, text = invoke(["teacher", "train", "--workdir", ws.root, "--fold", 0, "--device", "cpu", *BUDGET], capsys)
+    assert code == 0 and "fold 0: already trained (reused" in text and "8 epochs" in text, text
+
+
 def test_each_teacher_recipe_trains_into_its_own_model_folder():
     """A fold is reused only by the recipe that trained it: the configuration (and so nnU-Net's model folder) names
     every recipe field that is not nnU-Net's default; nnU-Net's recipe keeps the names it always had."""

@@ -137,6 +137,14 @@ def train(workspace: Workspace, dataset_id: int = DEFAULT_DATASET_ID, fold: int 
     device = device or default_device()
     t0 = time.perf_counter()
     reused = (fold_dir / "checkpoint_final.pth").is_file() and not force and not continue_training
+    if reused and budget is not None:
+        # a trained fold is reused only for the budget it was trained to: the configuration names the recipe and
+        # the size, not the epochs, and a recipe whose epochs changed would otherwise get the old teacher back
+        done = trained_epochs(workspace, dataset_id, fold, budget)
+        if done != budget.epochs:
+            extend = f"--continue extends it to {budget.epochs}, " if done < budget.epochs else ""
+            raise DataError(f"teacher train: fold {fold} in {folder} was trained for {done} epochs and this budget "
+                            f"asks for {budget.epochs}; {extend}--force trains it again")
     if not reused:
         if budget is not None:
             run_env = budget.env()
@@ -190,6 +198,17 @@ def train(workspace: Workspace, dataset_id: int = DEFAULT_DATASET_ID, fold: int 
                          time.perf_counter() - t0, per_iter, reused, epoch_seconds)
     _record_teacher(workspace, dataset_id, result, budget)
     return result
+
+def trained_epochs(workspace: Workspace, dataset_id: int, fold: int, budget: Budget) -> Optional[int]:
+    """The epochs that ``fold`` of ``budget``'s configuration was trained for (nnU-Net's final checkpoint), or None
+    when that fold has not finished training."""
+    import torch
+
+    ckpt = model_folder(workspace, dataset_id, budget.configuration, BUDGET_TRAINER) / f"fold_{fold}" / \
+        "checkpoint_final.pth"
+    if not ckpt.is_file():
+        return None
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False).get("current_epoch", 0))
 
 def _run_nnunet(workspace: Workspace, env: dict, dataset_id: int, configuration: str, fold: int, trainer_name: str,
                 continue_training: bool, device: str, validate: bool) -> None:
