@@ -93,6 +93,8 @@ ROWS = {
                                         {"members": 3, "threshold": "val"}),
     "adamw_oversample0_e16": ("AdamW + oversampling 0, 16 epochs (2x)",
                               {"optimizer": "adamw", "oversample": 0.0, "epochs": 16}, {}),
+    "adamw_oversample0_e16_valthr": ("AdamW + oversampling 0, 16 epochs + threshold fitted on the validation fold",
+                                     {"optimizer": "adamw", "oversample": 0.0, "epochs": 16}, {"threshold": "val"}),
     "adamw_oversample0_e16_seeds3": ("AdamW + oversampling 0, 16 epochs, mean of 3 seeds of fold 0",
                                      {"optimizer": "adamw", "oversample": 0.0, "epochs": 16}, {"members": 3}),
     "adamw_oversample0_spatial0": ("AdamW + oversampling 0 + spatial augmentation off",
