@@ -49,7 +49,11 @@ def plot(rows, ceiling_csv: Path, png: str) -> str:
         ep = sorted(pts)
         x = [np.mean([p[0] for p in pts[e]]) for e in ep]
         y = [np.mean([p[1] for p in pts[e]]) for e in ep]
-        ax.plot(x, y, "o-", color=colour, label=f"{model} ({recipe})")
+        sd = [np.std([p[1] for p in pts[e]], ddof=1) if len(pts[e]) > 1 else 0.0 for e in ep]
+        n = sorted({len(pts[e]) for e in ep})
+        seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+        ax.errorbar(x, y, yerr=sd, fmt="o-", color=colour, capsize=3,
+                    label=f"{model} ({recipe}), mean ± sd of {seeds} seed(s)")
         for e, xi, yi in zip(ep, x, y):
             ax.annotate(f"{e} ep", (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=8)
     if ceiling_csv.is_file():
@@ -61,7 +65,7 @@ def plot(rows, ceiling_csv: Path, png: str) -> str:
     ax.set_xscale("log")
     ax.set_xlabel("training seconds on this machine (log)")
     ax.set_ylabel("global Jaccard, held-out generated test split")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right", bbox_to_anchor=(1.0, 0.76), fontsize=8)  # under the ceiling lines
     fig.tight_layout()
     return save_figure(fig, png)
 
