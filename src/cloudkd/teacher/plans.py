@@ -149,7 +149,7 @@ class Budget:
 #: 0.750 on the demo's test split, AdamW 0.790 +- 0.028 and AdamW without oversampling 0.841 +- 0.012 (3 seeds
 #: each), the two largest changes of the teacher ablation (``benchmarks/teacher_ablation.py``,
 #: ``benchmarks/results/teacher_ablation.md``); on the darker ground of 2026-12-04 that recipe scored
-#: 0.818 +- 0.019 at 8 epochs and 0.830 +- 0.010 at 16 (``teacher_ablation_darkground.md``), so the demo trains 16
+#: 0.818 +- 0.019 at 8 epochs and 0.830 +- 0.010 at 16 (``teacher_ablation_darkground.md``), so the demo trains 16.
 TEACHER_RECIPES: Dict[str, Budget] = {
     "demo": Budget(epochs=16, iters_per_epoch=50, val_iters=2, patch=256, batch=4, base_features=8, max_features=128,
                    optimizer="adamw", oversample=0.0),
