@@ -34,9 +34,9 @@ from _results import write_rows
 from cloudkd.common.cli import format_table
 from cloudkd.data import DataError, read_label, resolve_split
 from cloudkd.data.synth.catalogue import LOCATIONS
-from cloudkd.data.synth.ceiling import (ERROR_CLASSES, NEAR_PX, check_rebuilt_label, error_counts,
-                                        median_margin_style, rebuild_plans)
-from cloudkd.data.synth.sentinel2 import chip_label, recorded_config, render_chip
+from cloudkd.data.synth.ceiling import (ERROR_CLASSES, NEAR_PX, check_rebuilt_label, error_counts, oracle_label,
+                                        rebuild_plans)
+from cloudkd.data.synth.sentinel2 import recorded_config, render_chip
 
 COLUMNS = (["model", "chips", "jaccard", "jaccard_vs_oracle"] + list(ERROR_CLASSES) + ["oracle_jaccard"])
 
@@ -66,7 +66,6 @@ def main():
         if missing:
             raise SystemExit(f"--pred {name}={folder}: no mask for {len(missing)} test chip(s), e.g. {missing[0]}")
     locations = {loc.name: loc for loc in LOCATIONS}
-    oracle_style = median_margin_style(cfg.annotator)
     totals = {name: {} for name in preds}
     t0 = time.perf_counter()
     for p in tqdm(plans, desc="error anatomy", unit="chip"):
@@ -76,7 +75,7 @@ def main():
             check_rebuilt_label(split, p.chip_id, label)
         except DataError as e:
             raise SystemExit(str(e)) from None
-        oracle = chip_label(out["canvas"], cfg, style=oracle_style) > 0
+        oracle = oracle_label(out["canvas"], cfg) > 0
         for name, folder in preds.items():
             pred = read_label(folder / f"{p.chip_id}.tif") > 0
             for k, v in error_counts(pred, label > 0, oracle, out["alpha"]).items():

@@ -149,7 +149,6 @@ class SeedEnsemble:
         return sum(m.n_params for m in self.members)
 
     def predict_chip(self, refl, threshold: float = DEFAULT_THRESHOLD):
-
         prob = np.mean([m.predict_chip(refl)[0] for m in self.members], axis=0).astype(np.float32)
         return prob, masks_from_probabilities(prob[None], threshold, nodata_mask(refl)[None])[0]
 

@@ -64,6 +64,12 @@ def median_margin_style(style: AnnotatorStyle) -> AnnotatorStyle:
     return replace(style, margin_spread=0.0, margin_wobble=0.0)
 
 
+def oracle_label(canvas: dict, cfg: SynthConfig) -> np.ndarray:
+    """The oracle label of a rendered chip (``render_chip(..., canvas=True)["canvas"]``): the annotator rule of
+    ``cfg`` on the true opacity with its margin fixed at its median (uint8, 1 = cloud)."""
+    return chip_label(canvas, cfg, style=median_margin_style(cfg.annotator))
+
+
 def ceiling_labels(seed: int, location: Location, cfg: SynthConfig,
                    streams: Sequence[int]) -> Dict[Union[str, int], np.ndarray]:
     """The labels of one chip (uint8, size x size) the ceiling compares: :data:`DATASET` (the chip's own label,
@@ -77,7 +83,7 @@ def ceiling_labels(seed: int, location: Location, cfg: SynthConfig,
     labels: Dict[Union[str, int], np.ndarray] = {DATASET: out["label"]}
     for s in streams:
         labels[s] = chip_label(out["canvas"], cfg, stream=s)
-    labels[ORACLE] = chip_label(out["canvas"], cfg, style=median_margin_style(cfg.annotator))
+    labels[ORACLE] = oracle_label(out["canvas"], cfg)
     return labels
 
 
@@ -139,9 +145,10 @@ def error_counts(pred: np.ndarray, label: np.ndarray, oracle: np.ndarray, alpha:
 
     The error classes add up to ``union - inter``."""
     pred, label, oracle = (np.asarray(m, bool) for m in (pred, label, oracle))
-    c = {"union": np.count_nonzero(pred | label), "inter": np.count_nonzero(pred & label),
-         "o_union": np.count_nonzero(pred | oracle), "o_inter": np.count_nonzero(pred & oracle),
-         "oo_union": np.count_nonzero(oracle | label), "oo_inter": np.count_nonzero(oracle & label)}
+    c = {}
+    for key, (a, b) in {"": (pred, label), "o_": (pred, oracle), "oo_": (oracle, label)}.items():
+        k = confusion(a, b)  # the project's one metric: Jaccard = inter / union
+        c[f"{key}union"], c[f"{key}inter"] = k.tp + k.fp + k.fn, k.tp
     wrong, agree = pred != label, pred == oracle
     c["margin_fp"] = np.count_nonzero(wrong & agree & pred)
     c["margin_fn"] = np.count_nonzero(wrong & agree & ~pred)
