@@ -57,6 +57,8 @@ class DemoConfig:
     data: str = "data/generated/demo"
     n_train: int = 160
     n_test: int = 80
+    #: more labelled train chips beyond ``n_train`` (the generator's ``n_extra_train``: the test split stays the same)
+    n_extra_train: int = 0
     size: int = 512
     seed: int = 0
     difficulty: float = SynthConfig.difficulty
@@ -72,7 +74,7 @@ class DemoConfig:
     def synth_config(self) -> SynthConfig:
         """The generator's config of the demo's dataset."""
         return SynthConfig(n_train=self.n_train, n_test=self.n_test, size=self.size, seed=self.seed,
-                           difficulty=self.difficulty)
+                           difficulty=self.difficulty, n_extra_train=self.n_extra_train)
 
     @classmethod
     def quick(cls, workdir: str = "runs/demo-quick", data: str = "data/generated/demo-quick") -> "DemoConfig":
@@ -252,7 +254,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
 
     # 1. data (first: a folder the generator did not write is refused before anything is created)
     scfg = cfg.synth_config()
-    _log(f"1/7 generate {cfg.n_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
+    _log(f"1/7 generate {cfg.n_train + cfg.n_extra_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
     res = synthesize(cfg.data, scfg, overwrite=cfg.force, progress=progress)
     from .common.outputs import mark_folder
 

@@ -40,6 +40,10 @@ def synth(
     n_unlabelled: int = typer.Option(0, callback=at_least(0), help="Extra chips without labels at the train "
                                                                  "locations, in OUT/unlabelled_features (a pool to "
                                                                  "distil on: student distill --unlabelled)."),
+    n_extra_train: int = typer.Option(0, callback=at_least(0), help="More train chips (with labels) at the train "
+                                                                   "locations from their own random stream: the "
+                                                                   "train and test chips without them stay the same "
+                                                                   "(a data-scaling study keeps its test split)."),
     ground_gain_min: float = typer.Option(SynthConfig.ground_gain_min, callback=finite(0.0, 1.0, open_low=True),
                                           help="Darker ground: each chip's ground (not its clouds) scaled by a gain "
                                                "log-uniform in [this, 1], measured on real L2A chips beyond one "
@@ -56,19 +60,19 @@ def synth(
     try:
         cfg = SynthConfig(n_train=n_train, n_test=n_test, size=size, seed=seed, difficulty=difficulty,
                           label_style=label_style, label_threshold=label_threshold, label_noise=label_noise,
-                          n_unlabelled=n_unlabelled, ground_gain_min=ground_gain_min)
+                          n_unlabelled=n_unlabelled, n_extra_train=n_extra_train, ground_gain_min=ground_gain_min)
     except ValueError as exc:
         fail(str(exc), 2)
     import os
 
     procs = workers or os.cpu_count() or 1
-    check_memory(SYNTH_BYTES_PER_PIXEL * size * size * min(procs, n_train + n_test), f"--size {size} with {procs} "
+    check_memory(SYNTH_BYTES_PER_PIXEL * size * size * min(procs, n_train + n_test + n_extra_train), f"--size {size} with {procs} "
                  f"worker process(es)")
     res = synthesize(out, cfg, workers=workers, overwrite=overwrite)
     if res.reused:
         typer.echo(f"{out}: already holds this dataset (same config); nothing to do")
     else:
-        n = n_train + n_test + n_unlabelled
+        n = n_train + n_test + n_unlabelled + n_extra_train
         typer.echo(f"wrote {n} chips to {out} in {res.seconds:.1f} s ({1000 * res.seconds / n:.0f} ms/chip)")
     if preview:
         split = resolve_split(out, "train" if n_train else "test")

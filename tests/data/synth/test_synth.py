@@ -128,6 +128,47 @@ def test_unlabelled_pool_adds_chips_without_labels_at_train_locations_and_change
         SynthConfig(n_train=5, n_unlabelled=-1)
 
 
+def test_extra_train_chips_grow_the_train_split_and_keep_every_other_chip(tmp_path):
+    """synth --n-extra-train: more labelled train chips at the train locations, from their own stream; every chip
+    of the dataset without them (train, test and an unlabelled pool) is byte for byte the same, so a data-scaling
+    study scores every size on one test split."""
+    from typer.testing import CliRunner
+
+    from cloudkd.cli import app
+
+    base = SynthConfig(n_train=5, n_test=3, size=48, seed=4, n_unlabelled=2)
+    plain, grown = tmp_path / "plain", tmp_path / "grown"
+    synthesize(plain, base, workers=1, progress=False)
+    r = CliRunner().invoke(app, ["data", "synth", str(grown), "--n-train", "5", "--n-test", "3", "--size", "48",
+                                 "--seed", "4", "--n-unlabelled", "2", "--n-extra-train", "6", "--workers", "1",
+                                 "--no-preview"])
+    assert r.exit_code == 0, r.output
+    assert "wrote 16 chips" in r.output
+    for split in ("test", "unlabelled"):
+        assert _digest(plain / f"{split}_features") == _digest(grown / f"{split}_features")
+        assert (plain / f"{split}_metadata.csv").read_bytes() == (grown / f"{split}_metadata.csv").read_bytes()
+    assert _digest(plain / "test_labels") == _digest(grown / "test_labels")
+    first = resolve_split(plain, "train").chip_ids()
+    train = resolve_split(grown, "train")
+    ids = train.chip_ids()
+    assert len(ids) == 11 and set(first) < set(ids)
+    for cid in first:  # the first five, features and labels, unchanged
+        assert _digest(plain / "train_features" / cid) == _digest(grown / "train_features" / cid)
+        assert (plain / "train_labels" / f"{cid}.tif").read_bytes() == \
+            (grown / "train_labels" / f"{cid}.tif").read_bytes()
+    extra = sorted(set(ids) - set(first))
+    assert not set(extra) & set(resolve_split(grown, "test").chip_ids() + resolve_split(grown, "unlabelled").chip_ids())
+    meta = pd.read_csv(grown / "train_metadata.csv").set_index("chip_id")
+    assert set(meta.loc[extra, "location"]) <= {loc.name for loc in split_locations(base)[0]}
+    for cid in extra:  # labelled like every train chip
+        assert read_label(train.label_path(cid)).shape == (48, 48)
+    assert len(pd.read_csv(grown / "train_synth_info.csv")) == 11
+    with pytest.raises(ValueError, match="n_extra_train"):
+        SynthConfig(n_train=5, n_extra_train=-1)
+    with pytest.raises(ValueError, match="need n_train > 0"):
+        SynthConfig(n_train=0, n_test=2, n_extra_train=3)
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="difficulty"):
         SynthConfig(difficulty=1.5)

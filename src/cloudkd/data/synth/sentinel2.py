@@ -95,6 +95,10 @@ class SynthConfig:
     #: locations from their own random stream (train and test chips are unchanged by it): the unlabelled pool that
     #: real users have without limit, for distillation (``cloudkd student distill --unlabelled``). 0 = none.
     n_unlabelled: int = 0
+    #: more TRAIN chips (with labels), drawn at the train locations from their own random stream after the first
+    #: ``n_train``: the train chips and test chips of the dataset without them stay the same, so a data-scaling
+    #: study grows the train split and keeps its test split. 0 = none.
+    n_extra_train: int = 0
     #: darker ground: every chip's ground (not its clouds or haze) scaled by a gain drawn log-uniformly from
     #: [ground_gain_min, 1] from the chip's own stream, so clouds, ground layout and everything else of the chip stay
     #: what they were. The measured case for it
@@ -121,7 +125,11 @@ class SynthConfig:
             raise ValueError(f"n_unlabelled must be >= 0, got {self.n_unlabelled}")
         if self.n_unlabelled and not self.n_train:
             raise ValueError("unlabelled chips are drawn at the train locations: they need n_train > 0")
-        if self.n_train + self.n_test + self.n_unlabelled > 26 ** 4:
+        if self.n_extra_train < 0:
+            raise ValueError(f"n_extra_train must be >= 0, got {self.n_extra_train}")
+        if self.n_extra_train and not self.n_train:
+            raise ValueError("extra train chips are drawn at the train locations: they need n_train > 0")
+        if self.n_train + self.n_test + self.n_unlabelled + self.n_extra_train > 26 ** 4:
             raise ValueError("at most 26^4 chips (ids are 4 lower-case letters)")
         if not 0.0 <= self.label_noise <= 0.5:  # NaN fails too
             raise ValueError(f"label_noise must be in [0, 0.5], got {self.label_noise}")
@@ -132,7 +140,7 @@ class SynthConfig:
 #: fields a dataset's stamp records only when they are used, with the value that means "not used": a stamp
 #: written before a field existed, or with it off, lacks it and reads back as off (datasets keep their stamp and
 #: reuse). The ground gain's off (1) is not its default (0.4), so an old stamp must not take the default.
-OFF_WHEN_UNRECORDED = {"label_noise": 0.0, "n_unlabelled": 0, "ground_gain_min": 1.0}
+OFF_WHEN_UNRECORDED = {"label_noise": 0.0, "n_unlabelled": 0, "n_extra_train": 0, "ground_gain_min": 1.0}
 
 #: the ground gain's own random stream (``np.random.default_rng([seed, GROUND_STREAM])``)
 GROUND_STREAM = 2
@@ -273,6 +281,7 @@ def split_locations(cfg: SynthConfig) -> Tuple[List[Location], List[Location]]:
 
 #: the random stream of the unlabelled chips' plan (seeded with (seed, 20211108, this))
 UNLABELLED_STREAM = int.from_bytes(b"unlabelled", "big")
+EXTRA_TRAIN_STREAM = int.from_bytes(b"extratrain", "big")
 
 
 def plan_dataset(cfg: SynthConfig) -> List[ChipPlan]:
@@ -310,6 +319,12 @@ def plan_dataset(cfg: SynthConfig) -> List[ChipPlan]:
         taken = set(ids)
         uids = [c for c in _chip_ids(urng, cfg.n_unlabelled + len(taken)) if c not in taken][: cfg.n_unlabelled]
         plans += [place(urng, chip_id, "unlabelled", train_locs) for chip_id in uids]
+    if cfg.n_extra_train:
+        # their own stream too, after everything else: the labelled and unlabelled chips stay what they were
+        erng = np.random.default_rng([cfg.seed, 20211108, EXTRA_TRAIN_STREAM])
+        taken = {p.chip_id for p in plans}
+        eids = [c for c in _chip_ids(erng, cfg.n_extra_train + len(taken)) if c not in taken][: cfg.n_extra_train]
+        plans += [place(erng, chip_id, "train", train_locs) for chip_id in eids]
     return plans
 
 
