@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from .baselines import cli as baselines
-from .common.cli import folder_output_check, run
+from .common.cli import at_least, folder_output_check, run
 from .data import cli as data
 from .data.landsat import cli as landsat
 from .evaluate import cli as evaluate
@@ -54,6 +54,10 @@ def demo(
                                                                                     "wrote, or a new one."),
     data: Optional[Path] = typer.Option(None, callback=folder_output_check, help="Where the generated data goes "
                                                                                  "(default data/generated/demo)."),
+    n_extra_train: int = typer.Option(0, callback=at_least(0), help="More generated training chips (with labels) "
+                                                                    "than the demo's; its test split stays the "
+                                                                    "same (a data-scaling run: give it its own "
+                                                                    "--workdir and --data)."),
     force: bool = typer.Option(False, help="Rebuild everything instead of reusing what exists."),
 ):
     """The main job end to end on generated data: generate, fit, predict, score, print the results table."""
@@ -65,6 +69,7 @@ def demo(
     if data is not None:
         cfg.data = str(data)
     cfg.force = force
+    cfg.n_extra_train = n_extra_train
     run_demo(cfg)
 
 

@@ -237,3 +237,31 @@ def test_demo_quick(tmp_path, capsys):
     fold = json.loads((tmp_path / "run" / "nnunet" / "teacher.json").read_text())["model_folder"]
     final = torch.load(Path(fold) / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == cfg.teacher_budget.epochs
+
+
+def test_demo_n_extra_train_grows_the_train_split_and_keeps_the_test_split(tmp_path, monkeypatch):
+    """`demo --n-extra-train N` (a data-scaling run) generates N more labelled train chips; its test chips are
+    byte for byte the plain demo's, so both runs are scored on one split. A negative count is refused."""
+    import hashlib
+
+    import cloudkd.demo as demo
+    from cloudkd.data import DataError, resolve_split
+    from cloudkd.data.synth.sentinel2 import synthesize
+
+    def digest(folder):
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())).hexdigest()
+
+    r = invoke("demo", "--quick", "--n-extra-train", "-1", "--workdir", tmp_path / "w0", "--data", tmp_path / "d0")
+    assert r.exit_code == 2 and "--n-extra-train" in r.output and "must be >= 0" in r.output
+    assert not (tmp_path / "d0").exists()
+    monkeypatch.setattr(demo, "load_index", lambda *a, **k: (_ for _ in ()).throw(DataError("STOPPED")))
+    r = invoke("demo", "--quick", "--n-extra-train", "5", "--workdir", tmp_path / "w", "--data", tmp_path / "grown")
+    assert isinstance(r.exception, DataError) and "STOPPED" in str(r.exception)  # right after the data stage
+    assert "generate 29 train + 12 test chips" in r.output
+    plain = demo.DemoConfig.quick()
+    synthesize(tmp_path / "plain", plain.synth_config(), workers=1, progress=False)
+    assert len(resolve_split(tmp_path / "grown", "train").chip_ids()) == plain.n_train + 5
+    assert set(resolve_split(tmp_path / "plain", "train").chip_ids()) < \
+        set(resolve_split(tmp_path / "grown", "train").chip_ids())
+    for sub in ("test_features", "test_labels"):
+        assert digest(tmp_path / "plain" / sub) == digest(tmp_path / "grown" / sub)
