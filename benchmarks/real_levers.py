@@ -14,6 +14,8 @@ the generated training chips):
   real unlabelled chips of the *training half* of ``real_unlabelled`` only (``--kd-on unlabelled``): the
   labels teach the generated chips, the peer the real ones;
 * ``gain_peer_real``: both;
+* ``teacher_real``: like ``peer_real``, with the demo's own nnU-Net teacher (``DEMO/nnunet``, fold 0, trained on
+  generated chips only) in the peer's place: no real label and no real-trained model anywhere in training;
 * ``dark_ground``: labels only, on a dataset generated with the darker ground of ``SynthConfig.ground_gain_min``
   = 0.4 (every chip's ground, not its clouds, scaled by a gain log-uniform in [0.4, 1]; 0.4 is the same measured
   ratio), written once under ``--work`` from the ``--data`` dataset's own config: the same chips, clouds and
@@ -63,6 +65,7 @@ LEVERS = {
     "peer_real": dict(peer=True),
     "gain_peer_real": dict(gain=0.5, peer=True),
     "dark_ground": dict(ground_gain_min=0.4),
+    "teacher_real": dict(teacher=True),
 }
 COLUMNS = ["lever", "seed", "test_jaccard", "test_precision", "test_recall", "real_jaccard", "real_precision",
            "real_recall"] + [f"real_recall_{b}" for b in BAND_NAMES] + \
@@ -162,12 +165,14 @@ def main():
             spec = LEVERS[lever]
             run_dir = work / f"{lever}_s{seed}"
             data = lever_data(a.data, work, spec)
+            real_kd = bool(spec.get("peer") or spec.get("teacher"))  # a teacher distils on the real training half
             cfg = TrainConfig(data=data, out=str(run_dir), model=sb.model, folds=str(Path(a.demo) / "folds.csv"),
                               epochs=sb.epochs, batch_size=sb.batch, crop=sb.crop, lr=sb.lr, label_weight=1.0,
-                              kd_weight=1.0 if spec.get("peer") else 0.0, kd="pixel", temperature=sb.temperature,
+                              kd_weight=1.0 if real_kd else 0.0, kd="pixel", temperature=sb.temperature,
                               teacher_onnx="ukis-csmask" if spec.get("peer") else None,
-                              unlabelled=str(real_train) if spec.get("peer") else None,
-                              kd_on="unlabelled" if spec.get("peer") else "all", gain=spec.get("gain", 0.0),
+                              teacher_nnunet=str(Path(a.demo) / "nnunet") if spec.get("teacher") else None,
+                              unlabelled=str(real_train) if real_kd else None,
+                              kd_on="unlabelled" if real_kd else "all", gain=spec.get("gain", 0.0),
                               seed=seed, progress=False)
             t0 = time.time()
             row = {"lever": lever, "seed": seed, **fit_and_score(cfg, test, real)}
