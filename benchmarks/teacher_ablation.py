@@ -156,21 +156,20 @@ class SeedEnsemble:
 def val_threshold(teacher: NnUNetTeacher, data: Path, folds_csv: Path, fold: int = 0) -> float:
     """The threshold of :data:`THRESHOLDS` with the best global Jaccard on the validation chips of ``fold`` (the
     chips teacher fold ``fold`` did not train on; ties: the one nearest the rule's default, 0.5)."""
+    from cloudkd.common.metrics import Confusion, confusion
     from cloudkd.data import read_chip, read_label
     from cloudkd.data.folds import read_folds
 
     folds = read_folds(folds_csv)
     split = resolve_split(data, "train")
-    tp, union = np.zeros(len(THRESHOLDS)), np.zeros(len(THRESHOLDS))
+    total = [Confusion() for _ in THRESHOLDS]
     for cid in folds.chip_id[folds.fold == fold]:
         refl = read_chip(split.chip_dir(cid))
         prob, _ = teacher.predict_chip(refl)
-        label, clear = read_label(split.label_path(cid)) > 0, ~nodata_mask(refl)
-        for i, t in enumerate(THRESHOLDS):
-            mask = (prob > t) & clear
-            tp[i] += np.count_nonzero(mask & label)
-            union[i] += np.count_nonzero(mask | label)
-    j = tp / union
+        label, nodata = read_label(split.label_path(cid)) > 0, nodata_mask(refl)
+        for i, t in enumerate(THRESHOLDS):  # the prediction rule's masks at each threshold
+            total[i] += confusion(masks_from_probabilities(prob[None], t, nodata[None])[0], label)
+    j = np.array([c.jaccard() for c in total])
     best = np.flatnonzero(j == j.max())
     return float(THRESHOLDS[best[np.argmin(np.abs(THRESHOLDS[best] - DEFAULT_THRESHOLD))]])
 
