@@ -97,6 +97,10 @@ ROWS = {
                                      {"optimizer": "adamw", "oversample": 0.0, "epochs": 16}, {"threshold": "val"}),
     "adamw_oversample0_e16_seeds3": ("AdamW + oversampling 0, 16 epochs, mean of 3 seeds of fold 0",
                                      {"optimizer": "adamw", "oversample": 0.0, "epochs": 16}, {"members": 3}),
+    "adamw_oversample0_e32": ("AdamW + oversampling 0, 32 epochs (4x)",
+                              {"optimizer": "adamw", "oversample": 0.0, "epochs": 32}, {}),
+    "adamw_oversample0_e32_valthr": ("AdamW + oversampling 0, 32 epochs + threshold fitted on the validation fold",
+                                     {"optimizer": "adamw", "oversample": 0.0, "epochs": 32}, {"threshold": "val"}),
     "adamw_oversample0_spatial0": ("AdamW + oversampling 0 + spatial augmentation off",
                                    {"optimizer": "adamw", "oversample": 0.0, "spatial": 0.0}, {}),
 }
