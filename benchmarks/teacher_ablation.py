@@ -159,23 +159,14 @@ class SeedEnsemble:
 
 def val_threshold(teacher: NnUNetTeacher, data: Path, folds_csv: Path, fold: int = 0) -> float:
     """The threshold of :data:`THRESHOLDS` with the best global Jaccard on the validation chips of ``fold`` (the
-    chips teacher fold ``fold`` did not train on; ties: the one nearest the rule's default, 0.5)."""
-    from cloudkd.common.metrics import Confusion, confusion
-    from cloudkd.data import read_chip, read_label
+    chips teacher fold ``fold`` did not train on; ties: the one nearest the rule's default, 0.5), by the library's
+    fit (``cloudkd.teacher.rule``) on this study's grid."""
     from cloudkd.data.folds import read_folds
+    from cloudkd.teacher.rule import best_threshold, threshold_curve
 
     folds = read_folds(folds_csv)
-    split = resolve_split(data, "train")
-    total = [Confusion() for _ in THRESHOLDS]
-    for cid in folds.chip_id[folds.fold == fold]:
-        refl = read_chip(split.chip_dir(cid))
-        prob, _ = teacher.predict_chip(refl)
-        label, nodata = read_label(split.label_path(cid)) > 0, nodata_mask(refl)
-        for i, t in enumerate(THRESHOLDS):  # the prediction rule's masks at each threshold
-            total[i] += confusion(masks_from_probabilities(prob[None], t, nodata[None])[0], label)
-    j = np.array([c.jaccard() for c in total])
-    best = np.flatnonzero(j == j.max())
-    return float(THRESHOLDS[best[np.argmin(np.abs(THRESHOLDS[best] - DEFAULT_THRESHOLD))]])
+    ids = list(folds.chip_id[folds.fold == fold])
+    return best_threshold(threshold_curve(teacher, resolve_split(data, "train"), ids, [float(t) for t in THRESHOLDS]))
 
 
 def score(teacher: NnUNetTeacher, split, pred: Path, threshold: float = DEFAULT_THRESHOLD):

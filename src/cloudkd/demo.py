@@ -306,7 +306,14 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     per_it = f", {tr.seconds_per_iteration:.2f} s/iteration" if tr.seconds_per_iteration else ""
     _log("    train: " + ("reused the trained fold 0" if tr.reused else
                              f"{tr.epochs_done} epochs in {tr.seconds:.0f} s{per_it}"))
+    # the threshold of its masks, fitted on fold 0's validation chips (teacher.json; each run of the demo fits it)
+    from .teacher.rule import fit_threshold as fit_teacher_threshold
+
     teacher = NnUNetTeacher.from_workspace(ws, folds=[0], device=device)
+    fit = fit_teacher_threshold(ws, 0, DEFAULT_DATASET_ID, teacher=teacher)
+    teacher.threshold = fit["threshold"]
+    _log(f"    threshold {fit['threshold']:g}, fitted on the {fit['n_chips']} validation chips of fold 0 "
+         f"(validation Jaccard {fit['val_jaccard'][format(fit['threshold'], 'g')]:.4f})")
     pred_t = work / "predictions" / "teacher"
     t0 = time.perf_counter()
     out = teacher_predict(teacher, test_split.features_dir, pred_t, work / "soft" / "test", progress=progress)

@@ -170,6 +170,18 @@ def test_demo_quick(tmp_path, capsys):
         assert rows[method]["jaccard"] == pytest.approx(global_jaccard(pred / folder, labels), abs=1e-12), method
     assert 0.3 < rows["thresholding"]["jaccard"] < 1.0 and rows["nnU-Net teacher"]["params"] > 10_000
     assert len(list((tmp_path / "run" / "soft" / "test").glob("*.tif"))) == 12
+    # the teacher's masks are at the threshold fitted on fold 0's validation chips (recorded in teacher.json)
+    import numpy as np
+
+    from cloudkd.data import read_label
+    from cloudkd.data.soft import read_soft
+
+    fit = json.loads((tmp_path / "run" / "nnunet" / "teacher.json").read_text())["threshold"]
+    assert f"threshold {fit['threshold']:g}, fitted on the {fit['n_chips']} validation chips of fold 0" in r.output
+    for c in sorted(p.stem for p in (pred / "teacher").glob("*.tif")):
+        prob, mask = read_soft(tmp_path / "run" / "soft" / "test" / f"{c}.tif"), read_label(pred / "teacher" / f"{c}.tif")
+        sure = np.abs(prob - fit["threshold"]) > 1 / 255  # off the soft labels' quantisation step
+        np.testing.assert_array_equal(mask[sure], (prob > fit["threshold"])[sure])
     student = rows["student unet-s (KD)"]
     assert student["params"] == 152_841
     # the student's masks are its network's cloud logits > 0, grown by the dilation the demo fitted on the

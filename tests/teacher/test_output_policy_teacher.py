@@ -49,6 +49,7 @@ def test_a_failed_teacher_prediction_leaves_no_masks_or_soft_labels(small_data, 
     class Teacher:
         folds = (0,)
         model_folder = tmp_path / "nn_model"
+        threshold = 0.5
 
         def predict_chip(self, refl, threshold):
             prob = np.zeros(refl.shape[1:], np.float32)

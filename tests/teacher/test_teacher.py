@@ -805,3 +805,66 @@ def test_each_teacher_recipe_trains_into_its_own_model_folder():
     names = [Budget(**size, **v).configuration for v in variants]
     assert len(set(names)) == len(names) and Budget(**size).configuration not in names
     assert Budget(**size, seed=5, epochs=40).configuration == Budget(**size).configuration  # run length: same net
+
+
+def test_fitted_threshold_is_the_validation_best_and_predict_uses_it(trained, tmp_path):
+    """`teacher fit-threshold` sweeps the prediction rule's threshold on the validation chips of the fold (the
+    ones it did not train on, from splits_final.json) and records the best global Jaccard's (ties: nearest 0.5)
+    in teacher.json; the teacher loaded from the workspace and `teacher predict` then make masks at it, an explicit
+    --threshold wins, and an ensemble of other folds does not inherit a fold's fit."""
+    from cloudkd.teacher.rule import THRESHOLDS, recorded_threshold
+
+    ws = _copy_workspace(trained, tmp_path / "ws")
+    r = cli("teacher", "fit-threshold", "--workdir", ws.root, "--fold", 0, "--device", "cpu")
+    rec = json.loads(ws.teacher_json.read_text())["threshold"]
+    assert f"fold 0: threshold {rec['threshold']:g}" in r.output
+    # the curve again, in numpy, from the validation chips nnU-Net's split names
+    val = json.loads((ws.preprocessed / ws.dataset_name(501) / "splits_final.json").read_text())[0]["val"]
+    split = resolve_split(trained["data"], "train")
+    assert rec["n_chips"] == len(val) > 0 and set(val) <= set(split.chip_ids())
+    teacher = NnUNetTeacher.from_workspace(ws, folds=[0])
+    inter, union = np.zeros(len(THRESHOLDS)), np.zeros(len(THRESHOLDS))
+    for cid in val:
+        refl = read_chip(split.chip_dir(cid))
+        prob, _ = teacher.predict_chip(refl)
+        label, clear = read_label(split.label_path(cid)) > 0, ~nodata_mask(refl)
+        for i, t in enumerate(THRESHOLDS):
+            m = (prob > t) & clear
+            inter[i] += (m & label).sum()
+            union[i] += (m | label).sum()
+    want = inter / union
+    np.testing.assert_allclose([rec["val_jaccard"][f"{t:g}"] for t in THRESHOLDS], want, atol=1e-6)
+    best = [t for t, j in zip(THRESHOLDS, want) if j >= want.max() - 1e-12]
+    assert rec["threshold"] == min(best, key=lambda t: abs(t - 0.5))
+    assert teacher.threshold == rec["threshold"]
+    # predict at the recorded threshold: made a threshold the rule's default would not give, to tell them apart
+    info = json.loads(ws.teacher_json.read_text())
+    info["threshold"]["threshold"] = 0.3
+    ws.teacher_json.write_text(json.dumps(info))
+    test = resolve_split(trained["data"], "test")
+    for extra, t in (([], 0.3), (["--threshold", "0.7"], 0.7)):
+        out = tmp_path / f"masks{t}"
+        r = cli("teacher", "predict", "--workdir", ws.root, "--features", test.features_dir, "--masks-out", out,
+                "--device", "cpu", *extra)
+        assert f"threshold {t:g}" in r.output
+        for cid in test.chip_ids()[:4]:
+            refl = read_chip(test.chip_dir(cid))
+            prob, _ = teacher.predict_chip(refl, 0.5)
+            np.testing.assert_array_equal(read_label(out / f"{cid}.tif"), (prob > t) & ~nodata_mask(refl))
+    assert recorded_threshold(info, [0]) == 0.3 and recorded_threshold(info, [0, 1]) is None
+    assert recorded_threshold({"folds": [0]}, [0]) is None
+    r = runner.invoke(app, ["teacher", "fit-threshold", "--workdir", str(ws.root), "--fold", "1", "--device", "cpu"])
+    assert r.exit_code != 0 and "fold 1 is not trained" in str(r.exception)
+    # a train call that reuses the fold keeps the fit; one that trains the fold again drops it
+    r = cli("teacher", "train", "--workdir", ws.root, "--fold", 0, "--device", "cpu", *BUDGET)
+    assert "reused" in r.output and json.loads(ws.teacher_json.read_text())["threshold"]["threshold"] == 0.3
+    from dataclasses import replace
+
+    from cloudkd.teacher.train import TrainResult, _record_teacher
+
+    info = json.loads(ws.teacher_json.read_text())
+    done = TrainResult(Path(info["model_folder"]), 0, info["configuration"], info["trainer"], 8, 1.0, None, True, 1.0)
+    _record_teacher(ws, 501, replace(done, fold=1, reused=False), None)  # another fold trained: fold 0's fit stays
+    assert json.loads(ws.teacher_json.read_text())["threshold"]["fold"] == 0
+    _record_teacher(ws, 501, replace(done, reused=False), None)  # fold 0 trained again
+    assert "threshold" not in json.loads(ws.teacher_json.read_text())

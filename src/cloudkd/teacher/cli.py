@@ -159,7 +159,9 @@ def teacher_predict(
                                                                   "fold)."),
     tta: bool = typer.Option(False, help="Mirroring test-time augmentation, as nnU-Net does (4x slower)."),
     device: str = typer.Option("auto", callback=device_check, help="auto, cpu, cuda or cuda:N."),
-    threshold: float = threshold_option(),
+    threshold: Optional[float] = threshold_option(
+        "Cloud probability threshold of the prediction rule (nodata pixels are always clear); default: the one "
+        "'teacher fit-threshold' recorded for these folds, else 0.5.", default=None),
     split_name: Optional[str] = split_option(),
     force: bool = typer.Option(False, help="Replace the masks of another model already in the output folder(s)."),
 ):
@@ -187,6 +189,9 @@ def teacher_predict(
     teacher = NnUNetTeacher.from_workspace(Workspace(workdir), folds=fold or None, tta=tta, device=dev)
     split = resolve_split(features, split_name)
     outputs_apart([masks_out, soft_out], [split.features_dir])
+    if threshold is not None:
+        teacher.threshold = threshold
+    threshold = teacher.threshold
     who = f"teacher {workdir.resolve()} folds {list(teacher.folds)} (threshold {threshold}, tta {tta})"
     # the checkpoints' content: a teacher trained again in place is another producer
     weights = model_fingerprint([teacher.model_folder / f"fold_{f}" / "checkpoint_final.pth" for f in teacher.folds])
@@ -195,8 +200,27 @@ def teacher_predict(
                 for folder in (masks_out, soft_out)]
         r = predict_folder(teacher, split.features_dir, *into, threshold=threshold)
     typer.echo(f"{r['n_chips']} chips, {r['ms_per_chip']:.0f} ms/chip inference (folds {list(teacher.folds)}, "
-               f"tta {tta}, {dev})" + (f"; masks -> {masks_out}" if masks_out else "")
+               f"threshold {threshold:g}, tta {tta}, {dev})" + (f"; masks -> {masks_out}" if masks_out else "")
                + (f"; soft labels -> {soft_out}" if soft_out else ""))
+
+
+@app.command("fit-threshold")
+def teacher_fit_threshold(
+    workdir: Path = typer.Option(Path("runs/nnunet"), callback=folder_output_check, help=WORKDIR_HELP),
+    fold: int = typer.Option(0, callback=at_least(0), help="The trained fold whose validation chips fit it."),
+    dataset_id: int = typer.Option(DEFAULT_DATASET_ID, callback=DATASET_ID, help="nnU-Net dataset id."),
+    device: str = typer.Option("auto", callback=device_check, help="auto, cpu, cuda or cuda:N."),
+):
+    """Fit the teacher's mask threshold on its fold's validation chips and record it for 'teacher predict'."""
+    from .rule import fit_threshold
+    from .workspace import Workspace, default_device
+
+    rec = fit_threshold(Workspace(workdir), fold, dataset_id, default_device() if device == "auto" else device)
+    curve = rec["val_jaccard"]
+    typer.echo("validation Jaccard by threshold: " + ", ".join(f"{t} {j:.4f}" for t, j in curve.items()))
+    best = rec["threshold"]
+    typer.echo(f"fold {fold}: threshold {best:g} (validation Jaccard {curve[f'{best:g}']:.4f} on {rec['n_chips']} "
+               f"chips) -> {Workspace(workdir).teacher_json}")
 
 
 @app.command("info")

@@ -60,9 +60,13 @@ class NnUNetTeacher:
 
     def __init__(self, model_folder: os.PathLike | str, folds: Sequence[int] = (0,),
                  checkpoint: str = "checkpoint_final.pth", tta: bool = False, device: str = "cpu",
-                 tile_step: float = 0.5, workspace: Optional[Workspace] = None):
+                 tile_step: float = 0.5, workspace: Optional[Workspace] = None,
+                 threshold: float = DEFAULT_THRESHOLD):
         import torch
 
+        #: the prediction rule's threshold of this teacher's masks (from_workspace: the one ``teacher
+        #: fit-threshold`` recorded for these folds, else the rule's default)
+        self.threshold = float(threshold)
         self.model_folder = Path(model_folder)
         for f in folds:
             check_checkpoint(self.model_folder / f"fold_{f}" / checkpoint, f)
@@ -92,9 +96,14 @@ class NnUNetTeacher:
     @classmethod
     def from_workspace(cls, workspace: Workspace, folds: Optional[Sequence[int]] = None, **kwargs) -> "NnUNetTeacher":
         """The model recorded in ``WORKDIR/teacher.json`` by ``teacher train`` (all its trained folds by default)."""
+        from .rule import recorded_threshold
+
         info = teacher_record(workspace)
-        return cls(info["model_folder"], folds=folds if folds is not None else info["folds"], workspace=workspace,
-                   **kwargs)
+        folds = folds if folds is not None else info["folds"]
+        fitted = recorded_threshold(info, folds)
+        if fitted is not None and "threshold" not in kwargs:
+            kwargs["threshold"] = fitted
+        return cls(info["model_folder"], folds=folds, workspace=workspace, **kwargs)
 
     @property
     def network(self):
@@ -111,13 +120,15 @@ class NnUNetTeacher:
         return count_params(self.network)
 
     # ------------------------------------------------------------------------------------------------------------
-    def predict_chip(self, refl: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> Tuple[np.ndarray, np.ndarray]:
+    def predict_chip(self, refl: np.ndarray, threshold: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
         """nnU-Net's own path for one (4, H, W) reflectance chip: (cloud probability float32 (H, W), mask uint8
-        by the project's prediction rule: probability above ``threshold``, nodata pixels clear)."""
+        by the project's prediction rule: probability above ``threshold`` (None: the teacher's own,
+        :attr:`threshold`), nodata pixels clear)."""
         x = normalise(refl)[:, None]  # (4, 1, H, W): one slice
         _, probs = self.predictor.predict_single_npy_array(x, {"spacing": list(SPACING_2D)}, None, None, True)
         prob = np.asarray(probs[1, 0], np.float32)
-        return prob, masks_from_probabilities(prob[None], threshold, nodata_mask(refl)[None])[0]
+        t = self.threshold if threshold is None else threshold
+        return prob, masks_from_probabilities(prob[None], t, nodata_mask(refl)[None])[0]
 
     def logits(self, x):
         """Cloud logits (N, 1, H, W) for a batch of normalised inputs (N, 4, H, W) (torch tensor or numpy)."""
@@ -159,8 +170,9 @@ class NnUNetTeacher:
 
 def predict_folder(teacher: NnUNetTeacher, features_dir: os.PathLike | str, masks_out: Optional[os.PathLike | str],
                    soft_out: Optional[os.PathLike | str], chip_ids: Optional[Sequence[str]] = None,
-                   progress: bool = True, threshold: float = DEFAULT_THRESHOLD) -> dict:
-    """Teacher masks (submission format) and/or soft labels for every chip of a features folder.
+                   progress: bool = True, threshold: Optional[float] = None) -> dict:
+    """Teacher masks (submission format) and/or soft labels for every chip of a features folder (masks at
+    ``threshold``; None: the teacher's own).
 
     Returns timing: ``n_chips``, ``seconds``, ``ms_per_chip`` (inference only, reading and writing excluded).
     """

@@ -231,8 +231,12 @@ def _record_teacher(workspace: Workspace, dataset_id: int, result: TrainResult, 
     info = load_json(workspace.teacher_json) if workspace.teacher_json.is_file() else {}
     same = info.get("model_folder") == str(result.model_folder)
     folds = sorted(set(info.get("folds", [])) | {result.fold}) if same else [result.fold]
-    dump_json(workspace.teacher_json, {
+    record = {
         "dataset_id": dataset_id, "dataset_name": workspace.dataset_name(dataset_id),
         "configuration": result.configuration, "trainer": result.trainer, "plans": PLANS,
         "model_folder": str(result.model_folder), "folds": folds, "budget": asdict(budget) if budget else None,
-    })
+    }
+    fit = info.get("threshold")  # teacher fit-threshold's: kept while the fold it was fitted for is unchanged
+    if same and fit and (result.reused or int(fit["fold"]) != result.fold):
+        record["threshold"] = fit
+    dump_json(workspace.teacher_json, record)
