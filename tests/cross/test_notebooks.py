@@ -1,5 +1,6 @@
 """The four notebooks execute top to bottom on small generated data, in order (each builds on the one before)."""
 
+import json
 import os
 import re
 import zipfile
@@ -109,12 +110,15 @@ def test_notebooks_run_in_order(nb_env):
     assert teacher_j == pytest.approx(_global_jaccard(work / "teacher_masks", labels), abs=5e-5)
     soft = sorted((work / "teacher_soft").glob("*.tif"))
     assert [p.name for p in soft] == sorted(p.name for p in labels.glob("*.tif"))
-    for p in soft:  # the soft labels are the probabilities behind the masks (probability > 0.5 = cloud)
+    # the masks' threshold, fitted on fold 0's validation chips and recorded for the teacher
+    fitted = json.loads((work / "nnunet" / "teacher.json").read_text())["threshold"]
+    assert f"threshold {fitted['threshold']:g} on {fitted['n_chips']} validation chips" in text
+    for p in soft:  # the soft labels are the probabilities behind the masks (probability > threshold = cloud)
         prob = tifffile.imread(p).astype(np.float32) / 255
         mask = tifffile.imread(work / "teacher_masks" / p.name)
         assert prob.shape == mask.shape == (128, 128)
-        sure = np.abs(prob - 0.5) > 1 / 255
-        assert ((prob > 0.5) == (mask > 0))[sure].all()
+        sure = np.abs(prob - fitted["threshold"]) > 1 / 255
+        assert ((prob > fitted["threshold"]) == (mask > 0))[sure].all()
 
     nb = run_notebook("03_distill_student")
     shown["03_distill_student"] = _images(nb)

@@ -844,8 +844,8 @@ def test_fitted_threshold_is_the_validation_best_and_predict_uses_it(trained, tm
     test = resolve_split(trained["data"], "test")
     for extra, t in (([], 0.3), (["--threshold", "0.7"], 0.7)):
         out = tmp_path / f"masks{t}"
-        r = cli("teacher", "predict", "--workdir", ws.root, "--features", test.features_dir, "--masks-out", out,
-                "--device", "cpu", *extra)
+        r = cli("teacher", "predict", "--workdir", ws.root, "--fold", 0, "--features", test.features_dir,
+                "--masks-out", out, "--device", "cpu", *extra)
         assert f"threshold {t:g}" in r.output
         for cid in test.chip_ids()[:4]:
             refl = read_chip(test.chip_dir(cid))
@@ -853,8 +853,10 @@ def test_fitted_threshold_is_the_validation_best_and_predict_uses_it(trained, tm
             np.testing.assert_array_equal(read_label(out / f"{cid}.tif"), (prob > t) & ~nodata_mask(refl))
     assert recorded_threshold(info, [0]) == 0.3 and recorded_threshold(info, [0, 1]) is None
     assert recorded_threshold({"folds": [0]}, [0]) is None
-    r = runner.invoke(app, ["teacher", "fit-threshold", "--workdir", str(ws.root), "--fold", "1", "--device", "cpu"])
-    assert r.exit_code != 0 and "fold 1 is not trained" in str(r.exception)
+    untrained = max(info["folds"]) + 1  # other tests of this module may have trained more folds
+    r = runner.invoke(app, ["teacher", "fit-threshold", "--workdir", str(ws.root), "--fold", str(untrained),
+                            "--device", "cpu"])
+    assert r.exit_code != 0 and f"fold {untrained} is not trained" in str(r.exception)
     # a train call that reuses the fold keeps the fit; one that trains the fold again drops it
     r = cli("teacher", "train", "--workdir", ws.root, "--fold", 0, "--device", "cpu", *BUDGET)
     assert "reused" in r.output and json.loads(ws.teacher_json.read_text())["threshold"]["threshold"] == 0.3

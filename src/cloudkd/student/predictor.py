@@ -146,7 +146,6 @@ def _nnunet(p: Path, device: str, folds: Optional[Sequence[int]]) -> Predictor:
     from ..common.sizes import count_macs, state_dict_bytes
     from ..teacher.model import NnUNetTeacher
     from ..teacher.workspace import Workspace
-    from .runs import recorded_threshold
 
     t = NnUNetTeacher.from_workspace(Workspace(p), folds=folds, device=device)
 
@@ -158,6 +157,7 @@ def _nnunet(p: Path, device: str, folds: Optional[Sequence[int]]) -> Predictor:
         tiles = math.prod(1 if s >= MAC_SIZE else math.ceil((MAC_SIZE - s) / (s * 0.5)) + 1 for s in patch)
         return count_macs(t.network, patch[0]) * tiles
 
-    # bytes: the weights alone (nnU-Net's checkpoint adds optimiser state)
+    # bytes: the weights alone (nnU-Net's checkpoint adds optimiser state); the threshold: the teacher's own
+    # (teacher fit-threshold's for these folds, else the rule's default)
     return Predictor("nnunet", f"nnU-Net teacher ({p})", p, t, t.logits, lambda: t.n_params,
-                     lambda: state_dict_bytes(t.network), recorded_threshold(p), macs)
+                     lambda: state_dict_bytes(t.network), t.threshold, macs)
