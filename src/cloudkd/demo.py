@@ -254,7 +254,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
 
     # 1. data (first: a folder the generator did not write is refused before anything is created)
     scfg = cfg.synth_config()
-    _log(f"1/7 generate {cfg.n_train + cfg.n_extra_train} train + {cfg.n_test} test chips ({cfg.size} px) in {cfg.data}")
+    _log(f"1/7 generate {cfg.n_train + cfg.n_extra_train} train + {cfg.n_test} test chips ({cfg.size} px) in "
+         f"{cfg.data}")
     res = synthesize(cfg.data, scfg, overwrite=cfg.force, progress=progress)
     from .common.outputs import mark_folder
 

@@ -179,7 +179,8 @@ def test_demo_quick(tmp_path, capsys):
     fit = json.loads((tmp_path / "run" / "nnunet" / "teacher.json").read_text())["threshold"]
     assert f"threshold {fit['threshold']:g}, fitted on the {fit['n_chips']} validation chips of fold 0" in r.output
     for c in sorted(p.stem for p in (pred / "teacher").glob("*.tif")):
-        prob, mask = read_soft(tmp_path / "run" / "soft" / "test" / f"{c}.tif"), read_label(pred / "teacher" / f"{c}.tif")
+        prob = read_soft(tmp_path / "run" / "soft" / "test" / f"{c}.tif")
+        mask = read_label(pred / "teacher" / f"{c}.tif")
         sure = np.abs(prob - fit["threshold"]) > 1 / 255  # off the soft labels' quantisation step
         np.testing.assert_array_equal(mask[sure], (prob > fit["threshold"])[sure])
     student = rows["student unet-s (KD)"]

@@ -66,8 +66,8 @@ def synth(
     import os
 
     procs = workers or os.cpu_count() or 1
-    check_memory(SYNTH_BYTES_PER_PIXEL * size * size * min(procs, n_train + n_test + n_extra_train), f"--size {size} with {procs} "
-                 f"worker process(es)")
+    check_memory(SYNTH_BYTES_PER_PIXEL * size * size * min(procs, n_train + n_test + n_extra_train),
+                 f"--size {size} with {procs} worker process(es)")
     res = synthesize(out, cfg, workers=workers, overwrite=overwrite)
     if res.reused:
         typer.echo(f"{out}: already holds this dataset (same config); nothing to do")

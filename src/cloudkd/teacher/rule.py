@@ -6,8 +6,8 @@ teacher scores best at 0.5 on its validation chips, the same recipe trained on f
 the chips of the teacher's own fold that it did not train on (``splits_final.json``'s ``val``, read from the
 dataset ``teacher prepare`` converted), never on a test split. The fit is recorded in ``WORKDIR/teacher.json``
 (``threshold``), where ``NnUNetTeacher.from_workspace`` and ``teacher predict`` read it; training that fold again
-(or another model) drops the fit, reusing it keeps it. Soft labels and the online teacher of distillation are probabilities and do
-not use it.
+(or another model) drops the fit, reusing it keeps it. Soft labels and the online teacher of distillation are
+probabilities and do not use it.
 """
 
 from __future__ import annotations
