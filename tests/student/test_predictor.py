@@ -68,6 +68,7 @@ def test_nnunet_workdir_is_the_teacher(tmp_path, monkeypatch):
 
     class FakeTeacher:
         network, patch_size, n_params = net, (512, 512), count_params(net)
+        threshold = 0.35  # as fitted by teacher fit-threshold: the predictor's rule takes the teacher's own
 
         def logits(self, x):
             return net(x)
@@ -85,7 +86,7 @@ def test_nnunet_workdir_is_the_teacher(tmp_path, monkeypatch):
     x = _batch()
     with torch.no_grad():
         np.testing.assert_array_equal(p.logits(x).detach().numpy(), net(x).numpy())
-    assert p.params == count_params(net) and p.bytes > 0 and p.threshold == DEFAULT_THRESHOLD
+    assert p.params == count_params(net) and p.bytes > 0 and p.threshold == 0.35 != DEFAULT_THRESHOLD
     assert p.macs == count_macs(net, 512)
 
 

@@ -90,6 +90,8 @@ class FakeTeacher(torch.nn.Module):
     """Stands in for the trained nnU-Net: records what it was built with; a module with a parameter, so that a
     teacher registered as a submodule would show in the student's checkpoints."""
 
+    threshold = 0.5  # its masks' threshold (distillation uses its logits, never this)
+
     def __init__(self, workspace, folds, device):
         super().__init__()
         self.workspace, self.folds, self.device = workspace, folds, device
