@@ -281,6 +281,7 @@ def split_locations(cfg: SynthConfig) -> Tuple[List[Location], List[Location]]:
 
 #: the random stream of the unlabelled chips' plan (seeded with (seed, 20211108, this))
 UNLABELLED_STREAM = int.from_bytes(b"unlabelled", "big")
+#: the random stream of the extra train chips' plan (``SynthConfig.n_extra_train``)
 EXTRA_TRAIN_STREAM = int.from_bytes(b"extratrain", "big")
 
 
@@ -313,18 +314,19 @@ def plan_dataset(cfg: SynthConfig) -> List[ChipPlan]:
 
     plans = [place(rng, chip_id, "train", train_locs) if i < cfg.n_train else place(rng, chip_id, "test", test_locs)
              for i, chip_id in enumerate(ids)]
-    if cfg.n_unlabelled:
-        # their own stream, after the labelled chips: a dataset with them has the same train and test chips
-        urng = np.random.default_rng([cfg.seed, 20211108, UNLABELLED_STREAM])
-        taken = set(ids)
-        uids = [c for c in _chip_ids(urng, cfg.n_unlabelled + len(taken)) if c not in taken][: cfg.n_unlabelled]
-        plans += [place(urng, chip_id, "unlabelled", train_locs) for chip_id in uids]
-    if cfg.n_extra_train:
-        # their own stream too, after everything else: the labelled and unlabelled chips stay what they were
-        erng = np.random.default_rng([cfg.seed, 20211108, EXTRA_TRAIN_STREAM])
+    def more(stream: int, n: int, split: str) -> List[ChipPlan]:
+        """``n`` chips at the train locations from a random stream of their own, with ids not yet taken: the chips
+        planned before them stay what they were."""
+        r = np.random.default_rng([cfg.seed, 20211108, stream])
         taken = {p.chip_id for p in plans}
-        eids = [c for c in _chip_ids(erng, cfg.n_extra_train + len(taken)) if c not in taken][: cfg.n_extra_train]
-        plans += [place(erng, chip_id, "train", train_locs) for chip_id in eids]
+        return [place(r, chip_id, split, train_locs)
+                for chip_id in [c for c in _chip_ids(r, n + len(taken)) if c not in taken][:n]]
+
+    # the unlabelled pool after the labelled chips, the extra train chips after everything else
+    if cfg.n_unlabelled:
+        plans += more(UNLABELLED_STREAM, cfg.n_unlabelled, "unlabelled")
+    if cfg.n_extra_train:
+        plans += more(EXTRA_TRAIN_STREAM, cfg.n_extra_train, "train")
     return plans
 
 
