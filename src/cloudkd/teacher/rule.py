@@ -57,14 +57,10 @@ def best_threshold(curve: Dict[float, float]) -> float:
 def fold_validation(workspace: Workspace, fold: int, dataset_id: int = DEFAULT_DATASET_ID) -> Tuple[object, List[str]]:
     """(the labelled split ``teacher prepare`` converted, the chip ids of ``fold``'s validation chips)."""
     from ..data import resolve_split
+    from .train import check_fold
 
+    folds = check_fold(workspace, dataset_id, fold, "teacher threshold")
     name = workspace.dataset_name(dataset_id)
-    splits = workspace.preprocessed / name / "splits_final.json"
-    if not splits.is_file():
-        raise DataError(f"{splits}: missing; run 'cloudkd teacher prepare' first")
-    folds = load_json(splits)
-    if not 0 <= fold < len(folds):
-        raise DataError(f"teacher threshold: fold {fold} does not exist; {splits} has folds 0..{len(folds) - 1}")
     source = load_json(workspace.raw / name / "dataset.json").get("cloudkd", {}).get("source")
     if not source:
         raise DataError(f"{workspace.raw / name / 'dataset.json'}: no source dataset recorded; run 'cloudkd "
@@ -91,7 +87,7 @@ def fit_threshold(workspace: Workspace, fold: int = 0, dataset_id: int = DEFAULT
     curve = threshold_curve(teacher, split, ids, thresholds)
     record = {"threshold": best_threshold(curve), "fold": fold, "n_chips": len(ids),
               "val_jaccard": {f"{t:g}": round(j, 6) for t, j in curve.items()}}
-    dump_json(workspace.teacher_json, {**teacher_record(workspace), "threshold": record})
+    dump_json(workspace.teacher_json, {**info, "threshold": record})
     return record
 
 

@@ -31,15 +31,17 @@ SIDE_RESULTS = ".nnUNet_results.cloudkd-new"
 SHAPE_FIELDS = ("epochs", "iters_per_epoch", "val_iters", "patch", "batch", "base_features", "max_features", "norm",
                 "optimizer", "lr", "loss", "deep_supervision", "spatial", "oversample")
 
-def check_fold(workspace: Workspace, dataset_id: int, fold: int) -> None:
+def check_fold(workspace: Workspace, dataset_id: int, fold: int, command: str = "teacher train") -> list:
     """A fold must be one of the location-grouped folds ``teacher prepare`` wrote to splits_final.json (nnU-Net
-    would otherwise train fold 99 on a random 80:20 split that ignores locations)."""
+    would otherwise train fold 99 on a random 80:20 split that ignores locations); returns the splits (one
+    ``{"train": [...], "val": [...]}`` per fold)."""
     splits = workspace.preprocessed / workspace.dataset_name(dataset_id) / "splits_final.json"
     if not splits.is_file():
         raise DataError(f"{splits}: missing; run 'cloudkd teacher prepare' first")
-    n = len(load_json(splits))
-    if not 0 <= fold < n:
-        raise DataError(f"teacher train: fold {fold} does not exist; {splits} has folds 0..{n - 1}")
+    folds = load_json(splits)
+    if not 0 <= fold < len(folds):
+        raise DataError(f"{command}: fold {fold} does not exist; {splits} has folds 0..{len(folds) - 1}")
+    return folds
 
 
 def training_record(workspace: Workspace) -> Optional[dict]:
