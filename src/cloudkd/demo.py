@@ -130,7 +130,9 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
     info = run / "student.json"
     record = json.loads(info.read_text()) if info.is_file() else {}
     same = record.get("teacher_mode") == sb.teacher_mode
-    fitted = same and not rebuild and isinstance(record.get(RULE_KEY), dict)
+    rule = record.get(RULE_KEY) if isinstance(record.get(RULE_KEY), dict) else {}
+    # reused only when fitted as fit_rule fits it now (threshold and dilation; records before: dilation only)
+    fitted = same and not rebuild and "thresholds" in rule.get("fitted_on", {})
     if same and not rebuild:
         _log(f"    reused the trained student in {run}")
     else:
@@ -144,11 +146,12 @@ def _student_stage(cfg: DemoConfig, work: Path, teacher, teacher_new: bool, devi
             shutil.rmtree(run)  # a stale run (other settings) must not be resumed or mixed in
         r = fit(tc)
         _log(f"    distilled in {r.seconds:.0f} s ({r.epochs} epochs); best val global Jaccard {r.val_jaccard:.4f}")
-    # the rule's dilation, learnt on the student's own (generated) validation fold; every later stage applies it
+    # the rule's threshold and dilation, learnt on the student's own (generated) validation fold; every later
+    # stage applies it
     if not fitted:
         f = fit_rule(run, device=device, progress=progress)
         _log(f"    rule fitted on {f.n_chips} validation chips: threshold {f.threshold:g}, dilation {f.dilate} px; "
-             f"val global Jaccard {f.before:.4f} undilated -> {f.after:.4f}")
+             f"val global Jaccard {f.before:.4f} (threshold {f.base:g}, undilated) -> {f.after:.4f}")
     threshold, dilate = recorded_rule(run)
     if fitted:
         _log(f"    rule: reused threshold {threshold:g}, dilation {dilate} px (recorded in {info})")

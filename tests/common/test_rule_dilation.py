@@ -1,5 +1,5 @@
-"""The prediction rule's dilation (issue 30 item 4): the above-threshold mask grown by a margin learnt on the
-generated validation split (`cloudkd student fit-rule`), applied by every consumer of the one rule."""
+"""The prediction rule's threshold and dilation (issue 30 item 4): the above-threshold mask grown by a margin, both
+learnt on the generated validation split (`cloudkd student fit-rule`), applied by every consumer of the one rule."""
 
 import json
 import shutil
@@ -129,51 +129,92 @@ def _val_chips(run):
     return dm.val_index
 
 
+def _val_grid(run, thresholds, max_dilate):
+    """Global Jaccard of every (threshold, dilation) on the run's validation chips, recomputed here: its
+    validation chips, its student.pt, the logit of each threshold and scipy's dilation."""
+    index = _val_chips(run)
+    net = load_student(run)
+    inter = np.zeros((len(thresholds), max_dilate + 1))
+    union = np.zeros_like(inter)
+    for r in index.itertuples():
+        refl = read_chip(r.features)
+        with torch.no_grad():
+            z = net(torch.from_numpy(normalise(refl[None])))[0, 0].numpy()
+        lab = read_label(r.label) > 0
+        for i, t in enumerate(thresholds):
+            for d in range(max_dilate + 1):
+                pred = _scipy(z > np.log(t / (1 - t)), d) & ~nodata_mask(refl)
+                inter[i, d] += (pred & lab).sum()
+                union[i, d] += (pred | lab).sum()
+    return index, inter / union
+
+
 def test_fit_rule_records_the_dilation_of_the_best_validation_jaccard(student, tmp_path, capsys):
-    """fit-rule at threshold 0.6 (where this briefly trained student's masks are tighter than its labels) scores
-    every dilation 0..8 on the run's validation chips and records the best; recomputed here with scipy."""
+    """fit-rule at a given threshold 0.6 (where this briefly trained student's masks are tighter than its labels)
+    scores every dilation 0..8 on the run's validation chips and records the best; recomputed here with scipy."""
     run = tmp_path / "run"
     shutil.copytree(student, run)
     code, text = invoke(["student", "fit-rule", run, "--max-dilate", 8, "--threshold", 0.6, "--batch", 4], capsys)
     assert code == 0, text
     info = json.loads((run / "student.json").read_text())
     rule = info["rule"]
-    # the global Jaccard of every dilation, recomputed here: the run's validation chips, its student.pt, scipy
-    index = _val_chips(run)
-    net = load_student(run)
-    inter, union = np.zeros(9), np.zeros(9)
-    for r in index.itertuples():
-        refl = read_chip(r.features)
-        with torch.no_grad():
-            z = net(torch.from_numpy(normalise(refl[None])))[0, 0].numpy()
-        lab = read_label(r.label) > 0
-        for d in range(9):
-            pred = _scipy(z > np.log(0.6 / 0.4), d) & ~nodata_mask(refl)
-            inter[d] += (pred & lab).sum()
-            union[d] += (pred | lab).sum()
-    want = inter / union
+    index, grid = _val_grid(run, [0.6], 8)
+    want = grid[0]
     assert rule["fitted_on"]["n_chips"] == len(index) and rule["threshold"] == 0.6
-    assert [rule["val_jaccard"][str(d)] for d in range(9)] == pytest.approx(want, abs=1e-12)
+    assert rule["fitted_on"]["thresholds"] == [0.6] and list(rule["val_jaccard"]) == ["0.6"]
+    assert [rule["val_jaccard"]["0.6"][str(d)] for d in range(9)] == pytest.approx(want, abs=1e-12)
     best = int(np.flatnonzero(want == want.max())[0])
     assert rule["dilate"] == best and recorded_rule(run) == (0.6, best)
     assert 0 < best < 8  # a margin helps here, and not without end: not the trivial choice at either end
-    assert f"dilate {best} px" in text and f"{want[0]:.4f} undilated -> {want[best]:.4f}" in text
+    assert f"dilate {best} px" in text and f"{want[0]:.4f} (threshold 0.6, undilated) -> {want[best]:.4f}" in text
     # everything else of the record is as training wrote it
     before = json.loads((student / "student.json").read_text())
     assert {k: v for k, v in info.items() if k != "rule"} == before
 
 
-def test_fit_rule_scores_the_runs_own_validation_and_ties_go_to_the_smaller_dilation(student, tmp_path):
-    from cloudkd.student.rule import best_dilation, fit_rule
+def test_best_rule_takes_the_best_score_then_the_smaller_dilation_then_the_threshold_nearest_the_runs():
+    from cloudkd.student.rule import best_rule
 
-    assert best_dilation({0: 0.5, 1: 0.7, 2: 0.7, 3: 0.6}) == 1 and best_dilation({0: 0.7, 1: 0.7}) == 0
+    assert best_rule({(0.5, 0): 0.5, (0.7, 3): 0.8, (0.6, 2): 0.7}, 0.5) == (0.7, 3)
+    assert best_rule({(0.5, 2): 0.8, (0.7, 1): 0.8, (0.9, 1): 0.8}, 0.5) == (0.7, 1)
+    assert best_rule({(0.3, 1): 0.8, (0.6, 1): 0.8, (0.7, 1): 0.8}, 0.5) == (0.6, 1)
+    assert best_rule({(0.4, 1): 0.8, (0.6, 1): 0.8}, 0.5) == (0.4, 1)
+
+
+def test_fit_rule_fits_threshold_and_dilation_together_on_the_runs_own_validation(student, tmp_path, capsys):
+    """Without --threshold, fit-rule scores every threshold of the one grid with every dilation and records the
+    best pair; the whole table is recomputed here, and its corner (0.5, undilated) is training's own score."""
+    from cloudkd.common.infer import FIT_THRESHOLDS
+    from cloudkd.student.rule import fit_rule
+
     run = tmp_path / "run"
     shutil.copytree(student, run, ignore=shutil.ignore_patterns("checkpoints", "logs", "tensorboard"))
     fit = fit_rule(run, max_dilate=2, progress=False)
-    assert recorded_rule(run) == (0.5, fit.dilate) and fit.jaccard[fit.dilate] == max(fit.jaccard.values())
-    # undilated at the training threshold: the run's own validation score (Lightning's, of the same weights)
     info = json.loads((run / "student.json").read_text())
-    assert fit.jaccard[0] == pytest.approx(info["val_jaccard"], abs=1e-6)
+    rule = info["rule"]
+    assert rule["fitted_on"]["thresholds"] == list(FIT_THRESHOLDS) and rule["fitted_on"]["max_dilate"] == 2
+    _, grid = _val_grid(run, FIT_THRESHOLDS, 2)
+    got = np.array([[rule["val_jaccard"][f"{t:g}"][str(d)] for d in range(3)] for t in FIT_THRESHOLDS])
+    assert got == pytest.approx(grid, abs=1e-12)
+    i, d = np.unravel_index(np.argmax(grid), grid.shape)
+    assert (fit.threshold, fit.dilate) == (FIT_THRESHOLDS[i], d) and recorded_rule(run) == (FIT_THRESHOLDS[i], d)
+    # undilated at the training threshold: the run's own validation score (Lightning's, of the same weights)
+    assert fit.before == pytest.approx(info["val_jaccard"], abs=1e-6) and fit.base == 0.5
+    # the same weights with every logit raised by 2 (a probability scale that moved): the fit moves the threshold
+    # with it, to the grid's threshold nearest logit + 2, and finds the same masks' score again
+    shifted = tmp_path / "shifted"
+    shutil.copytree(student, shifted, ignore=shutil.ignore_patterns("checkpoints", "logs", "tensorboard"))
+    state = torch.load(shifted / "student.pt", map_location="cpu")
+    state["head.bias"] += 2.0
+    torch.save(state, shifted / "student.pt")
+    code, text = invoke(["student", "fit-rule", shifted, "--max-dilate", 2], capsys)
+    assert code == 0, text
+    t_s, d_s = recorded_rule(shifted)
+    assert abs(np.log(t_s / (1 - t_s)) - 2 - np.log(fit.threshold / (1 - fit.threshold))) < 0.3
+    assert t_s > 0.8 and f"threshold {t_s:g}, dilate {d_s} px" in text
+    _, grid_s = _val_grid(shifted, FIT_THRESHOLDS, 2)
+    assert grid_s.max() == pytest.approx(grid.max(), abs=0.02)
+    assert grid_s.max() > grid_s[FIT_THRESHOLDS.index(0.5)].max() + 0.02  # the default threshold no longer fits
 
 
 def test_fit_rule_refuses_bad_input_in_one_line(student, tmp_path, capsys):

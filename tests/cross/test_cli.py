@@ -185,8 +185,8 @@ def test_demo_quick(tmp_path, capsys):
         np.testing.assert_array_equal(mask[sure], (prob > fit["threshold"])[sure])
     student = rows["student unet-s (KD)"]
     assert student["params"] == 152_841
-    # the student's masks are its network's cloud logits > 0, grown by the dilation the demo fitted on the
-    # student's validation fold (scipy's cross dilation), nodata clear, chip by chip
+    # the student's masks are its network's cloud logits above the fitted threshold's, grown by the dilation the
+    # demo fitted with it on the student's validation fold (scipy's cross dilation), nodata clear, chip by chip
     import numpy as np
     import tifffile
     import torch
@@ -196,13 +196,15 @@ def test_demo_quick(tmp_path, capsys):
     from cloudkd.student.runs import load_student
 
     rule = json.loads((tmp_path / "run" / "student" / "student.json").read_text())["rule"]
-    assert rule["threshold"] == 0.5 and f"dilation {rule['dilate']} px" in r.output
-    assert rule["val_jaccard"][str(rule["dilate"])] == max(rule["val_jaccard"].values())
+    t = rule["threshold"]
+    assert f"threshold {t:g}, dilation {rule['dilate']} px" in r.output
+    table = rule["val_jaccard"]  # threshold -> dilation -> validation Jaccard: the demo took the best pair
+    assert table[f"{t:g}"][str(rule["dilate"])] == max(j for row in table.values() for j in row.values())
     model, test = load_student(tmp_path / "run" / "student"), resolve_split(tmp_path / "data", "test")
     for c in test.chip_ids():
         refl = read_chip(test.chip_dir(c))
         with torch.no_grad():
-            above = (model(torch.from_numpy(normalise(refl))[None])[0, 0] > 0).numpy()
+            above = (model(torch.from_numpy(normalise(refl))[None])[0, 0] > np.log(t / (1 - t))).numpy()
         if rule["dilate"]:
             above = binary_dilation(above, iterations=rule["dilate"])
         want = above & ~(refl == 0).all(0)
@@ -225,7 +227,7 @@ def test_demo_quick(tmp_path, capsys):
     assert r.exit_code == 0, r.output
     assert "reused the existing dataset" in r.output and "threshold: reused" in r.output
     assert "reused the trained fold 0" in r.output and "reused the trained student" in r.output
-    assert f"rule: reused threshold 0.5, dilation {rule['dilate']} px" in r.output
+    assert f"rule: reused threshold {t:g}, dilation {rule['dilate']} px" in r.output
     assert "export: reused" in r.output
     again = {row["method"]: row for row in json.loads((tmp_path / "run" / "results.json").read_text())["rows"]}
     assert again["thresholding"]["jaccard"] == pytest.approx(rows["thresholding"]["jaccard"])

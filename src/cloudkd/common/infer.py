@@ -17,6 +17,8 @@ import numpy as np
 DEFAULT_THRESHOLD = 0.5
 #: the dilation (pixels) of the rule of a model that recorded none
 DEFAULT_DILATE = 0
+#: the thresholds a rule's threshold is fitted from on validation chips (teacher fit-threshold, student fit-rule)
+FIT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
 def predict_logits(model, x, tta=False):

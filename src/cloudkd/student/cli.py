@@ -346,18 +346,22 @@ def predict(
 def fit_rule_cmd(
     run: Path = typer.Argument(..., help="A student run folder (student.json + student.pt)."),
     max_dilate: int = typer.Option(DEFAULT_MAX_DILATE, "--max-dilate", min=0, max=MAX_DILATE,
-                                   help="The largest dilation tried (pixels); every one from 0 is scored."),
-    threshold: Optional[float] = model_threshold_option("Cloud probability threshold the dilation is fitted at and "
-                                                        "recorded with (default: the run's recorded threshold)."),
+                                   help="The largest dilation tried (pixels); every one from 0 is scored. Default: "
+                                        "the annotator model's median margin."),
+    threshold: Optional[float] = model_threshold_option("Fit only the dilation, at this cloud probability threshold "
+                                                        "(default: fit the threshold too, 0.05 .. 0.95)."),
     batch: int = typer.Option(8, min=1, help="Chips per batch."),
 ):
-    """Fit the prediction rule's dilation on the run's own validation chips (the generated validation fold it
-    trained with) and record it in its student.json: every command that makes masks from the run applies it."""
+    """Fit the prediction rule (threshold and dilation) on the run's own validation chips (the generated validation
+    fold it trained with) and record it in its student.json: every command that makes masks from the run applies
+    it."""
     from .rule import fit_rule
 
     fit = fit_rule(run, max_dilate, threshold, batch)
-    typer.echo(f"validation global Jaccard of {fit.n_chips} chips at threshold {fit.threshold:g}, by dilation:")
-    for d, j in fit.jaccard.items():
+    typer.echo(f"validation global Jaccard of {fit.n_chips} chips, by dilation, at the fitted threshold "
+               f"{fit.threshold:g}:")
+    for d, j in fit.by_dilation().items():
         typer.echo(f"  {d:>3d} px  {j:.4f}{'  <- chosen' if d == fit.dilate else ''}")
     typer.echo(f"rule of {fit.run}: threshold {fit.threshold:g}, dilate {fit.dilate} px; validation Jaccard "
-               f"{fit.before:.4f} undilated -> {fit.after:.4f} (recorded in {fit.run / 'student.json'})")
+               f"{fit.before:.4f} (threshold {fit.base:g}, undilated) -> {fit.after:.4f} "
+               f"(recorded in {fit.run / 'student.json'})")

@@ -1,15 +1,24 @@
-"""``cloudkd student fit-rule``: the prediction rule's dilation, learnt on a run's own validation chips.
+"""``cloudkd student fit-rule``: the prediction rule's threshold and dilation, learnt on a run's own validation chips.
 
-The annotator draws its outlines with a margin outside the visible edge of a cloud, and a student's masks come out
-tighter than its labels; the rule (:mod:`cloudkd.common.infer`) can grow the above-threshold mask by ``dilate``
-pixels before the nodata pixels are cleared. :func:`fit_rule` predicts the run's validation chips once (the data,
-folds, excluded chips and validation fold its ``student.json`` records, the weights of its ``student.pt``, no flip
-TTA: as training validated), scores the global Jaccard of every dilation 0 .. ``max_dilate`` from those logits at
-the run's threshold (or one given), keeps the best (of equal scores, the smaller dilation) and records it in
-``student.json`` under :data:`cloudkd.student.runs.RULE_KEY`, with the table of scores. Every command that makes
-masks from the run (predict, export and its ONNX metadata, pack and main.py, bench, real-bench, scenes) then
-applies it. The rule is learnt from the generated validation split only; a run trained again writes its record
-anew, without a fitted rule.
+The annotator draws its outlines with a random margin outside the visible edge of a cloud (the generator's
+annotator model, measured on real labels: a chip median drawn around ``AnnotatorStyle.margin``, 12 px). A student
+trained on such labels learns the visible cloud as confident and the margin around it as uncertain: at the default
+threshold 0.5 its masks take in that uncertain band wherever it lies, between broken clouds and around bright
+ground as well. The rule (:mod:`cloudkd.common.infer`) can instead keep the pixels above a higher threshold and grow
+that mask by ``dilate`` pixels, a margin of the annotator's shape. :func:`fit_rule` predicts the run's validation
+chips once (the data, folds, excluded chips and validation fold its ``student.json`` records, the weights of its
+``student.pt``, no flip TTA: as training validated), scores the global Jaccard of every threshold of
+:data:`cloudkd.common.infer.FIT_THRESHOLDS` (or the one given) with every dilation 0 .. ``max_dilate`` from those
+logits, keeps the best and records it in ``student.json`` under :data:`cloudkd.student.runs.RULE_KEY`, with the
+table of scores. Of equal scores it keeps the smaller dilation, then the threshold nearest the run's own.
+
+``max_dilate`` defaults to the annotator's median margin: a pixel ``r`` px beyond the visible cloud is labelled
+cloud when the annotator's margin reaches it, which is more likely than not only while ``r`` is below the median
+margin, so a larger dilation adds pixels that are more often clear than cloud (on the demo's 32 validation chips a
+larger cap is chosen all the same, and scores lower on the held-out test split: ``docs/studies.md``, the
+prediction rule). Every command that makes masks from the run (predict, export and its ONNX metadata, pack and
+main.py, bench, real-bench, scenes) then applies the rule. It is learnt from the generated validation split only;
+a run trained again writes its record anew, without a fitted rule.
 """
 
 from __future__ import annotations
@@ -18,38 +27,45 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..common.errors import DataError
 from ..common.metrics import Confusion, confusion
+from ..data.synth.annotator import AnnotatorStyle
 
-#: the largest dilation (pixels) fit-rule tries unless told otherwise: the validation Jaccard of the demo's student
-#: peaks near 8 px and falls again by 10 (annotator margins of 2-30 px, a median of 12)
-DEFAULT_MAX_DILATE = 12
+#: the largest dilation (pixels) fit-rule tries unless told otherwise: the annotator model's median margin
+DEFAULT_MAX_DILATE = int(round(AnnotatorStyle().margin))
 
 
 @dataclass
 class RuleFit:
     """The fitted rule of a run: ``threshold``, ``dilate`` (pixels) and the validation global Jaccard of every
-    dilation tried (``jaccard[d]``), over ``n_chips`` validation chips."""
+    (threshold, dilation) tried (``jaccard[(t, d)]``), over ``n_chips`` validation chips; ``base``: the run's own
+    threshold (the one training validated at) or the one given."""
 
     run: Path
     threshold: float
     dilate: int
-    jaccard: Dict[int, float]
+    jaccard: Dict[Tuple[float, int], float]
     n_chips: int
+    base: float
 
     @property
     def before(self) -> float:
-        """The validation Jaccard without dilation."""
-        return self.jaccard[0]
+        """The validation Jaccard of the rule before the fit: the base threshold, no dilation."""
+        return self.jaccard[(self.base, 0)]
 
     @property
     def after(self) -> float:
-        """The validation Jaccard of the fitted dilation."""
-        return self.jaccard[self.dilate]
+        """The validation Jaccard of the fitted rule."""
+        return self.jaccard[(self.threshold, self.dilate)]
+
+    def by_dilation(self, threshold: Optional[float] = None) -> Dict[int, float]:
+        """The validation Jaccard by dilation at ``threshold`` (default: the fitted one)."""
+        t = self.threshold if threshold is None else threshold
+        return {d: j for (u, d), j in self.jaccard.items() if u == t}
 
 
 def dilation_confusions(above: np.ndarray, labels: np.ndarray, nodata: Optional[np.ndarray],
@@ -67,9 +83,10 @@ def dilation_confusions(above: np.ndarray, labels: np.ndarray, nodata: Optional[
     return out
 
 
-def best_dilation(jaccard: Dict[int, float]) -> int:
-    """The dilation of the highest Jaccard; of equal ones, the smallest."""
-    return min(jaccard, key=lambda d: (-jaccard[d], d))
+def best_rule(jaccard: Dict[Tuple[float, int], float], base: float) -> Tuple[float, int]:
+    """The (threshold, dilation) of the highest Jaccard; of equal ones, the smallest dilation, then the threshold
+    nearest ``base``, then the lower threshold."""
+    return min(jaccard, key=lambda k: (-jaccard[k], k[1], abs(k[0] - base), k[0]))
 
 
 def validation_index(info: dict, where: Path):
@@ -89,13 +106,15 @@ def validation_index(info: dict, where: Path):
 
 
 def fit_rule(run: os.PathLike | str, max_dilate: int = DEFAULT_MAX_DILATE, threshold: Optional[float] = None,
-             batch_size: int = 8, device: str = "cpu", progress: bool = True, record: bool = True) -> RuleFit:
-    """Fit the dilation of the prediction rule of the student run ``run`` (its folder, student.json or student.pt)
-    on its validation chips (see the module) at ``threshold`` (None: the run's recorded one) and, with
-    ``record``, write the rule into its ``student.json`` (atomically)."""
+             batch_size: int = 8, device: str = "cpu", progress: bool = True, record: bool = True,
+             thresholds: Sequence[float] = None) -> RuleFit:
+    """Fit the threshold and dilation of the prediction rule of the student run ``run`` (its folder, student.json
+    or student.pt) on its validation chips (see the module): every threshold of ``thresholds`` (default
+    :data:`cloudkd.common.infer.FIT_THRESHOLDS`) or only ``threshold`` when one is given, with every dilation 0 ..
+    ``max_dilate``. With ``record``, write the rule into its ``student.json`` (atomically)."""
     import torch
 
-    from ..common.infer import check_dilate, logit_threshold, nodata_mask, predict_logits
+    from ..common.infer import FIT_THRESHOLDS, check_dilate, logit_threshold, nodata_mask, predict_logits
     from ..common.io import atomic_write
     from ..data.chips import read_chip, read_label
     from ..data.normalise import normalise
@@ -107,13 +126,15 @@ def fit_rule(run: os.PathLike | str, max_dilate: int = DEFAULT_MAX_DILATE, thres
     max_dilate = check_dilate(max_dilate)
     folder, info, _ = resolve_run(p)
     info_path = folder / "student.json"
-    threshold = run_threshold(info) if threshold is None else float(threshold)
-    cut = logit_threshold(threshold)
+    base = run_threshold({"config": info.get("config", {})}) if threshold is None else float(threshold)
+    grid = sorted({float(t) for t in (FIT_THRESHOLDS if thresholds is None else thresholds)} | {base}) \
+        if threshold is None else [base]
+    cuts = [logit_threshold(t) for t in grid]
     index = validation_index(info, info_path)
     if index.empty:
         raise DataError(f"{info_path}: its validation fold has no chips to fit the rule on")
     model = load_student(folder).to(device)
-    total = [Confusion() for _ in range(max_dilate + 1)]
+    total = {(t, d): Confusion() for t in grid for d in range(max_dilate + 1)}
     rows = list(index.itertuples(index=False))
     batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     if progress:
@@ -123,19 +144,25 @@ def fit_rule(run: os.PathLike | str, max_dilate: int = DEFAULT_MAX_DILATE, thres
     for group in batches:
         refl = np.stack([read_chip(r.features) for r in group])
         labels = np.stack([read_label(r.label) for r in group]) > 0
-        x = torch.from_numpy(normalise(refl)).to(device)
-        above = (predict_logits(model, x)[:, 0] > cut).cpu().numpy()
-        for d, c in enumerate(dilation_confusions(above, labels, nodata_mask(refl), max_dilate)):
-            total[d] += c
-    if not any(c.union for c in total):
+        logits = predict_logits(model, torch.from_numpy(normalise(refl)).to(device))[:, 0].cpu().numpy()
+        nodata = nodata_mask(refl)
+        for t, cut in zip(grid, cuts):
+            for d, c in enumerate(dilation_confusions(logits > cut, labels, nodata, max_dilate)):
+                total[(t, d)] += c
+    if not any(c.union for c in total.values()):
         raise DataError(f"{info_path}: neither the labels nor the masks of its {len(rows)} validation chip(s) have "
-                        f"a cloud pixel: no dilation to choose")
-    jaccard = {d: c.iou(empty=1.0) for d, c in enumerate(total)}
-    fit = RuleFit(folder, threshold, best_dilation(jaccard), jaccard, len(rows))
+                        f"a cloud pixel: no rule to choose")
+    jaccard = {k: c.iou(empty=1.0) for k, c in total.items()}
+    t_best, d_best = best_rule(jaccard, base)
+    fit = RuleFit(folder, t_best, d_best, jaccard, len(rows), base)
     if record:
-        info[RULE_KEY] = {"threshold": threshold, "dilate": fit.dilate,
+        table: Dict[str, Dict[str, float]] = {}
+        for (t, d), j in jaccard.items():
+            table.setdefault(f"{t:g}", {})[str(d)] = j
+        info[RULE_KEY] = {"threshold": t_best, "dilate": d_best,
                           "fitted_on": {"data": info["config"]["data"], "val_fold": info.get("val_fold"),
-                                        "n_chips": fit.n_chips, "weights": "student.pt", "tta": False},
-                          "val_jaccard": {str(d): j for d, j in jaccard.items()}}
+                                        "n_chips": fit.n_chips, "weights": "student.pt", "tta": False,
+                                        "thresholds": [float(t) for t in grid], "max_dilate": max_dilate},
+                          "val_jaccard": table}
         atomic_write(info_path, lambda t: Path(t).write_text(json.dumps(info, indent=2)))
     return fit

@@ -17,12 +17,12 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..common.errors import DataError
-from ..common.infer import DEFAULT_THRESHOLD, masks_from_probabilities, nodata_mask
+from ..common.infer import DEFAULT_THRESHOLD, FIT_THRESHOLDS, masks_from_probabilities, nodata_mask
 from ..common.metrics import Confusion, confusion
 from .workspace import DEFAULT_DATASET_ID, Workspace, dump_json, load_json
 
-#: the thresholds a fit chooses from
-THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))
+#: the thresholds a fit chooses from (the one grid of every fitted rule)
+THRESHOLDS = FIT_THRESHOLDS
 
 
 def threshold_curve(teacher, split, chip_ids: Iterable[str],
