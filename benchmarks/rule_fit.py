@@ -16,6 +16,10 @@ the fitted rule is applied, never tuned, to the generated test split and to the 
 Jaccard, precision, recall), and compared with the optional ukis-csmask peer on the unlabelled real chips (recall of
 the peer's cloud by brightness band, precision against it, Jaccard of the two masks). Each finished (run, fit) row
 is written to ``--csv`` at once and skipped on the next call.
+
+``--grid NAME ...`` (runs of ``--runs``) also writes, for those runs, the global Jaccard of every threshold of the
+fit's grid with every dilation 0..24 px on the validation chips, the generated test split and the real chips
+(``--grid-csv``, default ``benchmarks/results/rule_fit_grid.csv``): the surface the fits choose from.
 """
 
 import argparse
@@ -28,12 +32,13 @@ import numpy as np
 
 from _results import write_rows
 from cloudkd.common.cli import format_table
-from cloudkd.data import resolve_split
+from cloudkd.common.infer import FIT_THRESHOLDS
+from cloudkd.data import load_index, resolve_split
 from cloudkd.evaluate.bands import BAND_NAMES, bands_of_folders
 from cloudkd.evaluate.scoring import score_folder
 from cloudkd.student.predict import predict_folder
-from cloudkd.student.rule import DEFAULT_MAX_DILATE, fit_rule
-from cloudkd.student.runs import load_student
+from cloudkd.student.rule import DEFAULT_MAX_DILATE, fit_rule, rule_confusions, validation_index
+from cloudkd.student.runs import load_student, resolve_run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FITS = {"default": None, "dilation": dict(threshold=0.5, max_dilate=DEFAULT_MAX_DILATE),
@@ -62,6 +67,9 @@ def main():
     ap.add_argument("--unlabelled", nargs="*", default=[str(SHARED / "real_chips"), str(SHARED / "real_unlabelled")])
     ap.add_argument("--work", default="runs/rule_fit")
     ap.add_argument("--csv", default="benchmarks/results/rule_fit.csv")
+    ap.add_argument("--grid", nargs="*", default=[], help="names of --runs whose whole (threshold, dilation) surface "
+                                                          "to write")
+    ap.add_argument("--grid-csv", default="benchmarks/results/rule_fit_grid.csv")
     a = ap.parse_args()
     work, csv_path = Path(a.work), Path(a.csv)
     rows = list(csv.DictReader(csv_path.open())) if csv_path.is_file() else []
@@ -70,11 +78,24 @@ def main():
     real = resolve_split(a.real, "train") if a.real and Path(a.real).is_dir() else None
     unlabelled = [(Path(u), peer_masks(Path(u), work)) for u in a.unlabelled if Path(u).is_dir()]
     unlabelled = [(u, p) for u, p in unlabelled if p is not None]
+    grid_path = Path(a.grid_csv)
+    grid_rows = list(csv.DictReader(grid_path.open())) if a.grid and grid_path.is_file() else []
     for spec in a.runs:
         name, _, folder = spec.rpartition("=")
         folder = Path(folder)
         name = name or folder.name
         model = load_student(folder)
+        if name in a.grid and name not in {r["run"] for r in grid_rows}:
+            _, info, _ = resolve_run(folder)
+            splits = {"val": validation_index(info, folder / "student.json"), "test": load_index(test)}
+            if real is not None:
+                splits["real"] = load_index(real)
+            for split_name, index in splits.items():
+                table = rule_confusions(model, index, FIT_THRESHOLDS, 24)
+                grid_rows += [{"run": name, "split": split_name, "threshold": t, "dilate": d,
+                               "jaccard": round(c.iou(empty=1.0), 4)} for (t, d), c in table.items()]
+            write_rows(grid_path, grid_rows)
+            print(f"{name}: surface -> {grid_path}", flush=True)
         for fit_name in a.fits:
             if (name, fit_name) in done:
                 continue

@@ -105,6 +105,36 @@ def validation_index(info: dict, where: Path):
     return dm.val_index
 
 
+def rule_confusions(model, index, thresholds: Sequence[float], max_dilate: int, batch_size: int = 8,
+                    device: str = "cpu", progress: Optional[str] = None) -> Dict[Tuple[float, int], Confusion]:
+    """The confusion with the labels of the rule's masks for every (threshold, dilation 0 .. ``max_dilate``) over
+    the chips of ``index`` (a :func:`cloudkd.data.chips.load_index` table with labels), the model's logits computed
+    once per chip (no flip TTA). ``progress``: a progress bar's name, or None."""
+    import torch
+
+    from ..common.infer import logit_threshold, nodata_mask, predict_logits
+    from ..data.chips import read_chip, read_label
+    from ..data.normalise import normalise
+
+    cuts = [logit_threshold(t) for t in thresholds]
+    total = {(t, d): Confusion() for t in thresholds for d in range(max_dilate + 1)}
+    rows = list(index.itertuples(index=False))
+    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=progress, unit="batch")
+    for group in batches:
+        refl = np.stack([read_chip(r.features) for r in group])
+        labels = np.stack([read_label(r.label) for r in group]) > 0
+        logits = predict_logits(model, torch.from_numpy(normalise(refl)).to(device))[:, 0].cpu().numpy()
+        nodata = nodata_mask(refl)
+        for t, cut in zip(thresholds, cuts):
+            for d, c in enumerate(dilation_confusions(logits > cut, labels, nodata, max_dilate)):
+                total[(t, d)] += c
+    return total
+
+
 def fit_rule(run: os.PathLike | str, max_dilate: int = DEFAULT_MAX_DILATE, threshold: Optional[float] = None,
              batch_size: int = 8, device: str = "cpu", progress: bool = True, record: bool = True,
              thresholds: Sequence[float] = None) -> RuleFit:
@@ -112,12 +142,8 @@ def fit_rule(run: os.PathLike | str, max_dilate: int = DEFAULT_MAX_DILATE, thres
     or student.pt) on its validation chips (see the module): every threshold of ``thresholds`` (default
     :data:`cloudkd.common.infer.FIT_THRESHOLDS`) or only ``threshold`` when one is given, with every dilation 0 ..
     ``max_dilate``. With ``record``, write the rule into its ``student.json`` (atomically)."""
-    import torch
-
-    from ..common.infer import FIT_THRESHOLDS, check_dilate, logit_threshold, nodata_mask, predict_logits
+    from ..common.infer import FIT_THRESHOLDS, check_dilate
     from ..common.io import atomic_write
-    from ..data.chips import read_chip, read_label
-    from ..data.normalise import normalise
     from .runs import RULE_KEY, load_student, resolve_run, run_threshold
 
     p = Path(run)
@@ -129,32 +155,17 @@ def fit_rule(run: os.PathLike | str, max_dilate: int = DEFAULT_MAX_DILATE, thres
     base = run_threshold({"config": info.get("config", {})}) if threshold is None else float(threshold)
     grid = sorted({float(t) for t in (FIT_THRESHOLDS if thresholds is None else thresholds)} | {base}) \
         if threshold is None else [base]
-    cuts = [logit_threshold(t) for t in grid]
     index = validation_index(info, info_path)
     if index.empty:
         raise DataError(f"{info_path}: its validation fold has no chips to fit the rule on")
     model = load_student(folder).to(device)
-    total = {(t, d): Confusion() for t in grid for d in range(max_dilate + 1)}
-    rows = list(index.itertuples(index=False))
-    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="fit-rule", unit="batch")
-    for group in batches:
-        refl = np.stack([read_chip(r.features) for r in group])
-        labels = np.stack([read_label(r.label) for r in group]) > 0
-        logits = predict_logits(model, torch.from_numpy(normalise(refl)).to(device))[:, 0].cpu().numpy()
-        nodata = nodata_mask(refl)
-        for t, cut in zip(grid, cuts):
-            for d, c in enumerate(dilation_confusions(logits > cut, labels, nodata, max_dilate)):
-                total[(t, d)] += c
+    total = rule_confusions(model, index, grid, max_dilate, batch_size, device, "fit-rule" if progress else None)
     if not any(c.union for c in total.values()):
-        raise DataError(f"{info_path}: neither the labels nor the masks of its {len(rows)} validation chip(s) have "
+        raise DataError(f"{info_path}: neither the labels nor the masks of its {len(index)} validation chip(s) have "
                         f"a cloud pixel: no rule to choose")
     jaccard = {k: c.iou(empty=1.0) for k, c in total.items()}
     t_best, d_best = best_rule(jaccard, base)
-    fit = RuleFit(folder, t_best, d_best, jaccard, len(rows), base)
+    fit = RuleFit(folder, t_best, d_best, jaccard, len(index), base)
     if record:
         table: Dict[str, Dict[str, float]] = {}
         for (t, d), j in jaccard.items():
