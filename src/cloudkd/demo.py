@@ -310,13 +310,20 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     per_it = f", {tr.seconds_per_iteration:.2f} s/iteration" if tr.seconds_per_iteration else ""
     _log("    train: " + ("reused the trained fold 0" if tr.reused else
                              f"{tr.epochs_done} epochs in {tr.seconds:.0f} s{per_it}"))
-    # the threshold of its masks, fitted on fold 0's validation chips (teacher.json; each run of the demo fits it)
+    # the threshold of its masks, fitted on fold 0's validation chips (teacher.json); a reused fold keeps its fit
+    # (training the fold again drops it)
+    from .teacher.model import teacher_record
     from .teacher.rule import fit_threshold as fit_teacher_threshold
 
     teacher = NnUNetTeacher.from_workspace(ws, folds=[0], device=device)
-    fit = fit_teacher_threshold(ws, 0, DEFAULT_DATASET_ID, teacher=teacher)
+    fit = teacher_record(ws).get("threshold")
+    if tr.reused and not cfg.force and isinstance(fit, dict) and int(fit.get("fold", -1)) == 0:
+        how = "reused the fit on"
+    else:
+        fit = fit_teacher_threshold(ws, 0, DEFAULT_DATASET_ID, teacher=teacher)
+        how = "fitted on"
     teacher.threshold = fit["threshold"]
-    _log(f"    threshold {fit['threshold']:g}, fitted on the {fit['n_chips']} validation chips of fold 0 "
+    _log(f"    threshold {fit['threshold']:g}, {how} the {fit['n_chips']} validation chips of fold 0 "
          f"(validation Jaccard {fit['val_jaccard'][format(fit['threshold'], 'g')]:.4f})")
     pred_t = work / "predictions" / "teacher"
     t0 = time.perf_counter()

@@ -228,6 +228,8 @@ def test_demo_quick(tmp_path, capsys):
     assert "reused the existing dataset" in r.output and "threshold: reused" in r.output
     assert "reused the trained fold 0" in r.output and "reused the trained student" in r.output
     assert f"rule: reused threshold {t:g}, dilation {rule['dilate']} px" in r.output
+    assert f"threshold {fit['threshold']:g}, reused the fit on the {fit['n_chips']} validation chips of fold 0" in r.output
+    assert json.loads((tmp_path / "run" / "nnunet" / "teacher.json").read_text())["threshold"] == fit
     assert "export: reused" in r.output
     again = {row["method"]: row for row in json.loads((tmp_path / "run" / "results.json").read_text())["rows"]}
     assert again["thresholding"]["jaccard"] == pytest.approx(rows["thresholding"]["jaccard"])
@@ -249,6 +251,7 @@ def test_demo_quick(tmp_path, capsys):
     assert f"the trained fold 0 has {cfg.teacher_budget.epochs - 1} epochs and the recipe now has " \
            f"{cfg.teacher_budget.epochs}: training it again" in out
     assert "reused the trained fold 0" not in out and "reused the trained student" not in out
+    assert "validation chips of fold 0" in out and "reused the fit on" not in out  # the new fold's threshold fitted
     fold = json.loads((tmp_path / "run" / "nnunet" / "teacher.json").read_text())["model_folder"]
     final = torch.load(Path(fold) / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == cfg.teacher_budget.epochs
