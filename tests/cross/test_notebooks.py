@@ -131,11 +131,18 @@ def test_notebooks_run_in_order(nb_env):
     from cloudkd.data import normalise, read_chip, resolve_split
     from cloudkd.student.runs import load_student
 
+    from scipy.ndimage import binary_dilation
+
+    # the notebook fits the rule on the validation chips and records it in the run; its masks apply that rule
+    rule = json.loads((work / "student" / "student.json").read_text())["rule"]
+    t, d = rule["threshold"], rule["dilate"]
+    assert f"rule fitted on {rule['fitted_on']['n_chips']} validation chips: threshold {t:g}, dilation {d} px" in text
     model, test = load_student(work / "student"), resolve_split(data, "test")
-    for c in test.chip_ids():  # the student's masks are its logits > 0, nodata clear
+    for c in test.chip_ids():  # the student's masks: its logits above the threshold's, dilated, nodata clear
         refl = read_chip(test.chip_dir(c))
         with torch.no_grad():
-            want = (model(torch.from_numpy(normalise(refl))[None])[0, 0] > 0).numpy() & ~(refl == 0).all(0)
+            above = (model(torch.from_numpy(normalise(refl))[None])[0, 0] > np.log(t / (1 - t))).numpy()
+        want = (binary_dilation(above, iterations=d) if d else above) & ~(refl == 0).all(0)
         np.testing.assert_array_equal(tifffile.imread(work / "student_masks" / f"{c}.tif"), want.astype(np.uint8))
 
     nb = run_notebook("04_onboard_export")
