@@ -156,10 +156,19 @@ def main():
             summary.append(out)
     md = format_table(summary, list(summary[0])) if summary else ""
     print(md)
-    csv_path.with_suffix(".md").write_text(
-        f"`python benchmarks/rule_fit.py {' '.join(sys.argv[1:])}` ({time.strftime('%Y-%m-%d')}); mean ± sd over "
-        f"the seeds of each run family; rules: threshold/dilation (px) fitted on each run's validation chips; peer_*: "
-        f"against the ukis-csmask peer on the unlabelled real chips\n\n{md}\n")
+    md_path = csv_path.with_suffix(".md")  # every call that added rows, the earlier ones kept
+    calls = [ln for ln in md_path.read_text().splitlines() if ln.startswith("    python benchmarks/rule_fit.py")] \
+        if md_path.is_file() else []
+    call = f"    python benchmarks/rule_fit.py {' '.join(sys.argv[1:])}"
+    calls += [call] if call not in calls else []
+    md_path.write_text(
+        f"The calls that wrote the rows ({time.strftime('%Y-%m-%d')}, 2 cores; the runs are trained students, their "
+        "weights untouched):\n\n" + "\n".join(calls) + "\n\nMean ± sd over the seeds of each run family; rules: "
+        "threshold/dilation (px) fitted on each run's validation chips (`default`: no fit; `dilation`: the dilation "
+        "at 0.5, fit-rule before 2026-12-05; `joint`: threshold and dilation <= 12 px, fit-rule now; `joint24`: "
+        "dilation <= 24 px); test: the generated test split; real: the labelled real chips; peer_*: against the "
+        "ukis-csmask peer on the unlabelled real chips (recall of its cloud by brightness band, precision against "
+        f"it, Jaccard of the two masks).\n\n{md}\n")
 
 
 if __name__ == "__main__":
