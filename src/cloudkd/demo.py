@@ -310,14 +310,14 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> List[dict]:
     per_it = f", {tr.seconds_per_iteration:.2f} s/iteration" if tr.seconds_per_iteration else ""
     _log("    train: " + ("reused the trained fold 0" if tr.reused else
                              f"{tr.epochs_done} epochs in {tr.seconds:.0f} s{per_it}"))
-    # the threshold of its masks, fitted on fold 0's validation chips (teacher.json); a reused fold keeps its fit
-    # (training the fold again drops it)
+    # the threshold of its masks, fitted on fold 0's validation chips (teacher.json); the record keeps a fit while
+    # its fold is reused and drops it when the fold is trained again, so a recorded fit is this fold's
     from .teacher.model import teacher_record
     from .teacher.rule import fit_threshold as fit_teacher_threshold
 
     teacher = NnUNetTeacher.from_workspace(ws, folds=[0], device=device)
     fit = teacher_record(ws).get("threshold")
-    if tr.reused and not cfg.force and isinstance(fit, dict) and int(fit.get("fold", -1)) == 0:
+    if isinstance(fit, dict) and int(fit.get("fold", -1)) == 0:
         how = "reused the fit on"
     else:
         fit = fit_teacher_threshold(ws, 0, DEFAULT_DATASET_ID, teacher=teacher)

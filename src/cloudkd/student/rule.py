@@ -136,12 +136,11 @@ def rule_confusions(model, index, thresholds: Sequence[float], max_dilate: int, 
 
 
 def fit_rule(run: os.PathLike | str, max_dilate: int = DEFAULT_MAX_DILATE, threshold: Optional[float] = None,
-             batch_size: int = 8, device: str = "cpu", progress: bool = True, record: bool = True,
-             thresholds: Sequence[float] = None) -> RuleFit:
+             batch_size: int = 8, device: str = "cpu", progress: bool = True, record: bool = True) -> RuleFit:
     """Fit the threshold and dilation of the prediction rule of the student run ``run`` (its folder, student.json
-    or student.pt) on its validation chips (see the module): every threshold of ``thresholds`` (default
-    :data:`cloudkd.common.infer.FIT_THRESHOLDS`) or only ``threshold`` when one is given, with every dilation 0 ..
-    ``max_dilate``. With ``record``, write the rule into its ``student.json`` (atomically)."""
+    or student.pt) on its validation chips (see the module): every threshold of
+    :data:`cloudkd.common.infer.FIT_THRESHOLDS` and the run's own, or only ``threshold`` when one is given, with
+    every dilation 0 .. ``max_dilate``. With ``record``, write the rule into its ``student.json`` (atomically)."""
     from ..common.infer import FIT_THRESHOLDS, check_dilate
     from ..common.io import atomic_write
     from .runs import RULE_KEY, load_student, resolve_run, run_threshold
@@ -153,8 +152,7 @@ def fit_rule(run: os.PathLike | str, max_dilate: int = DEFAULT_MAX_DILATE, thres
     folder, info, _ = resolve_run(p)
     info_path = folder / "student.json"
     base = run_threshold({"config": info.get("config", {})}) if threshold is None else float(threshold)
-    grid = sorted({float(t) for t in (FIT_THRESHOLDS if thresholds is None else thresholds)} | {base}) \
-        if threshold is None else [base]
+    grid = sorted({*FIT_THRESHOLDS, base}) if threshold is None else [base]
     index = validation_index(info, info_path)
     if index.empty:
         raise DataError(f"{info_path}: its validation fold has no chips to fit the rule on")
