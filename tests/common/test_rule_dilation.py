@@ -173,7 +173,7 @@ def test_fit_rule_records_the_dilation_of_the_best_validation_jaccard(student, t
 
 
 def test_best_rule_takes_the_best_score_then_the_smaller_dilation_then_the_threshold_nearest_the_runs():
-    from cloudkd.student.rule import best_rule
+    from cloudkd.common.infer import best_rule
 
     assert best_rule({(0.5, 0): 0.5, (0.7, 3): 0.8, (0.6, 2): 0.7}, 0.5) == (0.7, 3)
     assert best_rule({(0.5, 2): 0.8, (0.7, 1): 0.8, (0.9, 1): 0.8}, 0.5) == (0.7, 1)

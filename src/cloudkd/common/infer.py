@@ -21,6 +21,13 @@ DEFAULT_DILATE = 0
 FIT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
+def best_rule(jaccard, base=DEFAULT_THRESHOLD):
+    """The (threshold, dilation) key of ``jaccard`` ({(threshold, dilation): validation Jaccard}) a fitted rule
+    takes: the highest Jaccard; of equal ones, the smallest dilation, then the threshold nearest ``base``, then the
+    lower threshold."""
+    return min(jaccard, key=lambda k: (-jaccard[k], k[1], abs(k[0] - base), k[0]))
+
+
 def predict_logits(model, x, tta=False):
     """Cloud logits (N, 1, H, W) of a normalised batch (N, 4, H, W).
 

@@ -83,12 +83,6 @@ def dilation_confusions(above: np.ndarray, labels: np.ndarray, nodata: Optional[
     return out
 
 
-def best_rule(jaccard: Dict[Tuple[float, int], float], base: float) -> Tuple[float, int]:
-    """The (threshold, dilation) of the highest Jaccard; of equal ones, the smallest dilation, then the threshold
-    nearest ``base``, then the lower threshold."""
-    return min(jaccard, key=lambda k: (-jaccard[k], k[1], abs(k[0] - base), k[0]))
-
-
 def validation_index(info: dict, where: Path):
     """The validation chips (a :func:`cloudkd.data.chips.load_index` table) of the run whose ``student.json`` is
     ``info``: its data, folds, excluded chips and validation fold, split as training split them."""
@@ -141,7 +135,7 @@ def fit_rule(run: os.PathLike | str, max_dilate: int = DEFAULT_MAX_DILATE, thres
     or student.pt) on its validation chips (see the module): every threshold of
     :data:`cloudkd.common.infer.FIT_THRESHOLDS` and the run's own, or only ``threshold`` when one is given, with
     every dilation 0 .. ``max_dilate``. With ``record``, write the rule into its ``student.json`` (atomically)."""
-    from ..common.infer import FIT_THRESHOLDS, check_dilate
+    from ..common.infer import FIT_THRESHOLDS, best_rule, check_dilate
     from ..common.io import atomic_write
     from .runs import RULE_KEY, load_student, resolve_run, run_threshold
 

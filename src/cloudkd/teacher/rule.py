@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..common.errors import DataError
-from ..common.infer import DEFAULT_THRESHOLD, FIT_THRESHOLDS, masks_from_probabilities, nodata_mask
+from ..common.infer import DEFAULT_THRESHOLD, FIT_THRESHOLDS, best_rule, masks_from_probabilities, nodata_mask
 from ..common.metrics import Confusion, confusion
 from .workspace import DEFAULT_DATASET_ID, Workspace, dump_json, load_json
 
@@ -50,8 +50,7 @@ def best_threshold(curve: Dict[float, float]) -> float:
     valid = {t: j for t, j in curve.items() if np.isfinite(j)}
     if not valid:
         raise DataError("teacher threshold: the validation chips hold no cloud and the teacher predicts none")
-    top = max(valid.values())
-    return min((t for t, j in valid.items() if j == top), key=lambda t: (abs(t - DEFAULT_THRESHOLD), t))
+    return best_rule({(t, 0): j for t, j in valid.items()}, DEFAULT_THRESHOLD)[0]
 
 
 def fold_validation(workspace: Workspace, fold: int, dataset_id: int = DEFAULT_DATASET_ID) -> Tuple[object, List[str]]:
