@@ -101,6 +101,10 @@ ROWS = {
                               {"optimizer": "adamw", "oversample": 0.0, "epochs": 32}, {}),
     "adamw_oversample0_e32_valthr": ("AdamW + oversampling 0, 32 epochs + threshold fitted on the validation fold",
                                      {"optimizer": "adamw", "oversample": 0.0, "epochs": 32}, {"threshold": "val"}),
+    "adamw_oversample0_e128": ("AdamW + oversampling 0, 128 epochs (16x; the study's long run)",
+                               {"optimizer": "adamw", "oversample": 0.0, "epochs": 128}, {}),
+    "adamw_oversample0_e128_valthr": ("AdamW + oversampling 0, 128 epochs + threshold fitted on the validation fold",
+                                      {"optimizer": "adamw", "oversample": 0.0, "epochs": 128}, {"threshold": "val"}),
     "adamw_oversample0_spatial0": ("AdamW + oversampling 0 + spatial augmentation off",
                                    {"optimizer": "adamw", "oversample": 0.0, "spatial": 0.0}, {}),
 }
