@@ -339,6 +339,8 @@ def test_training_resumes_after_an_interruption(trained):
 
 def test_which_run_a_teacher_train_call_means(tmp_path, monkeypatch):
     """A seed alone keeps nnU-Net's schedule on a GPU; --continue takes the recorded run's settings."""
+    from dataclasses import replace
+
     from cloudkd.teacher.train import SHAPE_FIELDS, resolve_budget
     from cloudkd.teacher.workspace import augmentation_workers_env
 
@@ -376,7 +378,10 @@ def test_which_run_a_teacher_train_call_means(tmp_path, monkeypatch):
     assert resolve_budget(ws, "cuda", recipe_name="demo").budget == demo
     tuned = resolve_budget(ws, "cpu", recipe_name="demo", epochs=40, optimizer="sgd").budget
     assert tuned.epochs == 40 and tuned.optimizer == "sgd" and tuned.patch == demo.patch and tuned.lr == demo.lr
-    with pytest.raises(ValueError, match="unknown teacher recipe 'nope'; recipes: .*demo"):
+    # "long" is the demo recipe trained 8x longer (the study's long run), every other field the demo's
+    long = resolve_budget(ws, "cpu", recipe_name="long").budget
+    assert long.epochs == 128 and replace(long, epochs=demo.epochs) == demo
+    with pytest.raises(ValueError, match="unknown teacher recipe 'nope'; recipes: demo, long"):
         resolve_budget(ws, "cpu", recipe_name="nope")
     with pytest.raises(ValueError, match="--continue"):
         resolve_budget(ws, "cpu", continue_training=True, recipe_name="demo")
