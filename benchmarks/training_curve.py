@@ -56,13 +56,14 @@ def plot(rows, ceiling_csv: Path, png: str) -> str:
                     label=f"{model} ({recipe}), mean ± sd of {seeds} seed(s)")
         for e, xi, yi in zip(ep, x, y):
             ax.annotate(f"{e} ep", (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.set_xscale("log")
     if ceiling_csv.is_file():
         for r in csv.DictReader(ceiling_csv.open()):
             if r["name"] in ("two_annotators", "oracle_median_margin"):
                 ax.axhline(float(r["jaccard"]), color="grey", ls="--", lw=1)
-                ax.text(ax.get_xlim()[0], float(r["jaccard"]) + 0.003, r["name"].replace("_", " "), fontsize=8,
-                        color="grey")
-    ax.set_xscale("log")
+                # x in axes coordinates (the left edge), y in data: the label stays inside the axes at any scale
+                ax.text(0.01, float(r["jaccard"]) + 0.003, r["name"].replace("_", " "), fontsize=8, color="grey",
+                        transform=ax.get_yaxis_transform())
     ax.set_xlabel("training seconds on this machine (log)")
     ax.set_ylabel("global Jaccard, held-out generated test split")
     ax.legend(loc="upper right", bbox_to_anchor=(1.0, 0.76), fontsize=8)  # under the ceiling lines
