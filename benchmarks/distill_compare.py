@@ -28,6 +28,8 @@ Writes (a finished run + model + seed already in the CSV is reused):
 * the same name with ``.md``: mean ± sd per run and model, and ``--png`` (default ``docs/distill_seeds.png``).
 
 Optional runs: ``online_cwd_w3`` and ``online_pixel_w3`` (the KD term weighted 3, not ``--kd-weight``'s 1);
+``online_pixel_rule`` and ``online_pixel_w3_rule`` (pixel KD from the teacher's logits centred on its fitted
+threshold, ``--teacher-rule``: its decision, not its raw scale);
 ``resnet34`` (the smp U-Net/ResNet-34 benchmark model, labels only); ``online_cwd_s2d2`` and
 ``online_cwd_s2d4``, ``online_cwd_s2d2r``, the on-board candidates (space-to-depth stems) with the demo student's
 recipe, which ``benchmarks/student_candidates.py --seeds-csv`` puts on its Pareto front:
@@ -66,6 +68,9 @@ RUNS = {
     # the KD term weighted 3x against the labels' loss (the demo's weight is 1)
     "online_cwd_w3": dict(model="unet-s", online=True, kd="cwd", kd_weight=3.0),
     "online_pixel_w3": dict(model="unet-s", online=True, kd="pixel", kd_weight=3.0),
+    # the same with the teacher's logits centred on its fitted threshold (--teacher-rule)
+    "online_pixel_w3_rule": dict(model="unet-s", online=True, kd="pixel", kd_weight=3.0, teacher_rule=True),
+    "online_pixel_rule": dict(model="unet-s", online=True, kd="pixel", teacher_rule=True),
     "resnet34": dict(model="smp:Unet:resnet34", kd_weight=0.0),
     # the on-board candidates of issue 18 with the demo student's recipe (online CWD from the teacher)
     "online_cwd_s2d2": dict(model="unet-s2d2", online=True, kd="cwd"),
@@ -199,6 +204,7 @@ def main():
                                   kd_weight=kd_weight, kd=spec.get("kd", "pixel"), temperature=a.temperature,
                                   soft_dir=str(soft_labels(ws, a.data, folds)) if spec.get("soft") else None,
                                   teacher_nnunet=str(ws.root) if spec.get("online") else None,
+                                  teacher_rule=spec.get("teacher_rule", False),
                                   unlabelled=a.pool if spec.get("pool") else None,
                                   limit_train_batches=steps, seed=seed, progress=False)
                 r = fit_and_score(cfg, test, real)

@@ -223,6 +223,45 @@ def test_distill_says_to_train_the_validation_fold_of_the_teacher_first(teacher_
     assert "train teacher fold 2 first" in text and not (tmp_path / "s").exists()
 
 
+def test_teacher_rule_distils_the_teachers_logits_centred_on_its_recorded_threshold(teacher_ws, fake_nnunet,
+                                                                                     tmp_path, capsys, monkeypatch):
+    """--teacher-rule: the student learns the online nnU-Net teacher's logits less logit(t), t the threshold
+    `teacher fit-threshold` recorded for the folds it distils from (so the teacher's decision sits at 0.5), and
+    student.json records t. Without a fit of those folds: one line naming the command, nothing written or
+    loaded. Without an nnU-Net teacher: refused."""
+    import cloudkd.student.module as module
+
+    built, _ = fake_nnunet
+    seen = []
+    cap = module.cap_logits
+    monkeypatch.setattr(module, "cap_logits", lambda z: seen.append(z.detach().clone()) or cap(z))
+    ws = teacher_ws["ws"]
+    record = json.loads(ws.teacher_json.read_text())
+    before = snapshot(tmp_path)
+    try:
+        # fold 0's fit does not carry over to fold 1, the student's validation fold
+        ws.teacher_json.write_text(json.dumps({**record, "threshold": {"threshold": 0.3, "fold": 0, "n_chips": 5}}))
+        code, text = invoke(_distill_args(teacher_ws, tmp_path / "s", "--val-fold", 1, "--teacher-rule"), capsys)
+        assert code == 2 and "Traceback" not in text, text
+        assert "cloudkd teacher fit-threshold" in text and "--fold 1" in text
+        assert snapshot(tmp_path) == before and not built
+        ws.teacher_json.write_text(json.dumps({**record, "threshold": {"threshold": 0.3, "fold": 1, "n_chips": 5}}))
+        for flag, want in (("--teacher-rule", 1.0 - np.log(0.3 / 0.7)), ("--teacher-raw", 1.0)):
+            seen.clear()
+            out = tmp_path / flag.strip("-")
+            code, text = invoke(_distill_args(teacher_ws, out, "--val-fold", 1, flag), capsys)
+            assert code == 0, text
+            assert seen and all(torch.allclose(z, torch.full_like(z, want)) for z in seen)  # the fake says 1.0
+            info = json.loads((out / "student.json").read_text())
+            assert info["config"]["teacher_rule"] is (flag == "--teacher-rule")
+            assert info["teacher"].get("rule_threshold") == (0.3 if flag == "--teacher-rule" else None)
+    finally:
+        ws.teacher_json.write_text(json.dumps(record))
+    code, text = invoke(["student", "train", teacher_ws["data"], "--out", tmp_path / "t", "--folds",
+                         teacher_ws["folds_csv"], "--model", "unet-xs", "--epochs", 1, "--teacher-rule"], capsys)
+    assert code == 2 and "Traceback" not in text and "--teacher-nnunet" in text and not (tmp_path / "t").exists()
+
+
 def test_a_teacher_prepared_from_other_folds_is_refused_even_on_the_same_fold_number(teacher_ws):
     """The check reads the teacher's own splits: if its fold 1 trained on the student's validation chips (the
     two were split differently), fold number 1 does not make it safe."""

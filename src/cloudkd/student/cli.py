@@ -86,7 +86,7 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
          strategy: str, workers: int, seed: int, resume: bool, cloud_paste: float, boundary_ignore: int,
          threshold: float, force: bool, exclude: Optional[Path] = None, teacher_folds: Optional[list] = None,
          allow_teacher_leak: bool = False, precision: str = C.precision, kd_on: str = C.kd_on,
-         gain: float = C.gain, gain_min: float = C.gain_min):
+         gain: float = C.gain, gain_min: float = C.gain_min, teacher_rule: bool = C.teacher_rule):
     import os
 
     from ..common.outputs import folder_lock, outputs_apart, remove_tree, replace_on_success
@@ -114,7 +114,7 @@ def _fit(data: Path, out: Path, model: str, folds_csv: Optional[Path], val_fold:
                       boundary_ignore=boundary_ignore, threshold=threshold, kd_on=kd_on, gain=gain,
                       gain_min=gain_min,
                       exclude=str(exclude) if exclude else None, teacher_folds=teacher_folds,
-                      allow_teacher_leak=allow_teacher_leak)
+                      allow_teacher_leak=allow_teacher_leak, teacher_rule=teacher_rule)
     build = os.environ.get(BUILD_ENV)
     try:
         if build and os.environ.get("LOCAL_RANK") not in (None, "0"):
@@ -222,6 +222,10 @@ def _train_options(distill: bool):
                                         help="Accept --teacher-folds that were trained on the student's validation "
                                              "chips (a warning, recorded in student.json; the validation score "
                                              "then flatters the student)."),
+        teacher_rule=typer.Option(C.teacher_rule, "--teacher-rule/--teacher-raw",
+                                  help="Distil the nnU-Net teacher's decision: its logits shifted by the threshold "
+                                       "'teacher fit-threshold' recorded for its folds, so that 0.5 is its rule "
+                                       "(--teacher-raw: its logits as they are)."),
         teacher_onnx=typer.Option(None, help="Online teacher: any ONNX segmentation model (normalised input)."),
         onnx_output=typer.Option(C.teacher_onnx_output, help="What the ONNX teacher outputs: logits or "
                                                              "probabilities."),
@@ -276,6 +280,7 @@ def train(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _FOL
           temperature: float = _T["temperature"], soft: Optional[Path] = _T["soft"],
           teacher_nnunet: Optional[Path] = _T["teacher_nnunet"], teacher_onnx: Optional[Path] = _T["teacher_onnx"],
           teacher_folds: Optional[str] = _T["teacher_folds"], allow_teacher_leak: bool = _T["allow_teacher_leak"],
+          teacher_rule: bool = _T["teacher_rule"],
           onnx_output: str = _T["onnx_output"], unlabelled: Optional[Path] = _T["unlabelled"],
           steps: Optional[int] = _T["steps"], accelerator: str = _T["accelerator"],
           precision: str = _T["precision"], devices: int = _T["devices"],
@@ -296,6 +301,7 @@ def distill(data: Path = _DATA, out: Path = _OUT, folds_csv: Optional[Path] = _F
             temperature: float = _D["temperature"], soft: Optional[Path] = _D["soft"],
             teacher_nnunet: Optional[Path] = _D["teacher_nnunet"], teacher_onnx: Optional[Path] = _D["teacher_onnx"],
             teacher_folds: Optional[str] = _D["teacher_folds"], allow_teacher_leak: bool = _D["allow_teacher_leak"],
+            teacher_rule: bool = _D["teacher_rule"],
             onnx_output: str = _D["onnx_output"], unlabelled: Optional[Path] = _D["unlabelled"],
             steps: Optional[int] = _D["steps"], accelerator: str = _D["accelerator"],
             precision: str = _D["precision"], devices: int = _D["devices"],

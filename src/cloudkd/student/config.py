@@ -73,6 +73,9 @@ class TrainConfig:
     #: its validation labels; another needs ``allow_teacher_leak``, see student.teachers.nnunet_teacher_folds)
     teacher_folds: Optional[List[int]] = None
     allow_teacher_leak: bool = False
+    #: distil the nnU-Net teacher's decision, not its raw scale: its logits minus the logit of the threshold
+    #: ``teacher fit-threshold`` recorded for its folds (student.teachers.RuleCentredTeacher)
+    teacher_rule: bool = False
     unlabelled: Optional[str] = None  # extra chips without labels: KD loss only (the labels' loss on the labelled chips)
     cloud_paste: float = 0.0  # probability of pasting a batch-mate's labelled cloud onto a low-cover chip
     boundary_ignore: int = 0  # px around label outlines left out of the hard loss

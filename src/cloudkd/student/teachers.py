@@ -20,6 +20,7 @@ student's validation labels: it is the default, and others need an explicit over
 
 from __future__ import annotations
 
+import math
 import os
 from functools import partial
 from pathlib import Path
@@ -82,13 +83,49 @@ class OnnxTeacher:
         return y.to(x.device)
 
 
+class RuleCentredTeacher:
+    """A teacher whose logits are shifted by its prediction rule's threshold ``t``: ``z - logit(t)``, so that 0.5
+    is its decision. A teacher whose fitted threshold is not 0.5 (the 128-epoch nnU-Net is tight at 0.5 and fits
+    0.30) otherwise teaches its raw scale: pixel KD copies it (CWD, normalised per channel, does not see a shift)."""
+
+    def __init__(self, teacher, threshold: float):
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        self.teacher = teacher
+        self.threshold = float(threshold)
+        self.shift = math.log(self.threshold / (1.0 - self.threshold))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher.logits(x) - self.shift
+
+
+def teacher_rule_threshold(workdir: os.PathLike | str, folds: Sequence[int]) -> float:
+    """The threshold ``teacher fit-threshold`` recorded for exactly these folds of the nnU-Net teacher in
+    ``workdir``; a DataError saying how to fit it when there is none."""
+    from ..teacher.model import teacher_record
+    from ..teacher.rule import recorded_threshold
+    from ..teacher.workspace import Workspace
+
+    ws = Workspace(workdir)
+    t = recorded_threshold(teacher_record(ws), folds)
+    if t is None:
+        fold = list(folds)[0] if len(folds) == 1 else "K"
+        raise DataError(f"{ws.root}: --teacher-rule needs the teacher's fitted threshold for folds {list(folds)}, "
+                        f"and none is recorded; run: cloudkd teacher fit-threshold --workdir {ws.root} --fold {fold}")
+    return t
+
+
 def load_online_teacher(nnunet_workdir: Optional[os.PathLike | str] = None,
                         onnx: Optional[os.PathLike | str] = None, onnx_output: str = "logits",
-                        device: str = "cpu", folds: Optional[Sequence[int]] = None):
+                        device: str = "cpu", folds: Optional[Sequence[int]] = None,
+                        rule_threshold: Optional[float] = None):
     """The online teacher named by exactly one of ``nnunet_workdir`` / ``onnx`` (None if neither). ``device``:
     where the nnU-Net teacher runs (ONNX teachers run on the CPU and return tensors on the input's device);
     ``folds``: the nnU-Net folds to ensemble (None: every trained fold; training passes
-    :func:`nnunet_teacher_folds`'s choice)."""
+    :func:`nnunet_teacher_folds`'s choice); ``rule_threshold``: the nnU-Net teacher's logits are centred on it
+    (:class:`RuleCentredTeacher`)."""
+    if rule_threshold is not None and not nnunet_workdir:
+        raise ValueError("rule_threshold centres an nnU-Net teacher's logits; give nnunet_workdir")
     if nnunet_workdir and onnx:
         raise ValueError("give one online teacher: an nnU-Net workdir or an ONNX model, not both")
     if onnx and str(onnx) == PEER:
@@ -101,13 +138,15 @@ def load_online_teacher(nnunet_workdir: Optional[os.PathLike | str] = None,
     if nnunet_workdir:
         from .predictor import load_predictor
 
-        return load_predictor(nnunet_workdir, kind="nnunet", device=device, folds=folds).model
+        teacher = load_predictor(nnunet_workdir, kind="nnunet", device=device, folds=folds).model
+        return teacher if rule_threshold is None else RuleCentredTeacher(teacher, rule_threshold)
     return None
 
 
 def online_teacher_factory(nnunet_workdir: Optional[os.PathLike | str] = None,
                            onnx: Optional[os.PathLike | str] = None, onnx_output: str = "logits",
-                           folds: Optional[Sequence[int]] = None) -> Callable[[object], object]:
+                           folds: Optional[Sequence[int]] = None,
+                           rule_threshold: Optional[float] = None) -> Callable[[object], object]:
     """``factory(device) -> teacher`` (:func:`load_online_teacher`) for training, which builds the teacher when
     fitting starts on each process's device; first checked without loading anything: one teacher, the ONNX file
     exists, the optional peer is installed (nnU-Net folds: check them with :func:`nnunet_teacher_folds`)."""
@@ -119,7 +158,9 @@ def online_teacher_factory(nnunet_workdir: Optional[os.PathLike | str] = None,
         load()
     elif onnx:
         onnx_teacher_file(onnx)
-    return partial(load_online_teacher, nnunet_workdir, onnx, onnx_output, folds=folds)
+    if rule_threshold is not None and not nnunet_workdir:
+        raise DataError("--teacher-rule centres an nnU-Net teacher on its fitted threshold: give --teacher-nnunet")
+    return partial(load_online_teacher, nnunet_workdir, onnx, onnx_output, folds=folds, rule_threshold=rule_threshold)
 
 
 def nnunet_teacher_folds(workdir: os.PathLike | str, val_fold: int, val_chip_ids: Sequence[str],

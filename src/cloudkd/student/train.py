@@ -39,7 +39,7 @@ from ..common.outputs import MARK, check_folder, mark_folder
 from ..data.datamodule import CloudDataModule
 from .config import RUN_KIND, TrainConfig
 from .module import StudentModule
-from .teachers import nnunet_teacher_folds, online_teacher_factory
+from .teachers import nnunet_teacher_folds, online_teacher_factory, teacher_rule_threshold
 from .runs import lightning_state, load_checkpoint
 from .teachers import PEER
 from ..common.sizes import count_params
@@ -53,7 +53,7 @@ RUN_JSON = "run.json"
 RESUMABLE = ("out", "epochs", "resume", "progress", "num_workers", "accelerator", "devices", "num_nodes", "strategy",
              "allow_teacher_leak")
 #: identity fields added after runs were first recorded, with the value every run recorded without them trained with
-_BEFORE = {"precision": "32-true", "kd_on": "all", "gain": 0.0, "gain_min": 0.4}
+_BEFORE = {"precision": "32-true", "kd_on": "all", "gain": 0.0, "gain_min": 0.4, "teacher_rule": False}
 #: TrainConfig fields that name files or folders (compared resolved, so runs/data and ./runs/data are one)
 _PATHS = ("data", "folds", "exclude", "soft_dir", "teacher_nnunet", "teacher_onnx", "unlabelled")
 #: how the command line spells a TrainConfig field where it is not --field-name
@@ -191,7 +191,18 @@ def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: S
             for msg in leaks:
                 rank_zero_warn(f"--allow-teacher-leak: {msg}; the validation score will flatter the student")
             teacher = {"nnunet": str(Path(cfg.teacher_nnunet).resolve()), "folds": folds, "leak": leaks or None}
-        factory = online_teacher_factory(cfg.teacher_nnunet, cfg.teacher_onnx, cfg.teacher_onnx_output, folds)
+        rule_t = None
+        if cfg.teacher_rule:
+            if not cfg.teacher_nnunet:
+                raise DataError("--teacher-rule centres an nnU-Net teacher on its fitted threshold: give "
+                                "--teacher-nnunet")
+            rule_t = teacher_rule_threshold(cfg.teacher_nnunet, folds)
+            teacher["rule_threshold"] = rule_t
+        factory = online_teacher_factory(cfg.teacher_nnunet, cfg.teacher_onnx, cfg.teacher_onnx_output, folds,
+                                         rule_threshold=rule_t)
+    elif cfg.teacher_rule:
+        raise DataError("--teacher-rule centres an online nnU-Net teacher on its fitted threshold: give "
+                        "--teacher-nnunet")
     identity = run_identity(cfg, dm, teacher["folds"] if teacher else None)
     if cfg.resume:  # a damaged checkpoint or another run's settings: one line, nothing written
         load_checkpoint(last)
