@@ -151,8 +151,8 @@ class Budget:
 #: ``benchmarks/results/teacher_ablation.md``); on the darker ground of 2026-12-04 that recipe scored
 #: 0.818 +- 0.019 at 8 epochs and 0.830 +- 0.010 at 16 (``teacher_ablation_darkground.md``), so the demo trains 16.
 #: "long": the same recipe for 128 epochs (8x, about 36 minutes of 2 CPU cores), the study's long run: at 0.5 it
-#: is tight (0.798 +- 0.012 on the demo's test split, precision 0.98, 2 seeds); with the threshold fitted on its
-#: fold's validation chips (``cloudkd teacher fit-threshold``: 0.30, 0.35) it scores 0.840 +- 0.011, the best
+#: is often tight (0.813 +- 0.028 on the demo's test split, 3 seeds, two at precision 0.98); with the threshold
+#: fitted on its fold's validation chips (``cloudkd teacher fit-threshold``: 0.30, 0.35, 0.35) 0.844 +- 0.010, the best
 #: teacher measured (``teacher_ablation_darkground.md``, row ``adamw_oversample0_e128_valthr``); fit the threshold
 #: after training it.
 TEACHER_RECIPES: Dict[str, Budget] = {
