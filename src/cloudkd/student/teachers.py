@@ -20,7 +20,6 @@ student's validation labels: it is the default, and others need an explicit over
 
 from __future__ import annotations
 
-import math
 import os
 from functools import partial
 from pathlib import Path
@@ -89,11 +88,11 @@ class RuleCentredTeacher:
     0.30) otherwise teaches its raw scale: pixel KD copies it (CWD, normalised per channel, does not see a shift)."""
 
     def __init__(self, teacher, threshold: float):
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        from ..common.infer import logit_threshold
+
         self.teacher = teacher
         self.threshold = float(threshold)
-        self.shift = math.log(self.threshold / (1.0 - self.threshold))
+        self.shift = logit_threshold(self.threshold)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.teacher.logits(x) - self.shift
@@ -158,8 +157,6 @@ def online_teacher_factory(nnunet_workdir: Optional[os.PathLike | str] = None,
         load()
     elif onnx:
         onnx_teacher_file(onnx)
-    if rule_threshold is not None and not nnunet_workdir:
-        raise DataError("--teacher-rule centres an nnU-Net teacher on its fitted threshold: give --teacher-nnunet")
     return partial(load_online_teacher, nnunet_workdir, onnx, onnx_output, folds=folds, rule_threshold=rule_threshold)
 
 

@@ -183,6 +183,9 @@ def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: S
     teacher, factory = None, None  # the online teacher as recorded in student.json, and how to build it
     if cfg.teacher_folds is not None and not cfg.teacher_nnunet:
         raise DataError("--teacher-folds chooses folds of an nnU-Net teacher: give it with --teacher-nnunet")
+    if cfg.teacher_rule and not cfg.teacher_nnunet:
+        raise DataError("--teacher-rule centres an nnU-Net teacher on its fitted threshold: give it with "
+                        "--teacher-nnunet")
     if mode == "online":
         folds = None
         if cfg.teacher_nnunet:
@@ -191,18 +194,10 @@ def fit(cfg: TrainConfig, into: Optional[os.PathLike | str] = None, callbacks: S
             for msg in leaks:
                 rank_zero_warn(f"--allow-teacher-leak: {msg}; the validation score will flatter the student")
             teacher = {"nnunet": str(Path(cfg.teacher_nnunet).resolve()), "folds": folds, "leak": leaks or None}
-        rule_t = None
-        if cfg.teacher_rule:
-            if not cfg.teacher_nnunet:
-                raise DataError("--teacher-rule centres an nnU-Net teacher on its fitted threshold: give "
-                                "--teacher-nnunet")
-            rule_t = teacher_rule_threshold(cfg.teacher_nnunet, folds)
-            teacher["rule_threshold"] = rule_t
+            if cfg.teacher_rule:
+                teacher["rule_threshold"] = teacher_rule_threshold(cfg.teacher_nnunet, folds)
         factory = online_teacher_factory(cfg.teacher_nnunet, cfg.teacher_onnx, cfg.teacher_onnx_output, folds,
-                                         rule_threshold=rule_t)
-    elif cfg.teacher_rule:
-        raise DataError("--teacher-rule centres an online nnU-Net teacher on its fitted threshold: give "
-                        "--teacher-nnunet")
+                                         rule_threshold=(teacher or {}).get("rule_threshold"))
     identity = run_identity(cfg, dm, teacher["folds"] if teacher else None)
     if cfg.resume:  # a damaged checkpoint or another run's settings: one line, nothing written
         load_checkpoint(last)
